@@ -1,0 +1,27 @@
+# The two set-up commands (README): `make serve` and `make test`. Both work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint bench install
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/activate
+	$(BIN)/pip install -q -e '.[dev]'
+
+serve: install
+	$(BIN)/tallybook serve --demo
+
+test: install
+	$(BIN)/python -m pytest -n 2 -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy tallybook
+
+bench: install
+	$(BIN)/python benchmarks/ingest.py

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI). It translates HTTP to calls on the domain services and back."""

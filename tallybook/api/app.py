@@ -1,0 +1,75 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import tallybook
+from tallybook.api.problems import install_problem_handlers
+from tallybook.api.routes import codehooks, events, ops
+from tallybook.observability.metrics import Metrics
+from tallybook.runtime import Runtime
+
+
+class RequestMetricsMiddleware:
+    """Records latency per route template (not per raw path, to keep label cardinality bounded)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.metrics.request_seconds.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
+    """Build the app around a runtime. With manage_runtime, app startup/shutdown starts/stops it."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_runtime:
+            runtime.start()
+        try:
+            yield
+        finally:
+            if manage_runtime:
+                runtime.stop()
+
+    app = FastAPI(
+        title="Tallybook",
+        version=tallybook.__version__,
+        description="Usage metering and billing. Event and meter APIs follow OpenMeter's where they overlap.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_problem_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(events.router)
+    app.include_router(codehooks.router)
+    app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
+    return app

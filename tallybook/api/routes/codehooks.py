@@ -1,0 +1,125 @@
+"""The codehooks.io metering template's usage API, mapped onto the same event model.
+
+POST /usage/{eventType} {customerId, value, metadata?} and POST /usagebatch [{eventType, customerId,
+value, metadata?}] become events with subject = customerId and data = {value, ...metadata}, source
+"codehooks". Clients that retry should send an `id` per record (kept as the idempotency key).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from tallybook import jsonutil
+from tallybook.api.body import decode_json, read_limited_body
+from tallybook.api.ingesting import commit, reject, runtime_of
+from tallybook.api.problems import Problem
+from tallybook.api.security import require
+from tallybook.clock import format_rfc3339, from_micros, to_micros
+from tallybook.ingest.events import BatchTooLarge, FieldError, InvalidEvents, check_batch, codehooks_event
+from tallybook.store.base import ApiKeyRecord, EventFilter
+
+router = APIRouter(tags=["codehooks"])
+
+
+def _accepted(body: dict[str, Any]) -> Response:
+    return Response(jsonutil.dumpb(body), status_code=202, media_type="application/json")
+
+
+@router.post("/usage/{eventType}")
+async def capture_usage(
+    eventType: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]
+) -> Response:
+    runtime = runtime_of(request)
+    payload = decode_json(await read_limited_body(request, runtime.settings.ingest.max_batch_bytes))
+    errors: list[FieldError] = []
+    event = codehooks_event(eventType, payload, None, to_micros(runtime.clock.now()), errors)
+    if event is None:
+        raise reject(runtime, InvalidEvents(errors), 1)
+    await commit(runtime, [event])
+    return _accepted(
+        {"message": "Event captured", "eventType": eventType, "customerId": event.subject, "id": event.id}
+    )
+
+
+@router.post("/usagebatch")
+async def capture_usage_batch(
+    request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]
+) -> Response:
+    runtime = runtime_of(request)
+    limits = runtime.settings.ingest
+    payload = decode_json(await read_limited_body(request, limits.max_batch_bytes))
+    try:
+        if not isinstance(payload, list):
+            raise InvalidEvents(
+                [FieldError(None, "(body)", "send a JSON array of {eventType, customerId, value}")]
+            )
+        check_batch(payload, limits.max_batch_events)
+        errors: list[FieldError] = []
+        now_us = to_micros(runtime.clock.now())
+        events = [
+            codehooks_event(raw.get("eventType") if isinstance(raw, dict) else None, raw, i, now_us, errors)
+            for i, raw in enumerate(payload)
+        ]
+        if errors:
+            raise InvalidEvents(errors)
+    except (InvalidEvents, BatchTooLarge) as exc:
+        raise reject(runtime, exc, len(payload) if isinstance(payload, list) else 1) from None
+    stored = [e for e in events if e is not None]
+    result = await commit(runtime, stored)
+    return _accepted(
+        {
+            "message": "Events captured",
+            "count": len(stored),
+            "accepted": result.accepted,
+            "duplicates": result.duplicates + result.conflicts,
+        }
+    )
+
+
+def _micros(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise Problem(400, "invalid-parameters", "from/to need a time zone offset, e.g. 2026-01-05T10:00:00Z")
+    return to_micros(value)
+
+
+@router.get("/events")
+async def list_usage_events(
+    request: Request,
+    _key: Annotated[ApiKeyRecord, Depends(require("read"))],
+    customerId: str | None = None,
+    eventType: str | None = None,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    """The template's event list: filtered on receive time (ingested_at), newest first."""
+    runtime = runtime_of(request)
+    flt = EventFilter(
+        subject=customerId,
+        type=eventType,
+        ingested_from_us=_micros(from_),
+        ingested_to_us=_micros(to),
+        limit=limit,
+        order_by_ingested=True,
+    )
+    found = await run_in_threadpool(runtime.store.list_events, flt)
+    rows = [
+        {
+            "id": e.id,
+            "source": e.source,
+            "eventType": e.type,
+            "customerId": e.subject,
+            "value": (e.data or {}).get("value"),
+            "metadata": {k: v for k, v in (e.data or {}).items() if k != "value"},
+            "time": format_rfc3339(from_micros(e.time_us)),
+            "receivedAt": format_rfc3339(from_micros(e.ingested_us)),
+        }
+        for e in found
+    ]
+    return Response(jsonutil.dumpb(rows), media_type="application/json")

@@ -1,0 +1,140 @@
+"""OpenMeter-compatible event ingestion and listing: /api/v1/events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from tallybook import jsonutil
+from tallybook.api.body import decode_json, media_type, read_limited_body
+from tallybook.api.ingesting import commit, reject, runtime_of
+from tallybook.api.problems import Problem
+from tallybook.api.security import require
+from tallybook.clock import format_rfc3339, from_micros, to_micros
+from tallybook.ingest.events import (
+    BatchTooLarge,
+    Event,
+    FieldError,
+    InvalidEvents,
+    check_batch,
+    cloudevent_from_json,
+)
+from tallybook.store.base import ApiKeyRecord, EventFilter
+
+router = APIRouter(prefix="/api/v1", tags=["events"])
+
+SINGLE = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+PLAIN = "application/json"
+
+
+def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int) -> list[Event]:
+    if kind == SINGLE and not isinstance(payload, dict):
+        raise InvalidEvents(
+            [FieldError(None, "(body)", f"{SINGLE} carries one event object; send arrays as {BATCH}")]
+        )
+    if kind == BATCH and not isinstance(payload, list):
+        raise InvalidEvents([FieldError(None, "(body)", f"{BATCH} carries a JSON array of events")])
+    if not isinstance(payload, dict | list):
+        raise InvalidEvents([FieldError(None, "(body)", "send one event object or an array of events")])
+    raw_events = payload if isinstance(payload, list) else [payload]
+    check_batch(raw_events, max_events)
+    errors: list[FieldError] = []
+    single = isinstance(payload, dict)
+    events = [
+        cloudevent_from_json(raw, None if single else i, now_us, errors) for i, raw in enumerate(raw_events)
+    ]
+    if errors:
+        raise InvalidEvents(errors)
+    return [e for e in events if e is not None]
+
+
+@router.post("/events", status_code=204, response_class=Response)
+async def ingest_events(
+    request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]
+) -> Response:
+    """Ingest one CloudEvent or a batch. 204 means every event is committed to the store."""
+    runtime = runtime_of(request)
+    kind = media_type(request)
+    if kind not in (SINGLE, BATCH, PLAIN):
+        runtime.metrics.events_rejected.labels(reason="content_type").inc()
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            f"Content-Type must be {SINGLE}, {BATCH} or {PLAIN}, got {kind or 'none'!r}",
+        )
+    limits = runtime.settings.ingest
+    body = await read_limited_body(request, limits.max_batch_bytes)
+    payload = decode_json(body)
+    try:
+        events = parse_cloudevents(payload, kind, to_micros(runtime.clock.now()), limits.max_batch_events)
+    except (InvalidEvents, BatchTooLarge) as exc:
+        raise reject(runtime, exc, len(payload) if isinstance(payload, list) else 1) from None
+    await commit(runtime, events)
+    return Response(status_code=204)
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "subject": event.subject,
+        "time": format_rfc3339(from_micros(event.time_us)),
+    }
+    if event.datacontenttype is not None:
+        body["datacontenttype"] = event.datacontenttype
+    if event.data is not None:
+        body["data"] = event.data
+    return body
+
+
+def ingested_event_json(event: Event) -> dict[str, Any]:
+    ingested = format_rfc3339(from_micros(event.ingested_us))
+    # Tallybook stores an event in the request that ingests it, so both instants are the same.
+    return {"event": event_json(event), "ingestedAt": ingested, "storedAt": ingested}
+
+
+def _micros(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise Problem(
+            400, "invalid-parameters", "date-times need a time zone offset, e.g. 2026-01-05T10:00:00Z"
+        )
+    return to_micros(value)
+
+
+@router.get("/events")
+async def list_events(
+    request: Request,
+    _key: Annotated[ApiKeyRecord, Depends(require("read"))],
+    subject: str | None = None,
+    type: str | None = None,
+    id: str | None = None,
+    source: str | None = None,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+    ingestedAtFrom: datetime | None = None,
+    ingestedAtTo: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    """Stored events, newest event time first. `from`/`to` and the ingested-at bounds are inclusive."""
+    runtime = runtime_of(request)
+    flt = EventFilter(
+        subject=subject,
+        type=type,
+        id=id,
+        source=source,
+        time_from_us=_micros(from_),
+        time_to_us=_micros(to),
+        ingested_from_us=_micros(ingestedAtFrom),
+        ingested_to_us=_micros(ingestedAtTo),
+        limit=limit,
+    )
+    found = await run_in_threadpool(runtime.store.list_events, flt)
+    return Response(jsonutil.dumpb([ingested_event_json(e) for e in found]), media_type="application/json")

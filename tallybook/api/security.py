@@ -1,0 +1,45 @@
+"""API key authentication: `Authorization: Bearer <key>` or `x-apikey: <key>` (codehooks)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from tallybook.api.problems import Problem
+from tallybook.auth.keys import Scope, scope_allows
+from tallybook.store.base import ApiKeyRecord
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-apikey") or None
+
+
+def require(scope: Scope) -> Callable[[Request], Awaitable[ApiKeyRecord]]:
+    """A FastAPI dependency that admits keys whose scope allows `scope` (admin allows all)."""
+
+    async def dependency(request: Request) -> ApiKeyRecord:
+        secret = presented_key(request)
+        if secret is None:
+            raise Problem(
+                401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>' or 'x-apikey'"
+            )
+        keys = request.app.state.runtime.keys
+        record = await run_in_threadpool(keys.verify, secret)
+        if record is None:
+            raise Problem(401, "unauthenticated", "the API key is unknown or revoked")
+        if not scope_allows(record.scope, scope):
+            raise Problem(
+                403,
+                "forbidden",
+                f"this key has scope '{record.scope}'; this endpoint needs '{scope}' or 'admin'",
+            )
+        return record
+
+    return dependency

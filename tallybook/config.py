@@ -1,0 +1,134 @@
+"""Configuration: `tallybook.yaml` (path from --config or TALLYBOOK_CONFIG) plus environment.
+
+Secrets stay out of the file: any string may be written `${NAME}` and is read from the environment
+at start. A bad file fails at start with a message naming the key, e.g.
+`tallybook.yaml: ingest.max_batch_events: Input should be greater than 0`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_FILE = "tallybook.yaml"
+DEFAULT_DATABASE_URL = "sqlite:///./tallybook.db"
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = DEFAULT_DATABASE_URL
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        return value
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8888, ge=1, le=65535)
+
+
+class IngestSettings(_Section):
+    max_batch_events: int = Field(10_000, gt=0, description="events per request")
+    max_batch_bytes: int = Field(10 * 1024 * 1024, gt=0, description="request body size")
+    # Upper bound on events in one group-commit transaction; concurrent requests share it.
+    group_commit_max_events: int = Field(20_000, gt=0)
+
+
+class BootstrapKey(_Section):
+    name: str = Field(min_length=1)
+    scope: Literal["ingest", "read", "admin"]
+    key: str = Field(min_length=16, description="the secret; write ${ENV_VAR} to keep it out of the file")
+
+
+class AuthSettings(_Section):
+    bootstrap_keys: list[BootstrapKey] = Field(default_factory=list)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = Field(True, alias="json")
+
+
+class Settings(_Section):
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    def with_database(self, url: str | None) -> Settings:
+        if not url:
+            return self
+        return self.model_copy(update={"database": DatabaseSettings(url=url)})
+
+
+def _expand_env(value: Any, path: str, env: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return env[name]
+
+        return _ENV_REFERENCE.sub(replace, value)
+    return value
+
+
+def _format_location(location: tuple[Any, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read settings from `path` (or TALLYBOOK_CONFIG, or ./tallybook.yaml if present).
+
+    TALLYBOOK_DATABASE_URL, when set, overrides database.url (handy for secrets in the URL).
+    """
+    env = dict(os.environ if env is None else env)
+    explicit = path or env.get("TALLYBOOK_CONFIG")
+    file = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
+    raw: Any = {}
+    if file.exists():
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of sections (database, server, ...)")
+    elif explicit:
+        raise ConfigError(f"config file {file} does not exist")
+    try:
+        raw = _expand_env(raw, "", env)
+        settings = Settings.model_validate(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_format_location(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"{file}: {problems}") from None
+    return settings.with_database(env.get("TALLYBOOK_DATABASE_URL"))

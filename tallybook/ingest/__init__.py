@@ -1,0 +1,1 @@
+"""Event ingestion: validation, deduplication and group commit into the store."""

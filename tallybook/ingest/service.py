@@ -1,0 +1,195 @@
+"""Durable, idempotent ingest with group commit.
+
+Every request hands its validated events to one writer thread. The writer takes everything queued
+while the previous commit ran and writes it in a single transaction, so N concurrent requests cost
+one fsync instead of N. A request is answered only after its transaction committed: a 2xx means
+the events are on disk.
+
+Idempotency: an event is identified by (source, id). Inside a group the first occurrence wins; the
+store's unique index (ON CONFLICT DO NOTHING) settles it against history and against other
+processes sharing a PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from tallybook.clock import Clock, SystemClock, to_micros
+from tallybook.ingest.events import Event
+from tallybook.observability.metrics import Metrics
+from tallybook.store.base import SqlStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0  # stored now
+    duplicates: int = 0  # already known with the same content (a retry)
+    conflicts: int = 0  # already known with different content; the first one was kept
+    conflict_keys: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, other: IngestResult) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
+        self.conflict_keys.extend(other.conflict_keys)
+
+
+class IngestUnavailable(RuntimeError):
+    """The writer is stopped; the caller should answer 503 so the client retries."""
+
+
+@dataclass
+class _Request:
+    events: Sequence[Event]
+    future: Future[IngestResult]
+
+
+_STOP = object()
+
+
+class IngestService:
+    def __init__(
+        self,
+        store: SqlStore,
+        metrics: Metrics | None = None,
+        clock: Clock | None = None,
+        max_group_events: int = 20_000,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.clock = clock or SystemClock()
+        self.max_group_events = max_group_events
+        self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tallybook-ingest-writer", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Finish everything already submitted, then stop the writer."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- API ----------------------------------------------------------------------------------------
+    def submit(self, events: Sequence[Event]) -> Future[IngestResult]:
+        """Queue validated events; the future resolves once they are committed (or failed)."""
+        if not self.running:
+            raise IngestUnavailable("the ingest writer is not running")
+        request = _Request(events, Future())
+        self._queue.put(request)
+        return request.future
+
+    def ingest(self, events: Sequence[Event]) -> IngestResult:
+        """Blocking form of `submit`, for the CLI and tests."""
+        return self.submit(events).result()
+
+    # -- writer thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            assert isinstance(item, _Request)
+            group = [item]
+            size = len(item.events)
+            while size < self.max_group_events:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                assert isinstance(item, _Request)
+                group.append(item)
+                size += len(item.events)
+            self._commit_group(group, size)
+
+    def _commit_group(self, group: list[_Request], size: int) -> None:
+        started = time.perf_counter()
+        try:
+            results = self._write(group)
+        except Exception as exc:
+            log.exception("ingest commit failed", extra={"requests": len(group), "events": size})
+            for request in group:
+                request.future.set_exception(exc)
+            return
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        self.metrics.commit_group_events.observe(size)
+        total = IngestResult()
+        for request, result in zip(group, results, strict=True):
+            total.add(result)
+            request.future.set_result(result)
+        self.metrics.events_accepted.inc(total.accepted)
+        if total.duplicates:
+            self.metrics.events_duplicate.labels(kind="retry").inc(total.duplicates)
+        if total.conflicts:
+            self.metrics.events_duplicate.labels(kind="conflict").inc(total.conflicts)
+            log.warning(
+                "events with a known (source, id) but different content were ignored; the first is kept",
+                extra={"count": total.conflicts, "sample": [list(k) for k in total.conflict_keys[:5]]},
+            )
+
+    def _write(self, group: list[_Request]) -> list[IngestResult]:
+        # First occurrence of each key in this group, and who submitted it.
+        first: dict[tuple[str, str], Event] = {}
+        owner: dict[tuple[str, str], int] = {}
+        results = [IngestResult() for _ in group]
+        repeats: list[tuple[int, Event]] = []
+        for position, request in enumerate(group):
+            for event in request.events:
+                key = (event.source, event.id)
+                if key in first:
+                    repeats.append((position, event))
+                else:
+                    first[key] = event
+                    owner[key] = position
+        unique = list(first.values())
+        ingested_us = to_micros(self.clock.now())
+        with self.store.write() as conn:
+            inserted = self.store.insert_events(conn, unique, ingested_us)
+            known: dict[tuple[str, str], Event] = {}
+            if len(inserted) < len(unique):
+                missing = [key for key in first if key not in inserted]
+                known = self.store.events_by_key(conn, missing)
+        for key, event in first.items():
+            result = results[owner[key]]
+            if key in inserted:
+                result.accepted += 1
+            else:
+                _count_duplicate(result, event, known.get(key))
+        for position, event in repeats:
+            key = (event.source, event.id)
+            # The kept version is the stored one if it existed before, else the group's first.
+            kept = known.get(key) or first[key]
+            _count_duplicate(results[position], event, kept)
+        return results
+
+
+def _count_duplicate(result: IngestResult, event: Event, kept: Event | None) -> None:
+    if kept is None or event.same_content(kept):
+        result.duplicates += 1
+    else:
+        result.conflicts += 1
+        result.conflict_keys.append((event.source, event.id))

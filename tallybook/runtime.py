@@ -1,0 +1,61 @@
+"""The composition root: builds the store and the domain services from settings.
+
+The HTTP app and the CLI both start from a Runtime, so they run the same code paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import make_url
+
+from tallybook.auth.keys import ApiKeyService
+from tallybook.clock import Clock, SystemClock
+from tallybook.config import Settings
+from tallybook.ingest.service import IngestService
+from tallybook.observability.metrics import Metrics
+from tallybook.store import SqlStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: SqlStore
+    clock: Clock
+    metrics: Metrics
+    ingest: IngestService
+    keys: ApiKeyService
+    started: bool = field(default=False)
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock | None = None, migrate: bool = True) -> Runtime:
+        clock = clock or SystemClock()
+        store = open_store(settings.database.url)
+        if migrate:
+            store.migrate()
+        metrics = Metrics()
+        ingest = IngestService(
+            store, metrics=metrics, clock=clock, max_group_events=settings.ingest.group_commit_max_events
+        )
+        runtime = cls(settings, store, clock, metrics, ingest, ApiKeyService(store, clock))
+        for key in settings.auth.bootstrap_keys:
+            if runtime.keys.ensure(key.name, key.scope, key.key):
+                log.info("registered API key from config", extra={"key_name": key.name, "scope": key.scope})
+        return runtime
+
+    def start(self) -> None:
+        self.ingest.start()
+        self.started = True
+
+    def stop(self) -> None:
+        self.ingest.stop()
+        self.store.close()
+        self.started = False
+
+    @property
+    def database_label(self) -> str:
+        """The database URL with any password masked, safe for logs and output."""
+        return make_url(self.settings.database.url).render_as_string(hide_password=True)

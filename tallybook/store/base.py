@@ -1,0 +1,220 @@
+"""The store interface and its SQLAlchemy Core implementation shared by both engines."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, tuple_, update
+from sqlalchemy.sql import Insert
+
+from tallybook.ingest.events import Event
+from tallybook.store import schema
+from tallybook.store.schema import api_keys, events
+
+# Rows per INSERT statement. Bounded by SQLite's 32,766 bound-parameter limit (9 columns a row).
+INSERT_PAGE_SIZE = 2000
+LOOKUP_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    subject: str | None = None
+    type: str | None = None
+    id: str | None = None
+    source: str | None = None
+    time_from_us: int | None = None  # inclusive
+    time_to_us: int | None = None  # inclusive, as OpenMeter's events list
+    ingested_from_us: int | None = None  # inclusive
+    ingested_to_us: int | None = None  # inclusive
+    limit: int = 100
+    order_by_ingested: bool = False  # codehooks lists by receive time; OpenMeter by event time
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    id: str
+    name: str
+    scope: str
+    prefix: str
+    key_hash: str
+    created_us: int
+    revoked_us: int | None
+
+
+class SqlStore(ABC):
+    """Store over one SQLAlchemy engine. Subclasses bring the engine-specific parts."""
+
+    dialect_name: str = ""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- engine-specific hooks ------------------------------------------------------------------
+    @abstractmethod
+    def _insert_ignoring_duplicates(self) -> Insert:
+        """INSERT INTO events ... ON CONFLICT (source, event_id) DO NOTHING, in the engine's dialect."""
+
+    def migrate(self) -> None:
+        from tallybook.store.migrate import upgrade
+
+        upgrade(self.engine)
+
+    # -- transactions -------------------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (on SQLite it takes the write lock up front: BEGIN IMMEDIATE)."""
+        with self.engine.connect().execution_options(tallybook_write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def ping(self) -> None:
+        with self.read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- events -------------------------------------------------------------------------------------
+    def insert_events(
+        self, conn: Connection, batch: Sequence[Event], ingested_us: int
+    ) -> set[tuple[str, str]]:
+        """Insert events whose (source, id) is new, stamped `ingested_us`; return the inserted keys.
+
+        The batch must not repeat a key (the caller dedups in memory first). Runs inside the
+        caller's transaction, so the caller decides when it becomes durable.
+        """
+        if not batch:
+            return set()
+        statement = self._insert_ignoring_duplicates().returning(events.c.source, events.c.event_id)
+        inserted: set[tuple[str, str]] = set()
+        for start in range(0, len(batch), INSERT_PAGE_SIZE):
+            rows = [
+                {
+                    "source": e.source,
+                    "event_id": e.id,
+                    "type": e.type,
+                    "subject": e.subject,
+                    "time_us": e.time_us,
+                    "ingested_us": ingested_us,
+                    "data": e.data,
+                    "datacontenttype": e.datacontenttype,
+                }
+                for e in batch[start : start + INSERT_PAGE_SIZE]
+            ]
+            result = conn.execute(statement, rows)
+            inserted.update((row[0], row[1]) for row in result)
+        return inserted
+
+    def events_by_key(
+        self, conn: Connection, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Event]:
+        found: dict[tuple[str, str], Event] = {}
+        for start in range(0, len(keys), LOOKUP_PAGE_SIZE):
+            page = keys[start : start + LOOKUP_PAGE_SIZE]
+            rows = conn.execute(select(events).where(tuple_(events.c.source, events.c.event_id).in_(page)))
+            for row in rows:
+                event = _event_from_row(row._mapping)
+                found[event.key] = event
+        return found
+
+    def list_events(self, flt: EventFilter) -> list[Event]:
+        query = select(events)
+        conditions: list[Any] = []
+        if flt.subject is not None:
+            conditions.append(events.c.subject == flt.subject)
+        if flt.type is not None:
+            conditions.append(events.c.type == flt.type)
+        if flt.id is not None:
+            conditions.append(events.c.event_id == flt.id)
+        if flt.source is not None:
+            conditions.append(events.c.source == flt.source)
+        if flt.time_from_us is not None:
+            conditions.append(events.c.time_us >= flt.time_from_us)
+        if flt.time_to_us is not None:
+            conditions.append(events.c.time_us <= flt.time_to_us)
+        if flt.ingested_from_us is not None:
+            conditions.append(events.c.ingested_us >= flt.ingested_from_us)
+        if flt.ingested_to_us is not None:
+            conditions.append(events.c.ingested_us <= flt.ingested_to_us)
+        if conditions:
+            query = query.where(*conditions)
+        if flt.order_by_ingested:
+            query = query.order_by(events.c.ingested_us.desc(), events.c.seq.desc())
+        else:
+            query = query.order_by(events.c.time_us.desc(), events.c.seq.desc())
+        query = query.limit(flt.limit)
+        with self.read() as conn:
+            return [_event_from_row(row._mapping) for row in conn.execute(query)]
+
+    def count_events(self) -> int:
+        with self.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+
+    # -- API keys -----------------------------------------------------------------------------------
+    def add_api_key(self, record: ApiKeyRecord) -> None:
+        with self.write() as conn:
+            conn.execute(api_keys.insert().values(**_key_row(record)))
+
+    def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        with self.read() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash)).first()
+        return ApiKeyRecord(**row._mapping) if row else None
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        with self.read() as conn:
+            rows = conn.execute(select(api_keys).order_by(api_keys.c.created_us, api_keys.c.id))
+            return [ApiKeyRecord(**row._mapping) for row in rows]
+
+    def revoke_api_key(self, key_id: str, revoked_us: int) -> bool:
+        with self.write() as conn:
+            result = conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_us.is_(None))
+                .values(revoked_us=revoked_us)
+            )
+            return result.rowcount > 0
+
+    def count_active_admin_keys(self) -> int:
+        with self.read() as conn:
+            query = (
+                select(func.count())
+                .select_from(api_keys)
+                .where(api_keys.c.scope == "admin", api_keys.c.revoked_us.is_(None))
+            )
+            return int(conn.execute(query).scalar_one())
+
+
+def _key_row(record: ApiKeyRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "scope": record.scope,
+        "prefix": record.prefix,
+        "key_hash": record.key_hash,
+        "created_us": record.created_us,
+        "revoked_us": record.revoked_us,
+    }
+
+
+def _event_from_row(row: Any) -> Event:
+    return Event(
+        source=row["source"],
+        id=row["event_id"],
+        type=row["type"],
+        subject=row["subject"],
+        time_us=row["time_us"],
+        data=row["data"],
+        datacontenttype=row["datacontenttype"],
+        ingested_us=row["ingested_us"],
+    )
+
+
+__all__ = ["ApiKeyRecord", "EventFilter", "SqlStore", "schema"]

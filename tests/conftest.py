@@ -1,0 +1,180 @@
+"""Shared fixtures: every store-backed test runs on SQLite and on PostgreSQL.
+
+PostgreSQL: each pytest process creates its own throwaway database (so parallel runs and xdist
+workers never collide) and tables are emptied between tests. Without a reachable server the
+PostgreSQL variants skip with the reason shown; under CI (CI=true) they fail instead, because CI
+must exercise PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from sqlalchemy import text
+
+from tallybook.api.app import create_app
+from tallybook.clock import FixedClock
+from tallybook.config import DatabaseSettings, Settings
+from tallybook.runtime import Runtime
+from tallybook.store.schema import metadata
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TALLYBOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_pg_state: dict[str, Any] = {}
+
+
+def _postgres_database() -> str:
+    """Create (once per process) a private database; return its SQLAlchemy URL."""
+    if "url" in _pg_state:
+        return str(_pg_state["url"])
+    if "error" in _pg_state:
+        _skip_or_fail(_pg_state["error"])
+    name = f"tallybook_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        _pg_state["error"] = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc}".strip()
+        _skip_or_fail(_pg_state["error"])
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    _pg_state["url"] = f"{base}/{name}"
+    _pg_state["name"] = name
+    return str(_pg_state["url"])
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the PostgreSQL tests. {reason}")
+    pytest.skip(reason)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    name = _pg_state.get("name")
+    if not name:
+        return
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.Error:
+        pass
+
+
+def empty_all_tables(runtime: Runtime) -> None:
+    """Remove every row (PostgreSQL tests share one database per process)."""
+    with runtime.store.write() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+        if runtime.store.dialect_name == "postgresql":
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('events', 'seq'), 1, false)"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tallybook.db'}"
+    return _postgres_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    return f"sqlite:///{tmp_path / 'tallybook.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    return _postgres_database()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(datetime(2026, 2, 1, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database=DatabaseSettings(url=database_url))
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    """A started runtime on a clean database (system clock)."""
+    rt = Runtime.build(settings)
+    empty_all_tables(rt)
+    rt.start()
+    try:
+        yield rt
+    finally:
+        rt.stop()
+
+
+@pytest.fixture
+def keys(runtime: Runtime) -> dict[str, str]:
+    """One key per scope: {'admin': ..., 'read': ..., 'ingest': ...}."""
+    return {
+        scope: runtime.keys.create(f"test {scope}", scope).plaintext for scope in ("admin", "read", "ingest")
+    }
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[httpx.Client]:
+    """An HTTP client against the real ASGI app (the runtime is managed by the fixture)."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(runtime, manage_runtime=False)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+class LiveServer:
+    """uvicorn serving the app on a free loopback port in a background thread."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.config = uvicorn.Config(
+            create_app(runtime, manage_runtime=False),
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    @property
+    def url(self) -> str:
+        sockets = self.server.servers[0].sockets
+        host, port = sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(runtime: Runtime) -> Iterator[LiveServer]:
+    with LiveServer(runtime) as server:
+        yield server
