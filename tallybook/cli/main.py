@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -34,9 +35,7 @@ ConfigOption = Annotated[
 ]
 DatabaseOption = Annotated[
     str | None,
-    typer.Option(
-        "--database", help="SQLAlchemy URL, e.g. sqlite:///./tallybook.db or postgresql+psycopg://..."
-    ),
+    typer.Option("--database", help="SQLAlchemy URL, e.g. sqlite:///./tallybook.db or postgresql+psycopg://..."),
 ]
 
 
@@ -44,7 +43,7 @@ def _settings(config: Path | None, database: str | None) -> Settings:
     try:
         return load_settings(config).with_database(database)
     except ConfigError as exc:
-        err_console.print(f"[red]configuration error:[/red] {exc}")
+        err_console.print(f"[red]configuration error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -54,7 +53,7 @@ def _runtime(settings: Settings) -> Runtime:
     try:
         return Runtime.build(settings)
     except UnsupportedDatabase as exc:
-        err_console.print(f"[red]database error:[/red] {exc}")
+        err_console.print(f"[red]database error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -88,14 +87,10 @@ def serve(
         from tallybook.demo import load_demo_events
 
         added = load_demo_events(runtime)
-        console.print(
-            f"demo: {added} events loaded" if added else "demo: database already has events; left as is"
-        )
+        console.print(f"demo: {added} events loaded" if added else "demo: database already has events; left as is")
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
-    console.print(
-        f"Tallybook on http://{bind_host}:{bind_port}  (database: {runtime.database_label})", highlight=False
-    )
+    console.print(f"Tallybook on http://{bind_host}:{bind_port}  (database: {runtime.database_label})", highlight=False)
     uvicorn.run(
         create_app(runtime),
         host=bind_host,
@@ -108,9 +103,7 @@ def serve(
 
 @app.command()
 def ingest(
-    file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="A .jsonl or .csv file of events")
-    ],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A .jsonl or .csv file of events")],
     config: ConfigOption = None,
     database: DatabaseOption = None,
     source: Annotated[str, typer.Option(help="source for records that have none")] = "import",
@@ -139,7 +132,7 @@ def ingest(
             try:
                 records = read_events(file, stream, source, now_us)
             except ValueError as exc:
-                err_console.print(f"[red]{exc}[/red]")
+                err_console.print(f"[red]{escape(str(exc))}[/red]")
                 raise typer.Exit(2) from None
             for record in records:
                 if record.event is None:
@@ -165,7 +158,7 @@ def ingest(
     summary.add_row(str(total.accepted), str(total.duplicates), str(total.conflicts), str(len(rejected)))
     console.print(summary)
     for line in rejected[:20]:
-        err_console.print(f"[yellow]rejected[/yellow] {line}", highlight=False)
+        err_console.print(f"[yellow]rejected[/yellow] {escape(line)}", highlight=False)
     if len(rejected) > 20:
         err_console.print(f"... and {len(rejected) - 20} more rejected records")
     if rejected:
