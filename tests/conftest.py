@@ -28,9 +28,7 @@ from tallybook.config import DatabaseSettings, Settings
 from tallybook.runtime import Runtime
 from tallybook.store.schema import metadata
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "TALLYBOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_ADMIN_URL = os.environ.get("TALLYBOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 _pg_state: dict[str, Any] = {}
 
 
@@ -121,9 +119,7 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 @pytest.fixture
 def keys(runtime: Runtime) -> dict[str, str]:
     """One key per scope: {'admin': ..., 'read': ..., 'ingest': ...}."""
-    return {
-        scope: runtime.keys.create(f"test {scope}", scope).plaintext for scope in ("admin", "read", "ingest")
-    }
+    return {scope: runtime.keys.create(f"test {scope}", scope).plaintext for scope in ("admin", "read", "ingest")}
 
 
 def auth(key: str) -> dict[str, str]:
