@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, read_limited_body
 from tallybook.api.ingesting import commit, reject, runtime_of
-from tallybook.api.problems import Problem
+from tallybook.api.params import instant_micros
 from tallybook.api.security import require
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.ingest.events import BatchTooLarge, FieldError, InvalidEvents, check_batch, codehooks_event
@@ -40,23 +40,17 @@ async def capture_usage(
     if event is None:
         raise reject(runtime, InvalidEvents(errors), 1)
     await commit(runtime, [event])
-    return _accepted(
-        {"message": "Event captured", "eventType": eventType, "customerId": event.subject, "id": event.id}
-    )
+    return _accepted({"message": "Event captured", "eventType": eventType, "customerId": event.subject, "id": event.id})
 
 
 @router.post("/usagebatch")
-async def capture_usage_batch(
-    request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]
-) -> Response:
+async def capture_usage_batch(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]) -> Response:
     runtime = runtime_of(request)
     limits = runtime.settings.ingest
     payload = decode_json(await read_limited_body(request, limits.max_batch_bytes))
     try:
         if not isinstance(payload, list):
-            raise InvalidEvents(
-                [FieldError(None, "(body)", "send a JSON array of {eventType, customerId, value}")]
-            )
+            raise InvalidEvents([FieldError(None, "(body)", "send a JSON array of {eventType, customerId, value}")])
         check_batch(payload, limits.max_batch_events)
         errors: list[FieldError] = []
         now_us = to_micros(runtime.clock.now())
@@ -80,14 +74,6 @@ async def capture_usage_batch(
     )
 
 
-def _micros(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise Problem(400, "invalid-parameters", "from/to need a time zone offset, e.g. 2026-01-05T10:00:00Z")
-    return to_micros(value)
-
-
 @router.get("/events")
 async def list_usage_events(
     request: Request,
@@ -103,8 +89,8 @@ async def list_usage_events(
     flt = EventFilter(
         subject=customerId,
         type=eventType,
-        ingested_from_us=_micros(from_),
-        ingested_to_us=_micros(to),
+        ingested_from_us=instant_micros(from_, "from"),
+        ingested_to_us=instant_micros(to, "to"),
         limit=limit,
         order_by_ingested=True,
     )

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import commit, reject, runtime_of
+from tallybook.api.params import instant_micros
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.clock import format_rfc3339, from_micros, to_micros
@@ -33,9 +34,7 @@ PLAIN = "application/json"
 
 def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int) -> list[Event]:
     if kind == SINGLE and not isinstance(payload, dict):
-        raise InvalidEvents(
-            [FieldError(None, "(body)", f"{SINGLE} carries one event object; send arrays as {BATCH}")]
-        )
+        raise InvalidEvents([FieldError(None, "(body)", f"{SINGLE} carries one event object; send arrays as {BATCH}")])
     if kind == BATCH and not isinstance(payload, list):
         raise InvalidEvents([FieldError(None, "(body)", f"{BATCH} carries a JSON array of events")])
     if not isinstance(payload, dict | list):
@@ -44,18 +43,14 @@ def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int) -> 
     check_batch(raw_events, max_events)
     errors: list[FieldError] = []
     single = isinstance(payload, dict)
-    events = [
-        cloudevent_from_json(raw, None if single else i, now_us, errors) for i, raw in enumerate(raw_events)
-    ]
+    events = [cloudevent_from_json(raw, None if single else i, now_us, errors) for i, raw in enumerate(raw_events)]
     if errors:
         raise InvalidEvents(errors)
     return [e for e in events if e is not None]
 
 
 @router.post("/events", status_code=204, response_class=Response)
-async def ingest_events(
-    request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]
-) -> Response:
+async def ingest_events(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]) -> Response:
     """Ingest one CloudEvent or a batch. 204 means every event is committed to the store."""
     runtime = runtime_of(request)
     kind = media_type(request)
@@ -99,16 +94,6 @@ def ingested_event_json(event: Event) -> dict[str, Any]:
     return {"event": event_json(event), "ingestedAt": ingested, "storedAt": ingested}
 
 
-def _micros(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise Problem(
-            400, "invalid-parameters", "date-times need a time zone offset, e.g. 2026-01-05T10:00:00Z"
-        )
-    return to_micros(value)
-
-
 @router.get("/events")
 async def list_events(
     request: Request,
@@ -130,10 +115,10 @@ async def list_events(
         type=type,
         id=id,
         source=source,
-        time_from_us=_micros(from_),
-        time_to_us=_micros(to),
-        ingested_from_us=_micros(ingestedAtFrom),
-        ingested_to_us=_micros(ingestedAtTo),
+        time_from_us=instant_micros(from_, "from"),
+        time_to_us=instant_micros(to, "to"),
+        ingested_from_us=instant_micros(ingestedAtFrom, "ingestedAtFrom"),
+        ingested_to_us=instant_micros(ingestedAtTo, "ingestedAtTo"),
         limit=limit,
     )
     found = await run_in_threadpool(runtime.store.list_events, flt)
