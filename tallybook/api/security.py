@@ -31,7 +31,10 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[ApiKeyRecord]]:
                 401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>' or 'x-apikey'"
             )
         keys = request.app.state.runtime.keys
-        record = await run_in_threadpool(keys.verify, secret)
+        # The cache answers most requests without leaving the event loop; a miss reads the store.
+        hit, record = keys.cached(secret)
+        if not hit:
+            record = await run_in_threadpool(keys.verify, secret)
         if record is None:
             raise Problem(401, "unauthenticated", "the API key is unknown or revoked")
         if not scope_allows(record.scope, scope):

@@ -68,14 +68,21 @@ class ApiKeyService:
         self.create(name, scope, plaintext)
         return True
 
+    def cached(self, plaintext: str) -> tuple[bool, ApiKeyRecord | None]:
+        """(True, record-or-None) when the answer is cached; never touches the database."""
+        with self._cache_lock:
+            entry = self._cache.get(hash_key(plaintext))
+        if entry is not None and entry[1] > time.monotonic():
+            return True, entry[0]
+        return False, None
+
     def verify(self, plaintext: str) -> ApiKeyRecord | None:
         """The active key record for a presented secret, or None."""
+        hit, record = self.cached(plaintext)
+        if hit:
+            return record
         digest = hash_key(plaintext)
         now = time.monotonic()
-        with self._cache_lock:
-            cached = self._cache.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
         record = self.store.api_key_by_hash(digest)
         if record is not None and record.revoked_us is not None:
             record = None
