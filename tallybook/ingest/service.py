@@ -138,9 +138,9 @@ class IngestService:
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.metrics.commit_group_events.observe(size)
         total = IngestResult()
-        for request, result in zip(group, results, strict=True):
+        for result in results:
             total.add(result)
-            request.future.set_result(result)
+        # Count before answering: a client that reads /metrics after its 2xx sees its own events.
         self.metrics.events_accepted.inc(total.accepted)
         if total.duplicates:
             self.metrics.events_duplicate.labels(kind="retry").inc(total.duplicates)
@@ -150,6 +150,8 @@ class IngestService:
                 "events with a known (source, id) but different content were ignored; the first is kept",
                 extra={"count": total.conflicts, "sample": [list(k) for k in total.conflict_keys[:5]]},
             )
+        for request, result in zip(group, results, strict=True):
+            request.future.set_result(result)
 
     def _write(self, group: list[_Request]) -> list[IngestResult]:
         # First occurrence of each key in this group, and who submitted it.
