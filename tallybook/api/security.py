@@ -27,9 +27,7 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[ApiKeyRecord]]:
     async def dependency(request: Request) -> ApiKeyRecord:
         secret = presented_key(request)
         if secret is None:
-            raise Problem(
-                401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>' or 'x-apikey'"
-            )
+            raise Problem(401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>' or 'x-apikey'")
         keys = request.app.state.runtime.keys
         # The cache answers most requests without leaving the event loop; a miss reads the store.
         hit, record = keys.cached(secret)
@@ -38,10 +36,11 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[ApiKeyRecord]]:
         if record is None:
             raise Problem(401, "unauthenticated", "the API key is unknown or revoked")
         if not scope_allows(record.scope, scope):
+            needed = "'admin'" if scope == "admin" else f"'{scope}' or 'admin'"
             raise Problem(
                 403,
                 "forbidden",
-                f"this key has scope '{record.scope}'; this endpoint needs '{scope}' or 'admin'",
+                f"this key has scope '{record.scope}'; this endpoint needs {needed}",
             )
         return record
 
