@@ -15,6 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tallybook.meters.config import MeterSettings
+from tallybook.webhooks.settings import WebhookSettings
+
 DEFAULT_CONFIG_FILE = "tallybook.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///./tallybook.db"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -72,6 +75,8 @@ class Settings(_Section):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    meters: MeterSettings = Field(default_factory=MeterSettings)
 
     def with_database(self, url: str | None) -> Settings:
         if not url:
@@ -127,8 +132,6 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc}") from None
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_format_location(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
+        problems = "; ".join(f"{_format_location(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False))
         raise ConfigError(f"{file}: {problems}") from None
     return settings.with_database(env.get("TALLYBOOK_DATABASE_URL"))

@@ -13,9 +13,14 @@ from sqlalchemy.engine import make_url
 from tallybook.auth.keys import ApiKeyService
 from tallybook.clock import Clock, SystemClock
 from tallybook.config import Settings
+from tallybook.customers import CustomerService
 from tallybook.ingest.service import IngestService
+from tallybook.jobs.scheduler import JobScheduler
+from tallybook.jobs.wiring import build_jobs
+from tallybook.meters.service import MeterService
 from tallybook.observability.metrics import Metrics
 from tallybook.store import SqlStore, open_store
+from tallybook.webhooks.service import WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,10 @@ class Runtime:
     ingest: IngestService
     keys: ApiKeyService
     started: bool = field(default=False)
+    customers: CustomerService = field(init=False)
+    meters: MeterService = field(init=False)
+    webhooks: WebhookService = field(init=False)
+    jobs: JobScheduler = field(init=False)
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, migrate: bool = True) -> Runtime:
@@ -41,17 +50,26 @@ class Runtime:
             store, metrics=metrics, clock=clock, max_group_events=settings.ingest.group_commit_max_events
         )
         runtime = cls(settings, store, clock, metrics, ingest, ApiKeyService(store, clock))
+        runtime.customers = CustomerService(store, clock)
         for key in settings.auth.bootstrap_keys:
             if runtime.keys.ensure(key.name, key.scope, key.key):
                 log.info("registered API key from config", extra={"key_name": key.name, "scope": key.scope})
+        runtime.meters = MeterService(store, clock, settings.meters)
+        runtime.meters.sync_config()
+        runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters)
         return runtime
 
     def start(self) -> None:
         self.ingest.start()
+        self.meters.start()
+        if self.settings.webhooks.scheduler.run_in_server:
+            self.jobs.start()
         self.started = True
 
     def stop(self) -> None:
+        self.jobs.stop()
         self.ingest.stop()
+        self.meters.stop()
         self.store.close()
         self.started = False
 

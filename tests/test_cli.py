@@ -18,6 +18,15 @@ from tests.serverproc import ServerProcess
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Rich sizes its consoles once, at import, from the real terminal; make output width-independent."""
+    from tallybook.cli import main
+
+    monkeypatch.setattr(main.console, "width", 200)
+    monkeypatch.setattr(main.err_console, "width", 200)
+
+
 @pytest.fixture
 def db(database_url):
     runtime = Runtime.build(Settings(database=DatabaseSettings(url=database_url)))
@@ -39,7 +48,7 @@ def test_keys_create_list_revoke(db):
     assert created.exit_code == 0, created.output
     key_id, secret = created.output.split()[0], created.output.strip().splitlines()[-1]
     assert secret.startswith("tbk_")
-    listed = runner.invoke(app, ["keys", "list", "--database", db], env={"COLUMNS": "200"})
+    listed = runner.invoke(app, ["keys", "list", "--database", db])
     assert key_id in listed.output and "grafana" in listed.output
     assert secret not in listed.output
     assert runner.invoke(app, ["keys", "revoke", key_id, "--database", db]).exit_code == 0
@@ -70,7 +79,7 @@ def test_ingest_jsonl_reports_accepted_duplicate_and_rejected(tmp_path, db):
     ]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines))
-    result = runner.invoke(app, ["ingest", str(path), "--database", db, "--source", "batch"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["ingest", str(path), "--database", db, "--source", "batch"])
     assert result.exit_code == 1  # some records were rejected
     assert "│        2 │         1 │           0 │        2 │" in result.output
     assert "line 4" in result.output and "line 5: time" in result.output
@@ -86,7 +95,7 @@ def test_ingest_csv_turns_extra_columns_into_exact_data(tmp_path, db):
         'c1,storage.gb,acme,2026-01-01T00:00:00Z,0.1,eu,"{""tier"": ""gold""}"\n'
         "c2,storage.gb,acme,2026-01-02T00:00:00Z,12,,\n"
     )
-    result = runner.invoke(app, ["ingest", str(path), "--database", db], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["ingest", str(path), "--database", db])
     assert result.exit_code == 0, result.output
     events = {e.id: e for e in stored(db)}
     from decimal import Decimal

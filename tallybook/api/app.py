@@ -12,7 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tallybook
 from tallybook.api.problems import install_problem_handlers
-from tallybook.api.routes import codehooks, events, ops
+from tallybook.api.routes import aggregations, codehooks, customers, events, meters, notifications, ops, subjects
+from tallybook.api.routes import jobs as job_routes
 from tallybook.observability.metrics import Metrics
 from tallybook.runtime import Runtime
 
@@ -71,5 +72,11 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(events.router)
     app.include_router(codehooks.router)
+    app.include_router(meters.router)
+    app.include_router(aggregations.router)
+    app.include_router(customers.router)
+    app.include_router(subjects.router)
+    app.include_router(notifications.router)
+    app.include_router(job_routes.router)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
     return app

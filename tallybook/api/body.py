@@ -14,9 +14,7 @@ from tallybook.api.problems import Problem
 async def read_limited_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(
-            413, "too-large", f"the body is {declared} bytes; the limit is {limit} bytes per request"
-        )
+        raise Problem(413, "too-large", f"the body is {declared} bytes; the limit is {limit} bytes per request")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

@@ -26,8 +26,9 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: never break printed text (keys, URLs, errors) into lines; people copy it.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -112,7 +113,8 @@ def ingest(
     """Import events from a file straight into the store (same validation and dedup as the API)."""
     settings = _settings(config, database)
     runtime = _runtime(settings)
-    runtime.start()
+    # Only the writer: an import must not run period-close jobs or deliver webhooks on the side.
+    runtime.ingest.start()
     total = IngestResult()
     rejected: list[str] = []
     batch: list[Event] = []
@@ -195,7 +197,8 @@ def keys_list(config: ConfigOption = None, database: DatabaseOption = None) -> N
         runtime.store.close()
     table = Table()
     for column in ("id", "name", "scope", "starts with", "created", "revoked"):
-        table.add_column(column)
+        # Ids and prefixes are what people copy: never truncate them in a narrow terminal.
+        table.add_column(column, no_wrap=column in ("id", "starts with"))
     for r in records:
         table.add_row(
             r.id,
@@ -240,3 +243,62 @@ def db_upgrade(config: ConfigOption = None, database: DatabaseOption = None) -> 
 def main() -> None:  # pragma: no cover - console entry point alias
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()
+
+
+# -- background jobs: webhooks, period close, usage reports -------------------------------------------
+jobs_app = typer.Typer(help="Background jobs: period close, usage reports, webhook delivery.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("run")
+def jobs_run(
+    once: Annotated[bool, typer.Option("--once", help="Run every job once, now, then exit (for cron)")] = False,
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Run everything that is due now: close periods, send reports, deliver webhooks and retries."""
+    if not once:
+        err_console.print("[red]use --once (or `tallybook worker` to keep running)[/red]")
+        raise typer.Exit(2)
+    from tallybook.observability.logs import configure_logging
+
+    settings = _settings(config, database)
+    configure_logging(settings.logging.level, settings.logging.json_format)
+    runtime = _runtime(settings)
+    try:
+        results = runtime.jobs.run_once()
+    finally:
+        runtime.stop()
+    table = Table()
+    for column in ("job", "ran", "result"):
+        table.add_column(column)
+    for r in results:
+        detail = r.error or r.skipped_reason or ", ".join(f"{k}={v}" for k, v in r.result.items())
+        table.add_row(r.name, "yes" if r.ran else "no", escape(detail))
+    console.print(table)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def worker(config: ConfigOption = None, database: DatabaseOption = None) -> None:
+    """Run the background jobs (no HTTP) until stopped; several workers may share one PostgreSQL."""
+    import signal
+
+    from tallybook.observability.logs import configure_logging
+
+    settings = _settings(config, database)
+    configure_logging(settings.logging.level, settings.logging.json_format)
+    runtime = _runtime(settings)
+    scheduler = runtime.jobs
+
+    def _stop(_signum: int, _frame: object) -> None:
+        scheduler.request_stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    console.print(f"Tallybook worker running (database: {runtime.database_label})", highlight=False)
+    try:
+        scheduler.serve_forever()
+    finally:
+        runtime.stop()

@@ -68,8 +68,7 @@ class InvalidEvents(Exception):
 
     def __str__(self) -> str:
         shown = "; ".join(
-            (f"event {e.index}: " if e.index is not None else "") + f"{e.field}: {e.message}"
-            for e in self.errors[:5]
+            (f"event {e.index}: " if e.index is not None else "") + f"{e.field}: {e.message}" for e in self.errors[:5]
         )
         more = f" (and {len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
         return shown + more

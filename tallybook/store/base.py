@@ -83,9 +83,7 @@ class SqlStore(ABC):
         self.engine.dispose()
 
     # -- events -------------------------------------------------------------------------------------
-    def insert_events(
-        self, conn: Connection, batch: Sequence[Event], ingested_us: int
-    ) -> set[tuple[str, str]]:
+    def insert_events(self, conn: Connection, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
         """Insert events whose (source, id) is new, stamped `ingested_us`; return the inserted keys.
 
         The batch must not repeat a key (the caller dedups in memory first). Runs inside the
@@ -113,9 +111,7 @@ class SqlStore(ABC):
             inserted.update((row[0], row[1]) for row in result)
         return inserted
 
-    def events_by_key(
-        self, conn: Connection, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], Event]:
+    def events_by_key(self, conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Event]:
         found: dict[tuple[str, str], Event] = {}
         for start in range(0, len(keys), LOOKUP_PAGE_SIZE):
             page = keys[start : start + LOOKUP_PAGE_SIZE]

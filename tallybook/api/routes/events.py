@@ -122,4 +122,9 @@ async def list_events(
         limit=limit,
     )
     found = await run_in_threadpool(runtime.store.list_events, flt)
-    return Response(jsonutil.dumpb([ingested_event_json(e) for e in found]), media_type="application/json")
+    invalid = await run_in_threadpool(runtime.meters.validation_errors, [e.key for e in found])
+    items = [ingested_event_json(e) for e in found]
+    for item, event in zip(items, found, strict=True):
+        if event.key in invalid:
+            item["validationError"] = invalid[event.key]
+    return Response(jsonutil.dumpb(items), media_type="application/json")

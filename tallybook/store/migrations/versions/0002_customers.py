@@ -44,9 +44,7 @@ def upgrade() -> None:
     op.create_table(
         "customer_subjects",
         sa.Column("subject", sa.Text(), primary_key=True),
-        sa.Column(
-            "customer_id", sa.Text(), sa.ForeignKey("customers.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("customer_id", sa.Text(), sa.ForeignKey("customers.id", ondelete="CASCADE"), nullable=False),
     )
     op.create_index("ix_customer_subjects_customer", "customer_subjects", ["customer_id"])
 

@@ -1,0 +1,343 @@
+"""OpenMeter-compatible meters API: /api/v1/meters, queries and subjects."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from tallybook import jsonutil
+from tallybook.api.body import decode_json, read_limited_body
+from tallybook.api.ingesting import runtime_of
+from tallybook.api.problems import Problem
+from tallybook.api.security import require
+from tallybook.clock import format_rfc3339
+from tallybook.ingest.events import parse_time
+from tallybook.meters.models import Aggregation, Meter, MeterError, MeterSpec, UsageQuery, UsageResult
+from tallybook.meters.windows import WindowSize
+from tallybook.store.base import ApiKeyRecord
+
+router = APIRouter(prefix="/api/v1", tags=["meters"])
+MAX_BODY = 1024 * 1024
+
+
+class MeterCreateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slug: str = Field(min_length=1, max_length=64)
+    name: str | None = Field(None, min_length=1, max_length=256)
+    description: str | None = Field(None, max_length=1024)
+    metadata: dict[str, str] | None = None
+    aggregation: Aggregation
+    eventType: str = Field(min_length=1)
+    eventFrom: datetime | None = None
+    valueProperty: str | None = Field(None, min_length=1)
+    groupBy: dict[str, str] = Field(default_factory=dict)
+
+
+class MeterUpdateBody(BaseModel):
+    """OpenMeter's MeterUpdate (name, description, metadata, groupBy) plus Tallybook's extension:
+    aggregation, eventType, eventFrom and valueProperty may change too, unless the meter is billed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=256)
+    description: str | None = Field(None, max_length=1024)
+    metadata: dict[str, str] | None = None
+    groupBy: dict[str, str] | None = None
+    aggregation: Aggregation | None = None
+    eventType: str | None = Field(None, min_length=1)
+    eventFrom: datetime | None = None
+    valueProperty: str | None = Field(None, min_length=1)
+
+
+class MeterQueryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    clientId: str | None = Field(None, max_length=36)
+    from_: str | None = Field(None, alias="from")
+    to: str | None = None
+    windowSize: WindowSize | None = None
+    windowTimeZone: str = "UTC"
+    subject: list[str] = Field(default_factory=list, max_length=100)
+    filterCustomerId: list[str] = Field(default_factory=list, max_length=100)
+    filterGroupBy: dict[str, list[str] | str] = Field(default_factory=dict)
+    groupBy: list[str] = Field(default_factory=list, max_length=100)
+    asOf: str | None = None
+
+
+def _problem(exc: MeterError) -> Problem:
+    return Problem(exc.status, exc.code, exc.detail, **exc.extra)
+
+
+def _invalid_body(exc: ValidationError) -> Problem:
+    errors = [
+        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]}
+        for err in exc.errors(include_url=False)
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return Problem(400, "invalid-parameters", detail, errors=errors)
+
+
+async def _json_body(request: Request, model: type[BaseModel]) -> Any:
+    payload = decode_json(await read_limited_body(request, MAX_BODY))
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise _invalid_body(exc) from None
+
+
+def meter_json(meter: Meter) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": meter.id,
+        "slug": meter.slug,
+        "name": meter.name,
+        "aggregation": meter.aggregation.value,
+        "eventType": meter.event_type,
+        "groupBy": meter.group_by,
+        "createdAt": format_rfc3339(meter.created_at),
+        "updatedAt": format_rfc3339(meter.updated_at),
+        "annotations": {
+            "tallybook.managedBy": meter.managed_by,
+            "tallybook.invalidEvents": meter.invalid_events,
+            "tallybook.billedAt": format_rfc3339(meter.locked_at) if meter.locked_at else None,
+        },
+    }
+    if meter.description is not None:
+        body["description"] = meter.description
+    if meter.value_property is not None:
+        body["valueProperty"] = meter.value_property
+    if meter.event_from is not None:
+        body["eventFrom"] = format_rfc3339(meter.event_from)
+    if meter.metadata is not None:
+        body["metadata"] = meter.metadata
+    return body
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(jsonutil.dumpb(value), status_code=status, media_type="application/json")
+
+
+@router.get("/meters")
+async def list_meters(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]) -> Response:
+    meters = await run_in_threadpool(runtime_of(request).meters.list)
+    return _json([meter_json(m) for m in meters])
+
+
+@router.post("/meters")
+async def create_meter(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]) -> Response:
+    body: MeterCreateBody = await _json_body(request, MeterCreateBody)
+    spec = MeterSpec(
+        slug=body.slug,
+        event_type=body.eventType,
+        aggregation=body.aggregation,
+        name=body.name,
+        description=body.description,
+        value_property=body.valueProperty,
+        group_by=body.groupBy,
+        event_from=body.eventFrom,
+        metadata=body.metadata,
+    )
+    try:
+        meter = await run_in_threadpool(runtime_of(request).meters.create, spec)
+    except MeterError as exc:
+        raise _problem(exc) from None
+    return _json(meter_json(meter), status=201)
+
+
+@router.get("/meters/{meterIdOrSlug}")
+async def get_meter(
+    meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
+) -> Response:
+    try:
+        meter = await run_in_threadpool(runtime_of(request).meters.get, meterIdOrSlug)
+    except MeterError as exc:
+        raise _problem(exc) from None
+    return _json(meter_json(meter))
+
+
+@router.put("/meters/{meterIdOrSlug}")
+async def update_meter(
+    meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
+) -> Response:
+    body: MeterUpdateBody = await _json_body(request, MeterUpdateBody)
+    service = runtime_of(request).meters
+    given = body.model_fields_set
+
+    def apply() -> Meter:
+        current = service.get(meterIdOrSlug)
+        spec = MeterSpec(
+            slug=current.slug,
+            event_type=body.eventType if "eventType" in given and body.eventType else current.event_type,
+            aggregation=body.aggregation if "aggregation" in given and body.aggregation else current.aggregation,
+            name=body.name if "name" in given else current.name,
+            description=body.description if "description" in given else current.description,
+            value_property=body.valueProperty if "valueProperty" in given else current.value_property,
+            group_by=body.groupBy if "groupBy" in given and body.groupBy is not None else current.group_by,
+            event_from=body.eventFrom if "eventFrom" in given else current.event_from,
+            metadata=body.metadata if "metadata" in given else current.metadata,
+        )
+        return service.update(current.id, spec)
+
+    try:
+        meter = await run_in_threadpool(apply)
+    except MeterError as exc:
+        raise _problem(exc) from None
+    return _json(meter_json(meter))
+
+
+@router.delete("/meters/{meterIdOrSlug}", status_code=204, response_class=Response)
+async def delete_meter(
+    meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
+) -> Response:
+    try:
+        await run_in_threadpool(runtime_of(request).meters.delete, meterIdOrSlug)
+    except MeterError as exc:
+        raise _problem(exc) from None
+    return Response(status_code=204)
+
+
+def _instant(value: str | None, name: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    # An unencoded '+' in a query string arrives as a space: 2026-01-01T00:00:00 01:00.
+    if " " in value and "+" not in value:
+        value = value.replace(" ", "+")
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise Problem(400, "invalid-parameters", f"{name}: {exc}") from None
+
+
+def _list_param(request: Request, name: str) -> list[str]:
+    params = request.query_params
+    return [*params.getlist(name), *params.getlist(f"{name}[]")]
+
+
+def _query_from_params(meter: str, request: Request) -> UsageQuery:
+    params = request.query_params
+    filters: dict[str, list[str]] = {}
+    for key, value in params.multi_items():
+        if key.startswith("filterGroupBy[") and key.endswith("]"):
+            name = key[len("filterGroupBy[") : -1]
+            filters.setdefault(name, []).append(value)
+    window = params.get("windowSize")
+    try:
+        size = WindowSize(window) if window else None
+    except ValueError:
+        raise Problem(
+            400,
+            "invalid-parameters",
+            f"windowSize must be one of {', '.join(w.value for w in WindowSize)}, got {window!r}",
+        ) from None
+    return UsageQuery(
+        meter=meter,
+        from_=_instant(params.get("from"), "from"),
+        to=_instant(params.get("to"), "to"),
+        window_size=size,
+        window_time_zone=params.get("windowTimeZone") or "UTC",
+        subjects=tuple(_list_param(request, "subject")),
+        customer_ids=tuple(_list_param(request, "filterCustomerId")),
+        filter_group_by={k: (v[0] if len(v) == 1 else tuple(v)) for k, v in filters.items()},
+        group_by=tuple(_list_param(request, "groupBy")),
+        as_of=_instant(params.get("asOf"), "asOf"),
+    )
+
+
+def _query_from_body(meter: str, body: MeterQueryBody) -> UsageQuery:
+    filters: dict[str, str | tuple[str, ...]] = {
+        k: (v if isinstance(v, str) else tuple(v)) for k, v in body.filterGroupBy.items()
+    }
+    return UsageQuery(
+        meter=meter,
+        from_=_instant(body.from_, "from"),
+        to=_instant(body.to, "to"),
+        window_size=body.windowSize,
+        window_time_zone=body.windowTimeZone,
+        subjects=tuple(body.subject),
+        customer_ids=tuple(body.filterCustomerId),
+        filter_group_by=filters,
+        group_by=tuple(body.groupBy),
+        as_of=_instant(body.asOf, "asOf"),
+    )
+
+
+def _result_response(request: Request, result: UsageResult, q: UsageQuery) -> Response:
+    accept = request.headers.get("accept", "")
+    if "text/csv" in accept:
+        out = io.StringIO()
+        group_keys = [k for k in dict.fromkeys(q.group_by) if k not in ("subject", "customer_id")]
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["window_start", "window_end", "subject", "customer_id", *group_keys, "value"])
+        for row in result.rows:
+            writer.writerow(
+                [
+                    format_rfc3339(row.window_start),
+                    format_rfc3339(row.window_end),
+                    row.subject or "",
+                    row.customer_id or "",
+                    *[row.group_by.get(k) or "" for k in group_keys],
+                    str(row.value),
+                ]
+            )
+        return Response(out.getvalue(), media_type="text/csv")
+    body: dict[str, Any] = {
+        "from": format_rfc3339(result.from_) if result.from_ else None,
+        "to": format_rfc3339(result.to),
+        "windowSize": result.window_size.value if result.window_size else None,
+        "data": [
+            {
+                "value": row.value,
+                "windowStart": format_rfc3339(row.window_start),
+                "windowEnd": format_rfc3339(row.window_end),
+                "subject": row.subject,
+                "customerId": row.customer_id,
+                "groupBy": row.group_by,
+            }
+            for row in result.rows
+        ],
+    }
+    return _json(body)
+
+
+async def _run_query(request: Request, q: UsageQuery) -> Response:
+    try:
+        result = await run_in_threadpool(runtime_of(request).meters.query_result, q)
+    except MeterError as exc:
+        raise _problem(exc) from None
+    return _result_response(request, result, q)
+
+
+@router.get("/meters/{meterIdOrSlug}/query")
+async def query_meter(
+    meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
+) -> Response:
+    """Usage in windows. `from` inclusive, `to` exclusive; both on window boundaries."""
+    return await _run_query(request, _query_from_params(meterIdOrSlug, request))
+
+
+@router.post("/meters/{meterIdOrSlug}/query")
+async def query_meter_post(
+    meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
+) -> Response:
+    body: MeterQueryBody = await _json_body(request, MeterQueryBody)
+    return await _run_query(request, _query_from_body(meterIdOrSlug, body))
+
+
+@router.get("/meters/{meterIdOrSlug}/subjects")
+async def meter_subjects(
+    meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
+) -> Response:
+    """Subjects that have events for this meter (event time in [from, to) when given)."""
+    start = _instant(request.query_params.get("from"), "from")
+    end = _instant(request.query_params.get("to"), "to")
+    try:
+        subjects = await run_in_threadpool(runtime_of(request).meters.subjects, meterIdOrSlug, start, end)
+    except MeterError as exc:
+        raise _problem(exc) from None
+    return _json(subjects)

@@ -1,0 +1,1 @@
+"""Background jobs: period close, usage reports and webhook delivery, and their scheduler."""

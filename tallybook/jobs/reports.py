@@ -1,0 +1,151 @@
+"""`report.meter`: for every finished hour or day, one usage report per meter and subject.
+
+Shaped like the usage that OpenMeter's Stripe webhook example forwards: the meter, the query that
+produced the figures, and the windows. A report's event id (and so its `webhook-id`) derives from
+the meter, subject and window, so the same report always has the same id: receivers can use it as
+an idempotency key, e.g. for Stripe meter events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from tallybook.clock import format_rfc3339, from_micros, to_micros
+from tallybook.jobs.aggregation import PeriodBounds, plain_number
+from tallybook.store.base import SqlStore
+from tallybook.store.jobs import JobStore
+from tallybook.webhooks.service import OutboxMessage, WebhookService
+from tallybook.webhooks.settings import REPORT_METER, WebhookSettings
+
+log = logging.getLogger(__name__)
+
+WINDOW_SIZES = {"hourly": "HOUR", "daily": "DAY"}
+FIRST_RUN_WINDOWS = 1  # the first run reports the last finished window, not history
+
+
+class ReportMeters(Protocol):
+    def list(self) -> Any: ...
+
+    def query(self, query: Any) -> Any: ...
+
+
+def meter_summary(meter: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": meter.id,
+        "slug": meter.slug,
+        "name": meter.name,
+        "eventType": meter.event_type,
+        "aggregation": str(meter.aggregation),
+    }
+    if meter.value_property:
+        body["valueProperty"] = meter.value_property
+    if meter.group_by:
+        body["groupBy"] = dict(meter.group_by)
+    return body
+
+
+class MeterReportJob:
+    name = "report.meter"
+
+    def __init__(
+        self,
+        store: SqlStore,
+        webhooks: WebhookService,
+        meters: ReportMeters,
+        settings: WebhookSettings,
+        period_bounds: PeriodBounds,
+        usage_query: Callable[[str, datetime, datetime, str, str], Any],
+    ) -> None:
+        self.store = store
+        self.webhooks = webhooks
+        self.meters = meters
+        self.settings = settings
+        self.period_bounds = period_bounds
+        self.usage_query = usage_query  # (meter slug, from, to, window size, time zone) -> a query
+        self.cursors = JobStore(store)
+
+    def __call__(self, now: datetime) -> dict[str, Any]:
+        return self.run(now)
+
+    def run(self, now: datetime) -> dict[str, Any]:
+        counts = {"windows": 0, "reports": 0}
+        interval = self.settings.reports.interval
+        zone = self.settings.zone
+        cursor_name = f"report.meter:{interval}"
+        with self.store.read() as conn:
+            cursor_us = self.cursors.get_cursor(conn, cursor_name)
+            active = bool(self.webhooks.destinations(conn, REPORT_METER))
+        if cursor_us is None:
+            # Start with the last window that is finished (grace included).
+            last_open, _ = self.period_bounds(interval, now - self.settings.grace, zone)
+            start = last_open
+            for _ in range(FIRST_RUN_WINDOWS):
+                start, _ = self.period_bounds(interval, start - timedelta(microseconds=1), zone)
+        else:
+            start = from_micros(cursor_us)
+        reported_through: datetime | None = None
+        while True:
+            start, end = self.period_bounds(interval, start, zone)
+            if end + self.settings.grace > now:
+                break
+            if active:
+                counts["reports"] += self._report_window(start, end, now)
+                with self.store.write() as conn:
+                    self.cursors.set_cursor(conn, cursor_name, to_micros(end))
+            reported_through = end
+            counts["windows"] += 1
+            start = end
+        if not active and reported_through is not None:
+            with self.store.write() as conn:
+                self.cursors.set_cursor(conn, cursor_name, to_micros(reported_through))
+        return counts
+
+    def _meters(self) -> list[Any]:
+        meters = list(self.meters.list())
+        wanted = self.settings.reports.meters
+        if wanted is None:
+            return meters
+        return [m for m in meters if m.slug in wanted or m.id in wanted]
+
+    def _report_window(self, start: datetime, end: datetime, now: datetime) -> int:
+        interval = self.settings.reports.interval
+        window_size = WINDOW_SIZES[interval]
+        sent = 0
+        for meter in self._meters():
+            query = self.usage_query(meter.slug, start, end, window_size, self.settings.timezone)
+            rows = self.meters.query(query)
+            by_subject: dict[str, list[Any]] = {}
+            for row in rows:
+                if row.subject is not None:
+                    by_subject.setdefault(row.subject, []).append(row)
+            for subject in sorted(by_subject):
+                usage = sorted(by_subject[subject], key=lambda r: r.window_start)
+                payload = {
+                    "type": REPORT_METER,
+                    "meter": meter_summary(meter),
+                    "query": {
+                        "subject": subject,
+                        "from": format_rfc3339(start),
+                        "to": format_rfc3339(end),
+                        "windowSize": window_size,
+                    },
+                    "usage": [
+                        {
+                            "value": plain_number(r.value),
+                            "windowStart": format_rfc3339(r.window_start),
+                            "windowEnd": format_rfc3339(r.window_end),
+                        }
+                        for r in usage
+                    ],
+                }
+                key = f"{REPORT_METER}|{meter.slug}|{subject}|{to_micros(start)}|{to_micros(end)}|{window_size}"
+                with self.store.write() as conn:
+                    destinations = self.webhooks.destinations(conn, REPORT_METER)
+                    message = OutboxMessage(REPORT_METER, key, payload, subject=subject, stable_id=True)
+                    # The id's time part is the window end: the same report gets the same id.
+                    if self.webhooks.enqueue(conn, message, destinations, now, id_time=end) is not None:
+                        sent += 1
+        return sent

@@ -1,0 +1,197 @@
+"""Keeps `meter_usage` up to date behind ingest.
+
+Ingest only appends to `events`. The materializer reads new events by `seq` cursor (one cursor per
+meter, in `meters.projected_seq`), extracts each meter's value and group values, and appends one
+`meter_usage` row per (meter, event). It runs in a background thread every `interval` seconds and
+also on demand before every query, so a query always sees every event committed before it began.
+
+Work is done in chunks, each in its own transaction together with the cursor move, so a crash
+loses nothing and never double counts. On PostgreSQL an advisory lock makes materializers in
+several server processes take turns, and the cursor only advances to a "settled" seq (see
+`tallybook.store.meters.settled_horizon`), so an event whose transaction commits late is not
+skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from tallybook.meters.extract import as_decimal, as_text, compile_path, missing
+from tallybook.meters.models import Aggregation, Meter
+from tallybook.store import meters as meter_store
+from tallybook.store.base import SqlStore
+from tallybook.store.meters import StoredEvent, UsageRecord
+
+log = logging.getLogger(__name__)
+
+CHUNK_EVENTS = 20_000  # events per transaction (bounds how long ingest waits on SQLite)
+
+
+class Projector:
+    """Turns an event into a meter's usage row (value, group values, or why it is not counted)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.event_from_us = None if meter.event_from is None else _micros(meter.event_from)
+        self.value = compile_path(meter.value_property) if meter.value_property else None
+        self.groups = [(name, compile_path(path)) for name, path in sorted(meter.group_by.items())]
+
+    def project(self, event: StoredEvent) -> UsageRecord | None:
+        if self.event_from_us is not None and event.time_us < self.event_from_us:
+            return None
+        data = event.data if isinstance(event.data, dict) else {}
+        groups: dict[str, str] | None = None
+        if self.groups:
+            groups = {}
+            for name, extract in self.groups:
+                found = extract(data)
+                text = None if missing(found) else as_text(found)
+                if text is not None:
+                    groups[name] = text
+        num: Decimal | None = None
+        ukey = None
+        error = None
+        aggregation = self.meter.aggregation
+        if aggregation is Aggregation.COUNT or self.value is None:
+            num = Decimal(1)
+        else:
+            raw = self.value(data)
+            path = self.meter.value_property
+            if missing(raw):
+                error = f"valueProperty {path} is missing from the event data"
+            elif aggregation is Aggregation.UNIQUE_COUNT:
+                ukey = as_text(raw)
+                if ukey is None:
+                    error = f"valueProperty {path} must be a string or number for UNIQUE_COUNT, got {_kind(raw)}"
+            else:
+                number = as_decimal(raw)
+                if number is None:
+                    error = f"valueProperty {path} is {_show(raw)}, not a number or numeric string"
+                num = number
+        return UsageRecord(
+            meter_key=self.meter.key,
+            event_seq=event.seq,
+            subject=event.subject,
+            time_us=event.time_us,
+            ingested_us=event.ingested_us,
+            num=num,
+            ukey=ukey,
+            groups=groups,
+            error=error,
+        )
+
+
+def _micros(when: Any) -> int:
+    from tallybook.clock import to_micros
+
+    return to_micros(when)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value[:40])
+    return _kind(value) if not isinstance(value, bool) else str(value).lower()
+
+
+class Materializer:
+    def __init__(
+        self,
+        store: SqlStore,
+        load_meters: Callable[[Any], Sequence[Meter]],
+        interval: float = 1.0,
+        chunk_events: int = CHUNK_EVENTS,
+    ) -> None:
+        self.store = store
+        self.load_meters = load_meters  # reads live meters inside the given connection
+        self.interval = interval
+        self.chunk_events = chunk_events
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one catch-up at a time within this process
+
+    # -- background thread --------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="tallybook-meter-materializer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.catch_up()
+            except Exception:
+                log.exception("meter materializer pass failed; it will retry")
+
+    # -- work -------------------------------------------------------------------------------------------
+    def pending(self) -> bool:
+        with self.store.read() as conn:
+            visible = meter_store.visible_max_seq(conn)
+            cursors = meter_store.cursors(conn)
+        return bool(cursors) and min(cursors.values()) < visible
+
+    def catch_up(self) -> int:
+        """Project every settled event not yet projected; return how many events were read."""
+        if not self.pending():
+            return 0
+        with self._lock:
+            with self.store.read() as conn:
+                horizon = meter_store.settled_horizon(conn)
+            total = 0
+            while True:
+                done, read = self._chunk(horizon)
+                total += read
+                if done:
+                    return total
+
+    def _chunk(self, horizon: int) -> tuple[bool, int]:
+        with self.store.write() as conn:
+            meter_store.lock_materializer(conn)
+            meters = {m.key: m for m in self.load_meters(conn)}
+            cursors = meter_store.cursors(conn)
+            lagging = {key: seq for key, seq in cursors.items() if seq < horizon and key in meters}
+            if not lagging:
+                return True, 0
+            low = min(lagging.values())
+            group = [meters[key] for key, seq in lagging.items() if seq == low]
+            # Stop where the next-lowest cursor is, so that meter joins the group from there on.
+            stop = min([seq for seq in lagging.values() if seq > low] + [horizon])
+            projectors: dict[str, list[Projector]] = {}
+            for meter in group:
+                projectors.setdefault(meter.event_type, []).append(Projector(meter))
+            read = 0
+            records: list[UsageRecord] = []
+            for page in meter_store.events_after(conn, low, stop, projectors):
+                for event in page:
+                    for projector in projectors[event.type]:
+                        record = projector.project(event)
+                        if record is not None:
+                            records.append(record)
+                read += len(page)
+                if read >= self.chunk_events and page[-1].seq < stop:
+                    stop = page[-1].seq
+                    break
+            meter_store.insert_usage(conn, records)
+            meter_store.set_cursor(conn, [m.key for m in group], stop)
+        return False, read

@@ -1,0 +1,607 @@
+"""Meter definitions and usage queries.
+
+Events are the source of truth; `meter_usage` is a projection of them that the materializer keeps
+current. Creating a meter, or changing how it reads events (event type, value, group-by,
+eventFrom), clears its projection and rebuilds it from every stored event before returning.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from tallybook.clock import Clock, SystemClock, from_micros, to_micros
+from tallybook.meters.config import MeterSettings
+from tallybook.meters.extract import InvalidPath, compile_path
+from tallybook.meters.materializer import Materializer
+from tallybook.meters.models import (
+    GROUP_KEY_PATTERN,
+    RESERVED_GROUP_KEYS,
+    SLUG_PATTERN,
+    Aggregation,
+    InvalidMeter,
+    InvalidQuery,
+    Meter,
+    MeterConflict,
+    MeterNotFound,
+    MeterSpec,
+    PeriodUsage,
+    UsageQuery,
+    UsageResult,
+    UsageRow,
+)
+from tallybook.meters.windows import (
+    PERIODS,
+    TooManyWindows,
+    UnknownTimeZone,
+    Windows,
+    WindowSize,
+    alignment_rule,
+    is_aligned,
+    window_end,
+    window_start,
+    windows_between,
+    zone,
+)
+from tallybook.store import meters as meter_store
+from tallybook.store.base import SqlStore
+from tallybook.store.meters import AggregateRow, AggregateSpec, meter_usage
+
+log = logging.getLogger(__name__)
+
+_ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Fields whose change alters what a meter counts: refused once the meter has been billed.
+BILLING_FIELDS = ("aggregation", "value_property", "event_type", "event_from")
+# Fields whose change needs the projection rebuilt.
+PROJECTION_FIELDS = (*BILLING_FIELDS, "group_by")
+
+
+def new_ulid(when: datetime) -> str:
+    number = (to_micros(when) // 1000) << 80 | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_ULID_ALPHABET[number & 31])
+        number >>= 5
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class CountedRow:
+    row: UsageRow
+    count: int  # events behind the value
+
+
+class MeterService:
+    def __init__(self, store: SqlStore, clock: Clock | None = None, settings: MeterSettings | None = None) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.settings = settings or MeterSettings()
+        self.materializer = Materializer(store, self._live_meters, interval=self.settings.materialize_interval_seconds)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.materializer.start()
+
+    def stop(self) -> None:
+        self.materializer.stop()
+
+    def catch_up(self) -> int:
+        """Bring the projection up to every committed event (queries call this themselves)."""
+        return self.materializer.catch_up()
+
+    # -- definitions ------------------------------------------------------------------------------------
+    def list(self) -> list[Meter]:
+        with self.store.read() as conn:
+            meters = self._live_meters(conn)
+            counts = meter_store.invalid_counts(conn, [m.key for m in meters])
+        return [replace(m, invalid_events=counts.get(m.key, 0)) for m in meters]
+
+    def get(self, id_or_slug: str) -> Meter:
+        with self.store.read() as conn:
+            meter = self._find(conn, id_or_slug)
+            counts = meter_store.invalid_counts(conn, [meter.key])
+        return replace(meter, invalid_events=counts.get(meter.key, 0))
+
+    def _find(self, conn: Connection, id_or_slug: str) -> Meter:
+        row = meter_store.meter_row(conn, id_or_slug)
+        if row is None:
+            raise MeterNotFound(f"no meter has the id or slug {id_or_slug!r}")
+        return _meter_from_row(row)
+
+    def create(self, spec: MeterSpec, managed_by: str = "api") -> Meter:
+        _validate_spec(spec)
+        now_us = to_micros(self.clock.now())
+        with self.store.write() as conn:
+            meter_store.lock_materializer(conn)
+            if meter_store.meter_row(conn, spec.slug) is not None:
+                raise MeterConflict(f"a meter with slug {spec.slug!r} already exists; pick another slug")
+            meter_store.insert_meter(
+                conn,
+                {
+                    "id": new_ulid(self.clock.now()),
+                    "slug": spec.slug,
+                    "created_us": now_us,
+                    "updated_us": now_us,
+                    "managed_by": managed_by,
+                    **_spec_columns(spec),
+                },
+            )
+        self.catch_up()
+        return self.get(spec.slug)
+
+    def update(self, id_or_slug: str, spec: MeterSpec, managed_by: str = "api") -> Meter:
+        """Replace a meter's definition (the slug stays). Rebuilds the projection when needed."""
+        _validate_spec(spec)
+        with self.store.write() as conn:
+            meter_store.lock_materializer(conn)
+            row = meter_store.meter_row(conn, id_or_slug)
+            if row is None:
+                raise MeterNotFound(f"no meter has the id or slug {id_or_slug!r}")
+            current = _meter_from_row(row)
+            if current.managed_by != managed_by:
+                raise MeterConflict(f"meter {current.slug!r} is defined in tallybook.yaml; change it there and restart")
+            wanted = _spec_columns(spec)
+            present = _spec_columns(_spec_of(current))
+            changed = [name for name in wanted if wanted[name] != present[name]]
+            billing_changes = [name for name in changed if name in BILLING_FIELDS]
+            if current.locked_at is not None and billing_changes:
+                raise MeterConflict(
+                    f"meter {current.slug!r} has been billed, so its "
+                    f"{', '.join(_api_name(n) for n in billing_changes)} cannot change: invoices must stay "
+                    "reproducible. Create a new meter (e.g. slug "
+                    f"{current.slug}_v2) with the new definition and move prices to it from the next period.",
+                    fields=[_api_name(n) for n in billing_changes],
+                )
+            if changed:
+                meter_store.update_meter(conn, current.key, {**wanted, "updated_us": to_micros(self.clock.now())})
+                if any(name in PROJECTION_FIELDS for name in changed):
+                    meter_store.clear_projection(conn, current.key)
+        self.catch_up()
+        return self.get(current.id)
+
+    def delete(self, id_or_slug: str, managed_by: str = "api") -> None:
+        with self.store.write() as conn:
+            meter_store.lock_materializer(conn)
+            row = meter_store.meter_row(conn, id_or_slug)
+            if row is None:
+                raise MeterNotFound(f"no meter has the id or slug {id_or_slug!r}")
+            meter = _meter_from_row(row)
+            if meter.managed_by != managed_by:
+                raise MeterConflict(f"meter {meter.slug!r} is defined in tallybook.yaml; remove it there")
+            if meter.locked_at is not None:
+                raise MeterConflict(
+                    f"meter {meter.slug!r} has been billed; it cannot be deleted while invoices refer to it"
+                )
+            meter_store.clear_projection(conn, meter.key)
+            meter_store.update_meter(conn, meter.key, {"deleted_us": to_micros(self.clock.now())})
+
+    def lock(self, id_or_slug: str, at: datetime | None = None) -> Meter:
+        """Mark a meter as billed (invoicing calls this). Its counting rules are frozen from now on."""
+        when = to_micros(at or self.clock.now())
+        with self.store.write() as conn:
+            row = meter_store.meter_row(conn, id_or_slug)
+            if row is None:
+                raise MeterNotFound(f"no meter has the id or slug {id_or_slug!r}")
+            if row["locked_us"] is None:
+                meter_store.update_meter(conn, row["key"], {"locked_us": when})
+        return self.get(id_or_slug)
+
+    def sync_config(self, settings: MeterSettings | None = None) -> None:
+        """Create or update the meters defined in tallybook.yaml (and codehooks systemconfig.json)."""
+        settings = settings or self.settings
+        wanted = {d.slug: d.spec() for d in settings.all_definitions()}
+        existing = {m.slug: m for m in self.list()}
+        for slug, spec in wanted.items():
+            meter = existing.get(slug)
+            if meter is None:
+                self.create(spec, managed_by="config")
+            elif _spec_columns(_spec_of(meter)) != _spec_columns(spec) or meter.managed_by != "config":
+                if meter.managed_by != "config":
+                    raise MeterConflict(
+                        f"meter {slug!r} in tallybook.yaml already exists as an API-created meter; rename one of them"
+                    )
+                self.update(slug, spec, managed_by="config")
+        for slug, meter in existing.items():
+            if meter.managed_by == "config" and slug not in wanted:
+                if meter.locked_at is not None:
+                    log.warning("billed meter removed from tallybook.yaml is kept", extra={"meter": slug})
+                    continue
+                self.delete(slug, managed_by="config")
+
+    def validation_errors(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Why meters did not count these events: {(source, id): "meter slug: reason; ..."}."""
+        if not keys:
+            return {}
+        self.catch_up()
+        with self.store.read() as conn:
+            found = meter_store.validation_errors(conn, keys)
+        return {key: "; ".join(f"meter {slug}: {error}" for slug, error in items) for key, items in found.items()}
+
+    # -- queries -----------------------------------------------------------------------------------------
+    def query(self, q: UsageQuery) -> builtins.list[UsageRow]:
+        return self.query_result(q).rows
+
+    def query_result(self, q: UsageQuery) -> UsageResult:
+        with self.store.read() as conn:
+            meter = self._find(conn, q.meter)
+        counted, start, end = self._run(meter, q)
+        return UsageResult(start, end, q.window_size, [c.row for c in counted])
+
+    def subjects(
+        self, id_or_slug: str, start: datetime | None = None, end: datetime | None = None
+    ) -> builtins.list[str]:
+        """Subjects seen in the meter's events (optionally with event time in [start, end))."""
+        with self.store.read() as conn:
+            meter = self._find(conn, id_or_slug)
+        self.catch_up()
+        with self.store.read() as conn:
+            return meter_store.subjects_in(conn, [meter.key], _opt_micros(start), _opt_micros(end))
+
+    def subjects_with_events(self, start: datetime, end: datetime) -> builtins.list[str]:
+        """Subjects with events of any metered type in [start, end)."""
+        self.catch_up()
+        with self.store.read() as conn:
+            keys = [m.key for m in self._live_meters(conn)]
+            return meter_store.subjects_in(conn, keys, to_micros(start), to_micros(end))
+
+    def period_usage(self, subject: str, start: datetime, end: datetime, as_of: datetime | None = None) -> PeriodUsage:
+        """Every meter's value for one subject over [start, end), codehooks style (see PeriodUsage)."""
+        with self.store.read() as conn:
+            meters = self._live_meters(conn)
+        names = usage_keys(meters)
+        self.catch_up()
+        values: dict[str, Decimal] = {}
+        counts: dict[str, int] = {}
+        for meter in meters:
+            q = UsageQuery(meter=meter.id, from_=start, to=end, subjects=(subject,), as_of=as_of)
+            counted, _, _ = self._run(meter, q, catch_up=False, check_alignment=False)
+            name = names[meter.key]
+            values[name] = sum((c.row.value for c in counted), Decimal(0))
+            counts[name] = sum(c.count for c in counted)
+        with self.store.read() as conn:
+            total = _distinct_events(conn, [m.key for m in meters], subject, start, end, as_of)
+        return PeriodUsage(subject, start, end, values, counts, total)
+
+    def period_documents(
+        self,
+        period: str,
+        start: datetime,
+        end: datetime,
+        subject: str | None = None,
+        tz_name: str = "UTC",
+        as_of: datetime | None = None,
+    ) -> builtins.list[dict[str, Any]]:
+        """codehooks aggregation documents: one per (subject, period) with events in [start, end).
+
+        Runs one query per meter (grouped by subject and period window), not one per customer.
+        """
+        if period not in PERIODS:
+            raise InvalidQuery(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
+        size = PERIODS[period]
+        tz = _zone(tz_name)
+        first = window_start(size, start, tz)
+        last = window_end(size, end - _ONE_US if end > start else start, tz)
+        with self.store.read() as conn:
+            meters = self._live_meters(conn)
+        names = usage_keys(meters)
+        self.catch_up()
+        documents: dict[tuple[str, datetime], dict[str, Any]] = {}
+        for meter in meters:
+            q = UsageQuery(
+                meter=meter.id,
+                from_=first,
+                to=last,
+                window_size=size,
+                window_time_zone=tz_name,
+                subjects=(subject,) if subject else (),
+                group_by=("subject",),
+                as_of=as_of,
+            )
+            counted, _, _ = self._run(meter, q, catch_up=False)
+            for item in counted:
+                row = item.row
+                assert row.subject is not None
+                doc = documents.setdefault(
+                    (row.subject, row.window_start),
+                    {
+                        "customerId": row.subject,
+                        "period": period,
+                        "periodStart": row.window_start,
+                        "periodEnd": row.window_end,
+                        "periodKey": period_key(period, row.window_start, tz),
+                        "events": {},
+                        "eventCounts": {},
+                    },
+                )
+                doc["events"][names[meter.key]] = row.value
+                doc["eventCounts"][names[meter.key]] = item.count
+        return [documents[k] for k in sorted(documents, key=lambda k: (k[1], k[0]))]
+
+    # -- internals ---------------------------------------------------------------------------------------
+    def _live_meters(self, conn: Connection) -> builtins.list[Meter]:
+        return [_meter_from_row(row) for row in meter_store.live_meter_rows(conn)]
+
+    def _run(
+        self, meter: Meter, q: UsageQuery, catch_up: bool = True, check_alignment: bool = True
+    ) -> tuple[builtins.list[CountedRow], datetime | None, datetime]:
+        tz = _zone(q.window_time_zone)
+        size = q.window_size
+        allowed = set(meter.group_by) | RESERVED_GROUP_KEYS
+        for key in q.group_by:
+            if key not in allowed:
+                raise InvalidQuery(
+                    f"groupBy {key!r} is not a groupBy key of meter {meter.slug!r}; "
+                    f"use one of {', '.join(sorted(allowed))}"
+                )
+        for key in q.filter_group_by:
+            if key not in meter.group_by:
+                known = ", ".join(sorted(meter.group_by)) or "none"
+                raise InvalidQuery(
+                    f"filterGroupBy[{key}]: {key!r} is not a groupBy key of meter {meter.slug!r} (its keys: {known})"
+                )
+        for name, value in (("from", q.from_), ("to", q.to), ("asOf", q.as_of)):
+            if value is not None and value.tzinfo is None:
+                raise InvalidQuery(f"{name} needs a time zone offset, e.g. 2026-01-05T00:00:00Z")
+        if check_alignment and size is not None:
+            for name, value in (("from", q.from_), ("to", q.to)):
+                if value is not None and not is_aligned(size, value, tz):
+                    raise InvalidQuery(
+                        f"{name}={value.isoformat()} is not aligned to windowSize={size.value} in "
+                        f"{q.window_time_zone}: with this window size it must fall on {alignment_rule(size)} "
+                        f"in {q.window_time_zone}, e.g. {window_start(size, value, tz).astimezone(tz).isoformat()}",
+                        rule=alignment_rule(size),
+                    )
+        if catch_up:
+            self.catch_up()
+
+        subjects: tuple[str, ...] | None = tuple(dict.fromkeys(q.subjects)) if q.subjects else None
+        customer_of: dict[str, str] = {}
+        with self.store.read() as conn:
+            if q.customer_ids:
+                customer_of, unknown = meter_store.customer_subject_map(conn, list(q.customer_ids))
+                if unknown:
+                    raise InvalidQuery(f"unknown customer(s) in filterCustomerId: {', '.join(unknown)}")
+                allowed_subjects = set(customer_of)
+                subjects = tuple(s for s in (subjects or tuple(sorted(allowed_subjects))) if s in allowed_subjects)
+            start = q.from_.astimezone(UTC) if q.from_ else None
+            end = q.to.astimezone(UTC) if q.to else None
+            if end is None:
+                now = self.clock.now()
+                end = window_end(size, now, tz) if size is not None else now
+            if start is None:
+                first_us = conn.execute(
+                    select(func.min(meter_usage.c.time_us)).where(meter_usage.c.meter_key == meter.key)
+                ).scalar_one()
+                if first_us is None:
+                    return [], None, end
+                first = from_micros(int(first_us))
+                start = window_start(size, first, tz) if size is not None else first
+            if start >= end:
+                raise InvalidQuery(f"from ({start.isoformat()}) must be before to ({end.isoformat()})")
+            if subjects is not None and not subjects:
+                return [], start, end
+            try:
+                windows = windows_between(size, start, end, tz)
+            except TooManyWindows as exc:
+                raise InvalidQuery(str(exc)) from None
+            group_keys = tuple(k for k in dict.fromkeys(q.group_by) if k not in RESERVED_GROUP_KEYS)
+            spec = AggregateSpec(
+                meter_key=meter.key,
+                aggregation=meter.aggregation.value,
+                start_us=windows.start_us,
+                end_us=windows.end_us,
+                step_us=windows.step_us if size is not None else None,
+                bounds_us=windows.bounds_us,
+                subjects=subjects,
+                as_of_us=_opt_micros(q.as_of),
+                group_filters=dict(q.filter_group_by),
+                group_keys=group_keys,
+                by_subject="subject" in q.group_by,
+                by_customer="customer_id" in q.group_by,
+            )
+            rows = meter_store.aggregate(conn, spec)
+        single_customer = None
+        if len(set(customer_of.values())) == 1:
+            single_customer = next(iter(customer_of.values()))
+        out = [
+            _usage_row(meter, row, windows, size is None, group_keys, q, single_customer)
+            for row in rows
+            if row.count > 0
+        ]
+        out.sort(
+            key=lambda c: (
+                c.row.window_start,
+                c.row.subject or "",
+                c.row.customer_id or "",
+                tuple((v or "") for v in c.row.group_by.values()),
+            )
+        )
+        return out, start, end
+
+
+_ONE_US = from_micros(1) - from_micros(0)
+
+
+def _usage_row(
+    meter: Meter,
+    row: AggregateRow,
+    windows: Windows,
+    single: bool,
+    group_keys: tuple[str, ...],
+    q: UsageQuery,
+    single_customer: str | None,
+) -> CountedRow:
+    begin_us, end_us = (windows.start_us, windows.end_us) if single else windows.window(row.window)
+    value = row.value if row.value is not None else Decimal(0)
+    if meter.aggregation is Aggregation.AVG:
+        value = value / row.count
+    elif meter.aggregation is Aggregation.COUNT:
+        value = Decimal(row.count)
+    groups: dict[str, str | None] = dict(zip(group_keys, row.groups, strict=True))
+    customer = row.customer_id if "customer_id" in q.group_by else single_customer
+    return CountedRow(
+        UsageRow(
+            value=value,
+            window_start=from_micros(begin_us),
+            window_end=from_micros(end_us),
+            subject=row.subject if "subject" in q.group_by else None,
+            customer_id=customer,
+            group_by=groups,
+        ),
+        row.count,
+    )
+
+
+def usage_keys(meters: Sequence[Meter]) -> dict[int, str]:
+    """codehooks `events` keys: the event type when one meter uses it, else the meter's slug."""
+    per_type: dict[str, int] = {}
+    for meter in meters:
+        per_type[meter.event_type] = per_type.get(meter.event_type, 0) + 1
+    return {m.key: m.event_type if per_type[m.event_type] == 1 else m.slug for m in meters}
+
+
+def period_key(period: str, start: datetime, tz: Any) -> str:
+    local = start.astimezone(tz)
+    if period == "hourly":
+        return local.strftime("%Y-%m-%dT%H")
+    if period == "daily":
+        return local.strftime("%Y-%m-%d")
+    if period == "weekly":
+        year, week, _ = local.isocalendar()
+        return f"{year}-W{week:02d}"
+    if period == "monthly":
+        return local.strftime("%Y-%m")
+    return local.strftime("%Y")
+
+
+def _distinct_events(
+    conn: Connection, keys: Sequence[int], subject: str, start: datetime, end: datetime, as_of: datetime | None
+) -> int:
+    if not keys:
+        return 0
+    u = meter_usage
+    conditions = [
+        u.c.meter_key.in_(list(keys)),
+        u.c.subject == subject,
+        u.c.time_us >= to_micros(start),
+        u.c.time_us < to_micros(end),
+        u.c.error.is_(None),
+    ]
+    if as_of is not None:
+        conditions.append(u.c.ingested_us <= to_micros(as_of))
+    return int(conn.execute(select(func.count(func.distinct(u.c.event_seq))).where(*conditions)).scalar_one())
+
+
+def _zone(name: str) -> Any:
+    try:
+        return zone(name)
+    except UnknownTimeZone as exc:
+        raise InvalidQuery(f"windowTimeZone: {exc}") from None
+
+
+def _opt_micros(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+def _api_name(field: str) -> str:
+    return {
+        "aggregation": "aggregation",
+        "value_property": "valueProperty",
+        "event_type": "eventType",
+        "event_from": "eventFrom",
+        "group_by": "groupBy",
+    }.get(field, field)
+
+
+def _validate_spec(spec: MeterSpec) -> None:
+    if not SLUG_PATTERN.match(spec.slug) or len(spec.slug) > 64:
+        raise InvalidMeter(
+            f"slug {spec.slug!r} must be 1-64 lower-case letters, digits and single underscores, e.g. tokens_total"
+        )
+    if not spec.event_type:
+        raise InvalidMeter("eventType is required")
+    if spec.aggregation is Aggregation.COUNT and spec.value_property:
+        raise InvalidMeter("COUNT counts events and takes no valueProperty; remove it")
+    if spec.aggregation.needs_value and not spec.value_property:
+        raise InvalidMeter(f"{spec.aggregation.value} needs a valueProperty, a JSONPath such as $.tokens")
+    paths = dict(spec.group_by)
+    if spec.value_property:
+        paths["valueProperty"] = spec.value_property
+    for name, path in paths.items():
+        if name != "valueProperty" and not GROUP_KEY_PATTERN.match(name):
+            raise InvalidMeter(f"groupBy key {name!r} may only contain letters, digits and underscores")
+        if name in RESERVED_GROUP_KEYS and name != "valueProperty":
+            raise InvalidMeter(f"groupBy key {name!r} is reserved (it is always available); pick another name")
+        try:
+            compile_path(path)
+        except InvalidPath as exc:
+            raise InvalidMeter(f"{name if name == 'valueProperty' else 'groupBy.' + name}: {exc}") from None
+    if spec.event_from is not None and spec.event_from.tzinfo is None:
+        raise InvalidMeter("eventFrom needs a time zone offset, e.g. 2026-01-01T00:00:00Z")
+
+
+def _spec_columns(spec: MeterSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name or spec.slug,
+        "description": spec.description,
+        "event_type": spec.event_type,
+        "aggregation": spec.aggregation.value,
+        "value_property": spec.value_property,
+        "group_by": dict(sorted(spec.group_by.items())),
+        "event_from_us": _opt_micros(spec.event_from),
+        "metadata": spec.metadata,
+    }
+
+
+def _spec_of(meter: Meter) -> MeterSpec:
+    return MeterSpec(
+        slug=meter.slug,
+        event_type=meter.event_type,
+        aggregation=meter.aggregation,
+        name=meter.name,
+        description=meter.description,
+        value_property=meter.value_property,
+        group_by=dict(meter.group_by),
+        event_from=meter.event_from,
+        metadata=meter.metadata,
+    )
+
+
+def _meter_from_row(row: Any) -> Meter:
+    return Meter(
+        id=row["id"],
+        key=int(row["key"]),
+        slug=row["slug"],
+        name=row["name"],
+        description=row["description"],
+        event_type=row["event_type"],
+        aggregation=Aggregation(row["aggregation"]),
+        value_property=row["value_property"],
+        group_by=dict(row["group_by"] or {}),
+        event_from=None if row["event_from_us"] is None else from_micros(row["event_from_us"]),
+        metadata=row["metadata"],
+        managed_by=row["managed_by"],
+        created_at=from_micros(row["created_us"]),
+        updated_at=from_micros(row["updated_us"]),
+        locked_at=None if row["locked_us"] is None else from_micros(row["locked_us"]),
+    )
+
+
+__all__ = [
+    "CountedRow",
+    "MeterService",
+    "PeriodUsage",
+    "UsageQuery",
+    "UsageRow",
+    "WindowSize",
+    "period_key",
+    "usage_keys",
+]

@@ -1,0 +1,1 @@
+"""Signed webhooks: channels and rules, the durable outbox, and its delivery worker."""
