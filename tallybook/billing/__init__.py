@@ -1,0 +1,1 @@
+"""Pricing, plans, subscriptions and invoices. Rating is pure functions over Decimal."""
