@@ -18,8 +18,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "webhooks.md"
 
 
 def documented_receiver() -> dict[str, Any]:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
-    [code] = [b for b in blocks if "def verify_standard" in b]
+    code = documented_receiver_source()
     namespace: dict[str, Any] = {"__name__": "documented_receiver"}
     exec(compile(code, str(DOC), "exec"), namespace)
     return namespace
@@ -55,3 +54,17 @@ def test_the_documented_receiver_verifies_real_deliveries(sqlite_url, secret, ca
         runtime.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_the_readme_shows_the_same_tested_receiver():
+    """README's verification example is the code the test above runs, not a copy that can drift."""
+    readme = (DOC.parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    [code] = [b for b in blocks if "def verify_standard" in b]
+    assert code == documented_receiver_source()
+
+
+def documented_receiver_source() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+    [code] = [b for b in blocks if "def verify_standard" in b]
+    return code
