@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from decimal import Decimal
 
 import pytest
 
 from tallybook.config import DatabaseSettings, IngestSettings, Settings
+from tallybook.ingest.events import Event
+from tallybook.ingest.service import _Request
 from tallybook.runtime import Runtime
 from tallybook.store.base import EventFilter
 from tests.conftest import empty_all_tables
@@ -204,3 +207,45 @@ def test_body_over_byte_limit_is_413(small_limits_client):
     response = client.post("/api/v1/events", content=chunks, headers=headers(key, BATCH))
     assert response.status_code == 413
     assert stored_ids(runtime) == []
+
+
+def test_unpaired_surrogate_escapes_are_refused_naming_the_field(client, keys, runtime):
+    """ "\\ud800" is valid JSON but not storable text; it must be a 400, not a failed commit."""
+    raw = (
+        b'[{"specversion":"1.0","id":"ok","source":"s","type":"t","subject":"c"},'
+        b'{"specversion":"1.0","id":"bad","source":"s","type":"t","subject":"c\\ud800","data":{"k":"\\udfff"}}]'
+    )
+    response = client.post("/api/v1/events", content=raw, headers=headers(keys["ingest"], BATCH))
+    assert response.status_code == 400
+    errors = problem(response)["errors"]
+    assert {(e["index"], e["field"]) for e in errors} == {(1, "subject"), (1, "data")}
+    assert "unpaired UTF-16 surrogate" in errors[0]["message"]
+    # A correctly paired surrogate (one emoji) is ordinary text.
+    emoji = b'{"specversion":"1.0","id":"smile","source":"s","type":"t","subject":"\\ud83d\\ude00"}'
+    assert client.post("/api/v1/events", content=emoji, headers=headers(keys["ingest"], SINGLE)).status_code == 204
+    assert stored_ids(runtime) == ["smile"]
+
+
+def test_codehooks_usage_refuses_unpaired_surrogates(client, keys, runtime):
+    raw = b'{"customerId": "c\\ud800", "value": 1}'
+    response = client.post(
+        "/usage/api.calls", content=raw, headers={"x-apikey": keys["ingest"], "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert problem(response)["errors"][0]["field"] == "customerId"
+
+
+def test_a_request_that_cannot_be_stored_does_not_fail_its_group(runtime):
+    """If one request in a group commit fails in the store, the others still commit."""
+    good = [Event("g", f"e{i}", "t", "s", 1, None) for i in range(3)]
+    poison = [Event("p", "x", "t", "s\ud800", 1, None)]  # bypasses validation on purpose
+    # Queue both while the writer is stopped, so the restarted writer takes them as one group.
+    runtime.ingest.stop()
+    requests = [_Request(batch, Future()) for batch in (good, poison)]
+    for request in requests:
+        runtime.ingest._queue.put(request)
+    runtime.ingest.start()
+    assert requests[0].future.result(timeout=30).accepted == 3
+    with pytest.raises(Exception):  # noqa: B017 - the engine's own encoding error, whichever it is
+        requests[1].future.result(timeout=30)
+    assert stored_ids(runtime) == ["e0", "e1", "e2"]

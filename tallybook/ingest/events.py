@@ -7,6 +7,7 @@ event's index and field, so a client can fix a batch in one round trip.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,38 @@ class InvalidEvents(Exception):
         return shown + more
 
 
+# A JSON escape of a UTF-16 surrogate (\\ud800-\\udfff). Paired ones decode to one character; a lone
+# one decodes to a string no database can store, so such text is refused at validation.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+UNPAIRED_SURROGATE = "holds an unpaired UTF-16 surrogate (a \\ud800-\\udfff escape); send valid Unicode text"
+
+
+def may_hold_surrogates(raw_json: bytes) -> bool:
+    """Cheap pre-check on the raw body: only bodies with surrogate escapes need the full check."""
+    return _SURROGATE_ESCAPE.search(raw_json) is not None
+
+
+def _has_unpaired_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_unpaired_surrogate(k) or _has_unpaired_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_unpaired_surrogate(v) for v in value)
+    return False
+
+
+def check_text(raw: dict[str, Any], index: int | None, errors: list[FieldError]) -> None:
+    """Add an error for every top-level field whose text holds an unpaired surrogate."""
+    for name, value in raw.items():
+        if _has_unpaired_surrogate(name) or _has_unpaired_surrogate(value):
+            errors.append(FieldError(index, name, UNPAIRED_SURROGATE))
+
+
 def parse_time(value: Any) -> datetime:
     """RFC 3339 timestamp with an explicit offset, returned in UTC."""
     if not isinstance(value, str):
@@ -101,12 +134,19 @@ def _key_string(raw: Mapping[str, Any], name: str, index: int | None, errors: li
     return value
 
 
-def cloudevent_from_json(raw: Any, index: int | None, now_us: int, errors: list[FieldError]) -> Event | None:
-    """Validate one decoded CloudEvent; append problems to `errors` and return None if invalid."""
+def cloudevent_from_json(
+    raw: Any, index: int | None, now_us: int, errors: list[FieldError], text_checked: bool = True
+) -> Event | None:
+    """Validate one decoded CloudEvent; append problems to `errors` and return None if invalid.
+
+    `text_checked=False` when the source held surrogate escapes (see `may_hold_surrogates`).
+    """
     if not isinstance(raw, dict):
         errors.append(FieldError(index, "(event)", "must be a JSON object"))
         return None
     before = len(errors)
+    if not text_checked:
+        check_text(raw, index, errors)
     specversion = raw.get("specversion")
     if specversion is None:
         errors.append(FieldError(index, "specversion", "is required"))
@@ -138,7 +178,7 @@ def cloudevent_from_json(raw: Any, index: int | None, now_us: int, errors: list[
 
 
 def codehooks_event(
-    event_type: Any, raw: Any, index: int | None, now_us: int, errors: list[FieldError]
+    event_type: Any, raw: Any, index: int | None, now_us: int, errors: list[FieldError], text_checked: bool = True
 ) -> Event | None:
     """Map a codehooks usage record ({customerId, value, metadata?}) onto the event model.
 
@@ -149,6 +189,8 @@ def codehooks_event(
         errors.append(FieldError(index, "(body)", "must be a JSON object"))
         return None
     before = len(errors)
+    if not text_checked:
+        check_text({"eventType": event_type, **raw}, index, errors)
     if not isinstance(event_type, str) or not event_type:
         errors.append(FieldError(index, "eventType", "must be a non-empty string"))
     customer_id = raw.get("customerId")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tallybook import jsonutil
-from tallybook.ingest.events import Event, FieldError, cloudevent_from_json
+from tallybook.ingest.events import Event, FieldError, cloudevent_from_json, may_hold_surrogates
 
 CSV_EVENT_COLUMNS = frozenset({"id", "source", "type", "subject", "time", "data", "specversion"})
 
@@ -49,12 +49,12 @@ def _number_or_text(cell: str) -> Any:
     return number if number.is_finite() else cell
 
 
-def _validate(raw: dict[str, Any], line: int, default_source: str, now_us: int) -> FileRecord:
+def _validate(raw: dict[str, Any], line: int, default_source: str, now_us: int, text_checked: bool) -> FileRecord:
     raw.setdefault("specversion", "1.0")
     if not raw.get("source"):
         raw["source"] = default_source
     errors: list[FieldError] = []
-    event = cloudevent_from_json(raw, line, now_us, errors)
+    event = cloudevent_from_json(raw, line, now_us, errors, text_checked)
     return FileRecord(line, event, errors)
 
 
@@ -70,7 +70,7 @@ def read_jsonl(stream: io.TextIOBase, default_source: str, now_us: int) -> Itera
         if not isinstance(raw, dict):
             yield FileRecord(line_no, None, [FieldError(line_no, "(line)", "must be a JSON object")])
             continue
-        yield _validate(raw, line_no, default_source, now_us)
+        yield _validate(raw, line_no, default_source, now_us, not may_hold_surrogates(line.encode()))
 
 
 def read_csv(stream: io.TextIOBase, default_source: str, now_us: int) -> Iterator[FileRecord]:
@@ -95,7 +95,8 @@ def read_csv(stream: io.TextIOBase, default_source: str, now_us: int) -> Iterato
             data[column] = _number_or_text(cell)
         if data:
             raw["data"] = data
-        yield _validate(raw, line_no, default_source, now_us)
+        # Decoded UTF-8 cells can't hold lone surrogates; only JSON escapes in `data` can.
+        yield _validate(raw, line_no, default_source, now_us, not may_hold_surrogates((row.get("data") or "").encode()))
 
 
 def read_events(path: Path, stream: io.TextIOBase, default_source: str, now_us: int) -> Iterator[FileRecord]:

@@ -131,9 +131,15 @@ class IngestService:
         try:
             results = self._write(group)
         except Exception as exc:
-            log.exception("ingest commit failed", extra={"requests": len(group), "events": size})
-            for request in group:
-                request.future.set_exception(exc)
+            if len(group) > 1:
+                # One request's events must not fail everyone who shared its transaction: retry
+                # each request on its own, so only the one that cannot be stored gets the error.
+                log.warning("group commit failed; committing its requests one by one", extra={"requests": len(group)})
+                for request in group:
+                    self._commit_group([request], len(request.events))
+                return
+            log.exception("ingest commit failed", extra={"requests": 1, "events": size})
+            group[0].future.set_exception(exc)
             return
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.metrics.commit_group_events.observe(size)

@@ -19,7 +19,14 @@ from tallybook.api.ingesting import commit, reject, runtime_of
 from tallybook.api.params import instant_micros
 from tallybook.api.security import require
 from tallybook.clock import format_rfc3339, from_micros, to_micros
-from tallybook.ingest.events import BatchTooLarge, FieldError, InvalidEvents, check_batch, codehooks_event
+from tallybook.ingest.events import (
+    BatchTooLarge,
+    FieldError,
+    InvalidEvents,
+    check_batch,
+    codehooks_event,
+    may_hold_surrogates,
+)
 from tallybook.store.base import ApiKeyRecord, EventFilter
 
 router = APIRouter(tags=["codehooks"])
@@ -34,9 +41,11 @@ async def capture_usage(
     eventType: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]
 ) -> Response:
     runtime = runtime_of(request)
-    payload = decode_json(await read_limited_body(request, runtime.settings.ingest.max_batch_bytes))
+    body = await read_limited_body(request, runtime.settings.ingest.max_batch_bytes)
+    payload = decode_json(body)
     errors: list[FieldError] = []
-    event = codehooks_event(eventType, payload, None, to_micros(runtime.clock.now()), errors)
+    checked = not may_hold_surrogates(body) and eventType.isascii()
+    event = codehooks_event(eventType, payload, None, to_micros(runtime.clock.now()), errors, checked)
     if event is None:
         raise reject(runtime, InvalidEvents(errors), 1)
     await commit(runtime, [event])
@@ -47,7 +56,9 @@ async def capture_usage(
 async def capture_usage_batch(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]) -> Response:
     runtime = runtime_of(request)
     limits = runtime.settings.ingest
-    payload = decode_json(await read_limited_body(request, limits.max_batch_bytes))
+    body = await read_limited_body(request, limits.max_batch_bytes)
+    payload = decode_json(body)
+    checked = not may_hold_surrogates(body)
     try:
         if not isinstance(payload, list):
             raise InvalidEvents([FieldError(None, "(body)", "send a JSON array of {eventType, customerId, value}")])
@@ -55,7 +66,7 @@ async def capture_usage_batch(request: Request, _key: Annotated[ApiKeyRecord, De
         errors: list[FieldError] = []
         now_us = to_micros(runtime.clock.now())
         events = [
-            codehooks_event(raw.get("eventType") if isinstance(raw, dict) else None, raw, i, now_us, errors)
+            codehooks_event(raw.get("eventType") if isinstance(raw, dict) else None, raw, i, now_us, errors, checked)
             for i, raw in enumerate(payload)
         ]
         if errors:

@@ -22,6 +22,7 @@ from tallybook.ingest.events import (
     InvalidEvents,
     check_batch,
     cloudevent_from_json,
+    may_hold_surrogates,
 )
 from tallybook.store.base import ApiKeyRecord, EventFilter
 
@@ -32,7 +33,7 @@ BATCH = "application/cloudevents-batch+json"
 PLAIN = "application/json"
 
 
-def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int) -> list[Event]:
+def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int, text_checked: bool = True) -> list[Event]:
     if kind == SINGLE and not isinstance(payload, dict):
         raise InvalidEvents([FieldError(None, "(body)", f"{SINGLE} carries one event object; send arrays as {BATCH}")])
     if kind == BATCH and not isinstance(payload, list):
@@ -43,7 +44,10 @@ def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int) -> 
     check_batch(raw_events, max_events)
     errors: list[FieldError] = []
     single = isinstance(payload, dict)
-    events = [cloudevent_from_json(raw, None if single else i, now_us, errors) for i, raw in enumerate(raw_events)]
+    events = [
+        cloudevent_from_json(raw, None if single else i, now_us, errors, text_checked)
+        for i, raw in enumerate(raw_events)
+    ]
     if errors:
         raise InvalidEvents(errors)
     return [e for e in events if e is not None]
@@ -65,7 +69,9 @@ async def ingest_events(request: Request, _key: Annotated[ApiKeyRecord, Depends(
     body = await read_limited_body(request, limits.max_batch_bytes)
     payload = decode_json(body)
     try:
-        events = parse_cloudevents(payload, kind, to_micros(runtime.clock.now()), limits.max_batch_events)
+        events = parse_cloudevents(
+            payload, kind, to_micros(runtime.clock.now()), limits.max_batch_events, not may_hold_surrogates(body)
+        )
     except (InvalidEvents, BatchTooLarge) as exc:
         raise reject(runtime, exc, len(payload) if isinstance(payload, list) else 1) from None
     await commit(runtime, events)

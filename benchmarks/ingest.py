@@ -1,0 +1,373 @@
+"""Ingest throughput over HTTP, next to the database engine's own bulk-insert rate.
+
+    python benchmarks/ingest.py                      # SQLite and PostgreSQL, default sizes
+    python benchmarks/ingest.py --engines sqlite --events 200000 --runs 5
+
+For each engine it starts a real `tallybook serve` on a fresh database, sends CloudEvents over
+keep-alive HTTP (batches of 100 as application/cloudevents-batch+json, then one event per request
+as application/cloudevents+json) with many requests in flight so group commit has something to
+group, and measures, in the same run on the same machine, how fast the engine itself bulk-inserts
+the same rows into an identical `events` table (SQLite: executemany in one transaction, WAL and
+synchronous=FULL as Tallybook uses; PostgreSQL: COPY). It ends by checking that the server stored
+exactly the events it acknowledged. See benchmarks/README.md for what each column means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `tallybook` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import (
+    ENGINES,
+    PG_ADMIN_URL,
+    BenchDatabase,
+    LoadResult,
+    ServerProcess,
+    encode_post,
+    median,
+    postgres_reachable,
+    run_load,
+)
+
+EVENTS_PATH = "/api/v1/events"
+BATCH_TYPE = "application/cloudevents-batch+json"
+SINGLE_TYPE = "application/cloudevents+json"
+BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+BASE_TIME_US = int(BASE_TIME.timestamp()) * 1_000_000
+COLUMNS = ("source", "event_id", "type", "subject", "time_us", "ingested_us", "data", "datacontenttype")
+COMMITS_METRIC = "tallybook_ingest_commit_group_events_count"  # one observation per group commit
+GOAL_EVENTS_PER_SECOND = 50_000
+GOAL_RATIO = 0.30
+
+console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 160))
+
+
+# -- workload --------------------------------------------------------------------------------------
+def make_events(tag: str, count: int) -> list[dict[str, Any]]:
+    """`count` distinct, realistic CloudEvents: 1 ms apart, ~1,000 subjects, a small data object."""
+    events = []
+    for i in range(count):
+        micros = BASE_TIME_US + i * 1000
+        seconds, fraction = divmod(micros, 1_000_000)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:06d}Z"
+        events.append(
+            {
+                "specversion": "1.0",
+                "id": f"{tag}-{i:09d}",
+                "source": "benchmark",
+                "type": "api_call",
+                "subject": f"customer-{i % 997:04d}",
+                "time": stamp,
+                "data": {
+                    "tokens": 17 + i % 4096,
+                    "cost_usd": 0.000125,
+                    "model": "small",
+                    "region": "eu-west-1",
+                },
+            }
+        )
+    return events
+
+
+def batch_bodies(events: Sequence[dict[str, Any]], size: int) -> list[bytes]:
+    return [orjson.dumps(list(events[i : i + size])) for i in range(0, len(events), size)]
+
+
+def single_bodies(events: Sequence[dict[str, Any]]) -> list[bytes]:
+    return [orjson.dumps(e) for e in events]
+
+
+def raw_rows(events: Sequence[dict[str, Any]], ingested_us: int) -> list[tuple[Any, ...]]:
+    """The rows Tallybook would store for `events`, as the engine's driver takes them."""
+    return [
+        (
+            e["source"],
+            e["id"],
+            e["type"],
+            e["subject"],
+            BASE_TIME_US + i * 1000,
+            ingested_us,
+            orjson.dumps(e["data"]).decode(),
+            None,
+        )
+        for i, e in enumerate(events)
+    ]
+
+
+# -- the engine's own rate -------------------------------------------------------------------------
+def raw_insert_rate(database: BenchDatabase, rows: Sequence[tuple[Any, ...]]) -> float:
+    """Events/s for one bulk insert of `rows` in one transaction, commit (fsync) included."""
+    if database.engine == "sqlite":
+        return _sqlite_executemany_rate(database.path, rows)
+    return _postgres_copy_rate(database.libpq_url, rows)
+
+
+def _sqlite_executemany_rate(path: Path, rows: Sequence[tuple[Any, ...]]) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        statement = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        started = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(statement, rows)
+        conn.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+    finally:
+        conn.close()
+    return len(rows) / elapsed
+
+
+def _postgres_copy_rate(url: str, rows: Sequence[tuple[Any, ...]]) -> float:
+    with psycopg.connect(url) as conn:
+        started = time.perf_counter()
+        with conn.cursor() as cursor, cursor.copy(f"COPY events ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+        elapsed = time.perf_counter() - started
+    return len(rows) / elapsed
+
+
+# -- measurements ----------------------------------------------------------------------------------
+@dataclass
+class ModeRuns:
+    rates: list[float] = field(default_factory=list)  # events/s, one per run
+    requests_per_second: list[float] = field(default_factory=list)
+    p50_ms: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+    server_us_per_event: list[float] = field(default_factory=list)  # server CPU time per event
+    events_per_commit: list[float] = field(default_factory=list)  # group commit: events per transaction
+    server_cores: list[float] = field(default_factory=list)
+    client_cores: list[float] = field(default_factory=list)
+
+    def add(self, events: int, load: LoadResult, server_cpu: float, commits: float) -> None:
+        self.rates.append(events / load.elapsed)
+        self.requests_per_second.append((load.ok + load.failed) / load.elapsed)
+        self.p50_ms.append(load.percentile(0.50) * 1000)
+        self.p99_ms.append(load.percentile(0.99) * 1000)
+        self.server_us_per_event.append(server_cpu / events * 1e6)
+        if commits > 0:
+            self.events_per_commit.append(events / commits)
+        self.server_cores.append(server_cpu / load.elapsed)
+        self.client_cores.append(load.client_cpu / load.elapsed)
+
+
+@dataclass
+class EngineReport:
+    engine: str
+    raw: list[float] = field(default_factory=list)
+    batch: ModeRuns = field(default_factory=ModeRuns)
+    single: ModeRuns = field(default_factory=ModeRuns)
+    sent: int = 0  # events in requests the server acknowledged
+    stored: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return not self.problems and self.stored == self.sent
+
+
+class Driver:
+    """Sends one workload to the server and files the outcome in the engine's report."""
+
+    def __init__(self, server: ServerProcess, report: EngineReport, args: argparse.Namespace) -> None:
+        self.server = server
+        self.report = report
+        self.args = args
+
+    def send(self, events: Sequence[dict[str, Any]], batched: bool, runs: ModeRuns | None, what: str) -> None:
+        server, args = self.server, self.args
+        if batched:
+            bodies, content_type = batch_bodies(events, args.batch_size), BATCH_TYPE
+        else:
+            bodies, content_type = single_bodies(events), SINGLE_TYPE
+        requests = [
+            encode_post(server.host, server.port, EVENTS_PATH, content_type, server.admin_key, b) for b in bodies
+        ]
+        commits_before = server.metrics().get(COMMITS_METRIC, 0.0)
+        cpu_before = server.cpu_seconds()
+        load = run_load(server.host, server.port, requests, args.concurrency, args.clients, args.request_timeout)
+        server_cpu = server.cpu_seconds() - cpu_before
+        commits = server.metrics().get(COMMITS_METRIC, 0.0) - commits_before
+        if load.failed:
+            self.report.problems.append(f"{what}: {load.failed} of {len(requests)} requests failed: {load.failures}")
+            return
+        self.report.sent += len(events)
+        if runs is not None:
+            runs.add(len(events), load, server_cpu, commits)
+
+
+def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
+    report = EngineReport(engine)
+    with tempfile.TemporaryDirectory(prefix=f"tallybook-bench-{engine}-") as scratch:
+        directory = Path(scratch)
+        server_db = BenchDatabase(engine, directory, "server", args.postgres_url)
+        raw_db = BenchDatabase(engine, directory, "raw", args.postgres_url)
+        server = ServerProcess(directory, server_db.url)
+        driver = Driver(server, report, args)
+        try:
+            server_db.create()
+            raw_db.create().migrate()
+            server.start()
+            # Warm-up, not measured: connections, imports, caches, plans.
+            warm = make_events(f"{engine}-warm", 2_000)
+            driver.send(warm[:1_500], batched=True, runs=None, what="warm-up (batch)")
+            driver.send(warm[1_500:], batched=False, runs=None, what="warm-up (single)")
+            # Interleaved, so that drift in the machine's load touches every column alike.
+            for run in range(args.runs):
+                console.print(f"  {engine}: run {run + 1} of {args.runs}", style="dim", highlight=False)
+                rows = raw_rows(make_events(f"{engine}-raw-{run}", args.events), BASE_TIME_US)
+                report.raw.append(raw_insert_rate(raw_db, rows))
+                del rows
+                batch = make_events(f"{engine}-batch-{run}", args.events)
+                driver.send(batch, batched=True, runs=report.batch, what=f"batch run {run + 1}")
+                del batch
+                single = make_events(f"{engine}-single-{run}", args.single_events)
+                driver.send(single, batched=False, runs=report.single, what=f"single run {run + 1}")
+            server.stop()
+            if server.proc is not None and server.proc.returncode not in (0, -signal.SIGTERM, None):
+                report.problems.append(f"the server exited with {server.proc.returncode}")
+            report.stored = server_db.count_events()
+            if report.stored != report.sent:
+                report.problems.append(f"the server acknowledged {report.sent:,} events but stored {report.stored:,}")
+        except Exception as exc:
+            report.problems.append(f"{type(exc).__name__}: {exc}")
+            log = server.log_text()
+            if log:
+                report.problems.append(f"server log tail:\n{log}")
+        finally:
+            server.stop()
+            for database in (server_db, raw_db):
+                try:
+                    database.drop()
+                except Exception as exc:
+                    report.problems.append(f"could not drop {database.name}: {exc}")
+    return report
+
+
+# -- output ----------------------------------------------------------------------------------------
+def _spread(values: Sequence[float]) -> str:
+    return f"{min(values):,.0f}-{max(values):,.0f}" if len(values) > 1 else ""
+
+
+def render(reports: Sequence[EngineReport], args: argparse.Namespace) -> Table:
+    table = Table(
+        title=(
+            f"Tallybook ingest over HTTP, median of {args.runs} runs: {args.events:,} events/run in batches of "
+            f"{args.batch_size}, {args.single_events:,} events/run one per request; {args.concurrency} requests "
+            f"in flight from {args.clients} client process(es)"
+        ),
+        title_justify="left",
+    )
+    headers = ("engine", "mode", "events/s", "min-max", "raw events/s", "ratio", "req/s", "p50/p99 ms")
+    for header in (*headers, "ev/commit", "CPU µs/ev", "cores srv/cli"):
+        table.add_column(header, justify="left" if header in ("engine", "mode") else "right", no_wrap=True)
+    for report in reports:
+        raw = median(report.raw) if report.raw else 0.0
+        for mode, runs in (("batch", report.batch), ("single", report.single)):
+            label = f"batch {args.batch_size}/req" if mode == "batch" else "single"
+            raw_cell = f"{raw:,.0f}" + (f" ({_spread(report.raw)})" if mode == "batch" and len(report.raw) > 1 else "")
+            if not runs.rates:
+                table.add_row(report.engine, label, "failed", "", raw_cell, *[""] * 6)
+                continue
+            rate = median(runs.rates)
+            table.add_row(
+                report.engine,
+                label,
+                f"{rate:,.0f}",
+                _spread(runs.rates),
+                raw_cell,
+                f"{rate / raw:.1%}" if raw else "",
+                f"{median(runs.requests_per_second):,.0f}",
+                f"{median(runs.p50_ms):.0f}/{median(runs.p99_ms):.0f}",
+                f"{median(runs.events_per_commit):,.0f}" if runs.events_per_commit else "?",
+                f"{median(runs.server_us_per_event):.1f}",
+                f"{median(runs.server_cores):.2f}/{median(runs.client_cores):.2f}",
+            )
+    return table
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Ingest events/s over HTTP against a real `tallybook serve`, next to the engine's raw rate."
+    )
+    parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: sqlite,postgres")
+    parser.add_argument("--events", type=int, default=100_000, help="events per batch-mode run and raw run")
+    parser.add_argument("--single-events", type=int, default=10_000, help="events (= requests) per single run")
+    parser.add_argument("--batch-size", type=int, default=100, help="events per batch request")
+    parser.add_argument("--runs", type=int, default=3, help="runs per mode; the table shows the median")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (keep-alive connections)")
+    parser.add_argument("--clients", type=int, default=1, help="load-generator processes sharing --concurrency")
+    parser.add_argument("--request-timeout", type=float, default=120.0, help="time limit of one run, seconds")
+    parser.add_argument("--postgres-url", default=PG_ADMIN_URL, help="server to create the throwaway databases on")
+    args = parser.parse_args(argv)
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = sorted(set(args.engines) - set(ENGINES))
+    if unknown:
+        parser.error(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
+    for name in ("events", "single_events", "batch_size", "runs", "concurrency", "clients"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    reports: list[EngineReport] = []
+    started = time.monotonic()
+    for engine in args.engines:
+        if engine == "postgres":
+            reason = postgres_reachable(args.postgres_url)
+            if reason is not None:
+                console.print(f"[yellow]skipping PostgreSQL:[/yellow] not reachable at {args.postgres_url}: {reason}")
+                continue
+        console.print(f"[bold]{engine}[/bold]: starting tallybook serve", highlight=False)
+        reports.append(bench_engine(engine, args))
+    console.print(render(reports, args))
+    ok = True
+    for report in reports:
+        if report.verified:
+            console.print(
+                f"[green]✓ {report.engine}: the server stored exactly the {report.sent:,} events it acknowledged"
+                "[/green]"
+            )
+        else:
+            ok = False
+            console.print(f"[red]✗ {report.engine}:[/red]", highlight=False)
+            for problem in report.problems:
+                console.print(f"    {problem}", highlight=False, markup=False)
+    sqlite = next((r for r in reports if r.engine == "sqlite" and r.batch.rates and r.raw), None)
+    if sqlite is not None:
+        rate = median(sqlite.batch.rates)
+        ratio = rate / median(sqlite.raw)
+        met = rate >= GOAL_EVENTS_PER_SECOND and ratio >= GOAL_RATIO
+        console.print(
+            f"goal (SQLite batch ≥ {GOAL_EVENTS_PER_SECOND:,} events/s and ≥ {GOAL_RATIO:.0%} of raw): "
+            f"{rate:,.0f} events/s, {ratio:.1%} of raw — "
+            + ("[green]met[/green]" if met else "[yellow]not met[/yellow]")
+        )
+    console.print(f"finished in {time.monotonic() - started:.0f} s", style="dim")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
