@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tallybook.billing.settings import BillingSettings
 from tallybook.meters.config import MeterSettings
+from tallybook.stripe.settings import StripeSettings
 from tallybook.webhooks.settings import WebhookSettings
 
 DEFAULT_CONFIG_FILE = "tallybook.yaml"
@@ -77,6 +79,8 @@ class Settings(_Section):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     meters: MeterSettings = Field(default_factory=MeterSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+    stripe: StripeSettings = Field(default_factory=StripeSettings)
 
     def with_database(self, url: str | None) -> Settings:
         if not url:

@@ -1,17 +1,67 @@
-"""Demo data for `tallybook serve --demo`: a month of API usage from three customers."""
+"""Demo data for `tallybook serve --demo`: two meters, three customers and a month of their usage."""
 
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
+from typing import Any
 
 from tallybook.clock import to_micros
+from tallybook.customers import CustomerInput
+from tallybook.customers.errors import CustomerNotFound
 from tallybook.ingest.events import Event
+from tallybook.meters.models import Aggregation, MeterNotFound, MeterSpec
 from tallybook.runtime import Runtime
 
 DEMO_SOURCE = "demo"
 DEMO_CUSTOMERS = ("acme", "globex", "initech")
+DEMO_CUSTOMER_NAMES = {"acme": "Acme Corporation", "globex": "Globex Inc.", "initech": "Initech LLC"}
+DEMO_METERS = (
+    MeterSpec(
+        slug="api_calls",
+        name="API calls",
+        description="Requests to the public API, by endpoint",
+        event_type="api.calls",
+        aggregation=Aggregation.COUNT,
+        group_by={"endpoint": "$.endpoint"},
+    ),
+    MeterSpec(
+        slug="storage_gb",
+        name="Storage (GB)",
+        description="Highest stored volume in the window",
+        event_type="storage.gb",
+        aggregation=Aggregation.MAX,
+        value_property="$.value",
+    ),
+)
+
+
+def ensure_demo_catalog(runtime: Runtime) -> tuple[int, int]:
+    """Create the demo meters and customers that don't exist yet; return how many of each were made."""
+    meters_made = 0
+    for spec in DEMO_METERS:
+        try:
+            runtime.meters.get(spec.slug)
+        except MeterNotFound:
+            runtime.meters.create(spec)
+            meters_made += 1
+    customers_made = 0
+    for key in DEMO_CUSTOMERS:
+        try:
+            runtime.customers.resolve(key)
+        except CustomerNotFound:
+            runtime.customers.create(
+                CustomerInput(
+                    name=DEMO_CUSTOMER_NAMES[key],
+                    key=key,
+                    primary_email=f"billing@{key}.example",
+                    currency="USD",
+                    subject_keys=(key,),
+                )
+            )
+            customers_made += 1
+    return meters_made, customers_made
 
 
 def demo_events(runtime: Runtime, days: int = 30, seed: int = 7) -> list[Event]:
@@ -48,8 +98,71 @@ def demo_events(runtime: Runtime, days: int = 30, seed: int = 7) -> list[Event]:
     return events
 
 
+DEMO_PLAN: dict[str, Any] = {
+    "key": "demo_pro",
+    "name": "Pro (demo)",
+    "currency": "USD",
+    "billingCadence": "P1M",
+    "rateCards": [
+        {"type": "flat_fee", "key": "platform", "name": "Platform fee", "price": {"type": "flat", "amount": "49"}},
+        {
+            "type": "usage_based",
+            "key": "api_calls",
+            "name": "API calls",
+            "meterSlug": "api_calls",
+            "price": {"type": "unit", "amount": "0.01"},
+        },
+        {
+            "type": "usage_based",
+            "key": "storage",
+            "name": "Storage (GB, peak)",
+            "meterSlug": "storage_gb",
+            "price": {"type": "unit", "amount": "0.5"},
+        },
+    ],
+}
+
+
+def ensure_demo_billing(runtime: Runtime) -> int:
+    """Subscribe the demo customers to a demo plan (monthly, calendar-aligned) when none has one yet.
+
+    Only when this server bills (its runtime has a plan catalog and subscriptions). Returns how many
+    subscriptions were made.
+    """
+    catalog = getattr(runtime, "catalog", None)
+    subscriptions = getattr(runtime, "subscriptions", None)
+    if catalog is None or subscriptions is None:
+        return 0
+    from tallybook.billing.catalog import CatalogError, parse_plan
+    from tallybook.billing.periods import Alignment
+    from tallybook.billing.subscriptions import SubscriptionInput
+
+    if any(subscriptions.list_subscriptions(customer=key) for key in DEMO_CUSTOMERS):
+        return 0
+    try:
+        catalog.get(DEMO_PLAN["key"])
+    except CatalogError:
+        plan = catalog.create(parse_plan(DEMO_PLAN))
+        catalog.publish(plan.id)
+    # From the start of this month (UTC, the demo customers' zone): the demo usage this month is billed.
+    month_start = runtime.clock.now().astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    for key in DEMO_CUSTOMERS:
+        subscriptions.create(
+            SubscriptionInput(
+                customer=key, plan_key=DEMO_PLAN["key"], alignment=Alignment.CALENDAR, active_from=month_start
+            )
+        )
+    return len(DEMO_CUSTOMERS)
+
+
 def load_demo_events(runtime: Runtime) -> int:
-    """Load the demo once: an empty store gets it, a store with events is left alone."""
+    """Load the demo once: an empty store gets the events, a store with events is left alone.
+
+    The demo meters and customers are created first, each only if missing (a meter or customer of
+    the same slug or key is left as it is).
+    """
+    ensure_demo_catalog(runtime)
+    ensure_demo_billing(runtime)
     if runtime.store.count_events() > 0:
         return 0
     events = demo_events(runtime)

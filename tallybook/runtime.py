@@ -11,15 +11,21 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import make_url
 
 from tallybook.auth.keys import ApiKeyService
+from tallybook.billing.catalog import CatalogService
+from tallybook.billing.invoicing import InvoicingService
+from tallybook.billing.subscriptions import SubscriptionService
+from tallybook.billing.wiring import build_billing
 from tallybook.clock import Clock, SystemClock
 from tallybook.config import Settings
 from tallybook.customers import CustomerService
 from tallybook.ingest.service import IngestService
-from tallybook.jobs.scheduler import JobScheduler
+from tallybook.jobs.scheduler import Job, JobScheduler
 from tallybook.jobs.wiring import build_jobs
 from tallybook.meters.service import MeterService
 from tallybook.observability.metrics import Metrics
+from tallybook.portal import PortalService
 from tallybook.store import SqlStore, open_store
+from tallybook.stripe.service import REPORT_JOB, StripeService
 from tallybook.webhooks.service import WebhookService
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,11 @@ class Runtime:
     meters: MeterService = field(init=False)
     webhooks: WebhookService = field(init=False)
     jobs: JobScheduler = field(init=False)
+    catalog: CatalogService = field(init=False)
+    subscriptions: SubscriptionService = field(init=False)
+    invoicing: InvoicingService = field(init=False)
+    stripe: StripeService = field(init=False)
+    portal: PortalService = field(init=False)
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None, migrate: bool = True) -> Runtime:
@@ -56,7 +67,15 @@ class Runtime:
                 log.info("registered API key from config", extra={"key_name": key.name, "scope": key.scope})
         runtime.meters = MeterService(store, clock, settings.meters)
         runtime.meters.sync_config()
+        runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
+        runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
         runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters)
+        runtime.stripe = StripeService(store, runtime.customers, runtime.meters, settings.stripe, clock)
+        if settings.stripe.enabled:
+            runtime.jobs.register(
+                Job(REPORT_JOB, lambda now: runtime.stripe.run_job(now), settings.stripe.report_interval)
+            )
+        runtime.subscriptions, runtime.invoicing = build_billing(runtime)
         return runtime
 
     def start(self) -> None:

@@ -172,7 +172,8 @@ def test_scopes(setup):
     problem(client.post("/api/v1/jobs/run", headers=headers), 403)
     problem(client.post("/api/v1/jobs/run", headers={"Authorization": "Bearer nope"}), 401)
     ran = client.post("/api/v1/jobs/run").json()
-    assert [j["name"] for j in ran["jobs"]] == ["aggregation.close", "report.meter", "webhooks.deliver"]
+    # Other domains (billing, Stripe) register jobs too; the webhook ones must all be there.
+    assert {"aggregation.close", "report.meter", "webhooks.deliver"} <= {j["name"] for j in ran["jobs"]}
     assert all(j["ran"] for j in ran["jobs"])
     listed = client.get("/api/v1/jobs").json()["items"]
     assert {j["name"]: j["lastStartedAt"] for j in listed}["aggregation.close"] == "2026-02-01T12:00:00Z"

@@ -12,10 +12,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tallybook
 from tallybook.api.problems import install_problem_handlers
-from tallybook.api.routes import aggregations, codehooks, customers, events, meters, notifications, ops, subjects
+from tallybook.api.routes import (
+    aggregations,
+    codehooks,
+    customers,
+    events,
+    meters,
+    notifications,
+    ops,
+    overview,
+    portal,
+    subjects,
+)
+from tallybook.api.routes import invoices as invoice_routes
 from tallybook.api.routes import jobs as job_routes
+from tallybook.api.routes import plans as plan_routes
+from tallybook.api.routes import stripe as stripe_routes
+from tallybook.api.routes import subscriptions as subscription_routes
 from tallybook.observability.metrics import Metrics
 from tallybook.runtime import Runtime
+from tallybook.ui.router import router as ui_router
 
 
 class RequestMetricsMiddleware:
@@ -75,8 +91,15 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(meters.router)
     app.include_router(aggregations.router)
     app.include_router(customers.router)
+    app.include_router(stripe_routes.router)
     app.include_router(subjects.router)
     app.include_router(notifications.router)
     app.include_router(job_routes.router)
+    app.include_router(plan_routes.router)
+    app.include_router(subscription_routes.router)
+    app.include_router(invoice_routes.router)
+    app.include_router(portal.router)
+    app.include_router(overview.router)
+    app.include_router(ui_router)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
     return app

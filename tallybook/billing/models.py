@@ -101,6 +101,7 @@ class RateCard:
     meter: str | None = None  # meter slug, for usage-based rate cards
     tax_code: str | None = None  # Stripe tax code, e.g. txcd_10103001; None → settings default
     commitments: Commitments = field(default_factory=Commitments)
+    description: str | None = None  # shown on invoices under the name (added by the catalog)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,29 @@ DEFAULT_PERIODS: tuple[Period, ...] = ("daily", "weekly", "monthly")  # the code
 AGGREGATION_COMPLETED = "aggregation.completed"
 AGGREGATION_CORRECTED = "aggregation.corrected"
 REPORT_METER = "report.meter"
-EventType = Literal["aggregation.completed", "aggregation.corrected", "report.meter"]
-EVENT_TYPES: tuple[str, ...] = (AGGREGATION_COMPLETED, AGGREGATION_CORRECTED, REPORT_METER)
+# Invoice lifecycle events, written by tallybook.billing.invoicing with the full invoice as payload.
+INVOICE_CREATED = "invoice.created"
+INVOICE_ISSUED = "invoice.issued"
+INVOICE_UPDATED = "invoice.updated"
+INVOICE_VOIDED = "invoice.voided"
+EventType = Literal[
+    "aggregation.completed",
+    "aggregation.corrected",
+    "report.meter",
+    "invoice.created",
+    "invoice.issued",
+    "invoice.updated",
+    "invoice.voided",
+]
+EVENT_TYPES: tuple[str, ...] = (
+    AGGREGATION_COMPLETED,
+    AGGREGATION_CORRECTED,
+    REPORT_METER,
+    INVOICE_CREATED,
+    INVOICE_ISSUED,
+    INVOICE_UPDATED,
+    INVOICE_VOIDED,
+)
 # What an endpoint from the config file receives when it names no `events`: what the codehooks
 # template sends, plus corrections of it. Usage reports are opt-in.
 DEFAULT_ENDPOINT_EVENTS: tuple[str, ...] = (AGGREGATION_COMPLETED, AGGREGATION_CORRECTED)

@@ -176,6 +176,9 @@ class FakeState:
     objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     meter_events: list[MeterEventRecord] = field(default_factory=list)
+    # identifier -> its records, in arrival order; kept up to date lazily (meter_events is append-only)
+    _identifier_index: dict[str, list[MeterEventRecord]] = field(default_factory=dict, repr=False)
+    _identifier_indexed: int = field(default=0, repr=False)
     meter_error_reports: list[dict[str, Any]] = field(default_factory=list)
     usage_records: list[UsageRecord] = field(default_factory=list)
     sessions: dict[str, MeterEventSession] = field(default_factory=dict)
@@ -281,8 +284,13 @@ class FakeState:
     def recent_identifier(self, identifier: str, *, within: int = 86_400) -> MeterEventRecord | None:
         """The event with ``identifier`` received within the last ``within`` seconds, if any."""
         cutoff = self.now() - within
-        for record in reversed(self.meter_events):
-            if record.identifier == identifier and record.received_at > cutoff:
+        if self._identifier_indexed > len(self.meter_events):  # the list was replaced or cleared
+            self._identifier_index, self._identifier_indexed = {}, 0
+        for record in self.meter_events[self._identifier_indexed :]:
+            self._identifier_index.setdefault(record.identifier, []).append(record)
+        self._identifier_indexed = len(self.meter_events)
+        for record in reversed(self._identifier_index.get(identifier, [])):
+            if record.received_at > cutoff:
                 return record
         return None
 

@@ -153,9 +153,17 @@ async def list_customers(
 ) -> Response:
     """A page of customers. key, name, primaryEmail and subject are case-insensitive substring filters."""
     if planKey is not None:
-        raise Problem(400, "invalid-parameters", "planKey: Tallybook has no plans yet, so it cannot filter by one")
+        raise Problem(
+            400,
+            "invalid-parameters",
+            "planKey: the customer list cannot filter by plan yet; use GET /api/v1/subscriptions",
+        )
     if expand:
-        raise Problem(400, "invalid-parameters", "expand: Tallybook has no subscriptions yet; leave expand out")
+        raise Problem(
+            400,
+            "invalid-parameters",
+            "expand: not supported on the customer list yet; read subscriptions from GET /api/v1/subscriptions",
+        )
     query = CustomerListQuery(
         page=page,
         page_size=pageSize,

@@ -1,0 +1,209 @@
+"""OpenMeter's consumer portal API: /api/v1/portal.
+
+Admins issue tokens bound to one customer or subject (`POST /tokens`), list and invalidate them.
+A token holder may only query meters (`GET /meters/{slug}/query`), and only its own usage. Portal
+tokens are a separate credential: the API-key dependency doesn't know them (their hashes live in
+another table), and the portal dependency below accepts nothing else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from tallybook import jsonutil
+from tallybook.api.ingesting import runtime_of
+from tallybook.api.problems import Problem
+from tallybook.api.routes.meters import _json_body, _query_from_params, _run_query
+from tallybook.api.security import presented_key, require
+from tallybook.clock import format_rfc3339
+from tallybook.portal import PortalError, PortalToken
+from tallybook.portal.service import PortalHolder
+from tallybook.store.base import ApiKeyRecord
+
+router = APIRouter(prefix="/api/v1/portal", tags=["portal"])
+
+Admin = Annotated[ApiKeyRecord, Depends(require("admin"))]
+
+
+class TokenBody(BaseModel):
+    """OpenMeter's PortalToken (subject, allowedMeterSlugs) plus Tallybook's customerId and expiresAt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str | None = Field(None, min_length=1, max_length=256)
+    customerId: str | None = Field(None, min_length=1, max_length=256)
+    expiresAt: datetime | None = None
+    allowedMeterSlugs: list[str] | None = Field(None, max_length=100)
+
+
+class InvalidateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, min_length=1)
+    subject: str | None = Field(None, min_length=1)
+    customerId: str | None = Field(None, min_length=1)
+
+
+def _problem(exc: PortalError) -> Problem:
+    return Problem(exc.status, exc.code, exc.detail)
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(jsonutil.dumpb(value), status_code=status, media_type="application/json")
+
+
+def token_json(token: PortalToken, now: datetime, plaintext: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": token.id,
+        "subject": token.subject,
+        "expiresAt": format_rfc3339(token.expires_at),
+        "expired": token.expired(now),
+        "createdAt": format_rfc3339(token.created_at),
+    }
+    if token.customer_id is not None:
+        body["customerId"] = token.customer_id
+    if token.allowed_meters is not None:
+        body["allowedMeterSlugs"] = list(token.allowed_meters)
+    if token.invalidated_at is not None:
+        body["invalidatedAt"] = format_rfc3339(token.invalidated_at)
+    if plaintext is not None:
+        body["token"] = plaintext
+    return body
+
+
+async def portal_holder(request: Request) -> PortalHolder:
+    """The dependency of the holder-facing routes: a live portal token, and nothing else."""
+    secret = presented_key(request)
+    if secret is None:
+        raise Problem(401, "unauthenticated", "send a portal token as 'Authorization: Bearer <token>'")
+    holder = await run_in_threadpool(runtime_of(request).portal.verify, secret)
+    if holder is None:
+        raise Problem(401, "unauthenticated", "the portal token is unknown, expired or invalidated")
+    return holder
+
+
+Holder = Annotated[PortalHolder, Depends(portal_holder)]
+
+
+# -- admin: issuing tokens --------------------------------------------------------------------------
+@router.post("/tokens")
+async def create_token(request: Request, _key: Admin) -> Response:
+    """Issue a token for one customer (`customerId`, id or key) or one `subject`. The token is shown once."""
+    body: TokenBody = await _json_body(request, TokenBody)
+    runtime = runtime_of(request)
+    try:
+        created = await run_in_threadpool(
+            lambda: runtime.portal.create(
+                subject=body.subject,
+                customer=body.customerId,
+                expires_at=body.expiresAt,
+                allowed_meters=body.allowedMeterSlugs,
+            )
+        )
+    except PortalError as exc:
+        raise _problem(exc) from None
+    return _json(token_json(created.token, runtime.clock.now(), created.plaintext))
+
+
+@router.get("/tokens")
+async def list_tokens(request: Request, _key: Admin, limit: Annotated[int, Query(ge=1, le=100)] = 25) -> Response:
+    """The newest tokens (never their secrets)."""
+    runtime = runtime_of(request)
+    tokens = await run_in_threadpool(runtime.portal.list, limit)
+    now = runtime.clock.now()
+    return _json([token_json(t, now) for t in tokens])
+
+
+@router.post("/tokens/invalidate", status_code=204, response_class=Response)
+async def invalidate_tokens(request: Request, _key: Admin) -> Response:
+    """Invalidate a token by `id`, every token of a `subject`, or every token of a `customerId`."""
+    body: InvalidateBody = await _json_body(request, InvalidateBody)
+    portal = runtime_of(request).portal
+    try:
+        await run_in_threadpool(lambda: portal.invalidate(body.id, body.subject, body.customerId))
+    except PortalError as exc:
+        raise _problem(exc) from None
+    return Response(status_code=204)
+
+
+# -- token holders ----------------------------------------------------------------------------------
+@router.get("/meters/{meterSlug}/query")
+async def query_portal_meter(meterSlug: str, request: Request, holder: Holder) -> Response:
+    """The holder's usage of one meter; same parameters and answer as `GET /api/v1/meters/{slug}/query`."""
+    portal = runtime_of(request).portal
+    asked = _query_from_params(meterSlug, request)
+    try:
+        scoped = await run_in_threadpool(portal.scope_query, holder, asked)
+    except PortalError as exc:
+        raise _problem(exc) from None
+    return await _run_query(request, scoped)
+
+
+def _current_month(zone_name: str, now: datetime) -> tuple[datetime, datetime]:
+    local = now.astimezone(ZoneInfo(zone_name))
+    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start, end
+
+
+@router.get("/me")
+async def portal_me(request: Request, holder: Holder) -> Response:
+    """Tallybook extension for the portal page: whose usage this is, the meters it may read, the period."""
+    runtime = runtime_of(request)
+    meters = await run_in_threadpool(runtime.portal.meters_for, holder)
+    customer = holder.customer
+    zone = (customer.timezone if customer else None) or "UTC"
+    start, end = _current_month(zone, runtime.clock.now())
+    body: dict[str, Any] = {
+        "subject": holder.token.subject,
+        "customer": {"id": customer.id, "name": customer.name} if customer else None,
+        "expiresAt": format_rfc3339(holder.token.expires_at),
+        "timeZone": zone,
+        "currentPeriod": {"from": start.isoformat(), "to": end.isoformat()},
+        "meters": [
+            {
+                "slug": m.slug,
+                "name": m.name,
+                "description": m.description,
+                "aggregation": m.aggregation.value,
+                "groupBy": sorted(m.group_by),
+            }
+            for m in meters
+        ],
+    }
+    return _json(body)
+
+
+def _estimate(runtime: Any, customer_id: str) -> list[dict[str, Any]]:
+    # Billing is optional: imported only when the runtime has it, so the portal runs without it.
+    from tallybook.billing.export import invoice_json
+    from tallybook.billing.invoicing import InvoiceError
+    from tallybook.billing.subscriptions import SubscriptionError
+
+    try:
+        previews = runtime.invoicing.preview(customer_id, None)
+    except (InvoiceError, SubscriptionError) as exc:
+        raise Problem(exc.status, exc.code, str(exc)) from None
+    return [invoice_json(preview) for preview in previews]
+
+
+@router.get("/invoice-estimate")
+async def portal_invoice_estimate(request: Request, holder: Holder) -> Response:
+    """Tallybook extension: the holder's upcoming invoice(s) for the current period, as they stand now.
+
+    404 when this server has no billing, or the token is bound to a bare subject (invoices are per
+    customer); an empty list when the customer has no subscription covering today.
+    """
+    runtime = runtime_of(request)
+    if getattr(runtime, "invoicing", None) is None:
+        raise Problem(404, "billing-not-available", "this server does not bill; there is no invoice estimate")
+    if holder.customer is None:
+        raise Problem(404, "not-a-customer", "invoice estimates need a token bound to a customer")
+    items = await run_in_threadpool(_estimate, runtime, holder.customer.id)
+    return _json({"items": items})

@@ -1,0 +1,970 @@
+"""Invoices: lines from rate cards and usage, commitments, rounding, totals and the lifecycle.
+
+An invoice belongs to one customer, one currency and one billing period of the customer's
+subscriptions (their cadence and anchor, in the customer's time zone). Its lines, per subscription
+active in the period (a plan change gives two, each prorated):
+
+- `flat_fee`: the rate card's amount * covered seconds / period seconds (exact, then rounded);
+- `usage`: the meter's value over the part of the period the subscription covered, for every
+  subject of the customer, rated by the rate card's price (unit, package or tiers);
+- `commitment`: what a rate card's or the plan's minimum/maximum spend adds or takes off;
+- `correction`: usage that arrived after an earlier invoice was issued (see below).
+
+Every line is rounded once to the currency's minor unit; totals add rounded lines.
+
+Lifecycle: `draft` → `issued` → `paid` | `uncollectible` | `void` (a draft can be voided too).
+The `billing.invoice` job drafts an invoice for each period that ended more than `invoice_grace`
+ago, refreshes every draft on each run (late events change drafts) and, with `auto_issue`, issues
+drafts older than `auto_issue_after`. Issuing counts usage *as of* the issue instant (`asOf`:
+events ingested at or before it) and stores the quantities, so recomputing an issued invoice with
+its `asOf` gives the same lines to the cent, whatever arrives later.
+
+Late events for an issued period are billed on the customer's latest draft as `correction` lines:
+the quantity now minus the quantity billed so far (the issued line plus issued corrections),
+priced as rate(new total) - rate(billed total), so tiers stay right.
+
+Usage is read with grouped queries: one query per meter and distinct period (grouped by customer),
+never one per customer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection
+
+from tallybook.billing.currency import round_money
+from tallybook.billing.models import FlatPrice, PlanVersion, RateCard
+from tallybook.billing.periods import Period
+from tallybook.billing.rating import apply_commitments, prorate, rate_usage
+from tallybook.billing.settings import BillingSettings
+from tallybook.billing.subscriptions import Subscription, SubscriptionService, subscription_from_row
+from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
+from tallybook.customers.ids import new_ulid
+from tallybook.meters.models import MeterError, UsageQuery
+from tallybook.meters.service import MeterService
+from tallybook.store import billing as billing_store
+from tallybook.store.base import SqlStore
+from tallybook.store.billing import InvoiceRecord, InvoiceSearch
+from tallybook.webhooks.service import OutboxMessage, WebhookService
+from tallybook.webhooks.settings import INVOICE_CREATED, INVOICE_ISSUED, INVOICE_UPDATED, INVOICE_VOIDED
+
+log = logging.getLogger(__name__)
+
+DRAFT, ISSUED, PAID, VOID, UNCOLLECTIBLE = "draft", "issued", "paid", "void", "uncollectible"
+STATUSES = (DRAFT, ISSUED, PAID, VOID, UNCOLLECTIBLE)
+BILLED = (ISSUED, PAID, UNCOLLECTIBLE)  # statuses whose lines count as billed
+INVOICE_EVENT_TYPES = (INVOICE_CREATED, INVOICE_ISSUED, INVOICE_UPDATED, INVOICE_VOIDED)
+# Which transitions are allowed: target status -> statuses it may come from.
+_TRANSITIONS = {
+    ISSUED: (DRAFT,),
+    PAID: (ISSUED, UNCOLLECTIBLE),
+    UNCOLLECTIBLE: (ISSUED,),
+    VOID: (DRAFT, ISSUED, UNCOLLECTIBLE),
+}
+# Customers per usage query before the query stops filtering by customer and reads them all.
+_FILTER_LIMIT = 200
+ZERO = Decimal(0)
+
+
+class InvoiceError(Exception):
+    status = 400
+    code = "invalid-invoice"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvoiceNotFound(InvoiceError):
+    status = 404
+    code = "invoice-not-found"
+
+
+class InvoiceConflict(InvoiceError):
+    status = 409
+    code = "invoice-conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    kind: str  # flat_fee | usage | commitment | correction
+    name: str
+    period: Period
+    amount: Decimal  # rounded to the currency's minor unit
+    subscription_id: str | None = None
+    rate_card_key: str | None = None
+    meter: str | None = None
+    quantity: Decimal | None = None
+    unit_price: Decimal | None = None
+    tax_code: str | None = None
+    description: str | None = None
+    corrects_invoice_id: str | None = None
+    detail: dict[str, Any] | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "subscription_id": self.subscription_id,
+            "rate_card_key": self.rate_card_key,
+            "meter": self.meter,
+            "period_start_us": to_micros(self.period.start),
+            "period_end_us": to_micros(self.period.end),
+            "quantity": None if self.quantity is None else str(self.quantity),
+            "unit_price": None if self.unit_price is None else str(self.unit_price),
+            "amount": str(self.amount),
+            "tax_code": self.tax_code,
+            "description": self.description,
+            "corrects_invoice_id": self.corrects_invoice_id,
+            "detail": self.detail,
+        }
+
+
+def line_from_row(row: dict[str, Any]) -> Line:
+    return Line(
+        kind=row["kind"],
+        name=row["name"],
+        period=Period(from_micros(row["period_start_us"]), from_micros(row["period_end_us"])),
+        amount=Decimal(row["amount"]),
+        subscription_id=row["subscription_id"],
+        rate_card_key=row["rate_card_key"],
+        meter=row["meter"],
+        quantity=None if row["quantity"] is None else Decimal(row["quantity"]),
+        unit_price=None if row["unit_price"] is None else Decimal(row["unit_price"]),
+        tax_code=row["tax_code"],
+        description=row["description"],
+        corrects_invoice_id=row["corrects_invoice_id"],
+        detail=row["detail"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    subtotal: Decimal
+    commitments: Decimal
+    total: Decimal
+
+
+def totals_of(lines: Iterable[Line], currency: str, settings: BillingSettings) -> Totals:
+    zero = round_money(ZERO, currency, settings.rounding)
+    subtotal = sum((ln.amount for ln in lines if ln.kind != "commitment"), zero)
+    commitments = sum((ln.amount for ln in lines if ln.kind == "commitment"), zero)
+    return Totals(subtotal, commitments, subtotal + commitments)
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    id: str
+    customer_id: str
+    customer: dict[str, Any]
+    currency: str
+    status: str
+    period: Period
+    lines: list[Line]
+    totals: Totals
+    as_of: datetime | None  # None: a preview counting everything ingested so far
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+    issued_at: datetime | None = None
+    paid_at: datetime | None = None
+    voided_at: datetime | None = None
+    uncollectible_at: datetime | None = None
+
+
+def _opt(us: int | None) -> datetime | None:
+    return None if us is None else from_micros(us)
+
+
+def invoice_from_record(record: InvoiceRecord) -> Invoice:
+    r = record.row
+    return Invoice(
+        id=r["id"],
+        customer_id=r["customer_id"],
+        customer=dict(r["customer"]),
+        currency=r["currency"],
+        status=r["status"],
+        period=Period(from_micros(r["period_start_us"]), from_micros(r["period_end_us"])),
+        lines=[line_from_row(line) for line in record.lines],
+        totals=Totals(Decimal(r["subtotal"]), Decimal(r["commitments"]), Decimal(r["total"])),
+        as_of=from_micros(r["as_of_us"]),
+        revision=int(r["revision"]),
+        created_at=from_micros(r["created_us"]),
+        updated_at=from_micros(r["updated_us"]),
+        issued_at=_opt(r["issued_us"]),
+        paid_at=_opt(r["paid_us"]),
+        voided_at=_opt(r["voided_us"]),
+        uncollectible_at=_opt(r["uncollectible_us"]),
+    )
+
+
+InvoiceKey = tuple[str, str, Period]  # customer id, currency, billing period
+UsageKey = tuple[str, datetime, datetime]  # meter slug, from, to
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One subscription's part of one billing period."""
+
+    subscription: Subscription
+    plan: PlanVersion
+    period: Period  # the billing period
+    covered: Period  # the part of it the subscription was active in
+
+
+@dataclass
+class _Job:
+    """One invoice to compute: its key, its segments, and (for drafts) the stored invoice."""
+
+    key: InvoiceKey
+    segments: list[Segment]
+    existing: Invoice | None = None
+    corrections_allowed: bool = True
+    previous: list[Invoice] = field(default_factory=list)  # billed invoices to correct
+
+
+def _segment_usage_keys(segments: Iterable[Segment]) -> Iterable[UsageKey]:
+    for seg in segments:
+        for rc in seg.plan.rate_cards:
+            if rc.meter is not None and not isinstance(rc.price, FlatPrice):
+                yield (rc.meter, seg.covered.start, seg.covered.end)
+
+
+def _period_label(period: Period, tz_name: str) -> str:
+    from tallybook.billing.periods import zone
+
+    tz = zone(tz_name)
+    start = period.start.astimezone(tz)
+    end = period.end.astimezone(tz)
+    return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} {tz_name}"
+
+
+class InvoicingService:
+    def __init__(
+        self,
+        store: SqlStore,
+        clock: Clock,
+        subscriptions: SubscriptionService,
+        meters: MeterService,
+        webhooks: WebhookService,
+        settings: BillingSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.subscriptions = subscriptions
+        self.meters = meters
+        self.webhooks = webhooks
+        self.settings = settings or BillingSettings()
+        self._plans: dict[tuple[str, int], PlanVersion] = {}
+
+    # -- reading -------------------------------------------------------------------------------------
+    def get(self, invoice_id: str) -> Invoice:
+        with self.store.read() as conn:
+            record = billing_store.get_invoice(conn, invoice_id)
+        if record is None:
+            raise InvoiceNotFound(f"no invoice has the id {invoice_id!r}")
+        return invoice_from_record(record)
+
+    def list_invoices(
+        self,
+        customer: str | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, list[Invoice]]:
+        customer_ids = None
+        if customer is not None:
+            customer_ids = (self.subscriptions.customer_id(customer),)
+        for status in statuses or ():
+            if status not in STATUSES:
+                raise InvoiceError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        search = InvoiceSearch(
+            customer_ids=customer_ids,
+            statuses=tuple(statuses) if statuses else None,
+            limit=limit,
+            offset=offset,
+        )
+        with self.store.read() as conn:
+            total, records = billing_store.search_invoices(conn, search)
+        return total, [invoice_from_record(r) for r in records]
+
+    # -- the scheduled run ---------------------------------------------------------------------------
+    def run(self, now: datetime | None = None) -> dict[str, Any]:
+        """Draft invoices for periods that ended (plus grace), refresh drafts, auto-issue."""
+        now = now or self.clock.now()
+        cutoff = now - self.settings.invoice_grace
+        self._plans.clear()
+        with self.store.read() as conn:
+            due_rows = billing_store.unbilled_subscriptions(conn, to_micros(cutoff))
+            _, drafts = billing_store.search_invoices(conn, InvoiceSearch(statuses=(DRAFT,), newest_first=False))
+            latest_ingest_us = billing_store.latest_ingest_us(conn)
+        due: dict[InvoiceKey, list[Segment]] = defaultdict(list)
+        marks: list[tuple[str, int]] = []
+        for row in due_rows:
+            sub = subscription_from_row(row)
+            plan = self._plan(sub)
+            begin = max(sub.active_from, sub.billed_through or sub.active_from)
+            stop = cutoff if sub.active_to is None else min(cutoff, sub.active_to)
+            last_end: datetime | None = None
+            for period in sub.schedule.periods(begin, stop):
+                if period.end > cutoff:
+                    break
+                covered = sub.covered(period)
+                if covered is not None:
+                    due[(sub.customer_id, sub.currency, period)].append(Segment(sub, plan, period, covered))
+                last_end = period.end
+            if last_end is not None:
+                marks.append((sub.id, to_micros(last_end)))
+        with self.store.read() as conn:
+            existing = billing_store.existing_invoice_keys(conn, (to_micros(k[2].end) for k in due))
+        jobs: dict[InvoiceKey, _Job] = {}
+        for key, segments in due.items():
+            found = existing.get((key[0], key[1], to_micros(key[2].start), to_micros(key[2].end)))
+            if found is None:
+                jobs[key] = _Job(key, segments)
+            elif found["status"] != DRAFT:
+                log.warning(
+                    "billing period already invoiced; segment left out",
+                    extra={"invoice_id": found["id"], "customer_id": key[0]},
+                )
+        # A draft needs recomputing when events arrived since it was computed (late usage can only
+        # come from events), when it is due to be issued, or when a new segment joins it.
+        draft_invoices = []
+        for record in drafts:
+            draft = invoice_from_record(record)
+            key = (draft.customer_id, draft.currency, draft.period)
+            assert draft.as_of is not None
+            stale = latest_ingest_us is not None and latest_ingest_us > to_micros(draft.as_of)
+            issue_due = self.settings.auto_issue and draft.created_at + self.settings.auto_issue_after <= now
+            if stale or issue_due or key in due:
+                draft_invoices.append(draft)
+        if draft_invoices:
+            segments_by_key = self._segments_for([(d.customer_id, d.currency, d.period) for d in draft_invoices])
+            for draft in draft_invoices:
+                key = (draft.customer_id, draft.currency, draft.period)
+                jobs[key] = _Job(key, segments_by_key.get(key, []), existing=draft)
+        self._attach_previous(list(jobs.values()), now)
+        computed = self._compute(list(jobs.values()), as_of=now)
+        auto_issue = self.settings.auto_issue
+        to_issue = [
+            key
+            for key, job in jobs.items()
+            if auto_issue and (job.existing.created_at if job.existing else now) + self.settings.auto_issue_after <= now
+        ]
+        self._lock_meters(computed[k] for k in to_issue)
+        issuing = set(to_issue)
+        created = updated = issued = 0
+        with self.store.write() as conn:
+            destinations = {t: self.webhooks.destinations(conn, t) for t in INVOICE_EVENT_TYPES}
+            customers = billing_store.customer_rows(conn, [k[0] for k in jobs])
+            records: list[InvoiceRecord] = []
+            for key, job in jobs.items():
+                lines = computed[key]
+                status = ISSUED if key in issuing else DRAFT
+                snapshot = _customer_snapshot(customers.get(key[0]), key[0])
+                if job.existing is None:
+                    invoice = self._new_invoice(key, lines, snapshot, now, status)
+                    records.append(_record(invoice))
+                    created += 1
+                    self._emit(conn, destinations, INVOICE_CREATED, replace(invoice, status=DRAFT, issued_at=None), now)
+                    if status == ISSUED:
+                        issued += 1
+                        self._emit(conn, destinations, INVOICE_ISSUED, invoice, now)
+                    continue
+                draft = job.existing
+                if status == DRAFT and _same_lines(draft.lines, lines):
+                    continue
+                changed = self._updated(draft, lines, snapshot, now, status)
+                if not billing_store.update_invoice(
+                    conn, draft.id, draft.revision, _values(changed), [ln.row() for ln in lines]
+                ):
+                    continue  # changed meanwhile (approved or voided): next run sees it
+                if status == ISSUED:
+                    issued += 1
+                    self._emit(conn, destinations, INVOICE_ISSUED, changed, now)
+                else:
+                    updated += 1
+                    self._emit(conn, destinations, INVOICE_UPDATED, changed, now)
+            billing_store.insert_invoices(conn, records)
+            billing_store.set_billed_through(conn, marks)
+        return {"created": created, "updated": updated, "issued": issued, "computed": len(jobs), "drafts": len(drafts)}
+
+    # -- transitions -----------------------------------------------------------------------------------
+    def issue(self, invoice_id: str) -> Invoice:
+        """Freeze a draft: count usage as of now, store the quantities, lock the meters, notify."""
+        now = self.clock.now()
+        draft = self.get(invoice_id)
+        self._check_transition(draft, ISSUED)
+        self._plans.clear()
+        key = (draft.customer_id, draft.currency, draft.period)
+        segments = self._segments_for([key]).get(key, [])
+        job = _Job(key, segments, existing=draft)
+        self._attach_previous([job], now)
+        lines = self._compute([job], as_of=now)[key]
+        self._lock_meters([lines])
+        with self.store.write() as conn:
+            customers = billing_store.customer_rows(conn, [draft.customer_id])
+            snapshot = _customer_snapshot(customers.get(draft.customer_id), draft.customer_id)
+            issued = self._updated(draft, lines, snapshot, now, ISSUED)
+            if not billing_store.update_invoice(
+                conn, draft.id, draft.revision, _values(issued), [ln.row() for ln in lines]
+            ):
+                raise InvoiceConflict(f"invoice {draft.id} changed while it was being issued; retry")
+            self._emit(
+                conn, {INVOICE_ISSUED: self.webhooks.destinations(conn, INVOICE_ISSUED)}, INVOICE_ISSUED, issued, now
+            )
+        return issued
+
+    def void(self, invoice_id: str) -> Invoice:
+        return self._set_status(invoice_id, VOID, INVOICE_VOIDED)
+
+    def mark_paid(self, invoice_id: str) -> Invoice:
+        return self._set_status(invoice_id, PAID, INVOICE_UPDATED)
+
+    def mark_uncollectible(self, invoice_id: str) -> Invoice:
+        return self._set_status(invoice_id, UNCOLLECTIBLE, INVOICE_UPDATED)
+
+    def _check_transition(self, invoice: Invoice, target: str) -> None:
+        if invoice.status not in _TRANSITIONS[target]:
+            allowed = " or ".join(_TRANSITIONS[target])
+            raise InvoiceConflict(
+                f"invoice {invoice.id} is {invoice.status}; only {allowed} invoices can become {target}",
+                invoiceStatus=invoice.status,
+            )
+
+    def _set_status(self, invoice_id: str, target: str, event_type: str) -> Invoice:
+        now = self.clock.now()
+        with self.store.write() as conn:
+            record = billing_store.get_invoice(conn, invoice_id, for_update=True)
+            if record is None:
+                raise InvoiceNotFound(f"no invoice has the id {invoice_id!r}")
+            invoice = invoice_from_record(record)
+            self._check_transition(invoice, target)
+            changed = replace(invoice, status=target, updated_at=now, revision=invoice.revision + 1)
+            if target == PAID:
+                changed = replace(changed, paid_at=now)
+            elif target == VOID:
+                changed = replace(changed, voided_at=now)
+            else:
+                changed = replace(changed, uncollectible_at=now)
+            if not billing_store.update_invoice(conn, invoice.id, invoice.revision, _values(changed)):
+                raise InvoiceConflict(f"invoice {invoice.id} changed meanwhile; retry")
+            self._emit(conn, {event_type: self.webhooks.destinations(conn, event_type)}, event_type, changed, now)
+        return changed
+
+    # -- previews and reproducibility ----------------------------------------------------------------------
+    def preview(self, customer: str, at: datetime | None = None) -> list[Invoice]:
+        """What the customer's invoices for the period holding `at` (default now) would say now."""
+        at = at or self.clock.now()
+        cust = self.subscriptions.customer(customer)
+        self._plans.clear()
+        subs = self.subscriptions.of_customers([cust.id], at, at + timedelta(microseconds=1))
+        keys: list[InvoiceKey] = []
+        for sub in subs:
+            period = sub.schedule.period_containing(at)
+            if sub.covered(period) is not None and (cust.id, sub.currency, period) not in keys:
+                keys.append((cust.id, sub.currency, period))
+        segments = self._segments_for(keys)
+        jobs = [_Job(key, segments.get(key, [])) for key in keys]
+        self._attach_previous(jobs, at)
+        computed = self._compute(jobs, as_of=None)
+        snapshot = _customer_snapshot(None, cust.id, cust)
+        now = self.clock.now()
+        out = []
+        for key in keys:
+            lines = computed[key]
+            out.append(
+                Invoice(
+                    id="",
+                    customer_id=cust.id,
+                    customer=snapshot,
+                    currency=key[1],
+                    status="preview",
+                    period=key[2],
+                    lines=lines,
+                    totals=totals_of(lines, key[1], self.settings),
+                    as_of=None,
+                    revision=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return out
+
+    def recompute(self, invoice_id: str) -> list[Line]:
+        """The invoice's lines computed again from the events, counting usage as of its `asOf`.
+
+        For an issued invoice this equals its stored lines, to the cent, whatever arrived since.
+        Correction lines are recomputed from the quantity they say was billed before.
+        """
+        invoice = self.get(invoice_id)
+        self._plans.clear()
+        key = (invoice.customer_id, invoice.currency, invoice.period)
+        segments = self._segments_for([key]).get(key, [])
+        job = _Job(key, segments, existing=invoice, corrections_allowed=False)
+        fixed = [ln for ln in invoice.lines if ln.kind == "correction"]
+        lines = self._compute([job], as_of=invoice.as_of)[key]
+        if not fixed:
+            return lines
+        corrections = self._recompute_corrections(invoice, fixed)
+        return lines + corrections
+
+    # -- computing ---------------------------------------------------------------------------------------
+    def _plan(self, sub: Subscription) -> PlanVersion:
+        key = (sub.plan_key, sub.plan_version)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self.subscriptions.plan_of(sub)
+            self._plans[key] = plan
+        return plan
+
+    def _segments_for(self, keys: Sequence[InvoiceKey]) -> dict[InvoiceKey, list[Segment]]:
+        """Each key's subscription segments, from one read of the subscriptions involved."""
+        if not keys:
+            return {}
+        wanted = set(keys)
+        start = min(k[2].start for k in keys)
+        end = max(k[2].end for k in keys)
+        customer_ids = sorted({k[0] for k in keys})
+        with self.store.read() as conn:
+            if len(customer_ids) <= _FILTER_LIMIT:
+                rows = billing_store.list_subscriptions(
+                    conn, customer_ids, overlapping=(to_micros(start), to_micros(end))
+                )
+            else:
+                rows = billing_store.list_subscriptions(conn, None, overlapping=(to_micros(start), to_micros(end)))
+        customers = set(customer_ids)
+        out: dict[InvoiceKey, list[Segment]] = defaultdict(list)
+        for row in rows:
+            if row["customer_id"] not in customers:
+                continue
+            sub = subscription_from_row(row)
+            schedule = sub.schedule
+            for period in schedule.periods(max(start, sub.active_from), min(end, sub.active_to or end)):
+                key = (sub.customer_id, sub.currency, period)
+                covered = sub.covered(period)
+                if key in wanted and covered is not None:
+                    out[key].append(Segment(sub, self._plan(sub), period, covered))
+        return out
+
+    def _attach_previous(self, jobs: list[_Job], now: datetime) -> None:
+        """Give each customer's latest draft the billed invoices whose late usage it must carry."""
+        candidates = [j for j in jobs if j.corrections_allowed]
+        if not candidates:
+            return
+        earliest = min(j.key[2].start for j in candidates) - self.settings.correction_lookback
+        with self.store.read() as conn:
+            _, billed = billing_store.search_invoices(
+                conn, InvoiceSearch(statuses=BILLED, period_end_from_us=to_micros(earliest), newest_first=False)
+            )
+            _, other_drafts = billing_store.search_invoices(
+                conn, InvoiceSearch(statuses=(DRAFT,), period_end_from_us=to_micros(earliest)), with_lines=False
+            )
+        latest: dict[tuple[str, str], datetime] = {}
+        for record in other_drafts:
+            r = record.row
+            ckey = (r["customer_id"], r["currency"])
+            latest[ckey] = max(latest.get(ckey, from_micros(r["period_end_us"])), from_micros(r["period_end_us"]))
+        for job in candidates:
+            ckey = (job.key[0], job.key[1])
+            latest[ckey] = max(latest.get(ckey, job.key[2].end), job.key[2].end)
+        by_customer: dict[tuple[str, str], list[Invoice]] = defaultdict(list)
+        for record in billed:
+            inv = invoice_from_record(record)
+            by_customer[(inv.customer_id, inv.currency)].append(inv)
+        for job in candidates:
+            ckey = (job.key[0], job.key[1])
+            if latest[ckey] != job.key[2].end:
+                continue  # a later draft of this customer carries the corrections
+            job.previous = [inv for inv in by_customer.get(ckey, []) if inv.period.end <= job.key[2].start]
+
+    def _usage(self, wanted: dict[UsageKey, set[str]], as_of: datetime | None) -> dict[UsageKey, dict[str, Decimal]]:
+        """One grouped query per (meter, from, to): {key: {customer id: quantity}}."""
+        out: dict[UsageKey, dict[str, Decimal]] = {}
+        for (meter, start, end), customer_ids in wanted.items():
+            ids: tuple[str, ...] = ()
+            if len(customer_ids) <= _FILTER_LIMIT:
+                # A deleted customer's subjects are freed: it has no usage to read (and the meter
+                # query refuses unknown customers), so only live ones are named.
+                with self.store.read() as conn:
+                    ids = tuple(sorted(billing_store.live_customer_ids(conn, list(customer_ids))))
+                if not ids:
+                    out[(meter, start, end)] = {}
+                    continue
+            query = UsageQuery(
+                meter=meter, from_=start, to=end, customer_ids=ids, group_by=("customer_id",), as_of=as_of
+            )
+            try:
+                rows = self.meters.query(query)
+            except MeterError as exc:
+                raise InvoiceError(f"rate card meter {meter!r}: {exc.detail}") from None
+            out[(meter, start, end)] = {r.customer_id: r.value for r in rows if r.customer_id is not None}
+        return out
+
+    def _compute(self, jobs: list[_Job], as_of: datetime | None) -> dict[InvoiceKey, list[Line]]:
+        wanted: dict[UsageKey, set[str]] = defaultdict(set)
+        for job in jobs:
+            for ukey in _segment_usage_keys(job.segments):
+                wanted[ukey].add(job.key[0])
+            for inv in job.previous:
+                for ln in inv.lines:
+                    if ln.kind == "usage" and ln.meter is not None:
+                        wanted[(ln.meter, ln.period.start, ln.period.end)].add(job.key[0])
+        usage = self._usage(wanted, as_of)
+        billed_so_far = self._billed_quantities([inv for job in jobs for inv in job.previous])
+        out: dict[InvoiceKey, list[Line]] = {}
+        for job in jobs:
+            lines: list[Line] = []
+            for seg in sorted(job.segments, key=lambda s: (s.covered.start, s.subscription.id)):
+                lines.extend(self._segment_lines(job.key[0], seg, usage))
+            lines.extend(self._corrections(job, usage, billed_so_far, as_of))
+            out[job.key] = lines
+        return out
+
+    def _round(self, amount: Decimal, currency: str) -> Decimal:
+        return round_money(amount, currency, self.settings.rounding)
+
+    def _segment_lines(self, customer_id: str, seg: Segment, usage: dict[UsageKey, dict[str, Decimal]]) -> list[Line]:
+        plan, sub, cur = seg.plan, seg.subscription, seg.subscription.currency
+        lines: list[Line] = []
+        for rc in plan.rate_cards:
+            tax = rc.tax_code or self.settings.default_tax_code
+            base = {
+                "name": rc.name,
+                "period": seg.covered,
+                "subscription_id": sub.id,
+                "rate_card_key": rc.key,
+                "tax_code": tax,
+            }
+            if isinstance(rc.price, FlatPrice):
+                covered_us = Decimal(to_micros(seg.covered.end) - to_micros(seg.covered.start))
+                period_us = Decimal(to_micros(seg.period.end) - to_micros(seg.period.start))
+                raw = prorate(rc.price.amount, covered_us, period_us)
+                detail: dict[str, Any] = {"paymentTerm": rc.price.payment_term.value}
+                if covered_us != period_us:
+                    detail["proration"] = {
+                        "coveredSeconds": str(covered_us / 1_000_000),
+                        "periodSeconds": str(period_us / 1_000_000),
+                    }
+                lines.append(
+                    Line(
+                        kind="flat_fee",
+                        amount=self._round(raw, cur),
+                        quantity=Decimal(1),
+                        unit_price=rc.price.amount,
+                        detail=detail,
+                        **base,  # type: ignore[arg-type]
+                    )
+                )
+                lines.extend(self._commitment(rc, raw, cur, base))
+                continue
+            assert rc.meter is not None, f"usage rate card {rc.key} has no meter"
+            quantity = usage.get((rc.meter, seg.covered.start, seg.covered.end), {}).get(customer_id, ZERO)
+            rated = rate_usage(rc.price, quantity)
+            detail = {}
+            if rated.tiers:
+                detail["tiers"] = [
+                    {
+                        "tier": t.tier_index + 1,
+                        "quantity": str(t.quantity),
+                        "unitPrice": str(t.unit_amount),
+                        "flatPrice": str(t.flat_amount),
+                        "amount": str(t.amount),
+                    }
+                    for t in rated.tiers
+                ]
+            if rated.packages is not None:
+                detail["packages"] = str(rated.packages)
+            lines.append(
+                Line(
+                    kind="usage",
+                    amount=self._round(rated.amount, cur),
+                    meter=rc.meter,
+                    quantity=quantity,
+                    unit_price=rated.unit_price,
+                    detail=detail or None,
+                    **base,  # type: ignore[arg-type]
+                )
+            )
+            lines.extend(self._commitment(rc, rated.amount, cur, base))
+        if plan.commitments.minimum is not None or plan.commitments.maximum is not None:
+            spent = sum((ln.amount for ln in lines), ZERO)
+            committed = apply_commitments(spent, plan.commitments)
+            if committed.adjustment != 0 and committed.reason is not None:
+                lines.append(
+                    Line(
+                        kind="commitment",
+                        name=f"{plan.name}: {committed.reason.value.replace('_', ' ')}",
+                        period=seg.covered,
+                        amount=self._round(committed.amount, cur) - spent,
+                        subscription_id=sub.id,
+                        description=f"plan {plan.plan_key} v{plan.version} spend commitment",
+                        detail={"reason": committed.reason.value, "spent": str(spent)},
+                    )
+                )
+        return lines
+
+    def _commitment(self, rc: RateCard, raw: Decimal, currency: str, base: dict[str, Any]) -> list[Line]:
+        if rc.commitments.minimum is None and rc.commitments.maximum is None:
+            return []
+        committed = apply_commitments(raw, rc.commitments)
+        if committed.adjustment == 0 or committed.reason is None:
+            return []
+        reason = committed.reason.value.replace("_", " ")
+        return [
+            Line(
+                kind="commitment",
+                name=f"{rc.name} ({reason})",
+                period=base["period"],
+                amount=self._round(committed.amount, currency) - self._round(raw, currency),
+                subscription_id=base["subscription_id"],
+                rate_card_key=rc.key,
+                tax_code=base["tax_code"],
+                description=f"{rc.name}: {reason} commitment",
+                detail={"reason": committed.reason.value},
+            )
+        ]
+
+    def _rated_total(self, rc: RateCard, quantity: Decimal, currency: str) -> Decimal:
+        assert not isinstance(rc.price, FlatPrice)
+        raw = rate_usage(rc.price, quantity).amount
+        return self._round(apply_commitments(raw, rc.commitments).amount, currency)
+
+    def _billed_quantities(self, invoices: Sequence[Invoice]) -> dict[tuple[str, str | None, str | None], Decimal]:
+        """(invoice id, subscription, rate card) -> quantity billed so far (issued line + billed corrections)."""
+        billed: dict[tuple[str, str | None, str | None], Decimal] = {}
+        for inv in invoices:
+            for ln in inv.lines:
+                if ln.kind == "usage" and ln.quantity is not None:
+                    billed[(inv.id, ln.subscription_id, ln.rate_card_key)] = ln.quantity
+        if not billed:
+            return billed
+        with self.store.read() as conn:
+            rows = billing_store.corrections_of(conn, list({inv.id for inv in invoices}))
+        for row in rows:
+            if row["invoice_status"] not in BILLED or row["quantity"] is None:
+                continue
+            key = (row["corrects_invoice_id"], row["subscription_id"], row["rate_card_key"])
+            if key in billed:
+                billed[key] += Decimal(row["quantity"])
+        return billed
+
+    def _corrections(
+        self,
+        job: _Job,
+        usage: dict[UsageKey, dict[str, Decimal]],
+        billed: dict[tuple[str, str | None, str | None], Decimal],
+        as_of: datetime | None,
+    ) -> list[Line]:
+        lines: list[Line] = []
+        customer_id, currency, _ = job.key
+        for inv in sorted(job.previous, key=lambda i: i.period.start):
+            for ln in inv.lines:
+                if ln.kind != "usage" or ln.meter is None:
+                    continue
+                before = billed.get((inv.id, ln.subscription_id, ln.rate_card_key))
+                if before is None:
+                    continue
+                now_qty = usage.get((ln.meter, ln.period.start, ln.period.end), {}).get(customer_id, ZERO)
+                if now_qty == before:
+                    continue
+                rc = self._rate_card(ln)
+                if rc is None:
+                    continue
+                amount = self._rated_total(rc, now_qty, currency) - self._rated_total(rc, before, currency)
+                tz = inv.customer.get("timezone") or "UTC"
+                lines.append(
+                    Line(
+                        kind="correction",
+                        name=f"Correction: {ln.name}",
+                        period=ln.period,
+                        amount=amount,
+                        subscription_id=ln.subscription_id,
+                        rate_card_key=ln.rate_card_key,
+                        meter=ln.meter,
+                        quantity=now_qty - before,
+                        unit_price=ln.unit_price,
+                        tax_code=ln.tax_code,
+                        description=(
+                            f"usage that arrived after invoice {inv.id} was issued, for {_period_label(ln.period, tz)}"
+                        ),
+                        corrects_invoice_id=inv.id,
+                        detail={"previousQuantity": str(before), "quantity": str(now_qty)},
+                    )
+                )
+        return lines
+
+    def _rate_card(self, line: Line) -> RateCard | None:
+        if line.subscription_id is None:
+            return None
+        try:
+            sub = self.subscriptions.get(line.subscription_id)
+        except Exception:
+            return None
+        plan = self._plan(sub)
+        return next((rc for rc in plan.rate_cards if rc.key == line.rate_card_key), None)
+
+    def _recompute_corrections(self, invoice: Invoice, fixed: list[Line]) -> list[Line]:
+        wanted: dict[UsageKey, set[str]] = defaultdict(set)
+        for ln in fixed:
+            if ln.meter is not None:
+                wanted[(ln.meter, ln.period.start, ln.period.end)].add(invoice.customer_id)
+        usage = self._usage(wanted, invoice.as_of)
+        out = []
+        for ln in fixed:
+            before = Decimal((ln.detail or {}).get("previousQuantity", "0"))
+            rc = self._rate_card(ln)
+            assert ln.meter is not None and rc is not None
+            now_qty = usage.get((ln.meter, ln.period.start, ln.period.end), {}).get(invoice.customer_id, ZERO)
+            amount = self._rated_total(rc, now_qty, invoice.currency) - self._rated_total(rc, before, invoice.currency)
+            out.append(
+                replace(
+                    ln, quantity=now_qty - before, amount=amount, detail={**(ln.detail or {}), "quantity": str(now_qty)}
+                )
+            )
+        return out
+
+    def _lock_meters(self, line_sets: Iterable[list[Line]]) -> None:
+        slugs = sorted({ln.meter for lines in line_sets for ln in lines if ln.meter is not None})
+        for slug in slugs:
+            self.meters.lock(slug)
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def _new_invoice(
+        self, key: InvoiceKey, lines: list[Line], customer: dict[str, Any], now: datetime, status: str
+    ) -> Invoice:
+        return Invoice(
+            id=new_ulid(now),
+            customer_id=key[0],
+            customer=customer,
+            currency=key[1],
+            status=status,
+            period=key[2],
+            lines=lines,
+            totals=totals_of(lines, key[1], self.settings),
+            as_of=now,
+            revision=1,
+            created_at=now,
+            updated_at=now,
+            issued_at=now if status == ISSUED else None,
+        )
+
+    def _updated(
+        self, draft: Invoice, lines: list[Line], customer: dict[str, Any], now: datetime, status: str
+    ) -> Invoice:
+        return replace(
+            draft,
+            lines=lines,
+            customer=customer,
+            totals=totals_of(lines, draft.currency, self.settings),
+            status=status,
+            as_of=now,
+            revision=draft.revision + 1,
+            updated_at=now,
+            issued_at=now if status == ISSUED else draft.issued_at,
+        )
+
+    def _emit(
+        self, conn: Connection, destinations: dict[str, Any], event_type: str, invoice: Invoice, now: datetime
+    ) -> None:
+        targets = destinations.get(event_type) or []
+        if not targets:
+            return
+        from tallybook.billing.export import invoice_json
+
+        message = OutboxMessage(
+            type=event_type,
+            dedup_key=f"{event_type}:{invoice.id}:{invoice.revision}",
+            payload={"type": event_type, "invoice": invoice_json(invoice), "created": int(now.timestamp())},
+            subject=invoice.customer_id,
+        )
+        self.webhooks.enqueue(conn, message, targets, now)
+
+
+def _same_lines(a: Sequence[Line], b: Sequence[Line]) -> bool:
+    return [ln.row() for ln in a] == [ln.row() for ln in b]
+
+
+def _record(invoice: Invoice) -> InvoiceRecord:
+    row = {"id": invoice.id, **_values(invoice)}
+    row.update(
+        customer_id=invoice.customer_id,
+        currency=invoice.currency,
+        period_start_us=to_micros(invoice.period.start),
+        period_end_us=to_micros(invoice.period.end),
+        revision=invoice.revision,
+        created_us=to_micros(invoice.created_at),
+    )
+    return InvoiceRecord(row, [ln.row() for ln in invoice.lines])
+
+
+def _values(invoice: Invoice) -> dict[str, Any]:
+    """The columns an update writes (revision is bumped by the store)."""
+    assert invoice.as_of is not None
+    return {
+        "status": invoice.status,
+        "customer": invoice.customer,
+        "subtotal": str(invoice.totals.subtotal),
+        "commitments": str(invoice.totals.commitments),
+        "total": str(invoice.totals.total),
+        "as_of_us": to_micros(invoice.as_of),
+        "updated_us": to_micros(invoice.updated_at),
+        "issued_us": None if invoice.issued_at is None else to_micros(invoice.issued_at),
+        "paid_us": None if invoice.paid_at is None else to_micros(invoice.paid_at),
+        "voided_us": None if invoice.voided_at is None else to_micros(invoice.voided_at),
+        "uncollectible_us": None if invoice.uncollectible_at is None else to_micros(invoice.uncollectible_at),
+    }
+
+
+def _customer_snapshot(row: dict[str, Any] | None, customer_id: str, customer: Any = None) -> dict[str, Any]:
+    if customer is not None:
+        address = None
+        if customer.billing_address is not None:
+            address = {k: v for k, v in vars_of(customer.billing_address).items() if v is not None}
+        return {
+            "id": customer.id,
+            "key": customer.key,
+            "name": customer.name,
+            "primaryEmail": customer.primary_email,
+            "billingAddress": address,
+            "timezone": customer.timezone or "UTC",
+        }
+    if row is None:
+        return {"id": customer_id, "name": customer_id, "timezone": "UTC"}
+    return {
+        "id": row["id"],
+        "key": row["key"],
+        "name": row["name"],
+        "primaryEmail": row["primary_email"],
+        "billingAddress": row["billing_address"],
+        "timezone": row["timezone"] or "UTC",
+    }
+
+
+def vars_of(value: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    wire = {"postal_code": "postalCode", "phone_number": "phoneNumber"}
+    return {wire.get(k, k): v for k, v in asdict(value).items()}
+
+
+__all__ = [
+    "INVOICE_EVENT_TYPES",
+    "STATUSES",
+    "Invoice",
+    "InvoiceConflict",
+    "InvoiceError",
+    "InvoiceNotFound",
+    "InvoicingService",
+    "Line",
+    "Totals",
+    "format_rfc3339",
+]

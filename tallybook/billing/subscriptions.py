@@ -1,0 +1,374 @@
+"""Subscriptions: a customer on a published plan version from a start to an optional end.
+
+- The plan version fixes the currency and the cadence; the customer's time zone (UTC when it has
+  none) is captured at the start, so later changes to the customer do not move past periods.
+- `alignment`: `anniversary` (default) anchors periods at the subscription's start, or at an
+  explicit `billing_anchor`; `calendar` anchors them on calendar starts (the 1st, Monday, 1 Jan).
+- A customer has at most one subscription at any instant: overlapping ones are refused (409).
+- Cancel `immediate` ends it now, `next_billing_cycle` at the end of the current period, or at a
+  given instant. A plan change ends the subscription at the change time and starts a new one on the
+  other plan version right there, keeping the billing anchor, so the period that holds the change is
+  billed once with both parts prorated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Literal
+
+from tallybook.billing.models import BillingCadence, Cadence, PlanVersion
+from tallybook.billing.periods import Alignment, InvalidPeriod, Period, Schedule, zone
+from tallybook.clock import Clock, from_micros, to_micros
+from tallybook.customers import CustomerNotFound, CustomerService
+from tallybook.customers.ids import new_ulid
+from tallybook.store import billing as billing_store
+from tallybook.store.base import SqlStore
+
+Timing = Literal["immediate", "next_billing_cycle"] | datetime
+PlanLookup = Callable[[str, int | None], PlanVersion]
+
+
+class SubscriptionError(Exception):
+    status = 400
+    code = "invalid-subscription"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidSubscription(SubscriptionError):
+    pass
+
+
+class SubscriptionNotFound(SubscriptionError):
+    status = 404
+    code = "subscription-not-found"
+
+
+class SubscriptionConflict(SubscriptionError):
+    status = 409
+    code = "subscription-conflict"
+
+
+class CustomerMissing(SubscriptionError):
+    status = 404
+    code = "customer-not-found"
+
+
+class PlanNotFound(SubscriptionError):
+    """Raised by plan lookups when no published plan version matches."""
+
+    status = 404
+    code = "plan-not-found"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    customer_id: str
+    name: str
+    plan_key: str
+    plan_version: int
+    currency: str
+    cadence: Cadence
+    alignment: Alignment
+    anchor: datetime
+    timezone: str
+    active_from: datetime
+    active_to: datetime | None
+    canceled_at: datetime | None
+    previous_id: str | None
+    next_id: str | None
+    billed_through: datetime | None
+    metadata: dict[str, str] | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule.aligned(self.cadence, self.alignment, self.timezone, self.anchor)
+
+    def covered(self, period: Period) -> Period | None:
+        """The part of a billing period this subscription was active in."""
+        return period.overlap(self.active_from, self.active_to)
+
+    def status(self, now: datetime) -> str:
+        if self.active_to is not None and self.active_to <= now:
+            return "inactive"
+        if self.active_from > now:
+            return "scheduled"
+        return "canceled" if self.active_to is not None else "active"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionInput:
+    customer: str  # id or key
+    plan_key: str
+    plan_version: int | None = None  # None: the published version
+    active_from: datetime | None = None  # None: now
+    active_to: datetime | None = None
+    alignment: Alignment = Alignment.ANNIVERSARY
+    billing_anchor: datetime | None = None
+    name: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+def subscription_from_row(row: dict[str, Any]) -> Subscription:
+    return Subscription(
+        id=row["id"],
+        customer_id=row["customer_id"],
+        name=row["name"],
+        plan_key=row["plan_key"],
+        plan_version=int(row["plan_version"]),
+        currency=row["currency"],
+        cadence=Cadence(BillingCadence(row["cadence"]), row["cadence_days"]),
+        alignment=Alignment(row["alignment"]),
+        anchor=from_micros(row["anchor_us"]),
+        timezone=row["timezone"],
+        active_from=from_micros(row["active_from_us"]),
+        active_to=None if row["active_to_us"] is None else from_micros(row["active_to_us"]),
+        canceled_at=None if row["canceled_us"] is None else from_micros(row["canceled_us"]),
+        previous_id=row["previous_id"],
+        next_id=row["next_id"],
+        billed_through=None if row["billed_through_us"] is None else from_micros(row["billed_through_us"]),
+        metadata=row["metadata"],
+        created_at=from_micros(row["created_us"]),
+        updated_at=from_micros(row["updated_us"]),
+    )
+
+
+def _row(sub: Subscription) -> dict[str, Any]:
+    return {
+        "id": sub.id,
+        "customer_id": sub.customer_id,
+        "name": sub.name,
+        "plan_key": sub.plan_key,
+        "plan_version": sub.plan_version,
+        "currency": sub.currency,
+        "cadence": sub.cadence.kind.value,
+        "cadence_days": sub.cadence.days,
+        "alignment": sub.alignment.value,
+        "anchor_us": to_micros(sub.anchor),
+        "timezone": sub.timezone,
+        "active_from_us": to_micros(sub.active_from),
+        "active_to_us": None if sub.active_to is None else to_micros(sub.active_to),
+        "canceled_us": None if sub.canceled_at is None else to_micros(sub.canceled_at),
+        "previous_id": sub.previous_id,
+        "next_id": sub.next_id,
+        "billed_through_us": None if sub.billed_through is None else to_micros(sub.billed_through),
+        "metadata": sub.metadata,
+        "created_us": to_micros(sub.created_at),
+        "updated_us": to_micros(sub.updated_at),
+    }
+
+
+def _aware(value: datetime | None, name: str) -> None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidSubscription(f"{name} needs a time zone offset, e.g. 2026-01-01T00:00:00Z")
+
+
+def _overlaps(a_from: datetime, a_to: datetime | None, b_from: datetime, b_to: datetime | None) -> bool:
+    if (a_to is not None and a_to <= a_from) or (b_to is not None and b_to <= b_from):
+        return False
+    return (b_to is None or a_from < b_to) and (a_to is None or b_from < a_to)
+
+
+class SubscriptionService:
+    def __init__(self, store: SqlStore, clock: Clock, customers: CustomerService, plans: PlanLookup) -> None:
+        self.store = store
+        self.clock = clock
+        self.customers = customers
+        self.plans = plans
+
+    # -- reading ------------------------------------------------------------------------------------
+    def get(self, subscription_id: str) -> Subscription:
+        with self.store.read() as conn:
+            row = billing_store.get_subscription(conn, subscription_id)
+        if row is None:
+            raise SubscriptionNotFound(f"no subscription has the id {subscription_id!r}")
+        return subscription_from_row(row)
+
+    def list_subscriptions(self, customer: str | None = None, limit: int = 100, offset: int = 0) -> list[Subscription]:
+        ids = None if customer is None else [self.customer_id(customer)]
+        with self.store.read() as conn:
+            rows = billing_store.list_subscriptions(conn, ids, limit=limit, offset=offset)
+        return [subscription_from_row(r) for r in rows]
+
+    def of_customers(self, customer_ids: list[str], start: datetime, end: datetime) -> list[Subscription]:
+        """Subscriptions of these customers active at some point in [start, end)."""
+        with self.store.read() as conn:
+            rows = billing_store.list_subscriptions(conn, customer_ids, overlapping=(to_micros(start), to_micros(end)))
+        return [subscription_from_row(r) for r in rows]
+
+    def plan_of(self, sub: Subscription) -> PlanVersion:
+        return self.plans(sub.plan_key, sub.plan_version)
+
+    # -- changing ------------------------------------------------------------------------------------
+    def create(self, data: SubscriptionInput, previous_id: str | None = None) -> Subscription:
+        now = self.clock.now()
+        for name, value in (
+            ("activeFrom", data.active_from),
+            ("activeTo", data.active_to),
+            ("billingAnchor", data.billing_anchor),
+        ):
+            _aware(value, name)
+        customer = self.customer(data.customer)
+        plan = self.plans(data.plan_key, data.plan_version)
+        if plan.status != "published":
+            raise InvalidSubscription(
+                f"plan {plan.plan_key!r} version {plan.version} is {plan.status}; subscribe to a published version"
+            )
+        if customer.currency is not None and customer.currency != plan.currency:
+            raise InvalidSubscription(
+                f"plan {plan.plan_key!r} is priced in {plan.currency} but customer {customer.id} pays in "
+                f"{customer.currency}; pick a plan in {customer.currency} or change the customer's currency"
+            )
+        active_from = data.active_from or now
+        if data.active_to is not None and data.active_to <= active_from:
+            raise InvalidSubscription("activeTo must be after activeFrom")
+        tz = customer.timezone or "UTC"
+        try:
+            zone(tz)
+            anchor = data.billing_anchor or active_from
+            sub = Subscription(
+                id=new_ulid(now),
+                customer_id=customer.id,
+                name=data.name or plan.name,
+                plan_key=plan.plan_key,
+                plan_version=plan.version,
+                currency=plan.currency,
+                cadence=plan.cadence,
+                alignment=Alignment(data.alignment),
+                anchor=anchor,
+                timezone=tz,
+                active_from=active_from,
+                active_to=data.active_to,
+                canceled_at=None,
+                previous_id=previous_id,
+                next_id=None,
+                billed_through=None,
+                metadata=data.metadata,
+                created_at=now,
+                updated_at=now,
+            )
+            sub.schedule.period_containing(active_from)  # checks the cadence and anchor
+        except (InvalidPeriod, ValueError) as exc:
+            raise InvalidSubscription(str(exc)) from None
+        with self.store.write() as conn:
+            existing = billing_store.list_subscriptions(conn, [customer.id])
+            for row in existing:
+                other = subscription_from_row(row)
+                if other.id != previous_id and _overlaps(
+                    active_from, data.active_to, other.active_from, other.active_to
+                ):
+                    raise SubscriptionConflict(
+                        f"customer {customer.id} already has subscription {other.id} in that time "
+                        f"(from {other.active_from.isoformat()}); cancel it or change its plan instead",
+                        subscriptionId=other.id,
+                    )
+            billing_store.insert_subscription(conn, _row(sub))
+            if previous_id is not None:
+                billing_store.update_subscription(conn, previous_id, {"next_id": sub.id})
+        return sub
+
+    def cancel(self, subscription_id: str, timing: Timing = "immediate") -> Subscription:
+        sub = self.get(subscription_id)
+        now = self.clock.now()
+        end = self._resolve_timing(sub, timing, now)
+        if sub.active_to is not None and sub.active_to <= now:
+            raise SubscriptionConflict(f"subscription {sub.id} already ended at {sub.active_to.isoformat()}")
+        end = max(end, sub.active_from)  # canceling before the start: it never becomes active
+        changed = replace(sub, active_to=end, canceled_at=now, updated_at=now)
+        with self.store.write() as conn:
+            billing_store.update_subscription(
+                conn,
+                sub.id,
+                {"active_to_us": to_micros(end), "canceled_us": to_micros(now), "updated_us": to_micros(now)},
+            )
+        return changed
+
+    def change(
+        self, subscription_id: str, plan_key: str, plan_version: int | None, timing: Timing = "immediate"
+    ) -> tuple[Subscription, Subscription]:
+        """End the subscription at `timing` and start one on the other plan version there."""
+        sub = self.get(subscription_id)
+        now = self.clock.now()
+        at = max(self._resolve_timing(sub, timing, now), sub.active_from)
+        if sub.active_to is not None and sub.active_to <= at:
+            raise SubscriptionConflict(f"subscription {sub.id} ends at {sub.active_to.isoformat()}, before the change")
+        plan = self.plans(plan_key, plan_version)
+        if plan.currency != sub.currency:
+            raise InvalidSubscription(
+                f"plan {plan.plan_key!r} is priced in {plan.currency}; a plan change keeps the currency {sub.currency}"
+            )
+        old_end = sub.active_to
+        ended = self.cancel(sub.id, at)
+        try:
+            new = self.create(
+                SubscriptionInput(
+                    customer=sub.customer_id,
+                    plan_key=plan.plan_key,
+                    plan_version=plan.version,
+                    active_from=at,
+                    active_to=old_end,
+                    alignment=sub.alignment,
+                    billing_anchor=sub.anchor,
+                    metadata=sub.metadata,
+                ),
+                previous_id=sub.id,
+            )
+        except SubscriptionError:
+            with self.store.write() as conn:  # put the old end back: the change did not happen
+                billing_store.update_subscription(
+                    conn,
+                    sub.id,
+                    {
+                        "active_to_us": None if old_end is None else to_micros(old_end),
+                        "canceled_us": None if sub.canceled_at is None else to_micros(sub.canceled_at),
+                    },
+                )
+            raise
+        return replace(ended, next_id=new.id), new
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _resolve_timing(self, sub: Subscription, timing: Timing, now: datetime) -> datetime:
+        if isinstance(timing, datetime):
+            _aware(timing, "timing")
+            if timing < now:
+                raise InvalidSubscription("timing must not be in the past")
+            return timing
+        if timing == "immediate":
+            return now
+        if timing == "next_billing_cycle":
+            return sub.schedule.period_containing(max(now, sub.active_from)).end
+        raise InvalidSubscription("timing must be 'immediate', 'next_billing_cycle' or a date-time")
+
+    def customer(self, ref: str) -> Any:
+        """A live customer by id or key (CustomerMissing, a 404, when there is none)."""
+        try:
+            return self.customers.resolve(ref)
+        except CustomerNotFound as exc:
+            raise CustomerMissing(str(exc), customerIdOrKey=ref) from None
+
+    def customer_id(self, ref: str) -> str:
+        return str(self.customer(ref).id)
+
+
+__all__ = [
+    "CustomerMissing",
+    "InvalidSubscription",
+    "PlanLookup",
+    "PlanNotFound",
+    "Subscription",
+    "SubscriptionConflict",
+    "SubscriptionError",
+    "SubscriptionInput",
+    "SubscriptionNotFound",
+    "SubscriptionService",
+    "Timing",
+    "subscription_from_row",
+]

@@ -1,0 +1,39 @@
+"""Builds the subscription and invoicing services for a Runtime and registers `billing.invoice`.
+
+The job is exclusive (the scheduler's job lock), so with several processes on one database each
+run drafts, refreshes and issues invoices in exactly one of them; the invoices' unique period key
+and revision checks make a repeated run harmless as well.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tallybook.billing.catalog import PlanNotFound as CatalogPlanNotFound
+from tallybook.billing.invoicing import InvoicingService
+from tallybook.billing.models import PlanVersion
+from tallybook.billing.subscriptions import PlanNotFound, SubscriptionService
+from tallybook.jobs.scheduler import Job
+
+if TYPE_CHECKING:
+    from tallybook.runtime import Runtime
+
+INVOICE_JOB = "billing.invoice"
+
+
+def build_billing(runtime: Runtime) -> tuple[SubscriptionService, InvoicingService]:
+    catalog = runtime.catalog
+
+    def plan_lookup(key: str, version: int | None) -> PlanVersion:
+        try:
+            return catalog.plan_version(key, version)
+        except CatalogPlanNotFound as exc:
+            raise PlanNotFound(exc.detail, planKey=key) from None
+
+    settings = runtime.settings.billing
+    subscriptions = SubscriptionService(runtime.store, runtime.clock, runtime.customers, plan_lookup)
+    invoicing = InvoicingService(
+        runtime.store, runtime.clock, subscriptions, runtime.meters, runtime.webhooks, settings
+    )
+    runtime.jobs.register(Job(INVOICE_JOB, invoicing.run, settings.invoice_interval))
+    return subscriptions, invoicing

@@ -1,0 +1,464 @@
+"""The Stripe domain service: customer links, reporting runs, the period-end webhook, setup and
+reconciliation. The API and the CLI call this; it never imports FastAPI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import stripe
+
+from tallybook.clock import Clock, to_micros
+from tallybook.customers import CustomerService
+from tallybook.meters.models import UsageQuery
+from tallybook.meters.service import MeterService
+from tallybook.meters.windows import WindowSize, window_start
+from tallybook.store.base import SqlStore
+from tallybook.store.stripe import (
+    CustomerLink,
+    MeterLink,
+    ReportFilter,
+    ReportRow,
+    StripeCustomerTaken,
+    StripeStore,
+)
+from tallybook.stripe.client import TokenBucket, budget_for, build_client
+from tallybook.stripe.reporter import UTC_ZONE, Reporter, RunSummary, stripe_formula
+from tallybook.stripe.settings import StripeSettings
+
+log = logging.getLogger(__name__)
+
+REPORT_JOB = "stripe.report"
+WEBHOOK_TOLERANCE_SECONDS = 300
+# The OpenMeter example's price: $0.20 per 1,000,000 units = 0.00002 cents per unit.
+SETUP_UNIT_AMOUNT_DECIMAL = Decimal("0.00002")
+
+
+class StripeProblem(Exception):
+    """A domain error the API answers as problem+json with `status` and `code`."""
+
+    status = 400
+    code = "invalid-stripe-request"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidStripeData(StripeProblem):
+    status = 400
+    code = "invalid-stripe-data"
+
+
+class NotLinked(StripeProblem):
+    status = 404
+    code = "stripe-not-linked"
+
+
+class WebhookRejected(StripeProblem):
+    status = 400
+    code = "invalid-stripe-signature"
+
+
+class StripeDisabled(StripeProblem):
+    status = 409
+    code = "stripe-not-configured"
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    meter: str
+    customer_id: str
+    stripe_customer_id: str
+    tallybook: Decimal
+    stripe: Decimal
+    ledger: Decimal
+
+    @property
+    def drift(self) -> Decimal:
+        return self.stripe - self.tallybook
+
+
+@dataclass(frozen=True, slots=True)
+class SetupResult:
+    product: str
+    meter: str
+    price: str
+    customer: str
+    subscription: str
+    urls: dict[str, str]
+
+
+def _check_id(value: Any, field: str, prefixes: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidStripeData(f"{field}: is required and must be a non-empty string")
+    if not value.startswith(prefixes):
+        raise InvalidStripeData(f"{field}: {value!r} is not a Stripe id (it should start with {' or '.join(prefixes)})")
+    if len(value) > 255:
+        raise InvalidStripeData(f"{field}: is longer than 255 characters")
+    return value
+
+
+class StripeService:
+    def __init__(
+        self,
+        store: SqlStore,
+        customers: CustomerService,
+        meters: MeterService,
+        settings: StripeSettings,
+        clock: Clock,
+        client_factory: Callable[[str | None], stripe.StripeClient] | None = None,
+        budget: TokenBucket | None = None,
+    ) -> None:
+        self.store = store
+        self.db = StripeStore(store)
+        self.customers = customers
+        self.meters = meters
+        self.settings = settings
+        self.clock = clock
+        self.budget = budget or budget_for(settings)
+        self._client_factory = client_factory or (lambda key: build_client(settings, key, self.budget))
+        self._client: stripe.StripeClient | None = None
+        self._reporter: Reporter | None = None
+
+    # -- clients ------------------------------------------------------------------------------------
+    def client(self) -> stripe.StripeClient:
+        if self._client is None:
+            self._client = self._client_factory(None)
+        return self._client
+
+    def reporter(self) -> Reporter:
+        if self._reporter is None:
+            self._reporter = Reporter(
+                self.store,
+                self.meters,
+                self.settings,
+                self.clock,
+                self.client(),
+                session_client=self._client_factory,
+                budget=self.budget,
+            )
+        return self._reporter
+
+    # -- customer <-> Stripe ------------------------------------------------------------------------
+    def put_customer_stripe(self, id_or_key: str, data: Any) -> CustomerLink:
+        """OpenMeter's upsertCustomerStripeAppData: {stripeCustomerId, stripeDefaultPaymentMethodId?}."""
+        if not isinstance(data, dict):
+            raise InvalidStripeData("the body must be a JSON object with stripeCustomerId")
+        unknown = sorted(set(data) - {"stripeCustomerId", "stripeDefaultPaymentMethodId", "type", "id"})
+        if unknown:
+            raise InvalidStripeData(f"{unknown[0]}: unknown field")
+        if "type" in data and data["type"] != "stripe":
+            raise InvalidStripeData(f"type: only 'stripe' apps are supported, got {data['type']!r}")
+        stripe_id = _check_id(data.get("stripeCustomerId"), "stripeCustomerId", ("cus_",))
+        method = data.get("stripeDefaultPaymentMethodId")
+        if method is not None:
+            method = _check_id(method, "stripeDefaultPaymentMethodId", ("pm_", "card_", "src_"))
+        customer = self.customers.resolve(id_or_key)
+        owner = self.db.customer_owning(stripe_id)
+        if owner is not None and owner.customer_id != customer.id:
+            raise InvalidStripeData(
+                f"stripeCustomerId: {stripe_id} is already linked to customer {owner.customer_id}; "
+                "a Stripe customer belongs to one Tallybook customer"
+            )
+        current = self.db.get_customer(customer.id)
+        link = CustomerLink(
+            customer_id=customer.id,
+            stripe_customer_id=stripe_id,
+            stripe_default_payment_method_id=method,
+            period_start_us=current.period_start_us if current else None,
+            updated_us=to_micros(self.clock.now()),
+        )
+        try:
+            self.db.put_customer(link)
+        except StripeCustomerTaken:
+            raise InvalidStripeData(
+                f"stripeCustomerId: {stripe_id} is already linked to another customer; "
+                "a Stripe customer belongs to one Tallybook customer"
+            ) from None
+        return link
+
+    def get_customer_stripe(self, id_or_key: str) -> CustomerLink:
+        customer = self.customers.resolve(id_or_key)
+        link = self.db.get_customer(customer.id)
+        if link is None:
+            raise NotLinked(f"customer {customer.id} is not linked to a Stripe customer; PUT its /stripe first")
+        return link
+
+    def put_customer_apps(self, id_or_key: str, items: Any) -> list[CustomerLink]:
+        """OpenMeter's upsertCustomerAppData: a list of app data items, of which `stripe` is supported."""
+        if not isinstance(items, list) or not items:
+            raise InvalidStripeData("the body must be a non-empty JSON array of app data items")
+        stripe_items = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise InvalidStripeData(f"[{index}]: must be an object")
+            if item.get("type") != "stripe":
+                raise InvalidStripeData(f"[{index}].type: only 'stripe' is supported, got {item.get('type')!r}")
+            stripe_items.append(item)
+        if len(stripe_items) > 1:
+            raise InvalidStripeData("a customer has one Stripe app data item; send one")
+        return [self.put_customer_stripe(id_or_key, stripe_items[0])]
+
+    # -- reporting ----------------------------------------------------------------------------------
+    def report(
+        self,
+        from_: datetime | None = None,
+        to: datetime | None = None,
+        customer_ids: Sequence[str] | None = None,
+        now: datetime | None = None,
+    ) -> RunSummary:
+        self._require_enabled()
+        return self.reporter().run(now=now, from_=from_, to=to, customer_ids=customer_ids)
+
+    def run_job(self, now: datetime) -> dict[str, Any]:
+        return self.report(now=now).as_dict()
+
+    def list_reports(self, flt: ReportFilter) -> tuple[int, list[ReportRow]]:
+        return self.db.list_reports(flt)
+
+    def attempts_of(self, report_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Each request made for these ledger rows, oldest first."""
+        return self.db.attempts_of(report_ids)
+
+    def _require_enabled(self) -> None:
+        if not self.settings.secret_key():
+            raise StripeDisabled("Stripe is not configured: set STRIPE_API_KEY and the stripe: section")
+
+    # -- period-end webhook -------------------------------------------------------------------------
+    def handle_webhook(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        """Verify `Stripe-Signature`; on a subscription entering a new period, report the finished one."""
+        secret = self.settings.signing_secret()
+        if not secret:
+            raise StripeDisabled("no webhook secret: set STRIPE_WEBHOOK_SECRET")
+        if not signature:
+            raise WebhookRejected("the Stripe-Signature header is missing")
+        try:
+            event = stripe.Webhook.construct_event(payload, signature, secret, WEBHOOK_TOLERANCE_SECONDS)
+        except stripe.SignatureVerificationError:
+            raise WebhookRejected("the Stripe-Signature does not match this payload and secret") from None
+        except ValueError:
+            raise WebhookRejected("the body is not a Stripe event (invalid JSON)") from None
+        if event.type != "customer.subscription.updated":
+            return {"received": True, "handled": False, "type": event.type}
+        data = event.data.to_dict()
+        subscription = data.get("object") or {}
+        finished = _finished_period(subscription, data.get("previous_attributes"))
+        if finished is None:
+            return {"received": True, "handled": False, "type": event.type, "reason": "no new billing period"}
+        old_start, new_start = finished
+        link = self.db.customer_owning(str(subscription["customer"]))
+        if link is None:
+            return {"received": True, "handled": False, "reason": "the Stripe customer is not linked"}
+        self._require_enabled()
+        now = self.clock.now()
+        self.db.set_period_start(link.customer_id, to_micros(new_start), to_micros(now))
+        summary = self.reporter().run(
+            now=now, from_=old_start, to=new_start, customer_ids=[link.customer_id], settle=timedelta(0)
+        )
+        return {
+            "received": True,
+            "handled": True,
+            "customerId": link.customer_id,
+            "periodStart": old_start,
+            "periodEnd": new_start,
+            "report": summary.as_dict(),
+        }
+
+    # -- reconciliation -----------------------------------------------------------------------------
+    def reconcile(self, from_: datetime, to: datetime) -> list[Drift]:
+        """Stripe's meter event summaries vs Tallybook's figures, per customer and meter."""
+        self._require_enabled()
+        links = self.db.customers()
+        meter_ids = {link.meter: link.stripe_meter_id for link in self.db.meter_links()}
+        drifts = []
+        client = self.client()
+        for mapping in self.reporter().mappings():
+            if mapping.mode != "billing_meter":
+                continue
+            meter = self.meters.get(mapping.meter)
+            stripe_meter = meter_ids.get(mapping.meter) or self._find_meter(client, mapping.event_name)
+            if stripe_meter is None:
+                continue
+            start = window_start(mapping_window(mapping), from_, UTC_ZONE)
+            end = window_start(mapping_window(mapping), to, UTC_ZONE)
+            rows = self.meters.query(UsageQuery(meter=mapping.meter, from_=start, to=end, group_by=("customer_id",)))
+            ours = {r.customer_id: r.value for r in rows}
+            ledger = self.db.latest_per_window(mapping.meter, to_micros(start), to_micros(end))
+            for customer_id, link in sorted(links.items()):
+                summaries = client.v1.billing.meters.event_summaries.list(
+                    stripe_meter,
+                    {
+                        "customer": link.stripe_customer_id,
+                        "start_time": int(start.timestamp()),
+                        "end_time": int(end.timestamp()),
+                        "limit": 100,
+                    },
+                )
+                values = [Decimal(str(s.aggregated_value)) for s in summaries.auto_paging_iter()]
+                last = stripe_formula(meter.aggregation) == "last"
+                theirs = (values[-1] if values else Decimal(0)) if last else sum(values, Decimal(0))
+                held = sum(
+                    (
+                        r.value
+                        for (cid, _), history in ledger.items()
+                        if cid == customer_id
+                        for r in history
+                        if r.kind == "event" and r.status == "SENT" and not r.cancelled
+                    ),
+                    Decimal(0),
+                )
+                figure = ours.get(customer_id, Decimal(0))
+                drifts.append(Drift(mapping.meter, customer_id, link.stripe_customer_id, figure, theirs, held))
+        return drifts
+
+    @staticmethod
+    def _find_meter(client: stripe.StripeClient, event_name: str | None) -> str | None:
+        for meter in client.v1.billing.meters.list({"limit": 100}).auto_paging_iter():
+            if meter.event_name == event_name:
+                return str(meter.id)
+        return None
+
+    # -- setup (mirrors OpenMeter's Go example) ----------------------------------------------------
+    def setup(self, meter_slug: str, customer_id_or_key: str, event_name: str | None = None) -> SetupResult:
+        """Create product, Billing Meter, metered monthly price, customer and subscription in Stripe,
+        link them to a Tallybook meter and customer."""
+        self._require_enabled()
+        meter = self.meters.get(meter_slug)
+        customer = self.customers.resolve(customer_id_or_key)
+        client = self.client()
+        formula = stripe_formula(meter.aggregation)
+        name = event_name or meter.slug
+        product = client.v1.products.create({"name": f"{meter.name} (Tallybook)"})
+        stripe_meter = client.v1.billing.meters.create(
+            {
+                "display_name": meter.name,
+                "event_name": name,
+                "default_aggregation": {"formula": formula},
+                "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+                "value_settings": {"event_payload_key": "value"},
+            }
+        )
+        price = client.v1.prices.create(
+            {
+                "currency": "usd",
+                "product": product.id,
+                "unit_amount_decimal": SETUP_UNIT_AMOUNT_DECIMAL,
+                "recurring": {"interval": "month", "usage_type": "metered", "meter": stripe_meter.id},
+            }
+        )
+        existing = self.db.get_customer(customer.id)
+        if existing is not None:
+            stripe_customer_id = existing.stripe_customer_id
+        else:
+            params: Any = {"name": customer.name, "metadata": {"tallybook_customer_id": customer.id}}
+            if customer.primary_email:
+                params["email"] = customer.primary_email
+            stripe_customer_id = client.v1.customers.create(params).id
+            self.put_customer_stripe(customer.id, {"stripeCustomerId": stripe_customer_id})
+        subscription = client.v1.subscriptions.create({"customer": stripe_customer_id, "items": [{"price": price.id}]})
+        period_start = _period_start_of(subscription.to_dict())
+        if period_start:
+            self.db.set_period_start(customer.id, int(period_start) * 1_000_000, to_micros(self.clock.now()))
+        self.db.put_meter_link(
+            MeterLink(
+                meter=meter.slug,
+                event_name=name,
+                stripe_meter_id=stripe_meter.id,
+                price_id=price.id,
+                formula=formula,
+                mode="billing_meter",
+                updated_us=to_micros(self.clock.now()),
+            )
+        )
+        base = "https://dashboard.stripe.com/test" if self._test_mode() else "https://dashboard.stripe.com"
+        return SetupResult(
+            product=product.id,
+            meter=stripe_meter.id,
+            price=price.id,
+            customer=stripe_customer_id,
+            subscription=subscription.id,
+            urls={
+                "product": f"{base}/products/{product.id}",
+                "meter": f"{base}/billing/meters/{stripe_meter.id}",
+                "price": f"{base}/prices/{price.id}",
+                "customer": f"{base}/customers/{stripe_customer_id}",
+                "subscription": f"{base}/subscriptions/{subscription.id}",
+            },
+        )
+
+    def _test_mode(self) -> bool:
+        return not (self.settings.secret_key() or "").startswith(("sk_live_", "rk_live_"))
+
+    def active_subscription_items(self) -> list[dict[str, Any]]:
+        """For `stripe report`: each linked customer's subscription items and their current period."""
+        client = self.client()
+        links = {link.stripe_customer_id: link for link in self.db.customers().values()}
+        prices = {m.price_id: m for m in self.db.meter_links() if m.price_id}
+        found = []
+        for subscription in client.v1.subscriptions.list({"status": "active", "limit": 100}).auto_paging_iter():
+            link = links.get(str(subscription.customer))
+            if link is None:
+                continue
+            for item in subscription["items"].data:
+                meter_link = prices.get(item.price.id)
+                if meter_link is None:
+                    continue
+                found.append(
+                    {
+                        "customer_id": link.customer_id,
+                        "stripe_customer_id": link.stripe_customer_id,
+                        "price": item.price.id,
+                        "meter": meter_link.meter,
+                        "from": datetime.fromtimestamp(int(item.current_period_start), UTC),
+                        "to": datetime.fromtimestamp(int(item.current_period_end), UTC),
+                    }
+                )
+        return found
+
+    def usage_total(self, meter: str, customer_id: str, start: datetime, end: datetime) -> Decimal:
+        rows = self.meters.query(UsageQuery(meter=meter, from_=start, to=end, customer_ids=(customer_id,)))
+        return sum((r.value for r in rows), Decimal(0))
+
+
+def mapping_window(mapping: Any) -> WindowSize:
+    return WindowSize(mapping.window)
+
+
+def _period_start_of(obj: Any) -> int | None:
+    """current_period_start of a subscription dict: on it (before basil) or on its items."""
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("current_period_start"):
+        return int(obj["current_period_start"])
+    items = obj.get("items")
+    for item in (items.get("data") if isinstance(items, dict) else None) or []:
+        if isinstance(item, dict) and item.get("current_period_start"):
+            return int(item["current_period_start"])
+    return None
+
+
+def _finished_period(subscription: Any, previous: Any) -> tuple[datetime, datetime] | None:
+    """[old period start, new period start) when the update moved the subscription to a new period."""
+    old = _period_start_of(previous)
+    new = _period_start_of(subscription)
+    if old is None or new is None or new <= old:
+        return None
+    return datetime.fromtimestamp(old, UTC), datetime.fromtimestamp(new, UTC)
+
+
+__all__ = [
+    "REPORT_JOB",
+    "Drift",
+    "InvalidStripeData",
+    "NotLinked",
+    "SetupResult",
+    "StripeDisabled",
+    "StripeProblem",
+    "StripeService",
+    "WebhookRejected",
+]

@@ -1,0 +1,586 @@
+/* The operator dashboard: a hash-routed page over Tallybook's JSON API (admin key in sessionStorage). */
+"use strict";
+
+(() => {
+  const { el, query, formatNumber, formatTime } = TB;
+  const KEY_STORAGE = "tallybook.apiKey";
+  const page = document.getElementById("page");
+  const localZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  const ZONES = [...new Set(["UTC", localZone, "Europe/London", "Europe/Berlin", "America/New_York", "America/Los_Angeles", "Asia/Tokyo"])];
+  let refreshTimer = null;
+  let customerNames = new Map();
+  let features = null;
+
+  /** Optional parts of the API (invoices, Stripe) are found in the server's OpenAPI document. */
+  async function loadFeatures() {
+    if (features) return features;
+    const response = await fetch("/openapi.json");
+    const paths = response.ok ? (await response.json()).paths || {} : {};
+    const getPath = (test) => Object.keys(paths).find((p) => paths[p].get && test(p)) || null;
+    features = {
+      invoices: getPath((p) => /^\/api\/v1\/(billing\/)?invoices$/.test(p)),
+      stripeReports: getPath((p) => p === "/api/v1/stripe/reports"),
+      customerStripe: getPath((p) => p === "/api/v1/customers/{customerIdOrKey}/stripe"),
+      subscriptions: getPath((p) => p === "/api/v1/subscriptions"),
+      invoiceHtml: getPath((p) => /^\/api\/v1\/(billing\/)?invoices\/\{[A-Za-z]+\}\/html$/.test(p)),
+    };
+    const nav = document.getElementById("nav");
+    for (const [name, label] of [["invoices", "Invoices"], ["stripeReports", "Stripe reports"]]) {
+      if (features[name] && !nav.querySelector(`[data-page="${name}"]`)) {
+        nav.append(el("a", { href: `#/${name}`, "data-page": name }, label));
+      }
+    }
+    return features;
+  }
+
+  const key = () => sessionStorage.getItem(KEY_STORAGE);
+  // Each navigation starts a new generation; answers that arrive for an older page are dropped, so a
+  // slow request can never paint over the page the user moved on to.
+  let generation = 0;
+  class Stale extends Error {}
+  async function call(method, path, body) {
+    const started = generation;
+    const answer = await TB.api(key(), method, path, body);
+    if (started !== generation) throw new Stale("navigated away");
+    return answer;
+  }
+
+  // -- session --------------------------------------------------------------------------------------
+  function showLogin(message) {
+    document.getElementById("login").hidden = false;
+    document.getElementById("nav").hidden = true;
+    document.getElementById("logout").hidden = true;
+    document.getElementById("login-error").textContent = message || "";
+    page.replaceChildren();
+  }
+
+  document.getElementById("login-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const candidate = document.getElementById("api-key").value.trim();
+    try {
+      // Listing notification channels needs an admin key: it checks the key and its scope at once.
+      await TB.api(candidate, "GET", "/api/v1/notification/channels?pageSize=1");
+      sessionStorage.setItem(KEY_STORAGE, candidate);
+      document.getElementById("api-key").value = "";
+      route();
+    } catch (error) {
+      document.getElementById("login-error").textContent = error.message;
+    }
+  });
+
+  document.getElementById("logout").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORAGE);
+    showLogin("Signed out.");
+  });
+
+  // -- routing ----------------------------------------------------------------------------------------
+  const routes = [
+    [/^\/overview$/, overviewPage],
+    [/^\/meters$/, metersPage],
+    [/^\/meters\/([^/]+)$/, meterPage],
+    [/^\/customers$/, customersPage],
+    [/^\/customers\/([^/]+)$/, customerPage],
+    [/^\/events$/, eventsPage],
+    [/^\/deliveries$/, deliveriesPage],
+    [/^\/invoices$/, (params) => apiListPage("Invoices", features.invoices, params, true)],
+    [/^\/stripeReports$/, (params) => apiListPage("Stripe usage reports", features.stripeReports, params, false)],
+  ];
+
+  async function route() {
+    generation += 1;
+    if (refreshTimer) clearInterval(refreshTimer);
+    refreshTimer = null;
+    if (!key()) return showLogin();
+    document.getElementById("login").hidden = true;
+    document.getElementById("nav").hidden = false;
+    document.getElementById("logout").hidden = false;
+    await loadFeatures();
+    const [path, search] = (location.hash.slice(1) || "/overview").split("?");
+    const params = new URLSearchParams(search || "");
+    for (const link of document.querySelectorAll("#nav a")) {
+      link.classList.toggle("active", path.startsWith(`/${link.dataset.page}`));
+    }
+    for (const [pattern, handler] of routes) {
+      const match = pattern.exec(path);
+      if (!match) continue;
+      page.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+      try {
+        await handler(params, ...match.slice(1).map(decodeURIComponent));
+      } catch (error) {
+        if (error instanceof Stale) return;
+        if (error.status === 401 || error.status === 403) return showLogin(error.message);
+        page.replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
+      }
+      return;
+    }
+    location.hash = "#/overview";
+  }
+  window.addEventListener("hashchange", route);
+
+  function setHash(path, params) {
+    location.hash = `#${path}${query(params || {})}`;
+  }
+
+  async function loadCustomerNames() {
+    const names = new Map();
+    let pageNo = 1;
+    for (;;) {
+      const found = await call("GET", `/api/v1/customers${query({ page: pageNo, pageSize: 1000 })}`);
+      for (const c of found.items) names.set(c.id, c.name);
+      if (pageNo * found.pageSize >= found.totalCount) break;
+      pageNo += 1;
+    }
+    customerNames = names;
+    return names;
+  }
+
+  function customerLink(id) {
+    if (!id) return el("span", { class: "muted" }, "(no customer)");
+    return el("a", { href: `#/customers/${encodeURIComponent(id)}` }, customerNames.get(id) || id);
+  }
+
+  function stat(label, value, extraClass) {
+    return el("div", { class: `stat ${extraClass || ""}` }, el("div", { class: "label" }, label), el("div", { class: "value" }, value));
+  }
+
+  function table(headers, rows) {
+    return el("table", {},
+      el("thead", {}, el("tr", {}, headers.map((h) => el("th", { class: h.num ? "num" : "" }, h.label || h)))),
+      el("tbody", {}, rows));
+  }
+
+  // -- overview -----------------------------------------------------------------------------------------
+  async function overviewPage() {
+    const canvas = el("canvas", { id: "rate-chart" });
+    const stats = el("div", { class: "grid", id: "ingest-stats" });
+    const health = el("div", { class: "row" });
+    page.replaceChildren(
+      el("h1", {}, "Overview"),
+      stats,
+      el("div", { class: "card" }, el("h2", {}, "Events stored per minute (last hour, live)"), el("div", { class: "chart small" }, canvas)),
+      health,
+    );
+    async function refresh() {
+      const [data, jobs, stripe] = await Promise.all([call("GET", "/api/v1/overview"), call("GET", "/api/v1/jobs"), stripeHealth()]);
+      const ingest = data.ingest;
+      const rejected = Object.values(ingest.rejected).reduce((a, b) => a + b, 0);
+      const lastMinute = data.eventsPerMinute[data.eventsPerMinute.length - 1].events;
+      const invalid = Object.values(data.invalidEventsByMeter).reduce((a, b) => a + b, 0);
+      stats.replaceChildren(
+        stat("Events this minute", formatNumber(lastMinute)),
+        stat("Accepted (since start)", formatNumber(ingest.accepted)),
+        stat("Duplicates", formatNumber(ingest.duplicateRetries + ingest.duplicateConflicts)),
+        stat("Rejected (ingest errors)", formatNumber(rejected)),
+        stat("Events meters could not use", formatNumber(invalid)),
+      );
+      TB.lineChart(canvas, data.eventsPerMinute.map((m) => formatTime(m.minute, localZone, "CLOCK")), data.eventsPerMinute.map((m) => m.events), "events");
+      const states = data.webhooks.deliveries;
+      const stateNames = Object.keys(states).sort();
+      health.replaceChildren(
+        el("div", { class: "card", id: "webhook-health" },
+          el("h2", {}, "Webhook deliveries"),
+          stateNames.length
+            ? table(["State", { label: "Deliveries", num: true }], stateNames.map((s) => el("tr", {}, el("td", {}, el("span", { class: `badge ${s}` }, s)), el("td", { class: "num" }, formatNumber(states[s])))))
+            : el("p", { class: "muted" }, "No webhook deliveries yet."),
+          data.webhooks.disabledChannels.length
+            ? el("div", {}, el("h2", {}, "Disabled channels"), el("ul", {}, data.webhooks.disabledChannels.map((c) => el("li", {}, `${c.name}: ${c.reason || "disabled"}`))))
+            : null,
+          el("p", {}, el("a", { href: "#/deliveries" }, "See deliveries →"))),
+        el("div", { class: "card", id: "jobs-health" },
+          el("h2", {}, "Background jobs"),
+          table(["Job", "Last finished", "Last error"], jobs.items.map((j) => el("tr", {},
+            el("td", {}, j.name),
+            el("td", {}, j.lastFinishedAt ? formatTime(j.lastFinishedAt, localZone) : "never"),
+            el("td", { class: j.lastError ? "error" : "muted" }, j.lastError || "none")))),
+          rejected ? el("p", {}, "Rejected by reason: ", Object.entries(ingest.rejected).map(([r, n]) => `${r} ${n}`).join(", ")) : null,
+          featureNote()),
+        stripe,
+      );
+    }
+    await refresh();
+    refreshTimer = setInterval(() => refresh().catch(() => {}), 5000);
+  }
+
+  /** Stripe usage reports by status, when this server reports to Stripe (null otherwise). */
+  async function stripeHealth() {
+    if (!features.stripeReports) return null;
+    const statuses = ["PENDING", "SENT", "REJECTED", "OUT_OF_RANGE"];
+    const counts = await Promise.all(statuses.map((status) => call("GET", `${features.stripeReports}${query({ status, pageSize: 1 })}`)));
+    return el("div", { class: "card", id: "stripe-health" },
+      el("h2", {}, "Stripe usage reports"),
+      table(["Status", { label: "Reports", num: true }], statuses.map((status, i) => el("tr", {},
+        el("td", {}, el("span", { class: `badge ${status === "SENT" ? "SUCCESS" : status === "PENDING" ? "PENDING" : "FAILED"}` }, status)),
+        el("td", { class: "num" }, formatNumber(counts[i].totalCount))))),
+      el("p", {}, el("a", { href: "#/stripeReports" }, "See reports →")));
+  }
+
+  function featureNote() {
+    const missing = [];
+    if (!features.invoices) missing.push("invoices");
+    if (!features.stripeReports) missing.push("Stripe usage reports");
+    if (!missing.length) return null;
+    return el("p", { class: "muted" }, `This server has no ${missing.join(" or ")} yet; those sections appear once the feature is enabled.`);
+  }
+
+  // -- meters ---------------------------------------------------------------------------------------------
+  async function metersPage() {
+    const meters = await call("GET", "/api/v1/meters");
+    page.replaceChildren(
+      el("h1", {}, "Meters"),
+      meters.length
+        ? table(["Slug", "Name", "Event type", "Aggregation", "Group by", { label: "Invalid events", num: true }],
+          meters.map((m) => el("tr", { class: "clickable", onclick: () => setHash(`/meters/${m.slug}`) },
+            el("td", {}, el("a", { href: `#/meters/${encodeURIComponent(m.slug)}` }, m.slug)),
+            el("td", {}, m.name),
+            el("td", {}, el("code", {}, m.eventType)),
+            el("td", {}, m.aggregation),
+            el("td", {}, Object.keys(m.groupBy).join(", ") || "—"),
+            el("td", { class: "num" }, formatNumber(m.annotations["tallybook.invalidEvents"] || 0)))))
+        : el("p", { class: "muted" }, "No meters yet. Create one with POST /api/v1/meters or in tallybook.yaml."),
+    );
+  }
+
+  const RANGES = { "24h": 1, "7d": 7, "30d": 30, "90d": 90, "365d": 365 };
+
+  async function meterPage(params, slug) {
+    const [meter] = await Promise.all([call("GET", `/api/v1/meters/${encodeURIComponent(slug)}`), loadCustomerNames()]);
+    const state = {
+      range: RANGES[params.get("range")] ? params.get("range") : "30d",
+      windowSize: ["MINUTE", "HOUR", "DAY", "MONTH"].includes(params.get("window")) ? params.get("window") : "DAY",
+      zone: TB.validZone(params.get("tz") || "") ? params.get("tz") : "UTC",
+      stack: params.get("stack") || "customer_id",
+    };
+    const stackChoices = [["", "nothing (total)"], ["customer_id", "customer"], ["subject", "subject"], ...Object.keys(meter.groupBy).map((k) => [k, k])];
+    const select = (id, choices, value) => el("select", { id, onchange: apply }, choices.map(([v, label]) => el("option", { value: v, selected: v === value }, label)));
+    const zoneInput = el("input", { id: "tz", list: "zones", value: state.zone, size: 18, onchange: apply });
+    function apply() {
+      const zone = zoneInput.value.trim();
+      setHash(`/meters/${slug}`, {
+        range: document.getElementById("range").value,
+        window: document.getElementById("window").value,
+        tz: TB.validZone(zone) ? zone : "UTC",
+        stack: document.getElementById("stack").value,
+      });
+    }
+    const canvas = el("canvas", { id: "meter-chart" });
+    const top = el("div", { id: "top-customers" });
+    const status = el("p", { class: "muted", id: "chart-status" });
+    page.replaceChildren(
+      el("h1", {}, `${meter.name} `, el("span", { class: "muted" }, `(${meter.slug})`)),
+      el("div", { class: "row" },
+        el("div", { class: "card" }, el("h2", {}, "Definition"), el("pre", { id: "meter-definition" }, JSON.stringify(meter, null, 2))),
+        el("div", { class: "card" }, el("h2", {}, "Top customers"), top)),
+      el("div", { class: "card" },
+        el("h2", {}, "Usage"),
+        el("div", { class: "controls" },
+          el("span", {}, el("label", { for: "range" }, "Range"), select("range", Object.keys(RANGES).map((r) => [r, `last ${r}`]), state.range)),
+          el("span", {}, el("label", { for: "window" }, "Window"), select("window", ["MINUTE", "HOUR", "DAY", "MONTH"].map((w) => [w, w]), state.windowSize)),
+          el("span", {}, el("label", { for: "tz" }, "Time zone"), zoneInput, el("datalist", { id: "zones" }, ZONES.map((z) => el("option", { value: z })))),
+          el("span", {}, el("label", { for: "stack" }, "Stack by"), select("stack", stackChoices, state.stack))),
+        el("div", { class: "chart" }, canvas),
+        status),
+    );
+
+    const now = new Date();
+    const from = TB.windowStart(state.windowSize, state.zone, new Date(now.getTime() - RANGES[state.range] * 86400000));
+    const base = `/api/v1/meters/${encodeURIComponent(slug)}/query`;
+    const [series, totals] = await Promise.all([
+      call("GET", base + query({ from: from.toISOString(), windowSize: state.windowSize, windowTimeZone: state.zone, groupBy: state.stack || null })),
+      call("GET", base + query({ from: from.toISOString(), groupBy: "customer_id" })),
+    ]);
+    const seriesName = (row) => {
+      if (!state.stack) return meter.name;
+      if (state.stack === "customer_id") return row.customerId ? customerNames.get(row.customerId) || row.customerId : "(no customer)";
+      if (state.stack === "subject") return row.subject || "(none)";
+      return row.groupBy[state.stack] ?? "(none)";
+    };
+    const { starts, datasets } = TB.stackedSeries(series.data, seriesName);
+    TB.barChart(canvas, starts.map((s) => formatTime(s, state.zone, state.windowSize)), datasets, true);
+    status.textContent = series.data.length
+      ? `${series.data.length} rows from ${formatTime(series.from, state.zone)} to ${formatTime(series.to, state.zone)} (${state.zone})`
+      : "No usage in this range.";
+    canvas.dataset.rows = String(series.data.length);
+    const ranked = totals.data.slice().sort((a, b) => Number(b.value) - Number(a.value)).slice(0, 10);
+    top.replaceChildren(ranked.length
+      ? table(["Customer", { label: `Usage, last ${state.range}`, num: true }], ranked.map((r) => el("tr", {}, el("td", {}, customerLink(r.customerId)), el("td", { class: "num" }, formatNumber(r.value)))))
+      : el("p", { class: "muted" }, "No usage in this range."));
+  }
+
+  // -- customers --------------------------------------------------------------------------------------------
+  async function customersPage(params) {
+    const name = params.get("name") || "";
+    const found = await call("GET", `/api/v1/customers${query({ name, pageSize: 200, orderBy: "name" })}`);
+    const search = el("input", { id: "customer-search", value: name, placeholder: "name contains…" });
+    page.replaceChildren(
+      el("h1", {}, "Customers"),
+      el("form", { class: "controls", onsubmit: (e) => { e.preventDefault(); setHash("/customers", { name: search.value.trim() }); } },
+        search, el("button", { type: "submit" }, "Search"), el("span", { class: "muted" }, `${found.totalCount} customer(s)`)),
+      found.items.length
+        ? table(["Name", "Key", "Subjects", "Email", "Currency", "Created"], found.items.map((c) => el("tr", { class: "clickable", onclick: () => setHash(`/customers/${c.id}`) },
+          el("td", {}, el("a", { href: `#/customers/${encodeURIComponent(c.id)}` }, c.name)),
+          el("td", {}, c.key || "—"),
+          el("td", {}, c.usageAttribution.subjectKeys.join(", ") || "—"),
+          el("td", {}, c.primaryEmail || "—"),
+          el("td", {}, c.currency || "—"),
+          el("td", {}, formatTime(c.createdAt, localZone, "DAY")))))
+        : el("p", { class: "muted" }, "No customers match."),
+    );
+  }
+
+  function monthBounds(zone, monthsBack) {
+    const w = TB.wallClock(zone, new Date());
+    let year = w.year;
+    let month = w.month - monthsBack;
+    while (month < 1) { month += 12; year -= 1; }
+    return TB.windowStart("MONTH", zone, new Date(Date.UTC(year, month - 1, 15)));
+  }
+
+  async function customerPage(params, id) {
+    const [customer, meters] = await Promise.all([call("GET", `/api/v1/customers/${encodeURIComponent(id)}`), call("GET", "/api/v1/meters")]);
+    const zone = customer.timezone || "UTC";
+    const previous = monthBounds(zone, 1);
+    const usage = await Promise.all(meters.map((m) => call("GET", `/api/v1/meters/${encodeURIComponent(m.slug)}/query${query({
+      from: previous.toISOString(), windowSize: "MONTH", windowTimeZone: zone, filterCustomerId: customer.id })}`)));
+    const current = monthBounds(zone, 0).toISOString();
+    const valueIn = (result, startIso) => {
+      const row = result.data.find((r) => new Date(r.windowStart).getTime() === new Date(startIso).getTime());
+      return row ? formatNumber(row.value) : "0";
+    };
+    const billing = [];
+    if (features.subscriptions) {
+      const subs = await call("GET", `${features.subscriptions}${query({ customerId: customer.id })}`);
+      const items = Array.isArray(subs) ? subs : subs.items || [];
+      billing.push(el("div", { class: "card", id: "customer-subscriptions" }, el("h2", {}, "Subscriptions"),
+        items.length ? genericTable(items, 6) : el("p", { class: "muted" }, "No subscriptions.")));
+    }
+    if (features.invoices) {
+      const invoices = await call("GET", `${features.invoices}${query({ customerId: customer.id })}`);
+      const items = Array.isArray(invoices) ? invoices : invoices.items || [];
+      billing.push(el("div", { class: "card", id: "customer-invoices" }, el("h2", {}, "Invoices"),
+        items.length ? genericTable(items, 6) : el("p", { class: "muted" }, "No invoices yet."),
+        el("p", {}, el("a", { href: "#/invoices" }, "All invoices →"))));
+    }
+    const portalOut = el("div", { id: "portal-link" });
+    let stripeCard = null;
+    if (features.customerStripe) {
+      try {
+        const stripe = await call("GET", `/api/v1/customers/${encodeURIComponent(customer.id)}/stripe`);
+        stripeCard = el("div", { class: "card", id: "customer-stripe" }, el("h2", {}, "Stripe"),
+          el("dl", { class: "props" }, Object.entries(stripe).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, cellValue(v))])));
+      } catch (error) {
+        if (error.status !== 404) throw error;
+        stripeCard = el("div", { class: "card", id: "customer-stripe" }, el("h2", {}, "Stripe"), el("p", { class: "muted" }, "Not linked to Stripe."));
+      }
+    }
+    async function issuePortalToken() {
+      const token = await call("POST", "/api/v1/portal/tokens", { customerId: customer.id });
+      const url = `${location.origin}/portal?token=${encodeURIComponent(token.token)}`;
+      portalOut.replaceChildren(
+        el("p", {}, `Portal link (valid until ${formatTime(token.expiresAt, localZone)}; shown once): `, el("a", { href: url, target: "_blank", rel: "noopener noreferrer", id: "portal-url" }, "open portal")),
+        el("pre", {}, `<iframe src="${url}" width="100%" height="640" style="border:0"></iframe>\n\n<script src="${location.origin}/ui/static/embed.js"></script>\n<tallybook-usage server="${location.origin}" token="${token.token}"></tallybook-usage>`));
+    }
+    const props = [
+      ["Id", customer.id], ["Key", customer.key || "—"], ["Subjects", customer.usageAttribution.subjectKeys.join(", ") || "—"],
+      ["Email", customer.primaryEmail || "—"], ["Currency", customer.currency || "—"], ["Time zone", zone],
+      ["Created", formatTime(customer.createdAt, localZone)],
+    ];
+    page.replaceChildren(
+      el("h1", {}, customer.name),
+      el("div", { class: "row" },
+        el("div", { class: "card" }, el("h2", {}, "Customer"), el("dl", { class: "props" }, props.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+          el("p", {}, el("a", { href: `#/events${query({ customer: customer.id })}` }, "Events of this customer →"))),
+        el("div", { class: "card" }, el("h2", {}, "Customer portal"),
+          el("p", { class: "muted" }, "A portal token lets this customer see only its own usage."),
+          el("button", { type: "button", id: "issue-portal-token", onclick: () => issuePortalToken().catch((e) => portalOut.replaceChildren(el("p", { class: "error" }, e.message))) }, "Create portal link"),
+          portalOut),
+        stripeCard),
+      el("div", { class: "card", id: "customer-usage" }, el("h2", {}, `Usage per meter (calendar months, ${zone})`),
+        table(["Meter", "Aggregation", { label: "This month", num: true }, { label: "Last month", num: true }],
+          meters.map((m, i) => el("tr", {},
+            el("td", {}, el("a", { href: `#/meters/${encodeURIComponent(m.slug)}` }, m.name)),
+            el("td", {}, m.aggregation),
+            el("td", { class: "num" }, valueIn(usage[i], current)),
+            el("td", { class: "num" }, valueIn(usage[i], previous.toISOString())))))),
+      billing.length ? el("div", { class: "row" }, billing) : null,
+    );
+  }
+
+  // -- events explorer -----------------------------------------------------------------------------------------
+  function isoOrEmpty(localValue) {
+    return localValue ? new Date(localValue).toISOString() : "";
+  }
+
+  async function eventsPage(params) {
+    await loadCustomerNames();
+    const customers = [...customerNames.entries()].sort((a, b) => a[1].localeCompare(b[1]));
+    const form = el("form", { class: "controls", id: "event-filters" },
+      el("span", {}, el("label", { for: "f-customer" }, "Customer"), el("select", { id: "f-customer", name: "customer" },
+        el("option", { value: "" }, "any"), customers.map(([cid, n]) => el("option", { value: cid, selected: params.get("customer") === cid }, n)))),
+      el("span", {}, el("label", { for: "f-subject" }, "Subject"), el("input", { id: "f-subject", name: "subject", value: params.get("subject") || "", size: 12 })),
+      el("span", {}, el("label", { for: "f-type" }, "Type"), el("input", { id: "f-type", name: "type", value: params.get("type") || "", size: 12 })),
+      el("span", {}, el("label", { for: "f-from" }, "From"), el("input", { id: "f-from", name: "from", type: "datetime-local", value: params.get("from") || "" })),
+      el("span", {}, el("label", { for: "f-to" }, "To"), el("input", { id: "f-to", name: "to", type: "datetime-local", value: params.get("to") || "" })),
+      el("button", { type: "submit" }, "Filter"));
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const data = new FormData(form);
+      setHash("/events", Object.fromEntries([...data.entries()].filter(([, v]) => v)));
+    });
+    const detail = el("div", { class: "card", id: "event-detail", hidden: true });
+    const listing = el("div", { class: "card" });
+    page.replaceChildren(el("h1", {}, "Events"), form, el("div", { class: "row" }, listing, detail));
+
+    const filters = { type: params.get("type"), from: isoOrEmpty(params.get("from")), to: isoOrEmpty(params.get("to")), limit: 100 };
+    let subjects = [params.get("subject") || null];
+    if (params.get("customer")) {
+      const customer = await call("GET", `/api/v1/customers/${encodeURIComponent(params.get("customer"))}`);
+      const attributed = [...new Set([...customer.usageAttribution.subjectKeys, ...(customer.key ? [customer.key] : [])])];
+      subjects = params.get("subject") ? attributed.filter((s) => s === params.get("subject")) : attributed;
+    }
+    const pages = subjects.length ? await Promise.all(subjects.map((s) => call("GET", `/api/v1/events${query({ ...filters, subject: s })}`))) : [];
+    const found = pages.flat().sort((a, b) => (a.event.time < b.event.time ? 1 : -1)).slice(0, 100);
+    function show(item, row) {
+      for (const r of listing.querySelectorAll("tr.selected")) r.classList.remove("selected");
+      row.classList.add("selected");
+      detail.hidden = false;
+      detail.replaceChildren(
+        el("h2", {}, `Event ${item.event.id}`),
+        item.validationError ? el("p", { class: "error", id: "validation-error" }, `Validation error: ${item.validationError}`) : el("p", { class: "muted" }, "Every meter could use this event."),
+        el("p", { class: "muted" }, `Ingested ${formatTime(item.ingestedAt, localZone)}`),
+        el("pre", { id: "event-json" }, JSON.stringify(item.event, null, 2)));
+    }
+    listing.replaceChildren(found.length
+      ? table(["Time", "Type", "Subject", "Id", ""], found.map((item) => {
+        const row = el("tr", { class: "clickable" },
+          el("td", {}, formatTime(item.event.time, localZone)),
+          el("td", {}, item.event.type),
+          el("td", {}, item.event.subject),
+          el("td", {}, el("code", {}, item.event.id)),
+          el("td", {}, item.validationError ? el("span", { class: "badge invalid" }, "invalid") : ""));
+        row.addEventListener("click", () => show(item, row));
+        return row;
+      }))
+      : el("p", { class: "muted" }, "No events match."));
+  }
+
+  // -- webhook deliveries ----------------------------------------------------------------------------------------
+  async function deliveriesPage(params) {
+    const pageNo = Number(params.get("page") || 1);
+    const found = await call("GET", `/api/v1/notification/events${query({ page: pageNo, pageSize: 50 })}`);
+    async function resend(id, button) {
+      button.disabled = true;
+      try {
+        await call("POST", `/api/v1/notification/events/${encodeURIComponent(id)}/resend`, {});
+        await route();
+      } catch (error) {
+        button.disabled = false;
+        button.after(el("span", { class: "error" }, ` ${error.message}`));
+      }
+    }
+    const rows = found.items.flatMap((event) => {
+      const deliveries = event.deliveryStatus.length ? event.deliveryStatus : [null];
+      return deliveries.map((d, i) => el("tr", { "data-event": event.id },
+        el("td", {}, i === 0 ? formatTime(event.createdAt, localZone) : ""),
+        el("td", {}, i === 0 ? event.type : ""),
+        el("td", {}, i === 0 ? el("code", {}, event.id) : ""),
+        el("td", {}, d ? d.channel.id : "—"),
+        el("td", {}, d ? el("span", { class: `badge ${d.state}` }, d.state) : "no channel"),
+        el("td", { class: "num" }, d ? String(d.attempts.length) : "0"),
+        el("td", {}, d && d.attempts.length ? attemptSummary(d.attempts[d.attempts.length - 1]) : el("span", { class: "muted" }, d && d.reason ? d.reason : "—")),
+        el("td", {}, i === 0 ? el("button", { type: "button", class: "secondary resend", onclick: (e) => resend(event.id, e.currentTarget) }, "Resend") : "")));
+    });
+    page.replaceChildren(
+      el("h1", {}, "Webhook deliveries"),
+      rows.length
+        ? el("div", { class: "card" }, table(["Created", "Type", "Event", "Channel", "State", { label: "Attempts", num: true }, "Last response", ""], rows),
+          el("p", { class: "controls" },
+            pageNo > 1 ? el("a", { href: `#/deliveries${query({ page: pageNo - 1 })}` }, "← newer") : null,
+            pageNo * found.pageSize < found.totalCount ? el("a", { href: `#/deliveries${query({ page: pageNo + 1 })}` }, "older →") : null,
+            el("span", { class: "muted" }, `${found.totalCount} event(s)`)))
+        : el("p", { class: "muted" }, "No notification events yet. Configure channels and rules under /api/v1/notification."),
+    );
+  }
+
+  // -- optional sections (invoices, Stripe reports): shown as the server's API returns them ---------------------
+  function cellValue(value) {
+    if (value === null || value === undefined) return "—";
+    if (typeof value === "object") {
+      const text = JSON.stringify(value);
+      return el("code", { title: text }, text.length > 80 ? `${text.slice(0, 80)}…` : text);
+    }
+    return String(value);
+  }
+
+  function invoiceLines(invoice) {
+    const totals = invoice.totals || {};
+    return el("div", { id: "invoice-lines" },
+      table(["Line", "Period", { label: "Quantity", num: true }, { label: "Unit price", num: true }, { label: "Amount", num: true }],
+        invoice.lines.map((line) => el("tr", {},
+          el("td", {}, line.name, line.tiers ? el("div", {}, cellValue(line.tiers)) : null),
+          el("td", {}, line.period ? `${formatTime(line.period.from, localZone, "DAY")} – ${formatTime(line.period.to, localZone, "DAY")}` : ""),
+          el("td", { class: "num" }, line.quantity === undefined ? "" : formatNumber(line.quantity)),
+          el("td", { class: "num" }, line.unitPrice === undefined ? "" : line.unitPrice),
+          el("td", { class: "num" }, `${line.amount} ${invoice.currency || ""}`)))),
+      el("dl", { class: "props" }, Object.entries(totals).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, `${v} ${invoice.currency || ""}`)])));
+  }
+
+  function genericTable(items, maxColumns) {
+    const columns = [...new Set(items.flatMap((item) => Object.keys(item)))].slice(0, maxColumns);
+    return table(columns, items.map((item) => el("tr", {}, columns.map((c) => el("td", {}, cellValue(item[c]))))));
+  }
+
+  async function apiListPage(title, path, params, printable) {
+    if (!path) throw new Error(`${title}: this server has no such API`);
+    const data = await call("GET", path);
+    const items = Array.isArray(data) ? data : data.items || data.data || [];
+    const columns = [...new Set(items.flatMap((item) => Object.keys(item)))].slice(0, 8);
+    const detail = el("div", { class: "card", id: "api-detail", hidden: true });
+    async function show(item, row) {
+      for (const r of page.querySelectorAll("tr.selected")) r.classList.remove("selected");
+      row.classList.add("selected");
+      let full = item;
+      if (item.id) {
+        try {
+          full = await call("GET", `${path}/${encodeURIComponent(item.id)}`);
+        } catch (_) {
+          full = item;
+        }
+      }
+      detail.hidden = false;
+      detail.replaceChildren(
+        el("h2", {}, `${title.replace(/s$/, "")} ${full.id || ""}`),
+        printable && full.id && features.invoiceHtml
+          ? el("button", { type: "button", class: "secondary", id: "printable", onclick: () => openPrintable(full.id).catch((e) => detail.append(el("p", { class: "error" }, e.message))) }, "Printable view")
+          : null,
+        Array.isArray(full.lines) ? invoiceLines(full) : null,
+        el("details", { open: !Array.isArray(full.lines) }, el("summary", {}, "JSON"), el("pre", {}, JSON.stringify(full, null, 2))));
+    }
+    page.replaceChildren(
+      el("h1", {}, title),
+      items.length
+        ? el("div", { class: "row" }, el("div", { class: "card" }, table(columns, items.map((item) => {
+          const row = el("tr", { class: "clickable" }, columns.map((c) => el("td", {}, cellValue(item[c]))));
+          row.addEventListener("click", () => show(item, row));
+          return row;
+        }))), detail)
+        : el("p", { class: "muted" }, `No ${title.toLowerCase()} yet.`),
+    );
+  }
+
+  /** The server's printable invoice page, fetched with the key (a plain link could not send it). */
+  async function openPrintable(id) {
+    const url = features.invoiceHtml.replace(/\{[A-Za-z]+\}/, encodeURIComponent(id));
+    const response = await fetch(url, { headers: { Authorization: `Bearer ${key()}`, Accept: "text/html" } });
+    if (!response.ok) throw new Error(`printable invoice: HTTP ${response.status}`);
+    const blob = new Blob([await response.text()], { type: "text/html" });
+    window.open(URL.createObjectURL(blob), "_blank", "noopener");
+  }
+
+  function attemptSummary(attempt) {
+    const code = attempt.response.statusCode ? `HTTP ${attempt.response.statusCode}` : attempt.error || attempt.state;
+    const body = attempt.response.body ? ` ${attempt.response.body.slice(0, 120)}` : "";
+    return el("span", { title: attempt.error || "" }, `${code}, ${attempt.response.durationMs} ms,${body}`);
+  }
+
+  route();
+})();

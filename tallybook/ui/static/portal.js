@@ -1,0 +1,117 @@
+/* The customer portal page: a portal token (from ?token=… or this tab's session) shows the holder's
+   own usage for the current period, per meter, with a daily chart. */
+"use strict";
+
+(() => {
+  const { el, query, formatNumber, formatTime } = TB;
+  const STORAGE = "tallybook.portalToken";
+  const root = document.getElementById("portal");
+
+  // Embedded as a third-party iframe, the browser may deny storage; then the token lives in memory.
+  const memory = new Map();
+  const session = {
+    get(name) {
+      try { return sessionStorage.getItem(name); } catch (_) { return memory.get(name) || null; }
+    },
+    set(name, value) {
+      try { sessionStorage.setItem(name, value); } catch (_) { memory.set(name, value); }
+    },
+    remove(name) {
+      try { sessionStorage.removeItem(name); } catch (_) { memory.delete(name); }
+    },
+  };
+
+  function takeToken() {
+    const params = new URLSearchParams(location.search);
+    const fromUrl = params.get("token");
+    if (fromUrl) {
+      session.set(STORAGE, fromUrl);
+      // Keep the token out of the address bar and the history once it is stored for this tab.
+      params.delete("token");
+      const rest = params.toString();
+      history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+      return fromUrl;
+    }
+    return session.get(STORAGE);
+  }
+
+  async function render() {
+    const token = takeToken();
+    if (!token) {
+      root.replaceChildren(el("p", { class: "error", role: "alert" }, "This page needs a portal token: open it as /portal?token=…"));
+      return;
+    }
+    const call = (path) => TB.api(token, "GET", path);
+    let me;
+    try {
+      me = await call("/api/v1/portal/me");
+    } catch (error) {
+      session.remove(STORAGE);
+      root.replaceChildren(el("p", { class: "error", role: "alert" }, `This usage link no longer works: ${error.message}`));
+      return;
+    }
+    const zone = me.timeZone;
+    const period = me.currentPeriod;
+    const lastDay = new Date(new Date(period.to).getTime() - 1);
+    const title = me.customer ? me.customer.name : me.subject;
+    const cards = el("div", { id: "portal-meters" });
+    root.replaceChildren(
+      el("h1", { id: "portal-title" }, `Usage for ${title}`),
+      el("p", { class: "muted" }, `Current period: ${formatTime(period.from, zone, "DAY")} – ${formatTime(lastDay.toISOString(), zone, "DAY")} (${zone})`),
+      cards,
+    );
+    if (!me.meters.length) {
+      cards.append(el("p", { class: "muted" }, "No meters are shared with you yet."));
+      return;
+    }
+    const results = await Promise.all(me.meters.map((m) => {
+      const base = `/api/v1/portal/meters/${encodeURIComponent(m.slug)}/query`;
+      return Promise.all([
+        call(base + query({ from: period.from, to: period.to })),
+        call(base + query({ from: period.from, to: period.to, windowSize: "DAY", windowTimeZone: zone })),
+      ]);
+    }));
+    me.meters.forEach((meter, i) => {
+      const [total, daily] = results[i];
+      const sum = total.data.reduce((acc, row) => acc + Number(row.value), 0);
+      const canvas = el("canvas", { "data-meter": meter.slug });
+      cards.append(el("section", { class: "card meter-card", "data-meter": meter.slug },
+        el("h2", {}, meter.name),
+        meter.description ? el("p", { class: "muted" }, meter.description) : null,
+        el("div", { class: "total" }, total.data.length ? formatNumber(sum) : "0"),
+        el("p", { class: "muted" }, `${meter.aggregation.toLowerCase().replace("_", " ")} this period`),
+        el("div", { class: "chart small" }, canvas)));
+      const { starts, datasets } = TB.stackedSeries(daily.data, () => meter.name);
+      TB.barChart(canvas, starts.map((s) => formatTime(s, zone, "DAY")), datasets, false);
+    });
+    await renderEstimate(call, zone);
+    root.append(el("p", { class: "muted" }, `This link is valid until ${formatTime(me.expiresAt, zone)}.`));
+  }
+
+  /** The upcoming invoice, when this server bills (404 otherwise: the portal then shows usage only). */
+  async function renderEstimate(call, zone) {
+    let estimate;
+    try {
+      estimate = await call("/api/v1/portal/invoice-estimate");
+    } catch (error) {
+      if (error.status === 404) return;
+      throw error;
+    }
+    for (const invoice of estimate.items) {
+      const currency = new Intl.NumberFormat(undefined, { style: "currency", currency: invoice.currency });
+      const money = (amount) => currency.format(Number(amount));
+      root.append(el("section", { class: "card", id: "invoice-estimate" },
+        el("h2", {}, "Upcoming invoice (estimate)"),
+        el("p", { class: "muted" }, `${formatTime(invoice.period.from, zone, "DAY")} – ${formatTime(new Date(new Date(invoice.period.to).getTime() - 1).toISOString(), zone, "DAY")}`),
+        el("table", {},
+          el("thead", {}, el("tr", {}, el("th", {}, "Item"), el("th", { class: "num" }, "Quantity"), el("th", { class: "num" }, "Amount"))),
+          el("tbody", {}, invoice.lines.map((line) => el("tr", {},
+            el("td", {}, line.name),
+            el("td", { class: "num" }, line.quantity === undefined ? "" : formatNumber(line.quantity)),
+            el("td", { class: "num" }, money(line.amount))))),
+          el("tfoot", {}, el("tr", {}, el("th", {}, "Total so far"), el("th", {}), el("th", { class: "num", id: "estimate-total" }, money(invoice.totals.total)))))));
+    }
+  }
+
+  render();
+})();

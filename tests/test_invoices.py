@@ -1,0 +1,327 @@
+"""Invoices end to end through the API, on SQLite and PostgreSQL: the seed scenario, late events
+updating drafts, issuing with frozen quantities (asOf), corrections on the next invoice, the
+lifecycle, webhooks in the outbox, previews and the HTML export."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from tallybook.clock import FixedClock
+from tallybook.runtime import Runtime
+from tests.billing_helpers import build as build_runtime
+from tests.billing_helpers import (
+    client_for,
+    create_customer,
+    create_plan,
+    ok,
+    outbox,
+    route_invoice_events,
+    run_billing,
+    send,
+    subscribe,
+    utc,
+)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(utc(2026, 1, 1))
+
+
+@pytest.fixture
+def rt(database_url: str, clock: FixedClock) -> Iterator[Runtime]:
+    runtime = build_runtime(database_url, clock)
+    try:
+        yield runtime
+    finally:
+        runtime.stop()
+
+
+@pytest.fixture
+def api(rt: Runtime) -> Iterator[httpx.Client]:
+    client = client_for(rt)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def a_month_of_events(subject: str = "acme") -> list[tuple[str, str, Any, dict[str, Any]]]:
+    """31 days: 1000 API calls, storage rising from 11 to 41 GB, one compute hour per day."""
+    events = []
+    for day in range(1, 32):
+        events.append(("api.calls", subject, utc(2026, 1, day, 10), {"value": 1000}))
+        events.append(("storage.gb", subject, utc(2026, 1, day, 11), {"value": 10 + day}))
+        events.append(("compute", subject, utc(2026, 1, day, 12), {"seconds": 3600}))
+    return events
+
+
+def lines_by_key(invoice: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {line["rateCardKey"]: line for line in invoice["lines"] if line["type"] != "correction"}
+
+
+def only_invoice(api: httpx.Client, **params: Any) -> dict[str, Any]:
+    found = ok(api.get("/api/v1/billing/invoices", params=params))
+    assert found["totalCount"] == 1, found
+    return found["items"][0]  # type: ignore[no-any-return]
+
+
+def seed(api: httpx.Client, clock: FixedClock) -> None:
+    create_plan(api)
+    create_customer(api)
+    subscribe(api, "acme", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    clock.set(utc(2026, 2, 1, 0, 30))
+    send(api, a_month_of_events())
+
+
+def test_seed_scenario_invoice_for_a_month_of_events(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
+    route_invoice_events(rt)
+    seed(api, clock)
+    assert run_billing(rt)["created"] == 0  # the period ended, but the grace hour has not passed
+    clock.set(utc(2026, 2, 1, 1, 0))
+    assert run_billing(rt) == {"created": 1, "updated": 0, "issued": 0, "computed": 1, "drafts": 0}
+    invoice = only_invoice(api)
+    assert invoice["status"] == "draft"
+    assert invoice["period"] == {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
+    lines = lines_by_key(invoice)
+    assert (lines["platform"]["quantity"], lines["platform"]["unitPrice"], lines["platform"]["amount"]) == (
+        "1",
+        "49",
+        "49.00",
+    )
+    assert (lines["api_calls"]["quantity"], lines["api_calls"]["amount"]) == ("31000", "31.00")
+    assert (lines["storage"]["quantity"], lines["storage"]["amount"]) == ("41", "0.41")  # MAX over the month
+    assert (lines["compute"]["quantity"], lines["compute"]["amount"]) == ("111600", "11.16")
+    assert lines["compute"]["taxCode"] == "txcd_10000000"
+    assert lines["api_calls"]["taxCode"] == "txcd_10103001"  # the settings default
+    assert invoice["totals"] == {"amount": "91.57", "commitments": "0.00", "total": "91.57"}
+    assert invoice["customer"]["name"] == "Acme Inc."
+    created = outbox(rt, "invoice.created")
+    assert len(created) == 1
+    assert created[0]["body"]["invoice"]["totals"]["total"] == "91.57"
+    assert created[0]["body"]["invoice"]["lines"] == invoice["lines"]
+    # Running again changes nothing and sends nothing (no new events: the draft is not even recomputed).
+    assert run_billing(rt) == {"created": 0, "updated": 0, "issued": 0, "computed": 0, "drafts": 1}
+    assert len(outbox(rt)) == 1
+
+
+def test_late_events_update_the_draft_then_issue_freezes_it(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
+    route_invoice_events(rt)
+    seed(api, clock)
+    clock.set(utc(2026, 2, 1, 1, 0))
+    run_billing(rt)
+    draft = only_invoice(api)
+
+    clock.set(utc(2026, 2, 1, 2, 0))
+    send(api, [("api.calls", "acme", utc(2026, 1, 31, 23, 59), {"value": 500})])
+    assert run_billing(rt)["updated"] == 1
+    updated = ok(api.get(f"/api/v1/billing/invoices/{draft['id']}"))
+    assert lines_by_key(updated)["api_calls"]["quantity"] == "31500"
+    assert updated["totals"]["total"] == "92.07"
+    assert updated["revision"] == draft["revision"] + 1
+    assert outbox(rt, "invoice.updated")[-1]["body"]["invoice"]["totals"]["total"] == "92.07"
+
+    clock.set(utc(2026, 2, 2, 9, 0))
+    issued = ok(api.post(f"/api/v1/billing/invoices/{draft['id']}/approve"))
+    assert issued["status"] == "issued"
+    assert issued["issuedAt"] == issued["asOf"] == "2026-02-02T09:00:00Z"
+    assert outbox(rt, "invoice.issued")[0]["body"]["invoice"]["id"] == draft["id"]
+    assert rt.meters.get("api_calls").locked_at is not None  # billed meters are locked
+
+    # A late event for January after the issue: the issued invoice does not move...
+    clock.set(utc(2026, 2, 3))
+    send(api, [("api.calls", "acme", utc(2026, 1, 20), {"value": 2000})])
+    run_billing(rt)
+    again = ok(api.get(f"/api/v1/billing/invoices/{draft['id']}"))
+    assert again["lines"] == issued["lines"] and again["totals"] == issued["totals"]
+    # ...and recomputing it from the events as of its asOf gives the same lines to the cent.
+    recomputed = rt.invoicing.recompute(draft["id"])
+    stored = rt.invoicing.get(draft["id"]).lines
+    assert [ln.row() for ln in recomputed] == [ln.row() for ln in stored]
+
+    # The next invoice carries the late usage as a labelled correction line.
+    clock.set(utc(2026, 3, 1, 1, 0))
+    run_billing(rt)
+    february = only_invoice(api, status="draft")
+    assert february["period"] == {"from": "2026-02-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}
+    corrections = [line for line in february["lines"] if line["type"] == "correction"]
+    assert len(corrections) == 1
+    correction = corrections[0]
+    assert correction["correctsInvoiceId"] == draft["id"]
+    assert correction["name"] == "Correction: API calls"
+    assert correction["quantity"] == "2000"
+    assert correction["previousQuantity"] == "31500"
+    assert correction["amount"] == "2.00"
+    assert correction["period"] == {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
+    assert "after invoice" in correction["description"]
+    # February itself: the flat fee, no usage (storage's MAX of nothing is 0).
+    feb_lines = lines_by_key(february)
+    assert feb_lines["platform"]["amount"] == "49.00"
+    assert feb_lines["api_calls"]["quantity"] == "0"
+    assert february["totals"]["total"] == "51.00"
+
+    # Issuing February settles the correction: the March invoice does not repeat it.
+    clock.set(utc(2026, 3, 1, 2, 0))
+    ok(api.post(f"/api/v1/billing/invoices/{february['id']}/advance"))
+    clock.set(utc(2026, 4, 1, 1, 0))
+    run_billing(rt)
+    march = only_invoice(api, status="draft")
+    assert [line for line in march["lines"] if line["type"] == "correction"] == []
+
+
+def test_lifecycle_transitions_and_conflicts(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
+    route_invoice_events(rt)
+    seed(api, clock)
+    clock.set(utc(2026, 2, 1, 1, 0))
+    run_billing(rt)
+    invoice_id = only_invoice(api)["id"]
+
+    refused = api.post(f"/api/v1/billing/invoices/{invoice_id}/mark-paid")
+    assert refused.status_code == 409
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["type"] == "urn:tallybook:problem:invoice-conflict"
+
+    clock.set(utc(2026, 2, 1, 2, 0))
+    ok(api.post(f"/api/v1/billing/invoices/{invoice_id}/advance"))
+    assert api.post(f"/api/v1/billing/invoices/{invoice_id}/advance").status_code == 409
+    clock.set(utc(2026, 2, 1, 3, 0))
+    uncollectible = ok(api.post(f"/api/v1/billing/invoices/{invoice_id}/mark-uncollectible"))
+    assert uncollectible["status"] == "uncollectible"
+    clock.set(utc(2026, 2, 1, 4, 0))
+    paid = ok(api.post(f"/api/v1/billing/invoices/{invoice_id}/mark-paid"))
+    assert paid["status"] == "paid" and "paidAt" in paid
+    assert api.post(f"/api/v1/billing/invoices/{invoice_id}/void").status_code == 409
+
+    types = [e["type"] for e in outbox(rt)]
+    assert types == ["invoice.created", "invoice.issued", "invoice.updated", "invoice.updated"]
+    assert api.get("/api/v1/billing/invoices/01KDVDNA00M322QF7VSW00Y76P").status_code == 404
+    assert api.get("/api/v1/billing/invoices", params={"status": "bogus"}).status_code == 400
+
+
+def test_void_is_final_and_sends_invoice_voided(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
+    route_invoice_events(rt)
+    seed(api, clock)
+    clock.set(utc(2026, 2, 1, 1, 0))
+    run_billing(rt)
+    invoice_id = only_invoice(api)["id"]
+    voided = ok(api.post(f"/api/v1/billing/invoices/{invoice_id}/void"))
+    assert voided["status"] == "void" and "voidedAt" in voided
+    assert outbox(rt, "invoice.voided")[0]["body"]["invoice"]["status"] == "void"
+    clock.set(utc(2026, 2, 2))
+    assert run_billing(rt)["created"] == 0  # the period is not drafted again
+    assert ok(api.get("/api/v1/billing/invoices"))["totalCount"] == 1
+
+
+def test_auto_issue(database_url: str) -> None:
+    clock = FixedClock(utc(2026, 1, 1))
+    runtime = build_runtime(database_url, clock, auto_issue=True, auto_issue_after="1d")
+    client = client_for(runtime)
+    try:
+        route_invoice_events(runtime)
+        seed(client, clock)
+        clock.set(utc(2026, 2, 1, 1, 0))
+        assert run_billing(runtime)["issued"] == 0  # drafted; issued a day later
+        clock.set(utc(2026, 2, 2, 1, 0))
+        assert run_billing(runtime)["issued"] == 1
+        invoice = only_invoice(client)
+        assert invoice["status"] == "issued" and invoice["asOf"] == "2026-02-02T01:00:00Z"
+        assert invoice["totals"]["total"] == "91.57"
+        assert [e["type"] for e in outbox(runtime)] == ["invoice.created", "invoice.issued"]
+    finally:
+        client.close()
+        runtime.stop()
+
+
+def test_preview_and_current_usage(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
+    create_plan(api)
+    create_customer(api)
+    subscribe(api, "acme", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    clock.set(utc(2026, 1, 16))
+    send(api, [e for e in a_month_of_events() if e[2] < clock.now()])
+    preview = ok(api.get("/api/v1/billing/customers/acme/invoices/simulate"))["items"]
+    assert len(preview) == 1
+    assert preview[0]["status"] == "preview" and "id" not in preview[0]
+    assert lines_by_key(preview[0])["api_calls"]["quantity"] == "15000"
+    assert preview[0]["totals"]["total"] == str(Decimal("49.00") + Decimal("15.00") + Decimal("0.25") + Decimal("5.40"))
+    usage = ok(api.get("/api/v1/billing/customers/acme/usage"))
+    assert usage["periods"] == [{"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}]
+    assert {u["meter"]: u["quantity"] for u in usage["usage"]} == {
+        "api_calls": "15000",
+        "storage_gb": "25",
+        "compute_seconds": "54000",
+    }
+    assert ok(api.get("/api/v1/billing/invoices"))["totalCount"] == 0  # nothing stored
+    missing = api.get("/api/v1/billing/customers/nobody/usage")
+    assert missing.status_code == 404 and missing.json()["type"] == "urn:tallybook:problem:customer-not-found"
+    naive = api.get("/api/v1/billing/customers/acme/usage", params={"at": "2026-01-05T00:00:00"})
+    assert naive.status_code == 400
+
+
+def test_html_and_json_export(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
+    create_plan(api)
+    create_customer(
+        api, billingAddress={"line1": "1 Main St", "city": "Springfield", "country": "US"}, name="<Acme & Co>"
+    )
+    subscribe(api, "acme", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    clock.set(utc(2026, 2, 1, 0, 30))
+    send(api, a_month_of_events())
+    clock.set(utc(2026, 2, 1, 1))
+    run_billing(rt)
+    invoice = only_invoice(api)
+    page = api.get(f"/api/v1/billing/invoices/{invoice['id']}/html")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "&lt;Acme &amp; Co&gt;" in html and "<Acme" not in html  # escaped
+    assert "91.57" in html and "Platform fee" in html and "1 Main St" in html and "txcd_10000000" in html
+    assert api.get(f"/api/v1/billing/invoices/{invoice['id']}", params={"format": "html"}).text == html
+    as_json = api.get(f"/api/v1/billing/invoices/{invoice['id']}", headers={"Accept": "application/json"})
+    assert as_json.json() == invoice
+
+
+def test_customer_time_zone_decides_which_invoice_usage_lands_on(
+    rt: Runtime, api: httpx.Client, clock: FixedClock
+) -> None:
+    create_plan(api)
+    create_customer(api, timezone="Europe/Berlin")
+    subscribe(api, "acme", activeFrom="2025-12-31T23:00:00Z", alignment="calendar")
+    clock.set(utc(2026, 2, 1, 0, 30))
+    send(
+        api,
+        [
+            ("api.calls", "acme", utc(2025, 12, 31, 23, 30), {"value": 1000}),  # 1 Jan 00:30 in Berlin
+            ("api.calls", "acme", utc(2026, 1, 31, 23, 30), {"value": 7000}),  # 1 Feb 00:30 in Berlin: February
+        ],
+    )
+    clock.set(utc(2026, 2, 1, 1))  # 02:00 in Berlin: the period ended at 00:00 Berlin, plus the grace hour
+    run_billing(rt)
+    invoice = only_invoice(api)
+    assert invoice["period"] == {"from": "2025-12-31T23:00:00Z", "to": "2026-01-31T23:00:00Z"}
+    assert lines_by_key(invoice)["api_calls"]["quantity"] == "1000"
+    assert invoice["customer"]["timezone"] == "Europe/Berlin"
+
+
+def test_scheduler_runs_billing_and_a_deleted_customer_does_not_block_others(
+    rt: Runtime, api: httpx.Client, clock: FixedClock
+) -> None:
+    create_plan(api)
+    create_customer(api)
+    gone = create_customer(api, key="gone")
+    subscribe(api, "acme", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    subscribe(api, "gone", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    clock.set(utc(2026, 1, 20))
+    send(
+        api,
+        [("api.calls", "acme", utc(2026, 1, 5), {"value": 10}), ("api.calls", "gone", utc(2026, 1, 5), {"value": 7})],
+    )
+    ok(api.delete(f"/api/v1/customers/{gone['id']}"), 204)
+    clock.set(utc(2026, 2, 1, 1))
+    jobs = {j["name"]: j for j in ok(api.post("/api/v1/jobs/run"))["jobs"]}
+    assert jobs["billing.invoice"]["result"]["created"] == 2
+    found = ok(api.get("/api/v1/billing/invoices"))["items"]
+    calls = {i["customer"]["key"]: lines_by_key(i)["api_calls"]["quantity"] for i in found}
+    assert calls == {"acme": "10", "gone": "0"}  # a deleted customer's subjects are no longer its own
