@@ -75,6 +75,20 @@ def build(database_url: str, clock: FixedClock, **billing: Any) -> Runtime:
     return runtime
 
 
+def attach(database_url: str, clock: FixedClock) -> Runtime:
+    """Another started runtime on the same database (another process's view), without resetting it."""
+    settings = Settings.model_validate(
+        {
+            "database": {"url": database_url},
+            "webhooks": {"scheduler": {"run_in_server": False}},
+            "meters": {"definitions": SEED_METERS},
+        }
+    )
+    runtime = Runtime.build(settings, clock=clock)
+    runtime.start()
+    return runtime
+
+
 def client_for(runtime: Runtime) -> httpx.Client:
     return api(runtime)
 

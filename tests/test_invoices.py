@@ -5,16 +5,19 @@ lifecycle, webhooks in the outbox, previews and the HTML export."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 
 from tallybook.clock import FixedClock
 from tallybook.runtime import Runtime
-from tests.billing_helpers import build as build_runtime
 from tests.billing_helpers import (
+    SEED_PLAN,
+    attach,
     client_for,
     create_customer,
     create_plan,
@@ -26,6 +29,7 @@ from tests.billing_helpers import (
     subscribe,
     utc,
 )
+from tests.billing_helpers import build as build_runtime
 
 
 @pytest.fixture
@@ -65,57 +69,76 @@ def lines_by_key(invoice: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {line["rateCardKey"]: line for line in invoice["lines"] if line["type"] != "correction"}
 
 
-def only_invoice(api: httpx.Client, **params: Any) -> dict[str, Any]:
-    found = ok(api.get("/api/v1/billing/invoices", params=params))
-    assert found["totalCount"] == 1, found
-    return found["items"][0]  # type: ignore[no-any-return]
+def only_invoice(rt: Runtime, api: httpx.Client, kind: str = "period", **params: Any) -> dict[str, Any]:
+    """The one invoice of this kind (period: drafted at a period end; opening: at a subscription start)."""
+    found = ok(api.get("/api/v1/billing/invoices", params={"limit": 1000, **params}))["items"]
+    matching = [i for i in found if rt.invoicing.get(i["id"]).kind == kind]
+    assert len(matching) == 1, found
+    return matching[0]  # type: ignore[no-any-return]
 
 
-def seed(api: httpx.Client, clock: FixedClock) -> None:
+def seed(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
+    """The seed plan from 1 January (calendar months); the job runs at the start, which drafts the
+    opening invoice with January's $49 in-advance platform fee; then a month of events."""
     create_plan(api)
     create_customer(api)
     subscribe(api, "acme", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    assert run_billing(rt)["created"] == 1
     clock.set(utc(2026, 2, 1, 0, 30))
     send(api, a_month_of_events())
 
 
 def test_seed_scenario_invoice_for_a_month_of_events(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
     route_invoice_events(rt)
-    seed(api, clock)
+    seed(rt, api, clock)
     assert run_billing(rt)["created"] == 0  # the period ended, but the grace hour has not passed
     clock.set(utc(2026, 2, 1, 1, 0))
-    assert run_billing(rt) == {"created": 1, "updated": 0, "issued": 0, "computed": 1, "drafts": 0}
-    invoice = only_invoice(api)
+    # One new invoice; the opening draft is not recomputed (it reads no usage, events cannot change it).
+    assert run_billing(rt) == {"created": 1, "updated": 0, "issued": 0, "computed": 1, "drafts": 1}
+    opening = only_invoice(rt, api, kind="opening")
+    assert opening["period"] == {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
+    assert [(ln["rateCardKey"], ln["amount"], ln["paymentTerm"]) for ln in opening["lines"]] == [
+        ("platform", "49.00", "in_advance")
+    ]
+    assert opening["lines"][0]["period"] == opening["period"]
+    assert opening["totals"]["total"] == "49.00"
+    invoice = only_invoice(rt, api)
     assert invoice["status"] == "draft"
     assert invoice["period"] == {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
     lines = lines_by_key(invoice)
+    # January's usage, and February's platform fee in advance.
     assert (lines["platform"]["quantity"], lines["platform"]["unitPrice"], lines["platform"]["amount"]) == (
         "1",
         "49",
         "49.00",
     )
+    assert lines["platform"]["period"] == {"from": "2026-02-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}
+    assert lines["api_calls"]["period"] == invoice["period"]
     assert (lines["api_calls"]["quantity"], lines["api_calls"]["amount"]) == ("31000", "31.00")
     assert (lines["storage"]["quantity"], lines["storage"]["amount"]) == ("41", "0.41")  # MAX over the month
     assert (lines["compute"]["quantity"], lines["compute"]["amount"]) == ("111600", "11.16")
     assert lines["compute"]["taxCode"] == "txcd_10000000"
     assert lines["api_calls"]["taxCode"] == "txcd_10103001"  # the settings default
+    # The total is unchanged from when the fee was billed in arrears: February's $49 in advance
+    # replaces January's (which the opening invoice carries): 49.00 + 31.00 + 0.41 + 11.16 = 91.57.
     assert invoice["totals"] == {"amount": "91.57", "commitments": "0.00", "total": "91.57"}
     assert invoice["customer"]["name"] == "Acme Inc."
     created = outbox(rt, "invoice.created")
-    assert len(created) == 1
-    assert created[0]["body"]["invoice"]["totals"]["total"] == "91.57"
-    assert created[0]["body"]["invoice"]["lines"] == invoice["lines"]
-    # Running again changes nothing and sends nothing (no new events: the draft is not even recomputed).
-    assert run_billing(rt) == {"created": 0, "updated": 0, "issued": 0, "computed": 0, "drafts": 1}
-    assert len(outbox(rt)) == 1
+    assert len(created) == 2
+    assert created[0]["body"]["invoice"]["totals"]["total"] == "49.00"
+    assert created[1]["body"]["invoice"]["totals"]["total"] == "91.57"
+    assert created[1]["body"]["invoice"]["lines"] == invoice["lines"]
+    # Running again changes nothing and sends nothing (no new events: the drafts are not even recomputed).
+    assert run_billing(rt) == {"created": 0, "updated": 0, "issued": 0, "computed": 0, "drafts": 2}
+    assert len(outbox(rt)) == 2
 
 
 def test_late_events_update_the_draft_then_issue_freezes_it(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
     route_invoice_events(rt)
-    seed(api, clock)
+    seed(rt, api, clock)
     clock.set(utc(2026, 2, 1, 1, 0))
     run_billing(rt)
-    draft = only_invoice(api)
+    draft = only_invoice(rt, api)
 
     clock.set(utc(2026, 2, 1, 2, 0))
     send(api, [("api.calls", "acme", utc(2026, 1, 31, 23, 59), {"value": 500})])
@@ -147,7 +170,7 @@ def test_late_events_update_the_draft_then_issue_freezes_it(rt: Runtime, api: ht
     # The next invoice carries the late usage as a labelled correction line.
     clock.set(utc(2026, 3, 1, 1, 0))
     run_billing(rt)
-    february = only_invoice(api, status="draft")
+    february = only_invoice(rt, api, status="draft")
     assert february["period"] == {"from": "2026-02-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}
     corrections = [line for line in february["lines"] if line["type"] == "correction"]
     assert len(corrections) == 1
@@ -170,16 +193,16 @@ def test_late_events_update_the_draft_then_issue_freezes_it(rt: Runtime, api: ht
     ok(api.post(f"/api/v1/billing/invoices/{february['id']}/advance"))
     clock.set(utc(2026, 4, 1, 1, 0))
     run_billing(rt)
-    march = only_invoice(api, status="draft")
+    march = only_invoice(rt, api, status="draft")
     assert [line for line in march["lines"] if line["type"] == "correction"] == []
 
 
 def test_lifecycle_transitions_and_conflicts(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
     route_invoice_events(rt)
-    seed(api, clock)
+    seed(rt, api, clock)
     clock.set(utc(2026, 2, 1, 1, 0))
     run_billing(rt)
-    invoice_id = only_invoice(api)["id"]
+    invoice_id = only_invoice(rt, api)["id"]
 
     refused = api.post(f"/api/v1/billing/invoices/{invoice_id}/mark-paid")
     assert refused.status_code == 409
@@ -198,23 +221,24 @@ def test_lifecycle_transitions_and_conflicts(rt: Runtime, api: httpx.Client, clo
     assert api.post(f"/api/v1/billing/invoices/{invoice_id}/void").status_code == 409
 
     types = [e["type"] for e in outbox(rt)]
-    assert types == ["invoice.created", "invoice.issued", "invoice.updated", "invoice.updated"]
+    # The opening invoice's created event first (drafted at the subscription start).
+    assert types == ["invoice.created", "invoice.created", "invoice.issued", "invoice.updated", "invoice.updated"]
     assert api.get("/api/v1/billing/invoices/01KDVDNA00M322QF7VSW00Y76P").status_code == 404
     assert api.get("/api/v1/billing/invoices", params={"status": "bogus"}).status_code == 400
 
 
 def test_void_is_final_and_sends_invoice_voided(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
     route_invoice_events(rt)
-    seed(api, clock)
+    seed(rt, api, clock)
     clock.set(utc(2026, 2, 1, 1, 0))
     run_billing(rt)
-    invoice_id = only_invoice(api)["id"]
+    invoice_id = only_invoice(rt, api)["id"]
     voided = ok(api.post(f"/api/v1/billing/invoices/{invoice_id}/void"))
     assert voided["status"] == "void" and "voidedAt" in voided
     assert outbox(rt, "invoice.voided")[0]["body"]["invoice"]["status"] == "void"
     clock.set(utc(2026, 2, 2))
     assert run_billing(rt)["created"] == 0  # the period is not drafted again
-    assert ok(api.get("/api/v1/billing/invoices"))["totalCount"] == 1
+    assert ok(api.get("/api/v1/billing/invoices"))["totalCount"] == 2  # it and the opening invoice
 
 
 def test_auto_issue(database_url: str) -> None:
@@ -223,15 +247,28 @@ def test_auto_issue(database_url: str) -> None:
     client = client_for(runtime)
     try:
         route_invoice_events(runtime)
-        seed(client, clock)
+        seed(runtime, client, clock)
         clock.set(utc(2026, 2, 1, 1, 0))
-        assert run_billing(runtime)["issued"] == 0  # drafted; issued a day later
+        # January's invoice is drafted (issued a day later); the opening one, a month old, is issued.
+        assert run_billing(runtime)["issued"] == 1
+        assert only_invoice(runtime, client, kind="opening")["status"] == "issued"
         clock.set(utc(2026, 2, 2, 1, 0))
         assert run_billing(runtime)["issued"] == 1
-        invoice = only_invoice(client)
+        invoice = only_invoice(runtime, client)
         assert invoice["status"] == "issued" and invoice["asOf"] == "2026-02-02T01:00:00Z"
         assert invoice["totals"]["total"] == "91.57"
-        assert [e["type"] for e in outbox(runtime)] == ["invoice.created", "invoice.issued"]
+        # Opening: created 1 January, issued 1 February; January's: created 1 February, issued 2 February.
+        events = [(e["type"], e["body"]["invoice"]["id"]) for e in outbox(runtime)]
+        opening_id = only_invoice(runtime, client, kind="opening")["id"]
+        assert sorted(events) == sorted(
+            [
+                ("invoice.created", opening_id),
+                ("invoice.issued", opening_id),
+                ("invoice.created", invoice["id"]),
+                ("invoice.issued", invoice["id"]),
+            ]
+        )
+        assert events[-1] == ("invoice.issued", invoice["id"])
     finally:
         client.close()
         runtime.stop()
@@ -272,7 +309,7 @@ def test_html_and_json_export(rt: Runtime, api: httpx.Client, clock: FixedClock)
     send(api, a_month_of_events())
     clock.set(utc(2026, 2, 1, 1))
     run_billing(rt)
-    invoice = only_invoice(api)
+    invoice = only_invoice(rt, api)
     page = api.get(f"/api/v1/billing/invoices/{invoice['id']}/html")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
@@ -299,7 +336,7 @@ def test_customer_time_zone_decides_which_invoice_usage_lands_on(
     )
     clock.set(utc(2026, 2, 1, 1))  # 02:00 in Berlin: the period ended at 00:00 Berlin, plus the grace hour
     run_billing(rt)
-    invoice = only_invoice(api)
+    invoice = only_invoice(rt, api)
     assert invoice["period"] == {"from": "2025-12-31T23:00:00Z", "to": "2026-01-31T23:00:00Z"}
     assert lines_by_key(invoice)["api_calls"]["quantity"] == "1000"
     assert invoice["customer"]["timezone"] == "Europe/Berlin"
@@ -321,7 +358,112 @@ def test_scheduler_runs_billing_and_a_deleted_customer_does_not_block_others(
     ok(api.delete(f"/api/v1/customers/{gone['id']}"), 204)
     clock.set(utc(2026, 2, 1, 1))
     jobs = {j["name"]: j for j in ok(api.post("/api/v1/jobs/run"))["jobs"]}
-    assert jobs["billing.invoice"]["result"]["created"] == 2
-    found = ok(api.get("/api/v1/billing/invoices"))["items"]
+    assert jobs["billing.invoice"]["result"]["created"] == 4  # an opening and a January invoice each
+    found = [i for i in ok(api.get("/api/v1/billing/invoices"))["items"] if rt.invoicing.get(i["id"]).kind == "period"]
     calls = {i["customer"]["key"]: lines_by_key(i)["api_calls"]["quantity"] for i in found}
     assert calls == {"acme": "10", "gone": "0"}  # a deleted customer's subjects are no longer its own
+
+
+def test_in_advance_fee_at_each_period_start_and_in_arrears_fee_at_its_end(
+    rt: Runtime, api: httpx.Client, clock: FixedClock
+) -> None:
+    body = {**SEED_PLAN, "key": "mixed", "name": "Mixed"}
+    body["rateCards"] = [
+        *SEED_PLAN["rateCards"][:2],
+        {
+            "type": "flat_fee",
+            "key": "support",
+            "name": "Support",
+            "price": {"type": "flat", "amount": "20", "paymentTerm": "in_arrears"},
+        },
+    ]
+    create_plan(api, body)
+    create_customer(api)
+    subscribe(api, "acme", plan="mixed", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    assert run_billing(rt)["created"] == 1
+    opening = only_invoice(rt, api, kind="opening")
+    # At the start: January's $49 in advance, nothing in arrears yet.
+    assert [(ln["rateCardKey"], ln["amount"], ln["period"]["from"]) for ln in opening["lines"]] == [
+        ("platform", "49.00", "2026-01-01T00:00:00Z")
+    ]
+    assert opening["createdAt"] == "2026-01-01T00:00:00Z"
+    clock.set(utc(2026, 1, 15))
+    send(api, [("api.calls", "acme", utc(2026, 1, 10), {"value": 2000})])
+    for month in (2, 3):
+        clock.set(utc(2026, month, 1, 1))
+        assert run_billing(rt)["created"] == 1
+    invoices = sorted(
+        (i for i in ok(api.get("/api/v1/billing/invoices"))["items"] if rt.invoicing.get(i["id"]).kind == "period"),
+        key=lambda i: i["period"]["from"],
+    )
+    summary = [
+        [(ln["rateCardKey"], ln["amount"], ln["period"]["from"][:10], ln.get("paymentTerm")) for ln in i["lines"]]
+        for i in invoices
+    ]
+    assert summary == [
+        [  # January's invoice: January's usage and in-arrears fee, February's in-advance fee
+            ("api_calls", "2.00", "2026-01-01", None),
+            ("support", "20.00", "2026-01-01", "in_arrears"),
+            ("platform", "49.00", "2026-02-01", "in_advance"),
+        ],
+        [
+            ("api_calls", "0.00", "2026-02-01", None),
+            ("support", "20.00", "2026-02-01", "in_arrears"),
+            ("platform", "49.00", "2026-03-01", "in_advance"),
+        ],
+    ]
+    assert [i["totals"]["total"] for i in invoices] == ["71.00", "69.00"]
+
+
+def test_no_opening_invoice_without_in_advance_fees(rt: Runtime, api: httpx.Client, clock: FixedClock) -> None:
+    body = {**SEED_PLAN, "key": "arrears", "name": "Arrears"}
+    body["rateCards"] = [
+        {**SEED_PLAN["rateCards"][0], "price": {"type": "flat", "amount": "49", "paymentTerm": "in_arrears"}},
+        *SEED_PLAN["rateCards"][1:],
+    ]
+    create_plan(api, body)
+    create_customer(api)
+    subscribe(api, "acme", plan="arrears", activeFrom="2026-01-16T00:00:00Z", alignment="calendar")
+    clock.set(utc(2026, 1, 16))
+    assert run_billing(rt)["created"] == 0
+    clock.set(utc(2026, 2, 1, 1))
+    assert run_billing(rt)["created"] == 1
+    invoice = only_invoice(rt, api)
+    fee = lines_by_key(invoice)["platform"]
+    # In arrears, as before: the covered part of January, on January's invoice.
+    assert (fee["amount"], fee["period"]["from"], fee["paymentTerm"]) == ("25.29", "2026-01-16T00:00:00Z", "in_arrears")
+
+
+def test_the_opening_invoice_is_drafted_once_across_processes(
+    rt: Runtime, api: httpx.Client, clock: FixedClock, database_url: str
+) -> None:
+    route_invoice_events(rt)
+    create_plan(api)
+    create_customer(api)
+    subscribe(api, "acme", activeFrom="2026-01-10T00:00:00Z", alignment="calendar")
+    assert run_billing(rt)["created"] == 0  # scheduled: nothing before the start
+    clock.set(utc(2026, 1, 10))
+    other = attach(database_url, clock)
+    try:
+        assert run_billing(rt)["created"] == 1
+        assert run_billing(other)["created"] == 0  # another process finds the key taken
+        assert run_billing(rt)["created"] == 0
+        assert rt.invoicing.run(utc(2026, 1, 20))["created"] == 0
+    finally:
+        other.stop()
+    opening = only_invoice(rt, api, kind="opening")
+    assert opening["period"] == {"from": "2026-01-10T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
+    assert [ln["amount"] for ln in opening["lines"]] == ["34.77"]  # 49 * 22/31
+    assert len(outbox(rt, "invoice.created")) == 1
+    # The unique key is the backstop if two runs ever raced: a second opening row is refused.
+    from tallybook.store import billing as billing_store
+
+    stored = rt.invoicing.get(opening["id"])
+    with pytest.raises(sqlalchemy.exc.IntegrityError), rt.store.write() as conn:
+        from tallybook.billing.invoicing import _record
+
+        billing_store.insert_invoices(conn, [_record(replace(stored, id="01KDVDNA00DUPL1CATE0PEN1NG"))])
+    # February's period invoice carries February's fee; the opening one is not repeated.
+    clock.set(utc(2026, 2, 1, 1))
+    assert run_billing(rt)["created"] == 1
+    assert len(ok(api.get("/api/v1/billing/invoices"))["items"]) == 2

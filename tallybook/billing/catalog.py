@@ -39,7 +39,7 @@ from tallybook.billing.models import (
 )
 from tallybook.billing.settings import TAX_CODE_PATTERN, BillingSettings
 from tallybook.clock import Clock, SystemClock, format_rfc3339, from_micros, to_micros
-from tallybook.customers.ids import looks_like_ulid, new_ulid
+from tallybook.ids import looks_like_ulid, new_ulid
 from tallybook.meters.models import MeterNotFound
 from tallybook.meters.service import MeterService
 from tallybook.store.base import SqlStore

@@ -55,6 +55,7 @@ def line_json(line: Line) -> dict[str, Any]:
 def invoice_json(invoice: Invoice) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": invoice.id or None,
+        "kind": invoice.kind,  # "opening" (a subscription's first in-advance fees) or "period"
         "status": invoice.status,
         "currency": invoice.currency,
         "customer": {k: v for k, v in invoice.customer.items() if v is not None},

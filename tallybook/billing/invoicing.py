@@ -1,10 +1,16 @@
 """Invoices: lines from rate cards and usage, commitments, rounding, totals and the lifecycle.
 
-An invoice belongs to one customer, one currency and one billing period of the customer's
-subscriptions (their cadence and anchor, in the customer's time zone). Its lines, per subscription
-active in the period (a plan change gives two, each prorated):
+An invoice belongs to one customer and one currency and has a kind (see `InvoiceKey`): a `period`
+invoice is drafted when a billing period of the customer's subscriptions ends (their cadence and
+anchor, in the customer's time zone) and holds that period's usage and in-arrears fees plus the
+next period's in-advance fees; an `opening` invoice is drafted when a subscription starts and holds
+its first period's in-advance fees. Every line keeps its own service period. Its lines, per
+subscription (a plan change gives two, each prorated):
 
-- `flat_fee`: the rate card's amount * covered seconds / period seconds (exact, then rounded);
+- `flat_fee`: the rate card's amount * covered seconds / period seconds (exact, then rounded),
+  in advance (at the start of the period it covers) or in arrears (at its end);
+- `credit`: in-advance time paid for but not used after a cancel or plan change (negative), on the
+  invoice of the period the subscription ended in;
 - `usage`: the meter's value over the part of the period the subscription covered, for every
   subject of the customer, rated by the rate card's price (unit, package or tiers);
 - `commitment`: what a rate card's or the plan's minimum/maximum spend adds or takes off;
@@ -13,8 +19,9 @@ active in the period (a plan change gives two, each prorated):
 Every line is rounded once to the currency's minor unit; totals add rounded lines.
 
 Lifecycle: `draft` → `issued` → `paid` | `uncollectible` | `void` (a draft can be voided too).
-The `billing.invoice` job drafts an invoice for each period that ended more than `invoice_grace`
-ago, refreshes every draft on each run (late events change drafts) and, with `auto_issue`, issues
+The `billing.invoice` job drafts the opening invoice of each subscription that started, an
+invoice for each period that ended more than `invoice_grace` ago, refreshes period drafts on each
+run (late events change drafts; in-advance lines stay as drafted) and, with `auto_issue`, issues
 drafts older than `auto_issue_after`. Issuing counts usage *as of* the issue instant (`asOf`:
 events ingested at or before it) and stores the quantities, so recomputing an issued invoice with
 its `asOf` gives the same lines to the cent, whatever arrives later.
@@ -40,13 +47,13 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tallybook.billing.currency import round_money
-from tallybook.billing.models import FlatPrice, PlanVersion, RateCard
+from tallybook.billing.models import FlatPrice, PaymentTerm, PlanVersion, RateCard
 from tallybook.billing.periods import Period
 from tallybook.billing.rating import apply_commitments, prorate, rate_usage
 from tallybook.billing.settings import BillingSettings
 from tallybook.billing.subscriptions import Subscription, SubscriptionService, subscription_from_row
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
-from tallybook.customers.ids import new_ulid
+from tallybook.ids import new_ulid
 from tallybook.meters.models import MeterError, UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.store import billing as billing_store
@@ -178,6 +185,7 @@ class Invoice:
     paid_at: datetime | None = None
     voided_at: datetime | None = None
     uncollectible_at: datetime | None = None
+    kind: str = "period"  # period | opening (see InvoiceKey)
 
 
 def _opt(us: int | None) -> datetime | None:
@@ -203,10 +211,16 @@ def invoice_from_record(record: InvoiceRecord) -> Invoice:
         paid_at=_opt(r["paid_us"]),
         voided_at=_opt(r["voided_us"]),
         uncollectible_at=_opt(r["uncollectible_us"]),
+        kind=r.get("kind") or PERIOD,
     )
 
 
-InvoiceKey = tuple[str, str, Period]  # customer id, currency, billing period
+PERIOD, OPENING = "period", "opening"
+# customer id, currency, period, kind. A `period` invoice is drafted when its billing period ends:
+# that period's usage, in-arrears fees and credits, plus the in-advance fees of the next period. An
+# `opening` invoice is drafted when a subscription starts: its period runs from the start to the end
+# of the first billing period, and it holds that span's in-advance fees.
+InvoiceKey = tuple[str, str, Period, str]
 UsageKey = tuple[str, datetime, datetime]  # meter slug, from, to
 
 
@@ -218,6 +232,23 @@ class Segment:
     plan: PlanVersion
     period: Period  # the billing period
     covered: Period  # the part of it the subscription was active in
+    # True: only the in-advance fees for `covered` (billed at the start of `period`); False: the
+    # period's usage, in-arrears fees, credits for unused in-advance time and plan commitments.
+    advance: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Charge:
+    """An in-advance fee line already on a stored invoice (not void)."""
+
+    invoice_id: str
+    invoice_kind: str
+    invoice_period_end: datetime
+    period: Period  # the time the fee pays for
+    amount: Decimal
+
+
+Charged = dict[tuple[str, str], list[_Charge]]  # (subscription, rate card) -> its charges
 
 
 @dataclass
@@ -233,6 +264,8 @@ class _Job:
 
 def _segment_usage_keys(segments: Iterable[Segment]) -> Iterable[UsageKey]:
     for seg in segments:
+        if seg.advance:
+            continue
         for rc in seg.plan.rate_cards:
             if rc.meter is not None and not isinstance(rc.price, FlatPrice):
                 yield (rc.meter, seg.covered.start, seg.covered.end)
@@ -304,32 +337,34 @@ class InvoicingService:
         self._plans.clear()
         with self.store.read() as conn:
             due_rows = billing_store.unbilled_subscriptions(conn, to_micros(cutoff))
+            opening_rows = billing_store.unopened_subscriptions(conn, to_micros(now))
             _, drafts = billing_store.search_invoices(conn, InvoiceSearch(statuses=(DRAFT,), newest_first=False))
             latest_ingest_us = billing_store.latest_ingest_us(conn)
-        due: dict[InvoiceKey, list[Segment]] = defaultdict(list)
+        due_keys: dict[InvoiceKey, None] = {}
         marks: list[tuple[str, int]] = []
         for row in due_rows:
             sub = subscription_from_row(row)
-            plan = self._plan(sub)
             begin = max(sub.active_from, sub.billed_through or sub.active_from)
             stop = cutoff if sub.active_to is None else min(cutoff, sub.active_to)
             last_end: datetime | None = None
             for period in sub.schedule.periods(begin, stop):
                 if period.end > cutoff:
                     break
-                covered = sub.covered(period)
-                if covered is not None:
-                    due[(sub.customer_id, sub.currency, period)].append(Segment(sub, plan, period, covered))
+                if sub.covered(period) is not None:
+                    due_keys[(sub.customer_id, sub.currency, period, PERIOD)] = None
                 last_end = period.end
             if last_end is not None:
                 marks.append((sub.id, to_micros(last_end)))
+        for row in opening_rows:
+            due_keys[opening_key(subscription_from_row(row))] = None
+        due = self._segments_for(list(due_keys))
         with self.store.read() as conn:
             existing = billing_store.existing_invoice_keys(conn, (to_micros(k[2].end) for k in due))
         jobs: dict[InvoiceKey, _Job] = {}
         for key, segments in due.items():
-            found = existing.get((key[0], key[1], to_micros(key[2].start), to_micros(key[2].end)))
+            found = existing.get((key[0], key[1], to_micros(key[2].start), to_micros(key[2].end), key[3]))
             if found is None:
-                jobs[key] = _Job(key, segments)
+                jobs[key] = _Job(key, segments, corrections_allowed=key[3] == PERIOD)
             elif found["status"] != DRAFT:
                 log.warning(
                     "billing period already invoiced; segment left out",
@@ -340,17 +375,21 @@ class InvoicingService:
         draft_invoices = []
         for record in drafts:
             draft = invoice_from_record(record)
-            key = (draft.customer_id, draft.currency, draft.period)
+            key = (draft.customer_id, draft.currency, draft.period, draft.kind)
             assert draft.as_of is not None
-            stale = latest_ingest_us is not None and latest_ingest_us > to_micros(draft.as_of)
+            # An opening invoice reads no usage: new events cannot change it.
+            stale = draft.kind == PERIOD and latest_ingest_us is not None and latest_ingest_us > to_micros(draft.as_of)
             issue_due = self.settings.auto_issue and draft.created_at + self.settings.auto_issue_after <= now
-            if stale or issue_due or key in due:
+            joined = key in due and draft.kind == PERIOD  # an opening invoice's segment never changes
+            if stale or issue_due or joined:
                 draft_invoices.append(draft)
         if draft_invoices:
-            segments_by_key = self._segments_for([(d.customer_id, d.currency, d.period) for d in draft_invoices])
+            segments_by_key = self._segments_for([_key_of(d) for d in draft_invoices])
             for draft in draft_invoices:
-                key = (draft.customer_id, draft.currency, draft.period)
-                jobs[key] = _Job(key, segments_by_key.get(key, []), existing=draft)
+                key = _key_of(draft)
+                jobs[key] = _Job(
+                    key, segments_by_key.get(key, []), existing=draft, corrections_allowed=draft.kind == PERIOD
+                )
         self._attach_previous(list(jobs.values()), now)
         computed = self._compute(list(jobs.values()), as_of=now)
         auto_issue = self.settings.auto_issue
@@ -404,9 +443,9 @@ class InvoicingService:
         draft = self.get(invoice_id)
         self._check_transition(draft, ISSUED)
         self._plans.clear()
-        key = (draft.customer_id, draft.currency, draft.period)
+        key = _key_of(draft)
         segments = self._segments_for([key]).get(key, [])
-        job = _Job(key, segments, existing=draft)
+        job = _Job(key, segments, existing=draft, corrections_allowed=draft.kind == PERIOD)
         self._attach_previous([job], now)
         lines = self._compute([job], as_of=now)[key]
         self._lock_meters([lines])
@@ -470,8 +509,8 @@ class InvoicingService:
         keys: list[InvoiceKey] = []
         for sub in subs:
             period = sub.schedule.period_containing(at)
-            if sub.covered(period) is not None and (cust.id, sub.currency, period) not in keys:
-                keys.append((cust.id, sub.currency, period))
+            if sub.covered(period) is not None and (cust.id, sub.currency, period, PERIOD) not in keys:
+                keys.append((cust.id, sub.currency, period, PERIOD))
         segments = self._segments_for(keys)
         jobs = [_Job(key, segments.get(key, [])) for key in keys]
         self._attach_previous(jobs, at)
@@ -507,7 +546,7 @@ class InvoicingService:
         """
         invoice = self.get(invoice_id)
         self._plans.clear()
-        key = (invoice.customer_id, invoice.currency, invoice.period)
+        key = _key_of(invoice)
         segments = self._segments_for([key]).get(key, [])
         job = _Job(key, segments, existing=invoice, corrections_allowed=False)
         fixed = [ln for ln in invoice.lines if ln.kind == "correction"]
@@ -530,9 +569,13 @@ class InvoicingService:
         """Each key's subscription segments, from one read of the subscriptions involved."""
         if not keys:
             return {}
-        wanted = set(keys)
+        by_customer: dict[tuple[str, str], list[InvoiceKey]] = defaultdict(list)
+        for k in dict.fromkeys(keys):
+            by_customer[(k[0], k[1])].append(k)
         start = min(k[2].start for k in keys)
-        end = max(k[2].end for k in keys)
+        # A period invoice also carries the next period's in-advance fees, and a plan change that
+        # takes effect exactly at a period end puts the new plan's first fee on it.
+        end = max(k[2].end for k in keys) + timedelta(microseconds=1)
         customer_ids = sorted({k[0] for k in keys})
         with self.store.read() as conn:
             if len(customer_ids) <= _FILTER_LIMIT:
@@ -547,17 +590,50 @@ class InvoicingService:
             if row["customer_id"] not in customers:
                 continue
             sub = subscription_from_row(row)
-            schedule = sub.schedule
-            for period in schedule.periods(max(start, sub.active_from), min(end, sub.active_to or end)):
-                key = (sub.customer_id, sub.currency, period)
-                covered = sub.covered(period)
-                if key in wanted and covered is not None:
-                    out[key].append(Segment(sub, self._plan(sub), period, covered))
+            for key in by_customer.get((sub.customer_id, sub.currency), ()):
+                segments = self._key_segments(sub, key)
+                if segments:
+                    out[key].extend(segments)
+        return out
+
+    def _key_segments(self, sub: Subscription, key: InvoiceKey) -> list[Segment]:
+        """What one subscription puts on the invoice with this key.
+
+        In-advance fees for a billing period are billed at its start: on the subscription's opening
+        invoice for its first period, on the invoice of the period that just ended for the later
+        ones. A plan change's new subscription has no opening invoice: its first fee goes on the
+        invoice of the period ending at the change (a change at a period boundary) or, for a
+        change inside a period, on that period's invoice next to the old plan's credit.
+        """
+        _, _, period, kind = key
+        schedule = sub.schedule
+        out: list[Segment] = []
+        if kind == OPENING:
+            first = schedule.period_containing(sub.active_from)
+            covered = sub.covered(first)
+            if sub.previous_id is None and sub.active_from == period.start and first.end == period.end and covered:
+                plan = self._plan(sub)
+                if any(_billed_in_advance(rc) for rc in plan.rate_cards):  # else nothing to open with
+                    out.append(Segment(sub, plan, first, covered, advance=True))
+            return out
+        covered = sub.covered(period)
+        if covered is not None and schedule.period_containing(period.start) == period:
+            plan = self._plan(sub)
+            out.append(Segment(sub, plan, period, covered))
+            if sub.previous_id is not None and period.start < sub.active_from:
+                out.append(Segment(sub, plan, period, covered, advance=True))
+        following = schedule.period_containing(period.end)
+        next_covered = sub.covered(following)
+        if following.start == period.end and next_covered is not None:
+            started_before = sub.active_from < following.start
+            changed_at_boundary = sub.active_from == following.start and sub.previous_id is not None
+            if started_before or changed_at_boundary:
+                out.append(Segment(sub, self._plan(sub), following, next_covered, advance=True))
         return out
 
     def _attach_previous(self, jobs: list[_Job], now: datetime) -> None:
         """Give each customer's latest draft the billed invoices whose late usage it must carry."""
-        candidates = [j for j in jobs if j.corrections_allowed]
+        candidates = [j for j in jobs if j.corrections_allowed and j.key[3] == PERIOD]
         if not candidates:
             return
         earliest = min(j.key[2].start for j in candidates) - self.settings.correction_lookback
@@ -571,6 +647,8 @@ class InvoicingService:
         latest: dict[tuple[str, str], datetime] = {}
         for record in other_drafts:
             r = record.row
+            if (r.get("kind") or PERIOD) != PERIOD:
+                continue
             ckey = (r["customer_id"], r["currency"])
             latest[ckey] = max(latest.get(ckey, from_micros(r["period_end_us"])), from_micros(r["period_end_us"]))
         for job in candidates:
@@ -620,21 +698,70 @@ class InvoicingService:
                         wanted[(ln.meter, ln.period.start, ln.period.end)].add(job.key[0])
         usage = self._usage(wanted, as_of)
         billed_so_far = self._billed_quantities([inv for job in jobs for inv in job.previous])
+        charged = self._charged_in_advance(jobs)
         out: dict[InvoiceKey, list[Line]] = {}
         for job in jobs:
+            invoice_id = job.existing.id if job.existing is not None else None
+            # In-advance lines are fixed once drafted: a later cancel is a credit on a later
+            # invoice, never a change to the charge (which may already have been sent).
+            frozen = [ln for ln in job.existing.lines if _in_advance(ln)] if job.existing is not None else []
             lines: list[Line] = []
-            for seg in sorted(job.segments, key=lambda s: (s.covered.start, s.subscription.id)):
-                lines.extend(self._segment_lines(job.key[0], seg, usage))
+            late: list[Line] = []
+            for seg in sorted(job.segments, key=lambda s: (s.advance, s.covered.start, s.subscription.id)):
+                kept = [ln for ln in frozen if seg.advance and _pays_for(ln, seg)]
+                if kept:
+                    lines.extend(kept)
+                    frozen = [ln for ln in frozen if ln not in kept]
+                    continue
+                lines.extend(self._segment_lines(job.key[0], seg, usage, charged, invoice_id, late))
+            lines.extend(frozen)
+            if job.existing is None:
+                lines.extend(late)  # a draft keeps them among its frozen in-advance lines
             lines.extend(self._corrections(job, usage, billed_so_far, as_of))
             out[job.key] = lines
+        return out
+
+    def _charged_in_advance(self, jobs: Sequence[_Job]) -> Charged:
+        """(subscription, rate card) -> (invoice id, service period, amount) of in-advance fees already
+        on stored invoices that are not void, for the subscriptions whose period these jobs close."""
+        ids = sorted({seg.subscription.id for job in jobs for seg in job.segments if not seg.advance})
+        out: Charged = defaultdict(list)
+        if not ids:
+            return out
+        with self.store.read() as conn:
+            rows = billing_store.in_advance_fee_lines(conn, ids)
+        for row in rows:
+            if (row["detail"] or {}).get("paymentTerm") != "in_advance" or row["rate_card_key"] is None:
+                continue
+            charge = _Charge(
+                invoice_id=row["invoice_id"],
+                invoice_kind=row["invoice_kind"] or PERIOD,
+                invoice_period_end=from_micros(row["invoice_period_end_us"]),
+                period=Period(from_micros(row["period_start_us"]), from_micros(row["period_end_us"])),
+                amount=Decimal(row["amount"]),
+            )
+            out[(row["subscription_id"], row["rate_card_key"])].append(charge)
         return out
 
     def _round(self, amount: Decimal, currency: str) -> Decimal:
         return round_money(amount, currency, self.settings.rounding)
 
-    def _segment_lines(self, customer_id: str, seg: Segment, usage: dict[UsageKey, dict[str, Decimal]]) -> list[Line]:
+    def _segment_lines(
+        self,
+        customer_id: str,
+        seg: Segment,
+        usage: dict[UsageKey, dict[str, Decimal]],
+        charged: Charged,
+        invoice_id: str | None,
+        late: list[Line],
+    ) -> list[Line]:
+        """An advance segment gives its in-advance fees; any other its usage, in-arrears fees, credits
+        for in-advance time not used and the plan commitment. An in-advance fee that the previous
+        period's invoice, drafted before in-advance timing, did not bill goes to `late` (the caller
+        puts those lines last, where a refreshed draft keeps its in-advance lines)."""
         plan, sub, cur = seg.plan, seg.subscription, seg.subscription.currency
         lines: list[Line] = []
+        advance_used = ZERO  # in-advance fees for this part of the period, for the time used
         for rc in plan.rate_cards:
             tax = rc.tax_code or self.settings.default_tax_code
             base = {
@@ -648,12 +775,33 @@ class InvoicingService:
                 covered_us = Decimal(to_micros(seg.covered.end) - to_micros(seg.covered.start))
                 period_us = Decimal(to_micros(seg.period.end) - to_micros(seg.period.start))
                 raw = prorate(rc.price.amount, covered_us, period_us)
+                in_advance = rc.price.payment_term is PaymentTerm.IN_ADVANCE
                 detail: dict[str, Any] = {"paymentTerm": rc.price.payment_term.value}
                 if covered_us != period_us:
                     detail["proration"] = {
                         "coveredSeconds": str(covered_us / 1_000_000),
                         "periodSeconds": str(period_us / 1_000_000),
                     }
+                if in_advance and not seg.advance:
+                    used = self._round(apply_commitments(raw, rc.commitments).amount, cur)
+                    advance_used += used
+                    if _missed_at_upgrade(rc, seg, charged, invoice_id):
+                        late.append(
+                            Line(
+                                kind="flat_fee",
+                                amount=self._round(raw, cur),
+                                quantity=Decimal(1),
+                                unit_price=rc.price.amount,
+                                detail=detail,
+                                description="billed late: the previous invoice billed this fee in arrears",
+                                **base,  # type: ignore[arg-type]
+                            )
+                        )
+                    else:
+                        lines.extend(self._credit(rc, seg, self._round(raw, cur), charged, invoice_id, base))
+                    continue
+                if in_advance != seg.advance:
+                    continue  # an in-arrears fee is billed with the period's usage, not in advance
                 lines.append(
                     Line(
                         kind="flat_fee",
@@ -664,7 +812,9 @@ class InvoicingService:
                         **base,  # type: ignore[arg-type]
                     )
                 )
-                lines.extend(self._commitment(rc, raw, cur, base))
+                lines.extend(self._commitment(rc, raw, cur, base, rc.price.payment_term.value if in_advance else None))
+                continue
+            if seg.advance:
                 continue
             assert rc.meter is not None, f"usage rate card {rc.key} has no meter"
             quantity = usage.get((rc.meter, seg.covered.start, seg.covered.end), {}).get(customer_id, ZERO)
@@ -695,8 +845,10 @@ class InvoicingService:
                 )
             )
             lines.extend(self._commitment(rc, rated.amount, cur, base))
-        if plan.commitments.minimum is not None or plan.commitments.maximum is not None:
-            spent = sum((ln.amount for ln in lines), ZERO)
+        if not seg.advance and (plan.commitments.minimum is not None or plan.commitments.maximum is not None):
+            # In-advance fees count toward the commitment of the period they cover, at the amount
+            # for the time used (charged minus credit), although they were invoiced at its start.
+            spent = sum((ln.amount for ln in lines if ln.kind != "credit"), advance_used)
             committed = apply_commitments(spent, plan.commitments)
             if committed.adjustment != 0 and committed.reason is not None:
                 lines.append(
@@ -712,7 +864,48 @@ class InvoicingService:
                 )
         return lines
 
-    def _commitment(self, rc: RateCard, raw: Decimal, currency: str, base: dict[str, Any]) -> list[Line]:
+    def _credit(
+        self,
+        rc: RateCard,
+        seg: Segment,
+        used: Decimal,
+        charged: Charged,
+        invoice_id: str | None,
+        base: dict[str, Any],
+    ) -> list[Line]:
+        """A negative line for in-advance time paid for but not used (a cancel or plan change)."""
+        billed = [
+            c
+            for c in charged.get((seg.subscription.id, rc.key), [])
+            if c.invoice_id != invoice_id and seg.period.start <= c.period.start and c.period.end <= seg.period.end
+        ]
+        paid = sum((c.amount for c in billed), ZERO)
+        if paid <= used:
+            return []
+        paid_to = max(c.period.end for c in billed)
+        unused = Period(seg.covered.end, paid_to) if paid_to > seg.covered.end else seg.covered
+        first_invoice = min(billed, key=lambda c: c.period.start).invoice_id
+        tz = seg.subscription.timezone
+        return [
+            Line(
+                kind="credit",
+                name=f"Credit: {rc.name} (unused time)",
+                period=unused,
+                amount=used - paid,
+                subscription_id=base["subscription_id"],
+                rate_card_key=rc.key,
+                tax_code=base["tax_code"],
+                description=(
+                    f"{rc.name} paid in advance on invoice {first_invoice}, not used: {_period_label(unused, tz)}"
+                ),
+                corrects_invoice_id=first_invoice,
+                detail={"paymentTerm": "in_advance", "charged": str(paid), "used": str(used)},
+            )
+        ]
+
+    def _commitment(
+        self, rc: RateCard, raw: Decimal, currency: str, base: dict[str, Any], payment_term: str | None = None
+    ) -> list[Line]:
         if rc.commitments.minimum is None and rc.commitments.maximum is None:
             return []
         committed = apply_commitments(raw, rc.commitments)
@@ -729,7 +922,7 @@ class InvoicingService:
                 rate_card_key=rc.key,
                 tax_code=base["tax_code"],
                 description=f"{rc.name}: {reason} commitment",
-                detail={"reason": committed.reason.value},
+                detail={"reason": committed.reason.value, **({"paymentTerm": payment_term} if payment_term else {})},
             )
         ]
 
@@ -765,7 +958,7 @@ class InvoicingService:
         as_of: datetime | None,
     ) -> list[Line]:
         lines: list[Line] = []
-        customer_id, currency, _ = job.key
+        customer_id, currency = job.key[0], job.key[1]
         for inv in sorted(job.previous, key=lambda i: i.period.start):
             for ln in inv.lines:
                 if ln.kind != "usage" or ln.meter is None:
@@ -848,6 +1041,7 @@ class InvoicingService:
             currency=key[1],
             status=status,
             period=key[2],
+            kind=key[3],
             lines=lines,
             totals=totals_of(lines, key[1], self.settings),
             as_of=now,
@@ -889,6 +1083,55 @@ class InvoicingService:
         self.webhooks.enqueue(conn, message, targets, now)
 
 
+def opening_key(sub: Subscription) -> InvoiceKey:
+    """The key of a subscription's opening invoice: its start to the end of its first period."""
+    first = sub.schedule.period_containing(sub.active_from)
+    return (sub.customer_id, sub.currency, Period(sub.active_from, first.end), OPENING)
+
+
+def _pays_for(line: Line, seg: Segment) -> bool:
+    """Whether a line is this subscription's for a time inside the segment's billing period."""
+    return (
+        line.subscription_id == seg.subscription.id
+        and seg.period.start <= line.period.start
+        and line.period.end <= seg.period.end
+    )
+
+
+def _missed_at_upgrade(rc: RateCard, seg: Segment, charged: Charged, invoice_id: str | None) -> bool:
+    """Whether this period's in-advance fee was never billed because the previous period's invoice
+    was drafted under the old timing (it billed that period's own fee at its end, nothing ahead).
+
+    Under in-advance timing the fee for a period is on an earlier invoice (opening, or the previous
+    period's) or, for a plan change inside the period, on this one; so a period invoice of the
+    previous period holding only a fee for that previous period marks an invoice of the old timing.
+    """
+    charges = charged.get((seg.subscription.id, rc.key), [])
+    period = seg.period
+    if any(period.start <= c.period.start and c.period.end <= period.end for c in charges):
+        return False
+    return any(
+        c.invoice_id != invoice_id
+        and c.invoice_kind == PERIOD
+        and c.invoice_period_end == period.start
+        and c.period.end <= period.start
+        for c in charges
+    )
+
+
+def _billed_in_advance(rc: RateCard) -> bool:
+    return isinstance(rc.price, FlatPrice) and rc.price.payment_term is PaymentTerm.IN_ADVANCE
+
+
+def _key_of(invoice: Invoice) -> InvoiceKey:
+    return (invoice.customer_id, invoice.currency, invoice.period, invoice.kind)
+
+
+def _in_advance(line: Line) -> bool:
+    """A line billed in advance (an in-advance fee or its rate-card commitment): fixed once drafted."""
+    return line.kind in ("flat_fee", "commitment") and (line.detail or {}).get("paymentTerm") == "in_advance"
+
+
 def _same_lines(a: Sequence[Line], b: Sequence[Line]) -> bool:
     return [ln.row() for ln in a] == [ln.row() for ln in b]
 
@@ -898,6 +1141,7 @@ def _record(invoice: Invoice) -> InvoiceRecord:
     row.update(
         customer_id=invoice.customer_id,
         currency=invoice.currency,
+        kind=invoice.kind,
         period_start_us=to_micros(invoice.period.start),
         period_end_us=to_micros(invoice.period.end),
         revision=invoice.revision,

@@ -22,7 +22,7 @@ from tallybook.billing.models import BillingCadence, Cadence, PlanVersion
 from tallybook.billing.periods import Alignment, InvalidPeriod, Period, Schedule, zone
 from tallybook.clock import Clock, from_micros, to_micros
 from tallybook.customers import CustomerNotFound, CustomerService
-from tallybook.customers.ids import new_ulid
+from tallybook.ids import new_ulid
 from tallybook.store import billing as billing_store
 from tallybook.store.base import SqlStore
 

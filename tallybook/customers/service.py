@@ -15,7 +15,6 @@ from typing import TypeVar
 
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
 from tallybook.customers.errors import ConcurrentChange, CustomerKeyConflict, CustomerNotFound, SubjectConflict
-from tallybook.customers.ids import looks_like_ulid, new_ulid
 from tallybook.customers.models import (
     Address,
     Customer,
@@ -25,6 +24,7 @@ from tallybook.customers.models import (
     SeenSubject,
 )
 from tallybook.customers.validation import ADDRESS_FIELDS, validate_customer
+from tallybook.ids import looks_like_ulid, new_ulid
 from tallybook.store.base import SqlStore
 from tallybook.store.customers import (
     CustomerRepository,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from tallybook.clock import Clock, SystemClock, from_micros, to_micros
+from tallybook.ids import new_ulid
 from tallybook.meters.config import MeterSettings
 from tallybook.meters.extract import InvalidPath, compile_path
 from tallybook.meters.materializer import Materializer
@@ -57,20 +57,10 @@ from tallybook.store.meters import AggregateRow, AggregateSpec, meter_usage
 
 log = logging.getLogger(__name__)
 
-_ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Fields whose change alters what a meter counts: refused once the meter has been billed.
 BILLING_FIELDS = ("aggregation", "value_property", "event_type", "event_from")
 # Fields whose change needs the projection rebuilt.
 PROJECTION_FIELDS = (*BILLING_FIELDS, "group_by")
-
-
-def new_ulid(when: datetime) -> str:
-    number = (to_micros(when) // 1000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_ULID_ALPHABET[number & 31])
-        number >>= 5
-    return "".join(reversed(chars))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,9 @@ from tallybook.clock import Clock, from_micros, to_micros
 from tallybook.customers import CustomerService
 from tallybook.customers.errors import CustomerNotFound
 from tallybook.customers.models import Customer
+from tallybook.ids import new_ulid
 from tallybook.meters.models import Meter, MeterError, UsageQuery
-from tallybook.meters.service import MeterService, new_ulid
+from tallybook.meters.service import MeterService
 from tallybook.store.base import SqlStore
 from tallybook.store.portal import PortalTokenRepository, PortalTokenRow
 

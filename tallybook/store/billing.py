@@ -2,7 +2,8 @@
 
 Money is stored as decimal text (exact on both engines, the digits the service rounded); instants
 are epoch microseconds like every other table. An invoice is unique per customer, currency and
-billing period (voided ones included), which is what makes the scheduler's drafting idempotent.
+billing period and kind (period or opening; voided ones included), which is what makes the
+scheduler's drafting idempotent.
 `revision` grows on every change of an invoice; updates name the revision they read, so a
 concurrent change (the scheduler refreshing a draft while someone approves it) is detected.
 """
@@ -69,6 +70,11 @@ invoices = Table(
     Column("id", Text, primary_key=True),  # ULID
     Column("customer_id", Text, nullable=False),
     Column("currency", Text, nullable=False),
+    # period: drafted when `period` (the billing period) ended; its usage and in-arrears fees, plus
+    # the next period's in-advance fees. opening: drafted when a subscription started; `period` is
+    # the subscription's start to the end of its first billing period, and it holds only the
+    # in-advance fees for that span.
+    Column("kind", Text, nullable=False, server_default="period"),
     Column("period_start_us", BigInteger, nullable=False),
     Column("period_end_us", BigInteger, nullable=False),
     Column("status", Text, nullable=False),  # draft | issued | paid | void | uncollectible
@@ -84,7 +90,7 @@ invoices = Table(
     Column("paid_us", BigInteger, nullable=True),
     Column("voided_us", BigInteger, nullable=True),
     Column("uncollectible_us", BigInteger, nullable=True),
-    UniqueConstraint("customer_id", "currency", "period_start_us", "period_end_us", name="uq_invoices_period"),
+    UniqueConstraint("customer_id", "currency", "kind", "period_start_us", "period_end_us", name="uq_invoices_period"),
 )
 Index("ix_invoices_status", invoices.c.status, invoices.c.period_end_us)
 
@@ -93,7 +99,7 @@ invoice_lines = Table(
     metadata,
     Column("invoice_id", Text, primary_key=True),
     Column("position", Integer, primary_key=True),
-    Column("kind", Text, nullable=False),  # flat_fee | usage | commitment | correction
+    Column("kind", Text, nullable=False),  # flat_fee | usage | commitment | correction | credit
     Column("name", Text, nullable=False),
     Column("subscription_id", Text, nullable=True),
     Column("rate_card_key", Text, nullable=True),
@@ -303,15 +309,57 @@ def search_invoices(
 
 def existing_invoice_keys(
     conn: Connection, period_end_us: Iterable[int]
-) -> dict[tuple[str, str, int, int], dict[str, Any]]:
-    """Invoices for these period ends, by (customer, currency, period start, period end)."""
+) -> dict[tuple[str, str, int, int, str], dict[str, Any]]:
+    """Invoices for these period ends, by (customer, currency, period start, period end, kind)."""
     ends = sorted(set(period_end_us))
-    found: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+    found: dict[tuple[str, str, int, int, str], dict[str, Any]] = {}
     for start in range(0, len(ends), PAGE):
         query = select(invoices).where(invoices.c.period_end_us.in_(ends[start : start + PAGE]))
         for r in conn.execute(query):
-            found[(r.customer_id, r.currency, r.period_start_us, r.period_end_us)] = dict(r._mapping)
+            found[(r.customer_id, r.currency, r.period_start_us, r.period_end_us, r.kind)] = dict(r._mapping)
     return found
+
+
+def unopened_subscriptions(conn: Connection, now_us: int) -> list[dict[str, Any]]:
+    """Subscriptions that started (not plan-change successors) and have no period drafted yet: each
+    may still need its opening invoice (the invoice key tells whether it exists)."""
+    s = subscriptions.c
+    query = select(subscriptions).where(
+        s.active_from_us <= now_us,
+        s.previous_id.is_(None),
+        s.billed_through_us.is_(None),
+        or_(s.active_to_us.is_(None), s.active_to_us > s.active_from_us),
+    )
+    return [dict(r._mapping) for r in conn.execute(query.order_by(s.id))]
+
+
+def in_advance_fee_lines(
+    conn: Connection, subscription_ids: Sequence[str], exclude_invoice_ids: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Flat-fee lines of these subscriptions on invoices that are not void (nor excluded), with
+    their invoice's id, kind and period end; the caller keeps those whose detail says `in_advance`."""
+    out: list[dict[str, Any]] = []
+    ids = list(dict.fromkeys(subscription_ids))
+    excluded = list(exclude_invoice_ids)
+    for start in range(0, len(ids), PAGE):
+        conditions: list[Any] = [
+            invoice_lines.c.subscription_id.in_(ids[start : start + PAGE]),
+            invoice_lines.c.kind == "flat_fee",
+            invoices.c.status != "void",
+        ]
+        if excluded:
+            conditions.append(invoices.c.id.not_in(excluded))
+        query = (
+            select(
+                invoice_lines,
+                invoices.c.kind.label("invoice_kind"),
+                invoices.c.period_end_us.label("invoice_period_end_us"),
+            )
+            .join(invoices, invoices.c.id == invoice_lines.c.invoice_id)
+            .where(*conditions)
+        )
+        out.extend(dict(r._mapping) for r in conn.execute(query))
+    return out
 
 
 def corrections_of(conn: Connection, invoice_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -365,6 +413,7 @@ __all__ = [
     "existing_invoice_keys",
     "get_invoice",
     "get_subscription",
+    "in_advance_fee_lines",
     "insert_invoices",
     "insert_subscription",
     "invoice_lines",
@@ -376,6 +425,7 @@ __all__ = [
     "set_billed_through",
     "subscriptions",
     "unbilled_subscriptions",
+    "unopened_subscriptions",
     "update_invoice",
     "update_subscription",
 ]

@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 
 from tallybook import jsonutil
 from tallybook.clock import Clock, to_micros
+from tallybook.ids import new_ulid, stable_ulid
 from tallybook.store.base import SqlStore
 from tallybook.store.webhooks import (
     AttemptRow,
@@ -27,7 +28,6 @@ from tallybook.store.webhooks import (
     RuleRow,
     WebhookStore,
 )
-from tallybook.webhooks.ids import new_ulid, stable_ulid
 from tallybook.webhooks.settings import EVENT_TYPES, WebhookSettings, check_webhook_url
 from tallybook.webhooks.signing import generate_secret
 
