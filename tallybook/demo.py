@@ -1,4 +1,5 @@
-"""Demo data for `tallybook serve --demo`: two meters, three customers and a month of their usage."""
+"""Demo data for `tallybook serve --demo`: two meters, three customers, a month of their usage and,
+when the server bills, their subscriptions and last month's invoices."""
 
 from __future__ import annotations
 
@@ -144,33 +145,78 @@ def ensure_demo_billing(runtime: Runtime) -> int:
     except CatalogError:
         plan = catalog.create(parse_plan(DEMO_PLAN))
         catalog.publish(plan.id)
-    # From the start of this month (UTC, the demo customers' zone): the demo usage this month is billed.
-    month_start = runtime.clock.now().astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    # From the start of last month (UTC, the demo customers' zone): last month is invoiced when the demo
+    # loads (see bill_demo), this month's usage is the upcoming invoice.
+    this_month = runtime.clock.now().astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
     for key in DEMO_CUSTOMERS:
         subscriptions.create(
             SubscriptionInput(
-                customer=key, plan_key=DEMO_PLAN["key"], alignment=Alignment.CALENDAR, active_from=month_start
+                customer=key, plan_key=DEMO_PLAN["key"], alignment=Alignment.CALENDAR, active_from=last_month
             )
         )
     return len(DEMO_CUSTOMERS)
+
+
+# The demo customer whose new invoices stay drafts, so the dashboard shows one waiting for approval.
+DEMO_DRAFT_CUSTOMER = "initech"
+
+
+def bill_demo(runtime: Runtime) -> int:
+    """Run the billing job once, then issue the demo invoices it drafted (all but one customer's).
+
+    Only invoices this run created are issued, so loading the demo again changes nothing: the job
+    does not invoice a period twice, and drafts left from an earlier load stay drafts. Returns how
+    many invoices were issued.
+    """
+    invoicing = getattr(runtime, "invoicing", None)
+    if invoicing is None:
+        return 0
+    from tallybook.billing.invoicing import DRAFT
+    from tallybook.billing.wiring import INVOICE_JOB
+
+    def draft_ids() -> set[str]:
+        _, drafts = invoicing.list_invoices(statuses=[DRAFT], limit=1000)
+        return {invoice.id for invoice in drafts}
+
+    before = draft_ids()
+    job = next(j for j in runtime.jobs.jobs if j.name == INVOICE_JOB)
+    result = runtime.jobs.run_job(job, force=True)
+    if result.error is not None:
+        raise RuntimeError(f"demo: the billing job failed: {result.error}")
+    draft_customer = runtime.customers.resolve(DEMO_DRAFT_CUSTOMER).id
+    demo_customers = {runtime.customers.resolve(key).id for key in DEMO_CUSTOMERS}
+    issued = 0
+    for invoice_id in sorted(draft_ids() - before):
+        invoice = invoicing.get(invoice_id)
+        customer_id = invoice.customer.get("id")
+        if customer_id in demo_customers and customer_id != draft_customer:
+            invoicing.issue(invoice_id)
+            issued += 1
+    return issued
 
 
 def load_demo_events(runtime: Runtime) -> int:
     """Load the demo once: an empty store gets the events, a store with events is left alone.
 
     The demo meters and customers are created first, each only if missing (a meter or customer of
-    the same slug or key is left as it is).
+    the same slug or key is left as it is). On a billing server the demo customers are subscribed
+    from last month and the billing job runs once: last month's invoices are drafted, and issued for
+    all but one customer (see bill_demo).
     """
     ensure_demo_catalog(runtime)
     ensure_demo_billing(runtime)
     if runtime.store.count_events() > 0:
+        bill_demo(runtime)
         return 0
     events = demo_events(runtime)
     started_here = not runtime.ingest.running
     if started_here:
         runtime.ingest.start()
     try:
-        return runtime.ingest.ingest(events).accepted
+        accepted = runtime.ingest.ingest(events).accepted
     finally:
         if started_here:
             runtime.ingest.stop()
+    bill_demo(runtime)  # after the events, so last month's invoices count the demo usage
+    return accepted

@@ -1,7 +1,9 @@
 """The dashboard and the customer portal in a real headless Chromium (Debian's, driven by Playwright).
 
 The server runs the demo data (`tallybook serve --demo`) plus one webhook channel pointing at a local
-receiver. Screenshots go to test-artifacts/ui/ (or $TALLYBOOK_TEST_ARTIFACTS/ui/).
+receiver. The invoice tests use a second server with billing data made through the public API and the
+billing.invoice job (see the `billing` fixture). Screenshots go to test-artifacts/ui/ (or
+$TALLYBOOK_TEST_ARTIFACTS/ui/).
 
 Needs /usr/bin/chromium (`apt-get install -y chromium`) and Playwright's Python package (no
 browser download). Without them these tests skip and say why; under CI (CI=true) they fail instead.
@@ -13,6 +15,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -241,6 +244,29 @@ def test_open_customer(page, demo):
     shot(page, "dashboard-customer")
 
 
+def test_demo_invoice_page(page, demo):
+    if getattr(demo.runtime, "invoicing", None) is None:
+        pytest.skip("this server does not bill")
+    with demo.api() as api:
+        issued = api.get("/api/v1/billing/invoices", params={"customerId": "acme", "status": "issued"}).json()["items"]
+    last_month = [i for i in issued if any(line["type"] == "usage_based" for line in i["lines"])]
+    if not last_month:
+        pytest.skip("last month is still in its invoice grace period")
+    invoice = last_month[0]
+    login(page, demo, f"#/customers/{demo.customer_id('acme')}")
+    page.click(f"#customer-invoices tr[data-invoice='{invoice['id']}'] a")
+    page.wait_for_selector("#invoice-lines")
+    _expect_invoice_on_page(page, invoice)
+    shot(page, "dashboard-demo-invoice")  # docs/images/invoice.png
+    page.goto(f"{demo.url}/ui#/customers/{demo.customer_id('initech')}")  # still signed in: same tab
+    page.wait_for_selector("h1:has-text('Initech LLC')")
+    page.wait_for_selector("#customer-invoices")
+    if page.query_selector("#customer-stripe") is not None:
+        assert "Not linked to Stripe." in page.inner_text("#customer-stripe")
+    drafts = page.locator("#customer-invoices tr[data-invoice] .badge").all_inner_texts()
+    assert "draft" in drafts and "issued" not in drafts  # the demo leaves Initech's invoices to approve
+
+
 def test_open_event_with_raw_json_and_validation_error(page, demo):
     acme = demo.customer_id("acme")
     login(page, demo, f"#/events?customer={acme}&type=storage.gb")
@@ -329,6 +355,25 @@ def test_portal_page_with_token(page, demo):
     shot(page, "portal")
 
 
+def test_money_is_shown_digit_for_digit(page, demo):
+    """The pages' money helpers keep the API's decimal strings exact, where a float would not."""
+    page.goto(f"{demo.url}/portal")
+    formatted = page.evaluate(
+        """() => [TB.formatMoney('0.30', 'USD'), TB.formatMoney('12345678901234567.89', 'USD'),
+                  TB.formatMoney('-1234.50', 'EUR'), TB.formatMoney('1500', 'JPY'),
+                  TB.formatDecimal('12345.5'), TB.formatDecimal('0.0001'), String(0.1 + 0.2)]"""
+    )
+    assert formatted[:6] == [
+        "$0.30",
+        "$12,345,678,901,234,567.89",
+        "-\u20ac1,234.50",
+        "\u00a51,500",
+        "12,345.5",
+        "0.0001",
+    ]
+    assert formatted[6] == "0.30000000000000004"  # what float math would have shown
+
+
 def test_portal_token_for_a_cannot_see_b(page, demo):
     token = _portal_token(demo, "acme", allowedMeterSlugs=["api_calls"])
     page.goto(f"{demo.url}/portal?token={token}")
@@ -412,3 +457,264 @@ def test_optional_sections_follow_the_api(page, demo, nav, path, heading):
         assert page.query_selector("#page p.error") is None
     else:
         assert "appear once the feature is enabled" in (page.text_content("#jobs-health") or "")
+
+
+# -- invoices: real billing data (plan, subscription, events, the billing.invoice job) ---------------------------
+
+UI_PLAN: dict[str, Any] = {
+    "key": "ui_pro",
+    "name": "UI Pro",
+    "currency": "USD",
+    "billingCadence": "P1M",
+    "rateCards": [
+        {"type": "flat_fee", "key": "platform", "name": "Platform fee", "price": {"type": "flat", "amount": "49"}},
+        {
+            "type": "usage_based",
+            "key": "api_calls",
+            "name": "API calls",
+            "meterSlug": "api_calls",
+            "price": {"type": "unit", "amount": "0.001"},
+        },
+        {
+            "type": "usage_based",
+            "key": "compute",
+            "name": "Compute seconds",
+            "meterSlug": "compute_seconds",
+            "price": {
+                "type": "tiered",
+                "mode": "graduated",
+                "tiers": [
+                    {"upToAmount": "1000", "unitPrice": {"amount": "0.01"}, "flatPrice": {"amount": "5"}},
+                    {"upToAmount": "10000", "unitPrice": {"amount": "0.008"}, "flatPrice": {"amount": "2"}},
+                    {"unitPrice": {"amount": "0.005"}},
+                ],
+            },
+        },
+    ],
+}
+
+
+class Billing:
+    """A billing server: the invoice of the month before last issued, last month's a draft."""
+
+    def __init__(self, runtime: Runtime, server: LiveServer, admin_key: str, issued: str, draft: str) -> None:
+        self.runtime = runtime
+        self.url = server.url
+        self.admin_key = admin_key
+        self.issued = issued
+        self.draft = draft
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture(scope="module")
+def billing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Billing]:
+    from tallybook.clock import FixedClock
+    from tests.billing_helpers import (
+        build,
+        client_for,
+        create_customer,
+        create_plan,
+        ok,
+        run_billing,
+        send,
+        subscribe,
+    )
+
+    # The server's clock is held still (so the job runs only when told), close to the browser's: the two
+    # invoiced months are the two calendar months before this one.
+    now = datetime.now(UTC)
+    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    second = (this_month - timedelta(days=1)).replace(day=1)
+    first = (second - timedelta(days=1)).replace(day=1)
+    database = tmp_path_factory.mktemp("ui-billing") / "tallybook.db"
+    clock = FixedClock(first)
+    runtime = build(f"sqlite:///{database}", clock)
+    try:
+        with client_for(runtime) as api:
+            create_plan(api, UI_PLAN)
+            create_customer(api, "acme", name="Acme Corporation")
+            subscribe(api, "acme", plan="ui_pro", activeFrom=first.isoformat(), alignment="calendar")
+            clock.set(max(now, this_month + timedelta(hours=2)))  # past the invoice grace period
+            # The first month: 10 010 API calls, 12 345.5 compute seconds (all three tiers); the second, a little.
+            events = [
+                ("api.calls", "acme", first + timedelta(days=day, hours=10), {"value": 1001}) for day in range(10)
+            ]
+            events += [
+                ("compute", "acme", first + timedelta(days=4, hours=12), {"seconds": "12345.5"}),
+                ("api.calls", "acme", second + timedelta(days=2, hours=9), {"value": 300}),
+                ("compute", "acme", second + timedelta(days=2, hours=9), {"seconds": 300}),
+            ]
+            send(api, events)
+            assert run_billing(runtime)["created"] >= 2
+            found = ok(api.get("/api/v1/billing/invoices", params={"customerId": "acme"}))["items"]
+            # A period's invoice has its usage lines (the subscription's first, "opening" invoice has only
+            # the fee paid in advance).
+            by_month = {
+                invoice["period"]["from"][:7]: invoice["id"]
+                for invoice in found
+                if any(line["type"] == "usage_based" for line in invoice["lines"])
+            }
+            assert {f"{first:%Y-%m}", f"{second:%Y-%m}"} <= set(by_month), by_month
+            issued, draft = by_month[f"{first:%Y-%m}"], by_month[f"{second:%Y-%m}"]
+            assert ok(api.post(f"/api/v1/billing/invoices/{issued}/advance"))["status"] == "issued"
+            link = {"stripeCustomerId": "cus_UiTest123", "stripeDefaultPaymentMethodId": "pm_UiTest456"}
+            ok(api.put("/api/v1/customers/acme/stripe", json=link))
+        admin = runtime.keys.create("browser tests (billing)", "admin").plaintext
+        with LiveServer(runtime) as server:
+            yield Billing(runtime, server, admin, issued=issued, draft=draft)
+    finally:
+        runtime.stop()
+
+
+def _invoice_lines(page: Any) -> dict[str, dict[str, Any]]:
+    """The detail page's lines by rate card key: name, quantity, unit price, amount and tier rows."""
+    return page.evaluate(  # type: ignore[no-any-return]
+        """() => Object.fromEntries([...document.querySelectorAll('#invoice-lines tr.invoice-line')].map((tr) => [
+            tr.dataset.key, {
+                name: tr.querySelector('.line-name').textContent,
+                quantity: tr.querySelector('td.quantity').textContent,
+                unitPrice: tr.querySelector('td.unit-price').textContent,
+                amount: tr.querySelector('td.amount').textContent,
+                tiers: [...tr.querySelectorAll('table.tiers tbody tr')].map((t) =>
+                    [...t.querySelectorAll('td')].map((td) => td.textContent)),
+            }]))"""
+    )
+
+
+def _expect_invoice_on_page(page: Any, invoice: dict[str, Any]) -> None:
+    currency = invoice["currency"]
+    shown = _invoice_lines(page)
+    assert set(shown) == {line["rateCardKey"] for line in invoice["lines"]}
+    for line in invoice["lines"]:
+        row = shown[line["rateCardKey"]]
+        assert row["name"] == line["name"]
+        assert row["quantity"] == line.get("quantity", "")
+        assert row["unitPrice"] == line.get("unitPrice", "")
+        assert row["amount"] == f"{line['amount']} {currency}"
+        expected_tiers = [
+            [f"tier {t['tier']}", t["quantity"], t["unitPrice"], t["flatPrice"], f"{t['amount']} {currency}"]
+            for t in line.get("tiers", [])
+        ]
+        assert row["tiers"] == expected_tiers
+    totals = invoice["totals"]
+    assert page.inner_text("#invoice-lines tfoot tr.subtotal td.num >> nth=1") == f"{totals['amount']} {currency}"
+    assert page.inner_text("#invoice-lines tfoot tr.total td.num >> nth=1") == f"{totals['total']} {currency}"
+
+
+def test_invoices_list_detail_approve_and_print(page, billing):
+    login(page, billing, "#/overview")
+    page.click("#nav a[data-page='invoices']")
+    page.wait_for_selector("#invoice-list")
+    listed = billing.get("/api/v1/billing/invoices")["items"]
+    assert page.locator("#invoice-list tr[data-invoice]").count() == len(listed) >= 2
+    for invoice in listed:
+        row = page.locator(f"#invoice-list tr[data-invoice='{invoice['id']}']")
+        assert row.locator(".badge").inner_text() == invoice["status"]
+        assert row.locator("td.total").inner_text() == f"{invoice['totals']['total']} USD"
+        assert "Acme Corporation" in row.inner_text()
+    assert {i["status"] for i in listed} == {"draft", "issued"}
+
+    # The draft (last month): lines, the tiered line's breakdown and the totals exactly as the API has them.
+    page.click(f"#invoice-list tr[data-invoice='{billing.draft}'] a")
+    page.wait_for_selector("#invoice-lines")
+    draft = billing.get(f"/api/v1/billing/invoices/{billing.draft}")
+    _expect_invoice_on_page(page, draft)
+    assert page.query_selector("#invoice-actions button[data-action='mark-paid']") is None
+    with page.expect_response(lambda r: r.url.endswith(f"/{billing.draft}/approve")) as answer:
+        page.click("#invoice-actions button[data-action='approve']")
+    assert answer.value.status == 200
+    page.wait_for_selector("#invoice-status-badge:has-text('issued')")
+    issued_now = billing.get(f"/api/v1/billing/invoices/{billing.draft}")
+    assert issued_now["status"] == "issued" and "issuedAt" in issued_now
+    _expect_invoice_on_page(page, issued_now)
+    assert page.query_selector("#invoice-actions button[data-action='approve']") is None
+    with page.expect_response(lambda r: r.url.endswith(f"/{billing.draft}/mark-paid")) as answer:
+        page.click("#invoice-actions button[data-action='mark-paid']")
+    assert answer.value.status == 200
+    page.wait_for_selector("#invoice-status-badge:has-text('paid')")
+    assert billing.get(f"/api/v1/billing/invoices/{billing.draft}")["status"] == "paid"
+    assert page.query_selector("#invoice-actions button[data-action]") is None  # nothing more to do
+
+    # The month before, issued earlier: every tier of the graduated card, with amounts beyond cents per tier.
+    page.goto(f"{billing.url}/ui#/invoices/{billing.issued}")
+    page.wait_for_selector(f"h1:has-text('{billing.issued}')")
+    page.wait_for_selector("#invoice-lines")
+    january = billing.get(f"/api/v1/billing/invoices/{billing.issued}")
+    _expect_invoice_on_page(page, january)
+    compute = next(line for line in january["lines"] if line.get("rateCardKey") == "compute")
+    assert [t["tier"] for t in compute["tiers"]] == [1, 2, 3]
+    assert sum(Decimal(t["amount"]) for t in compute["tiers"]).quantize(Decimal("0.01")) == Decimal(compute["amount"])
+    assert sum(Decimal(line["amount"]) for line in january["lines"]) == Decimal(january["totals"]["amount"])
+    shot(page, "dashboard-invoice")
+
+    # The printable view is the server's HTML invoice, with the same total.
+    with page.context.expect_page() as popup_info:
+        page.click("#printable")
+    printable = popup_info.value
+    printable.wait_for_load_state()
+    printable.wait_for_selector("tfoot tr.total")
+    assert printable.inner_text("tfoot tr.total td.num >> nth=1") == january["totals"]["total"]
+    assert "Acme Corporation" in printable.inner_text("body")
+    assert "issued" in (printable.text_content("h1 .status") or "")
+    printable.set_viewport_size({"width": 1000, "height": 900})
+    shot(printable, "dashboard-invoice-print")
+    printable.close()
+
+
+def test_invoice_list_filters_by_status(page, billing):
+    login(page, billing, "#/invoices?status=issued")
+    page.wait_for_selector("#invoice-list")
+    issued = billing.get("/api/v1/billing/invoices?status=issued")["items"]
+    shown = page.eval_on_selector_all("#invoice-list tr[data-invoice]", "rows => rows.map(r => r.dataset.invoice)")
+    assert shown == [i["id"] for i in issued] and shown
+    assert page.input_value("#invoice-status") == "issued"
+
+
+def test_customer_page_shows_subscription_invoices_and_stripe_link(page, billing):
+    customer = billing.runtime.customers.resolve("acme")
+    login(page, billing, f"#/customers/{customer.id}")
+    page.wait_for_selector("h1:has-text('Acme Corporation')")
+    subscriptions = billing.get(f"/api/v1/subscriptions?customerId={customer.id}")["items"]
+    assert len(subscriptions) == 1
+    sub_row = page.wait_for_selector(f"#customer-subscriptions tr[data-subscription='{subscriptions[0]['id']}']")
+    text = sub_row.inner_text()
+    assert "ui_pro v1" in text and subscriptions[0]["status"] in text and subscriptions[0]["activeFrom"][:10] in text
+    assert "P1M (calendar)" in text
+    invoices = billing.get(f"/api/v1/billing/invoices?customerId={customer.id}")["items"]
+    rows = page.locator("#customer-invoices tr[data-invoice]")
+    assert rows.count() == len(invoices) >= 2
+    for invoice in invoices:
+        row = page.locator(f"#customer-invoices tr[data-invoice='{invoice['id']}']")
+        assert row.locator("td.total").inner_text() == f"{invoice['totals']['total']} USD"
+        assert row.locator(".badge").inner_text() == invoice["status"]
+        assert f"{invoice['period']['from'][:10]} \u2013 {invoice['period']['to'][:10]}" in row.inner_text()
+    stripe = page.inner_text("#customer-stripe")
+    assert "cus_UiTest123" in stripe and "pm_UiTest456" in stripe
+    shot(page, "dashboard-customer-billing")
+    page.click(f"#customer-invoices tr[data-invoice='{invoices[0]['id']}'] a")
+    page.wait_for_selector(f"h1:has-text('{invoices[0]['id']}')")
+    page.wait_for_selector("#invoice-lines")
+
+
+def test_void_asks_first(page, billing):
+    drafts = billing.get("/api/v1/billing/invoices?status=draft")["items"]
+    assert drafts  # the subscription's opening invoice, at least
+    invoice_id = drafts[0]["id"]
+    login(page, billing, f"#/invoices/{invoice_id}")
+    page.wait_for_selector("#invoice-lines")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#invoice-actions button[data-action='void']")
+    page.wait_for_timeout(300)
+    assert billing.get(f"/api/v1/billing/invoices/{invoice_id}")["status"] == "draft"
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_response(lambda r: r.url.endswith(f"/{invoice_id}/void")) as answer:
+        page.click("#invoice-actions button[data-action='void']")
+    assert answer.value.status == 200
+    page.wait_for_selector("#invoice-status-badge:has-text('void')")
+    voided = billing.get(f"/api/v1/billing/invoices/{invoice_id}")
+    assert voided["status"] == "void" and "voidedAt" in voided
+    _expect_invoice_on_page(page, voided)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tallybook.clock import to_micros
-from tallybook.demo import DEMO_CUSTOMERS, load_demo_events
+from tallybook.demo import DEMO_CUSTOMERS, DEMO_DRAFT_CUSTOMER, load_demo_events
 from tallybook.ingest.events import Event
 from tallybook.ui.stats import MINUTE_US, events_per_minute
 from tests.conftest import auth
@@ -117,6 +117,31 @@ def test_demo_loads_meters_customers_and_events_once(runtime):
         assert sorted(s.customer_id for s in subscriptions.list_subscriptions()) == sorted(
             runtime.customers.resolve(key).id for key in DEMO_CUSTOMERS
         )
+
+
+def test_demo_issues_last_months_invoices_once(runtime):
+    invoicing = getattr(runtime, "invoicing", None)
+    if invoicing is None:
+        pytest.skip("this server does not bill")
+    load_demo_events(runtime)
+    total, invoices = invoicing.list_invoices(limit=1000)
+    by_customer = {key: runtime.customers.resolve(key).id for key in DEMO_CUSTOMERS}
+    month_start = runtime.clock.now().astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_month = [i for i in invoices if i.period.end <= month_start]
+    if runtime.clock.now() - month_start < invoicing.settings.invoice_grace:
+        pytest.skip("last month is still in its invoice grace period")
+    statuses = {i.customer["id"]: i.status for i in last_month}
+    assert statuses == {
+        by_customer["acme"]: "issued",
+        by_customer["globex"]: "issued",
+        by_customer[DEMO_DRAFT_CUSTOMER]: "draft",
+    }
+    assert all(i.totals.total > 0 for i in last_month)
+    # Loading the demo again makes no invoice, issues nothing more and leaves the draft a draft.
+    load_demo_events(runtime)
+    again_total, again = invoicing.list_invoices(limit=1000)
+    assert again_total == total
+    assert {(i.id, i.status, i.revision) for i in again} == {(i.id, i.status, i.revision) for i in invoices}
 
 
 def _all():

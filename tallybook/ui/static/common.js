@@ -95,6 +95,8 @@ const TB = (() => {
 
   function formatTime(iso, zone, size) {
     const options = { timeZone: zone || undefined };
+    // DATE: the calendar date as YYYY-MM-DD (the printable invoice writes periods the same way).
+    if (size === "DATE") return new Intl.DateTimeFormat("en-CA", { ...options, year: "numeric", month: "2-digit", day: "2-digit" }).format(new Date(iso));
     if (size === "MONTH") Object.assign(options, { year: "numeric", month: "short" });
     else if (size === "DAY") Object.assign(options, { month: "short", day: "numeric" });
     else if (size === "CLOCK") Object.assign(options, { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
@@ -106,6 +108,42 @@ const TB = (() => {
     const n = Number(value);
     if (!Number.isFinite(n)) return String(value);
     return n.toLocaleString(undefined, { maximumFractionDigits: 4 });
+  }
+
+  /** A decimal string ("12345.50") with the locale's digit grouping, digit for digit: no float on the way. */
+  function formatDecimal(value) {
+    const text = String(value);
+    const match = /^(-?)(\d+)(?:\.(\d+))?$/.exec(text);
+    if (!match) return text;
+    const parts = new Intl.NumberFormat().formatToParts(1000.5);
+    const group = (parts.find((p) => p.type === "group") || { value: "," }).value;
+    const decimal = (parts.find((p) => p.type === "decimal") || { value: "." }).value;
+    const integer = match[2].replace(/\B(?=(\d{3})+(?!\d))/g, group);
+    return `${match[1]}${integer}${match[3] ? decimal + match[3] : ""}`;
+  }
+
+  /** Money from the API (a decimal string in the currency's minor units) with the currency's symbol,
+      its digits exactly as sent. */
+  function formatMoney(amount, currency) {
+    let parts;
+    try {
+      parts = new Intl.NumberFormat(undefined, { style: "currency", currency }).formatToParts(-1);
+    } catch (_) {
+      return `${formatDecimal(amount)} ${currency}`;
+    }
+    const text = String(amount);
+    const negative = text.startsWith("-");
+    const digits = formatDecimal(negative ? text.slice(1) : text);
+    let out = "";
+    let placed = false;
+    for (const part of parts) {
+      if (part.type === "minusSign") out += negative ? part.value : "";
+      else if (["integer", "group", "decimal", "fraction"].includes(part.type)) {
+        if (!placed) out += digits;
+        placed = true;
+      } else out += part.value;
+    }
+    return out.trim();
   }
 
   // -- charts (Chart.js, vendored) ----------------------------------------------------------------
@@ -154,5 +192,5 @@ const TB = (() => {
     return canvas._chart;
   }
 
-  return { el, api, query, ApiError, wallClock, windowStart, validZone, formatTime, formatNumber, stackedSeries, barChart, lineChart };
+  return { el, api, query, ApiError, wallClock, windowStart, validZone, formatTime, formatNumber, formatDecimal, formatMoney, stackedSeries, barChart, lineChart };
 })();

@@ -82,8 +82,9 @@
     [/^\/customers\/([^/]+)$/, customerPage],
     [/^\/events$/, eventsPage],
     [/^\/deliveries$/, deliveriesPage],
-    [/^\/invoices$/, (params) => apiListPage("Invoices", features.invoices, params, true)],
-    [/^\/stripeReports$/, (params) => apiListPage("Stripe usage reports", features.stripeReports, params, false)],
+    [/^\/invoices$/, invoicesPage],
+    [/^\/invoices\/([^/]+)$/, invoicePage],
+    [/^\/stripeReports$/, () => apiListPage("Stripe usage reports", features.stripeReports)],
   ];
 
   async function route() {
@@ -351,13 +352,21 @@
       const subs = await call("GET", `${features.subscriptions}${query({ customerId: customer.id })}`);
       const items = Array.isArray(subs) ? subs : subs.items || [];
       billing.push(el("div", { class: "card", id: "customer-subscriptions" }, el("h2", {}, "Subscriptions"),
-        items.length ? genericTable(items, 6) : el("p", { class: "muted" }, "No subscriptions.")));
+        items.length
+          ? table(["Plan", "Status", "Cadence", "Active from", "Active to", "Current period"], items.map((sub) => el("tr", { "data-subscription": sub.id },
+            el("td", {}, `${sub.plan.key} v${sub.plan.version}`, el("div", { class: "muted" }, sub.name || "")),
+            el("td", {}, el("span", { class: `badge ${sub.status}` }, sub.status)),
+            el("td", {}, `${sub.billingCadence} (${sub.alignment})`),
+            el("td", {}, formatTime(sub.activeFrom, zone, "DATE")),
+            el("td", {}, sub.activeTo ? formatTime(sub.activeTo, zone, "DATE") : "—"),
+            el("td", {}, sub.currentPeriod ? periodText(sub.currentPeriod, zone) : "—"))))
+          : el("p", { class: "muted" }, "No subscriptions.")));
     }
     if (features.invoices) {
       const invoices = await call("GET", `${features.invoices}${query({ customerId: customer.id })}`);
       const items = Array.isArray(invoices) ? invoices : invoices.items || [];
       billing.push(el("div", { class: "card", id: "customer-invoices" }, el("h2", {}, "Invoices"),
-        items.length ? genericTable(items, 6) : el("p", { class: "muted" }, "No invoices yet."),
+        items.length ? invoiceTable(items, false) : el("p", { class: "muted" }, "No invoices yet."),
         el("p", {}, el("a", { href: "#/invoices" }, "All invoices →"))));
     }
     const portalOut = el("div", { id: "portal-link" });
@@ -511,49 +520,155 @@
     return String(value);
   }
 
+  // Money and quantities are the API's decimal strings, shown exactly as sent: never through a float.
+  const money = (amount, currency) => `${amount} ${currency || ""}`.trim();
+  const plain = (value) => (value === undefined || value === null ? "" : String(value));
+
+  function periodText(period, zone) {
+    return `${formatTime(period.from, zone, "DATE")} – ${formatTime(period.to, zone, "DATE")}`;
+  }
+
+  function invoiceZone(invoice) {
+    return (invoice.customer && invoice.customer.timezone) || "UTC";
+  }
+
+  function invoiceTable(items, withCustomer) {
+    const headers = ["Invoice", ...(withCustomer ? ["Customer"] : []), "Period", "Status", { label: "Total", num: true }];
+    return table(headers, items.map((invoice) => el("tr", { class: "clickable", "data-invoice": invoice.id, onclick: () => setHash(`/invoices/${invoice.id}`) },
+      el("td", {}, el("a", { href: `#/invoices/${encodeURIComponent(invoice.id)}` }, el("code", {}, invoice.id))),
+      withCustomer ? el("td", {}, invoice.customer && invoice.customer.id ? customerLink(invoice.customer.id) : "—") : null,
+      el("td", {}, periodText(invoice.period, invoiceZone(invoice))),
+      el("td", {}, el("span", { class: `badge ${invoice.status}` }, invoice.status)),
+      el("td", { class: "num total" }, money(invoice.totals.total, invoice.currency)))));
+  }
+
+  const INVOICE_STATUSES = ["draft", "issued", "paid", "void", "uncollectible"];
+
+  async function invoicesPage(params) {
+    if (!features.invoices) throw new Error("Invoices: this server has no invoice API");
+    const status = INVOICE_STATUSES.includes(params.get("status")) ? params.get("status") : "";
+    const pageNo = Math.max(1, Number(params.get("page") || 1));
+    const pageSize = 50;
+    const [found] = await Promise.all([
+      call("GET", `${features.invoices}${query({ status, limit: pageSize, offset: (pageNo - 1) * pageSize })}`),
+      loadCustomerNames(),
+    ]);
+    const items = Array.isArray(found) ? found : found.items || [];
+    const total = found.totalCount === undefined ? items.length : found.totalCount;
+    const filter = el("select", { id: "invoice-status", onchange: (e) => setHash("/invoices", { status: e.currentTarget.value }) },
+      el("option", { value: "" }, "any status"), INVOICE_STATUSES.map((s) => el("option", { value: s, selected: s === status }, s)));
+    page.replaceChildren(
+      el("h1", {}, "Invoices"),
+      el("div", { class: "controls" }, el("label", { for: "invoice-status" }, "Status"), filter, el("span", { class: "muted" }, `${total} invoice(s)`)),
+      items.length
+        ? el("div", { class: "card", id: "invoice-list" }, invoiceTable(items, true),
+          el("p", { class: "controls" },
+            pageNo > 1 ? el("a", { href: `#/invoices${query({ status, page: pageNo - 1 })}` }, "← newer") : null,
+            pageNo * pageSize < total ? el("a", { href: `#/invoices${query({ status, page: pageNo + 1 })}` }, "older →") : null))
+        : el("p", { class: "muted" }, "No invoices yet."),
+    );
+  }
+
+  function tierBreakdown(line, currency) {
+    return el("table", { class: "tiers" },
+      el("thead", {}, el("tr", {}, ["Tier", { label: "Quantity", num: true }, { label: "Unit price", num: true }, { label: "Flat price", num: true }, { label: "Amount", num: true }]
+        .map((h) => el("th", { class: h.num ? "num" : "" }, h.label || h)))),
+      el("tbody", {}, line.tiers.map((tier) => el("tr", { "data-tier": tier.tier },
+        el("td", {}, `tier ${tier.tier}`),
+        el("td", { class: "num" }, plain(tier.quantity)),
+        el("td", { class: "num" }, plain(tier.unitPrice)),
+        el("td", { class: "num" }, plain(tier.flatPrice)),
+        el("td", { class: "num" }, money(tier.amount, currency))))));
+  }
+
   function invoiceLines(invoice) {
+    const zone = invoiceZone(invoice);
     const totals = invoice.totals || {};
+    const totalRow = (label, value, cls) => el("tr", { class: cls }, el("td", { colspan: 4, class: "num" }, label), el("td", { class: "num" }, money(value, invoice.currency)));
     return el("div", { id: "invoice-lines" },
-      table(["Line", "Period", { label: "Quantity", num: true }, { label: "Unit price", num: true }, { label: "Amount", num: true }],
-        invoice.lines.map((line) => el("tr", {},
-          el("td", {}, line.name, line.tiers ? el("div", {}, cellValue(line.tiers)) : null),
-          el("td", {}, line.period ? `${formatTime(line.period.from, localZone, "DAY")} – ${formatTime(line.period.to, localZone, "DAY")}` : ""),
-          el("td", { class: "num" }, line.quantity === undefined ? "" : formatNumber(line.quantity)),
-          el("td", { class: "num" }, line.unitPrice === undefined ? "" : line.unitPrice),
-          el("td", { class: "num" }, `${line.amount} ${invoice.currency || ""}`)))),
-      el("dl", { class: "props" }, Object.entries(totals).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, `${v} ${invoice.currency || ""}`)])));
+      el("table", {},
+        el("thead", {}, el("tr", {}, ["Line", "Period", { label: "Quantity", num: true }, { label: "Unit price", num: true }, { label: "Amount", num: true }]
+          .map((h) => el("th", { class: h.num ? "num" : "" }, h.label || h)))),
+        el("tbody", {}, invoice.lines.map((line) => el("tr", { class: "invoice-line", "data-key": line.rateCardKey || line.type },
+          el("td", {}, el("span", { class: "line-name" }, line.name),
+            line.description ? el("div", { class: "muted" }, line.description) : null,
+            Array.isArray(line.tiers) && line.tiers.length ? tierBreakdown(line, invoice.currency) : null),
+          el("td", {}, line.period ? periodText(line.period, zone) : ""),
+          el("td", { class: "num quantity" }, plain(line.quantity)),
+          el("td", { class: "num unit-price" }, plain(line.unitPrice)),
+          el("td", { class: "num amount" }, money(line.amount, invoice.currency))))),
+        el("tfoot", {},
+          totalRow("Subtotal", totals.amount, "subtotal"),
+          totals.commitments !== undefined && Number(totals.commitments) !== 0 ? totalRow("Commitments", totals.commitments, "commitments") : null,
+          totalRow("Total", totals.total, "total"))));
   }
 
-  function genericTable(items, maxColumns) {
-    const columns = [...new Set(items.flatMap((item) => Object.keys(item)))].slice(0, maxColumns);
-    return table(columns, items.map((item) => el("tr", {}, columns.map((c) => el("td", {}, cellValue(item[c]))))));
+  /** Actions the API allows in each status (POST /invoices/{id}/{action}). */
+  const INVOICE_ACTIONS = {
+    draft: [["approve", "Approve and issue"], ["void", "Void"]],
+    issued: [["mark-paid", "Mark paid"], ["mark-uncollectible", "Mark uncollectible"], ["void", "Void"]],
+  };
+
+  async function invoicePage(params, id) {
+    if (!features.invoices) throw new Error("Invoices: this server has no invoice API");
+    const base = `${features.invoices}/${encodeURIComponent(id)}`;
+    const invoice = await call("GET", base);
+    const zone = invoiceZone(invoice);
+    const message = el("p", { id: "invoice-message", role: "status" });
+    async function act(action, label, button) {
+      if (action === "void" && !window.confirm(`Void invoice ${invoice.id}? This is final.`)) return;
+      for (const b of page.querySelectorAll("#invoice-actions button")) b.disabled = true;
+      try {
+        await call("POST", `${base}/${action}`, {});
+        await route();
+      } catch (error) {
+        if (error instanceof Stale) return;
+        for (const b of page.querySelectorAll("#invoice-actions button")) b.disabled = false;
+        message.replaceChildren(el("span", { class: "error" }, `${label}: ${error.message}`));
+        button.focus();
+      }
+    }
+    const actions = (INVOICE_ACTIONS[invoice.status] || []).map(([action, label]) =>
+      el("button", { type: "button", class: action === "approve" ? "" : "secondary", "data-action": action, onclick: (e) => act(action, label, e.currentTarget) }, label));
+    const customer = invoice.customer || {};
+    const props = [
+      ["Customer", customer.id ? el("a", { href: `#/customers/${encodeURIComponent(customer.id)}` }, customer.name || customer.id) : "—"],
+      ["Period", `${periodText(invoice.period, zone)} (${zone})`],
+      ["Currency", invoice.currency],
+      ["Created", formatTime(invoice.createdAt, localZone)],
+      invoice.issuedAt ? ["Issued", formatTime(invoice.issuedAt, localZone)] : null,
+      invoice.asOf ? ["Usage counted as of", formatTime(invoice.asOf, localZone)] : null,
+      invoice.paidAt ? ["Paid", formatTime(invoice.paidAt, localZone)] : null,
+      invoice.voidedAt ? ["Voided", formatTime(invoice.voidedAt, localZone)] : null,
+      invoice.uncollectibleAt ? ["Uncollectible", formatTime(invoice.uncollectibleAt, localZone)] : null,
+      ["Revision", String(invoice.revision)],
+    ].filter(Boolean);
+    page.replaceChildren(
+      el("p", {}, el("a", { href: "#/invoices" }, "← All invoices")),
+      el("h1", {}, "Invoice ", el("code", {}, invoice.id), " ", el("span", { class: `badge ${invoice.status}`, id: "invoice-status-badge" }, invoice.status)),
+      el("div", { class: "controls", id: "invoice-actions" },
+        actions,
+        features.invoiceHtml
+          ? el("button", { type: "button", class: "secondary", id: "printable", onclick: () => openPrintable(invoice.id).catch((e) => message.replaceChildren(el("span", { class: "error" }, e.message))) }, "Printable view")
+          : null),
+      message,
+      el("div", { class: "card" }, el("dl", { class: "props" }, props.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]))),
+      el("div", { class: "card" }, el("h2", {}, "Lines"), invoiceLines(invoice)),
+      el("details", { class: "card" }, el("summary", {}, "JSON"), el("pre", {}, JSON.stringify(invoice, null, 2))),
+    );
   }
 
-  async function apiListPage(title, path, params, printable) {
+  async function apiListPage(title, path) {
     if (!path) throw new Error(`${title}: this server has no such API`);
     const data = await call("GET", path);
     const items = Array.isArray(data) ? data : data.items || data.data || [];
     const columns = [...new Set(items.flatMap((item) => Object.keys(item)))].slice(0, 8);
     const detail = el("div", { class: "card", id: "api-detail", hidden: true });
-    async function show(item, row) {
+    function show(item, row) {
       for (const r of page.querySelectorAll("tr.selected")) r.classList.remove("selected");
       row.classList.add("selected");
-      let full = item;
-      if (item.id) {
-        try {
-          full = await call("GET", `${path}/${encodeURIComponent(item.id)}`);
-        } catch (_) {
-          full = item;
-        }
-      }
       detail.hidden = false;
-      detail.replaceChildren(
-        el("h2", {}, `${title.replace(/s$/, "")} ${full.id || ""}`),
-        printable && full.id && features.invoiceHtml
-          ? el("button", { type: "button", class: "secondary", id: "printable", onclick: () => openPrintable(full.id).catch((e) => detail.append(el("p", { class: "error" }, e.message))) }, "Printable view")
-          : null,
-        Array.isArray(full.lines) ? invoiceLines(full) : null,
-        el("details", { open: !Array.isArray(full.lines) }, el("summary", {}, "JSON"), el("pre", {}, JSON.stringify(full, null, 2))));
+      detail.replaceChildren(el("h2", {}, `${title.replace(/s$/, "")} ${item.id || ""}`), el("pre", {}, JSON.stringify(item, null, 2)));
     }
     page.replaceChildren(
       el("h1", {}, title),

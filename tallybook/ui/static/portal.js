@@ -98,8 +98,7 @@
       throw error;
     }
     for (const invoice of estimate.items) {
-      const currency = new Intl.NumberFormat(undefined, { style: "currency", currency: invoice.currency });
-      const money = (amount) => currency.format(Number(amount));
+      const money = (amount) => TB.formatMoney(amount, invoice.currency);
       root.append(el("section", { class: "card", id: "invoice-estimate" },
         el("h2", {}, "Upcoming invoice (estimate)"),
         el("p", { class: "muted" }, `${formatTime(invoice.period.from, zone, "DAY")} – ${formatTime(new Date(new Date(invoice.period.to).getTime() - 1).toISOString(), zone, "DAY")}`),
@@ -107,7 +106,7 @@
           el("thead", {}, el("tr", {}, el("th", {}, "Item"), el("th", { class: "num" }, "Quantity"), el("th", { class: "num" }, "Amount"))),
           el("tbody", {}, invoice.lines.map((line) => el("tr", {},
             el("td", {}, line.name),
-            el("td", { class: "num" }, line.quantity === undefined ? "" : formatNumber(line.quantity)),
+            el("td", { class: "num" }, line.quantity === undefined ? "" : TB.formatDecimal(line.quantity)),
             el("td", { class: "num" }, money(line.amount))))),
           el("tfoot", {}, el("tr", {}, el("th", {}, "Total so far"), el("th", {}), el("th", { class: "num", id: "estimate-total" }, money(invoice.totals.total)))))));
     }
