@@ -20,6 +20,7 @@ from stripe._base_address import BaseAddresses
 
 from .app import FakeStripeApp
 from .faults import Faults
+from .resources.checkout import complete_session
 from .resources.events import create_endpoint
 from .resources.subscriptions import advance_period, render
 from .routes import ROUTER, Router
@@ -179,6 +180,19 @@ class FakeStripeServer:
             sub = render(advance_period(self.state, subscription_id), self.state.account_api_version)
         self.state.notify()
         return sub
+
+    def fail_next_invoice_payment(self, decline_code: str = "generic_decline") -> None:
+        """The next invoice payment attempt declines (402 ``card_declined``, ``invoice.payment_failed``)."""
+        with self.state.lock:
+            self.state.invoice_payment_failures.append(decline_code)
+
+    def complete_checkout_session(self, session_id: str, *, payment_method: str | None = None) -> dict[str, Any]:
+        """Act as the customer finishing Checkout: a succeeded SetupIntent with a ``pm_...`` is created and
+        ``setup_intent.succeeded`` + ``checkout.session.completed`` are recorded."""
+        with self.state.lock:
+            session = dict(complete_session(self.state, session_id, payment_method=payment_method))
+        self.state.notify()
+        return session
 
     def _schedule_delivery(self) -> None:
         if self._executor is not None:

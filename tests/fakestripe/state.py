@@ -172,6 +172,10 @@ class FakeState:
     # Webhook signing uses real time by default so receivers verifying with the default 300 s
     # tolerance accept it; set to "fake" to sign with the fake clock.
     webhook_timestamp_source: str = "real"
+    # Account-level invoice numbering: finalized invoices get "{invoice_prefix}-0001", "-0002"...
+    invoice_prefix: str = "TB"
+    # Decline codes for the next invoice payments (consumed one per attempt; see fail_next_invoice_payment).
+    invoice_payment_failures: list[str] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
     objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)

@@ -81,3 +81,20 @@ def meter_totals(ctx: Ctx) -> dict[str, Any]:
     start = _int(ctx, "start_time") or 0
     end = _int(ctx, "end_time") or 2**62
     return {"aggregated_value": ctx.state.summarize(ctx.path_params["meter"], customer, start, end)}
+
+
+@ROUTER.post("/_fake/invoices/fail_next_payment", auth="none")
+def fail_next_invoice_payment(ctx: Ctx) -> dict[str, Any]:
+    """Make the next invoice payment attempt decline (``decline_code=``, default ``generic_decline``)."""
+    ctx.state.invoice_payment_failures.append(str(ctx.params.get("decline_code") or "generic_decline"))
+    return {"pending_failures": len(ctx.state.invoice_payment_failures)}
+
+
+@ROUTER.post("/_fake/checkout/sessions/{id}/complete", auth="none")
+def complete_checkout_session(ctx: Ctx) -> dict[str, Any]:
+    """The customer completed the Checkout form (``payment_method=pm_...`` optional)."""
+    from .checkout import complete_session
+
+    return complete_session(
+        ctx.state, ctx.path_params["id"], payment_method=ctx.params.get("payment_method"), request_id=ctx.request_id
+    )
