@@ -34,6 +34,7 @@ if str(REPO_ROOT) not in sys.path:
 from tallybook.billing.catalog import parse_plan  # noqa: E402
 from tallybook.billing.currency import round_money  # noqa: E402
 from tallybook.billing.models import RoundingMode  # noqa: E402
+from tallybook.billing.seed import SEED_PLAN  # noqa: E402
 from tallybook.clock import FixedClock, to_micros  # noqa: E402
 from tallybook.config import Settings  # noqa: E402
 from tallybook.ids import new_ulid  # noqa: E402
@@ -48,36 +49,6 @@ METERS = [
     {"slug": "storage_gb", "eventType": "storage.gb", "aggregation": "MAX", "valueProperty": "$.value"},
     {"slug": "compute_seconds", "eventType": "compute", "aggregation": "SUM", "valueProperty": "$.value"},
 ]
-PLAN = {
-    "key": "pro",
-    "name": "Pro",
-    "currency": "USD",
-    "billingCadence": "P1M",
-    "rateCards": [
-        {"type": "flat_fee", "key": "platform", "name": "Platform fee", "price": {"type": "flat", "amount": "49"}},
-        {
-            "type": "usage_based",
-            "key": "api_calls",
-            "name": "API calls",
-            "meterSlug": "api_calls",
-            "price": {"type": "unit", "amount": "0.001"},
-        },
-        {
-            "type": "usage_based",
-            "key": "storage",
-            "name": "Storage",
-            "meterSlug": "storage_gb",
-            "price": {"type": "unit", "amount": "0.01"},
-        },
-        {
-            "type": "usage_based",
-            "key": "compute",
-            "name": "Compute",
-            "meterSlug": "compute_seconds",
-            "price": {"type": "unit", "amount": "0.0001"},
-        },
-    ],
-}
 PRICES = {"api.calls": Decimal("0.001"), "storage.gb": Decimal("0.01"), "compute": Decimal("0.0001")}
 TYPES = ("api.calls", "storage.gb", "compute")
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
@@ -93,7 +64,7 @@ def peak_rss_mib() -> float:
 def setup(runtime: Runtime, n_customers: int, n_events: int, seed: int) -> Decimal:
     """Plan, customers, subscriptions and events; returns the expected grand total."""
     now = runtime.clock.now()
-    plan = runtime.catalog.create(parse_plan(PLAN))
+    plan = runtime.catalog.create(parse_plan(SEED_PLAN))
     runtime.catalog.publish(plan.id)
     subjects = [f"cust_{i:06d}" for i in range(n_customers)]
     now_us = to_micros(now)

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from tallybook.billing.invoicing import INVOICE_EVENT_TYPES
+from tallybook.billing.seed import SEED_PLAN
 from tallybook.clock import FixedClock, to_micros
 from tallybook.config import Settings
 from tallybook.runtime import Runtime
@@ -21,38 +22,6 @@ SEED_METERS = [
     {"slug": "storage_gb", "eventType": "storage.gb", "aggregation": "MAX", "valueProperty": "$.value"},
     {"slug": "compute_seconds", "eventType": "compute", "aggregation": "SUM", "valueProperty": "$.seconds"},
 ]
-
-SEED_PLAN: dict[str, Any] = {
-    "key": "pro",
-    "name": "Pro",
-    "currency": "USD",
-    "billingCadence": "P1M",
-    "rateCards": [
-        {"type": "flat_fee", "key": "platform", "name": "Platform fee", "price": {"type": "flat", "amount": "49"}},
-        {
-            "type": "usage_based",
-            "key": "api_calls",
-            "name": "API calls",
-            "meterSlug": "api_calls",
-            "price": {"type": "unit", "amount": "0.001"},
-        },
-        {
-            "type": "usage_based",
-            "key": "storage",
-            "name": "Storage (GB, peak)",
-            "meterSlug": "storage_gb",
-            "price": {"type": "unit", "amount": "0.01"},
-        },
-        {
-            "type": "usage_based",
-            "key": "compute",
-            "name": "Compute seconds",
-            "meterSlug": "compute_seconds",
-            "price": {"type": "unit", "amount": "0.0001"},
-            "taxConfig": {"stripe": {"code": "txcd_10000000"}},
-        },
-    ],
-}
 
 
 def utc(*args: int) -> datetime:
