@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from tallybook.auth.keys import ApiKeyService
 from tallybook.billing.catalog import CatalogService
 from tallybook.billing.invoicing import InvoicingService
+from tallybook.billing.profiles import ProfileService
 from tallybook.billing.subscriptions import SubscriptionService
 from tallybook.billing.wiring import build_billing
 from tallybook.clock import Clock, SystemClock
@@ -25,6 +26,8 @@ from tallybook.meters.service import MeterService
 from tallybook.observability.metrics import Metrics
 from tallybook.portal import PortalService
 from tallybook.store import SqlStore, open_store
+from tallybook.stripe.checkout import CHECKOUT_EVENTS, CheckoutService
+from tallybook.stripe.invoices import INVOICE_EVENTS, SYNC_JOB, InvoiceSyncService
 from tallybook.stripe.service import REPORT_JOB, StripeService
 from tallybook.webhooks.service import WebhookService
 
@@ -48,6 +51,9 @@ class Runtime:
     subscriptions: SubscriptionService = field(init=False)
     invoicing: InvoicingService = field(init=False)
     stripe: StripeService = field(init=False)
+    profiles: ProfileService = field(init=False)
+    checkout: CheckoutService = field(init=False)
+    invoice_sync: InvoiceSyncService = field(init=False)
     portal: PortalService = field(init=False)
 
     @classmethod
@@ -75,8 +81,34 @@ class Runtime:
             runtime.jobs.register(
                 Job(REPORT_JOB, lambda now: runtime.stripe.run_job(now), settings.stripe.report_interval)
             )
+        runtime.checkout = CheckoutService(runtime.stripe, runtime.customers, clock)
+        # profiles: built by build_billing (runtime.profiles) before invoicing, which reads them.
         runtime.subscriptions, runtime.invoicing = build_billing(runtime)
+        runtime.invoice_sync = InvoiceSyncService(
+            store,
+            runtime.stripe,
+            runtime.invoicing,
+            runtime.profiles,
+            runtime.customers,
+            runtime.webhooks,
+            settings.billing,
+            clock,
+        )
+        runtime.use_stripe(runtime.stripe)
+        if settings.stripe.enabled:
+            runtime.jobs.register(
+                Job(SYNC_JOB, lambda now: runtime.invoice_sync.run(now), settings.stripe.invoice_sync_interval)
+            )
         return runtime
+
+    def use_stripe(self, service: StripeService) -> None:
+        """Make `service` the Stripe service of everything that talks to Stripe, and route its
+        inbound webhook events (a reconfigured service, or a test's)."""
+        self.stripe = service
+        self.checkout.stripe = service
+        self.invoice_sync.stripe = service
+        service.on_event(CHECKOUT_EVENTS, self.checkout.handle_event)
+        service.on_event(INVOICE_EVENTS, self.invoice_sync.handle_event)
 
     def start(self) -> None:
         self.ingest.start()

@@ -511,7 +511,12 @@ def test_checkout_completion_flow(fake: FakeStripeServer, client: stripe.StripeC
         {"mode": "setup", "customer": customer.id, "currency": "eur", "success_url": "https://app.test/done"}
     )
     assert hosted.id.startswith("cs_test_") and hosted.status == "open" and hosted.mode == "setup"
-    assert hosted.url is not None and hosted.url.endswith(hosted.id) and hosted.setup_intent is None
+    assert hosted.url is not None and hosted.url.endswith(hosted.id)
+    # As on Stripe, a setup-mode session has its SetupIntent from the start, waiting for a method.
+    assert isinstance(hosted.setup_intent, str) and hosted.setup_intent.startswith("seti_")
+    pending = client.v1.setup_intents.retrieve(hosted.setup_intent)
+    assert (pending.status, pending.customer, pending.payment_method) == ("requires_payment_method", customer.id, None)
+    assert pending.usage == "off_session" and pending.metadata.to_dict() == {}
     embedded = client.v1.checkout.sessions.create(
         {"mode": "setup", "currency": "eur", "ui_mode": "embedded_page", "return_url": "https://app.test/r"}
     )
@@ -523,7 +528,7 @@ def test_checkout_completion_flow(fake: FakeStripeServer, client: stripe.StripeC
         assert completed["status"] == "complete"
         session = client.v1.checkout.sessions.retrieve(hosted.id)
         intent_id = session.setup_intent
-        assert session.status == "complete" and isinstance(intent_id, str)
+        assert session.status == "complete" and intent_id == hosted.setup_intent
         intent = client.v1.setup_intents.retrieve(intent_id)
         assert intent.status == "succeeded" and intent.customer == customer.id
         pm = intent.payment_method

@@ -52,12 +52,12 @@ class StripeEnv:
     def reconfigure(self, **changes: Any) -> StripeService:
         """Replace the Stripe service with one built from changed settings (fresh reporter state)."""
         self.settings = self.settings.model_copy(update=changes)
-        self.runtime.stripe = make_service(self.runtime, self.settings, self.budget)
+        self.runtime.use_stripe(make_service(self.runtime, self.settings, self.budget))
         return self.runtime.stripe
 
     def restart(self) -> StripeService:
         """A new service over the same database: what a crashed and restarted process sees."""
-        self.runtime.stripe = make_service(self.runtime, self.settings, self.budget)
+        self.runtime.use_stripe(make_service(self.runtime, self.settings, self.budget))
         return self.runtime.stripe
 
     def advance(self, delta: timedelta) -> None:
@@ -156,7 +156,7 @@ def build_env(database_url: str, fake: FakeStripeServer, meters: list[StripeMete
     empty_all_tables(runtime)
     runtime.ingest.start()
     env = StripeEnv(runtime, fake, clock, settings)
-    env.runtime.stripe = make_service(runtime, settings)
+    env.runtime.use_stripe(make_service(runtime, settings))
     return env
 
 

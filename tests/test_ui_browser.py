@@ -605,6 +605,23 @@ def _expect_invoice_on_page(page: Any, invoice: dict[str, Any]) -> None:
     assert page.inner_text("#invoice-lines tfoot tr.total td.num >> nth=1") == f"{totals['total']} {currency}"
 
 
+def _record_stripe_sync(runtime: Runtime, invoice_id: str) -> None:
+    """The sync row Stripe invoicing writes once the invoice is finalized in Stripe."""
+    from tallybook.clock import to_micros
+    from tallybook.store import invoice_sync
+
+    now = to_micros(runtime.clock.now())
+    with runtime.store.write() as conn:
+        invoice_sync.ensure(conn, invoice_id, "stripe", now)
+        revision = runtime.invoicing.get(invoice_id).revision
+        invoice_sync.update(
+            conn,
+            invoice_id,
+            {"status": "synced", "external_id": "in_test_42", "number": "TB-0042", "external_status": "open",
+             "synced_revision": revision},
+        )  # fmt: skip
+
+
 def test_invoices_list_detail_approve_and_print(page, billing):
     login(page, billing, "#/overview")
     page.click("#nav a[data-page='invoices']")
@@ -639,12 +656,16 @@ def test_invoices_list_detail_approve_and_print(page, billing):
     assert billing.get(f"/api/v1/billing/invoices/{billing.draft}")["status"] == "paid"
     assert page.query_selector("#invoice-actions button[data-action]") is None  # nothing more to do
 
-    # The month before, issued earlier: every tier of the graduated card, with amounts beyond cents per tier.
+    # The month before, issued earlier and (as Stripe invoicing would record it) finalized in Stripe:
+    # every tier of the graduated card, with amounts beyond cents per tier, and Stripe's number.
+    _record_stripe_sync(billing.runtime, billing.issued)
     page.goto(f"{billing.url}/ui#/invoices/{billing.issued}")
     page.wait_for_selector(f"h1:has-text('{billing.issued}')")
     page.wait_for_selector("#invoice-lines")
     january = billing.get(f"/api/v1/billing/invoices/{billing.issued}")
     _expect_invoice_on_page(page, january)
+    assert page.inner_text("#invoice-number") == january["number"] == "TB-0042"
+    assert "Stripe: open" in page.inner_text("#invoice-sync")
     compute = next(line for line in january["lines"] if line.get("rateCardKey") == "compute")
     assert [t["tier"] for t in compute["tiers"]] == [1, 2, 3]
     assert sum(Decimal(t["amount"]) for t in compute["tiers"]).quantize(Decimal("0.01")) == Decimal(compute["amount"])

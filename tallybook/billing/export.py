@@ -52,9 +52,12 @@ def line_json(line: Line) -> dict[str, Any]:
     return body
 
 
-def invoice_json(invoice: Invoice) -> dict[str, Any]:
+def invoice_json(invoice: Invoice, external: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The invoice document; `external` adds where the collecting app (Stripe) holds it: its
+    `number`, `externalIds` and `sync` state (see tallybook/stripe/invoices.py)."""
     body: dict[str, Any] = {
         "id": invoice.id or None,
+        **({"number": external["number"]} if external and external.get("number") else {}),
         "kind": invoice.kind,  # "opening" (a subscription's first in-advance fees) or "period"
         "status": invoice.status,
         "currency": invoice.currency,
@@ -80,6 +83,8 @@ def invoice_json(invoice: Invoice) -> dict[str, Any]:
     ):
         if value is not None:
             body[name] = format_rfc3339(value)
+    if external:
+        body.update({k: v for k, v in external.items() if k in ("externalIds", "sync")})
     if not invoice.id:
         del body["id"]
     return body
@@ -110,7 +115,7 @@ _TEMPLATE = """<!DOCTYPE html>
 </head>
 <body>
 <h1>Invoice <span class="status {{ invoice.status }}">{{ invoice.status }}</span></h1>
-<div class="sub">{{ number }}</div>
+<div class="sub">{{ number }}{% if number != invoice.id and invoice.id %} · Tallybook {{ invoice.id }}{% endif %}</div>
 <div class="meta">
   <div>
     <strong>Billed to</strong><br>
@@ -154,9 +159,16 @@ _TEMPLATE = """<!DOCTYPE html>
     {% endif %}
     <tr class="total"><td colspan="5" class="num">Total ({{ invoice.currency }})</td>
         <td class="num">{{ totals.total }}</td></tr>
+    {% if tax %}
+    <tr><td colspan="5" class="num">Tax (Stripe Tax)</td><td class="num">{{ tax.tax }}</td></tr>
+    <tr class="total"><td colspan="5" class="num">Total with tax ({{ invoice.currency }})</td>
+        <td class="num">{{ tax.totalWithTax }}</td></tr>
+    {% endif %}
   </tfoot>
 </table>
+{% if not tax %}
 <p class="sub">Taxes are not included; each line carries its tax code for your tax calculation.</p>
+{% endif %}
 </body>
 </html>
 """
@@ -173,8 +185,11 @@ def _local(period: Period, tz_name: str) -> str:
     return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
 
 
-def invoice_html(invoice: Invoice) -> str:
-    """A printable page for the invoice (open it in a browser and print to PDF if needed)."""
+def invoice_html(invoice: Invoice, external: dict[str, Any] | None = None) -> str:
+    """A printable page for the invoice (open it in a browser and print to PDF if needed); with
+    `external` (Stripe invoicing) it carries Stripe's number and, once computed, Stripe's tax."""
+    sync = (external or {}).get("sync") or {}
+    tax = sync if sync.get("taxStatus") == "complete" and sync.get("tax") is not None else None
     tz_name = invoice.customer.get("timezone") or "UTC"
     address = invoice.customer.get("billingAddress") or {}
     parts = [
@@ -199,7 +214,8 @@ def invoice_html(invoice: Invoice) -> str:
     ]
     return _COMPILED.render(
         invoice=invoice,
-        number=invoice.id or "preview",
+        number=(external or {}).get("number") or invoice.id or "preview",
+        tax=tax,
         customer={"name": invoice.customer.get("name"), "primaryEmail": invoice.customer.get("primaryEmail")},
         address=[p for p in parts if p],
         period=f"{_local(invoice.period, tz_name)} ({tz_name})",

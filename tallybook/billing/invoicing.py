@@ -20,11 +20,13 @@ Every line is rounded once to the currency's minor unit; totals add rounded line
 
 Lifecycle: `draft` → `issued` → `paid` | `uncollectible` | `void` (a draft can be voided too).
 The `billing.invoice` job drafts the opening invoice of each subscription that started, an
-invoice for each period that ended more than `invoice_grace` ago, refreshes period drafts on each
-run (late events change drafts; in-advance lines stay as drafted) and, with `auto_issue`, issues
-drafts older than `auto_issue_after`. Issuing counts usage *as of* the issue instant (`asOf`:
-events ingested at or before it) and stores the quantities, so recomputing an issued invoice with
-its `asOf` gives the same lines to the cent, whatever arrives later.
+invoice for each period that ended more than its customer's grace ago, refreshes period drafts on
+each run (late events change drafts; in-advance lines stay as drafted) and issues drafts older than
+the draft period when the customer's billing profile auto-advances (tallybook/billing/profiles.py;
+the default profile takes `invoice_grace`, `auto_issue` and `auto_issue_after` from the settings).
+Issuing counts usage *as of* the issue instant (`asOf`: events ingested at or before it) and
+stores the quantities, so recomputing an issued invoice with its `asOf` gives the same lines to the
+cent, whatever arrives later.
 
 Late events for an issued period are billed on the customer's latest draft as `correction` lines:
 the quantity now minus the quantity billed so far (the issued line plus issued corrections),
@@ -49,6 +51,7 @@ from sqlalchemy import Connection
 from tallybook.billing.currency import round_money
 from tallybook.billing.models import FlatPrice, PaymentTerm, PlanVersion, RateCard
 from tallybook.billing.periods import Period
+from tallybook.billing.profiles import BillingProfile, ProfileService, config_profile
 from tallybook.billing.rating import apply_commitments, prorate, rate_usage
 from tallybook.billing.settings import BillingSettings
 from tallybook.billing.subscriptions import Subscription, SubscriptionService, subscription_from_row
@@ -289,6 +292,7 @@ class InvoicingService:
         meters: MeterService,
         webhooks: WebhookService,
         settings: BillingSettings | None = None,
+        profiles: ProfileService | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -296,6 +300,9 @@ class InvoicingService:
         self.meters = meters
         self.webhooks = webhooks
         self.settings = settings or BillingSettings()
+        # Grace and approval per customer; without a profile service every customer gets the
+        # profile the settings describe (invoice_grace, auto_issue, auto_issue_after).
+        self.profiles = profiles
         self._plans: dict[tuple[str, int], PlanVersion] = {}
 
     # -- reading -------------------------------------------------------------------------------------
@@ -331,19 +338,37 @@ class InvoicingService:
 
     # -- the scheduled run ---------------------------------------------------------------------------
     def run(self, now: datetime | None = None) -> dict[str, Any]:
-        """Draft invoices for periods that ended (plus grace), refresh drafts, auto-issue."""
+        """Draft invoices for periods that ended (plus grace), refresh drafts, auto-issue.
+
+        Grace and approval come from each customer's billing profile: a period is due once it ended
+        `profile.grace` ago; a draft is issued when `profile.auto_advance` and it is
+        `profile.draft_period` old. Profiles are read once for all customers concerned.
+        """
         now = now or self.clock.now()
-        cutoff = now - self.settings.invoice_grace
         self._plans.clear()
+        fallback = config_profile(self.settings)
+        shortest = fallback.grace if self.profiles is None else self.profiles.shortest_grace()
         with self.store.read() as conn:
-            due_rows = billing_store.unbilled_subscriptions(conn, to_micros(cutoff))
+            # Every subscription that may be due for some profile; each is cut at its own grace below.
+            due_rows = billing_store.unbilled_subscriptions(conn, to_micros(now - shortest))
             opening_rows = billing_store.unopened_subscriptions(conn, to_micros(now))
             _, drafts = billing_store.search_invoices(conn, InvoiceSearch(statuses=(DRAFT,), newest_first=False))
             latest_ingest_us = billing_store.latest_ingest_us(conn)
+        concerned = [r["customer_id"] for r in due_rows] + [r["customer_id"] for r in opening_rows]
+        concerned += [r.row["customer_id"] for r in drafts]
+        profile_of: dict[str, BillingProfile] = (
+            {cid: fallback for cid in concerned} if self.profiles is None else self.profiles.for_customers(concerned)
+        )
+
+        def issue_due(customer_id: str, created_at: datetime) -> bool:
+            profile = profile_of.get(customer_id, fallback)
+            return profile.auto_advance and created_at + profile.draft_period <= now
+
         due_keys: dict[InvoiceKey, None] = {}
         marks: list[tuple[str, int]] = []
         for row in due_rows:
             sub = subscription_from_row(row)
+            cutoff = now - profile_of.get(sub.customer_id, fallback).grace
             begin = max(sub.active_from, sub.billed_through or sub.active_from)
             stop = cutoff if sub.active_to is None else min(cutoff, sub.active_to)
             last_end: datetime | None = None
@@ -379,9 +404,8 @@ class InvoicingService:
             assert draft.as_of is not None
             # An opening invoice reads no usage: new events cannot change it.
             stale = draft.kind == PERIOD and latest_ingest_us is not None and latest_ingest_us > to_micros(draft.as_of)
-            issue_due = self.settings.auto_issue and draft.created_at + self.settings.auto_issue_after <= now
             joined = key in due and draft.kind == PERIOD  # an opening invoice's segment never changes
-            if stale or issue_due or joined:
+            if stale or issue_due(draft.customer_id, draft.created_at) or joined:
                 draft_invoices.append(draft)
         if draft_invoices:
             segments_by_key = self._segments_for([_key_of(d) for d in draft_invoices])
@@ -392,11 +416,8 @@ class InvoicingService:
                 )
         self._attach_previous(list(jobs.values()), now)
         computed = self._compute(list(jobs.values()), as_of=now)
-        auto_issue = self.settings.auto_issue
         to_issue = [
-            key
-            for key, job in jobs.items()
-            if auto_issue and (job.existing.created_at if job.existing else now) + self.settings.auto_issue_after <= now
+            key for key, job in jobs.items() if issue_due(key[0], job.existing.created_at if job.existing else now)
         ]
         self._lock_meters(computed[k] for k in to_issue)
         issuing = set(to_issue)

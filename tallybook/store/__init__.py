@@ -11,9 +11,11 @@ from sqlalchemy.engine import make_url
 from tallybook.store import billing as _billing_tables  # noqa: F401
 from tallybook.store import catalog as _catalog_tables  # noqa: F401
 from tallybook.store import customers as _customer_tables  # noqa: F401
+from tallybook.store import invoice_sync as _invoice_sync_tables  # noqa: F401
 from tallybook.store import jobs as _job_tables  # noqa: F401
 from tallybook.store import meters as _meter_tables  # noqa: F401
 from tallybook.store import portal as _portal_tables  # noqa: F401
+from tallybook.store import profiles as _profile_tables  # noqa: F401
 from tallybook.store import stripe as _stripe_tables  # noqa: F401
 from tallybook.store import webhooks as _webhook_tables  # noqa: F401
 from tallybook.store.base import ApiKeyRecord, EventFilter, SqlStore

@@ -366,3 +366,20 @@ class StripeStore:
         with self.store.read() as conn:
             rows = conn.execute(select(stripe_reports.c.status, func.count()).group_by(stripe_reports.c.status))
             return {str(r[0]): int(r[1]) for r in rows}
+
+    # -- default payment method (checkout onboarding) -------------------------------------------------
+    def set_default_payment_method(
+        self, customer_id: str, stripe_customer_id: str, payment_method_id: str, now_us: int
+    ) -> bool:
+        """Store the customer's default payment method, only while it is still linked to
+        `stripe_customer_id` (a method belongs to that Stripe customer). False if the link moved."""
+        with self.store.write() as conn:
+            result = conn.execute(
+                update(stripe_customers)
+                .where(
+                    stripe_customers.c.customer_id == customer_id,
+                    stripe_customers.c.stripe_customer_id == stripe_customer_id,
+                )
+                .values(stripe_default_payment_method_id=payment_method_id, updated_us=now_us)
+            )
+            return bool(result.rowcount)

@@ -3,17 +3,19 @@ reconciliation. The API and the CLI call this; it never imports FastAPI."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import stripe
 
 from tallybook.clock import Clock, to_micros
 from tallybook.customers import CustomerService
+from tallybook.customers.models import Customer
 from tallybook.meters.models import UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, window_start
@@ -31,6 +33,8 @@ from tallybook.stripe.reporter import UTC_ZONE, Reporter, RunSummary, stripe_for
 from tallybook.stripe.settings import StripeSettings
 
 log = logging.getLogger(__name__)
+
+EventHandler = Callable[[stripe.Event], dict[str, Any]]
 
 REPORT_JOB = "stripe.report"
 WEBHOOK_TOLERANCE_SECONDS = 300
@@ -124,6 +128,8 @@ class StripeService:
         self._client_factory = client_factory or (lambda key: build_client(settings, key, self.budget))
         self._client: stripe.StripeClient | None = None
         self._reporter: Reporter | None = None
+        self._event_handlers: dict[str, EventHandler] = {}
+        self.on_event(["customer.subscription.updated"], self._on_subscription_updated)
 
     # -- clients ------------------------------------------------------------------------------------
     def client(self) -> stripe.StripeClient:
@@ -182,6 +188,34 @@ class StripeService:
             ) from None
         return link
 
+    def ensure_stripe_customer(self, customer: Customer) -> str:
+        """The Stripe customer linked to this Tallybook customer, created and linked if there is none.
+
+        Creation carries an idempotency key derived from the Tallybook id and version (`updatedAt`:
+        a retry with changed details must not reuse the key), and `tallybook_customer_id` metadata,
+        so a retried or concurrent call never makes a second one.
+        """
+        link = self.db.get_customer(customer.id)
+        if link is not None:
+            return link.stripe_customer_id
+        self.require_enabled()
+        params: dict[str, Any] = {"name": customer.name, "metadata": {"tallybook_customer_id": customer.id}}
+        if customer.primary_email:
+            params["email"] = customer.primary_email
+        address = stripe_address(customer)
+        if address:
+            params["address"] = address
+        if customer.billing_address is not None and customer.billing_address.phone_number:
+            params["phone"] = customer.billing_address.phone_number
+        key = f"tallybook-customer-{customer.id}-{to_micros(customer.updated_at)}"
+        created = self.client().v1.customers.create(cast(Any, params), {"idempotency_key": key})
+        now = to_micros(self.clock.now())
+        # A concurrent call may have linked the same customer first (same idempotency key: same id).
+        with contextlib.suppress(StripeCustomerTaken):
+            self.db.put_customer(CustomerLink(customer.id, str(created.id), None, None, now))
+        current = self.db.get_customer(customer.id)
+        return current.stripe_customer_id if current else str(created.id)
+
     def get_customer_stripe(self, id_or_key: str) -> CustomerLink:
         customer = self.customers.resolve(id_or_key)
         link = self.db.get_customer(customer.id)
@@ -212,7 +246,7 @@ class StripeService:
         customer_ids: Sequence[str] | None = None,
         now: datetime | None = None,
     ) -> RunSummary:
-        self._require_enabled()
+        self.require_enabled()
         return self.reporter().run(now=now, from_=from_, to=to, customer_ids=customer_ids)
 
     def run_job(self, now: datetime) -> dict[str, Any]:
@@ -225,13 +259,20 @@ class StripeService:
         """Each request made for these ledger rows, oldest first."""
         return self.db.attempts_of(report_ids)
 
-    def _require_enabled(self) -> None:
+    def require_enabled(self) -> None:
         if not self.settings.secret_key():
             raise StripeDisabled("Stripe is not configured: set STRIPE_API_KEY and the stripe: section")
 
-    # -- period-end webhook -------------------------------------------------------------------------
+    # -- inbound webhooks -----------------------------------------------------------------------
+    def on_event(self, types: Sequence[str], handler: EventHandler) -> None:
+        """Route verified Stripe events of these types to `handler` (checkout, invoice sync, ...).
+
+        Stripe delivers at least once and in any order, so every handler must be idempotent."""
+        for type_ in types:
+            self._event_handlers[type_] = handler
+
     def handle_webhook(self, payload: bytes, signature: str | None) -> dict[str, Any]:
-        """Verify `Stripe-Signature`; on a subscription entering a new period, report the finished one."""
+        """Verify `Stripe-Signature`, then hand the event to the handler registered for its type."""
         secret = self.settings.signing_secret()
         if not secret:
             raise StripeDisabled("no webhook secret: set STRIPE_WEBHOOK_SECRET")
@@ -243,25 +284,29 @@ class StripeService:
             raise WebhookRejected("the Stripe-Signature does not match this payload and secret") from None
         except ValueError:
             raise WebhookRejected("the body is not a Stripe event (invalid JSON)") from None
-        if event.type != "customer.subscription.updated":
+        handler = self._event_handlers.get(event.type)
+        if handler is None:
             return {"received": True, "handled": False, "type": event.type}
+        return {"received": True, "type": event.type, **handler(event)}
+
+    def _on_subscription_updated(self, event: stripe.Event) -> dict[str, Any]:
+        """A subscription entered a new period: report the finished one at once."""
         data = event.data.to_dict()
         subscription = data.get("object") or {}
         finished = _finished_period(subscription, data.get("previous_attributes"))
         if finished is None:
-            return {"received": True, "handled": False, "type": event.type, "reason": "no new billing period"}
+            return {"handled": False, "reason": "no new billing period"}
         old_start, new_start = finished
         link = self.db.customer_owning(str(subscription["customer"]))
         if link is None:
-            return {"received": True, "handled": False, "reason": "the Stripe customer is not linked"}
-        self._require_enabled()
+            return {"handled": False, "reason": "the Stripe customer is not linked"}
+        self.require_enabled()
         now = self.clock.now()
         self.db.set_period_start(link.customer_id, to_micros(new_start), to_micros(now))
         summary = self.reporter().run(
             now=now, from_=old_start, to=new_start, customer_ids=[link.customer_id], settle=timedelta(0)
         )
         return {
-            "received": True,
             "handled": True,
             "customerId": link.customer_id,
             "periodStart": old_start,
@@ -272,7 +317,7 @@ class StripeService:
     # -- reconciliation -----------------------------------------------------------------------------
     def reconcile(self, from_: datetime, to: datetime) -> list[Drift]:
         """Stripe's meter event summaries vs Tallybook's figures, per customer and meter."""
-        self._require_enabled()
+        self.require_enabled()
         links = self.db.customers()
         meter_ids = {link.meter: link.stripe_meter_id for link in self.db.meter_links()}
         drifts = []
@@ -327,7 +372,7 @@ class StripeService:
     def setup(self, meter_slug: str, customer_id_or_key: str, event_name: str | None = None) -> SetupResult:
         """Create product, Billing Meter, metered monthly price, customer and subscription in Stripe,
         link them to a Tallybook meter and customer."""
-        self._require_enabled()
+        self.require_enabled()
         meter = self.meters.get(meter_slug)
         customer = self.customers.resolve(customer_id_or_key)
         client = self.client()
@@ -423,6 +468,22 @@ class StripeService:
     def usage_total(self, meter: str, customer_id: str, start: datetime, end: datetime) -> Decimal:
         rows = self.meters.query(UsageQuery(meter=meter, from_=start, to=end, customer_ids=(customer_id,)))
         return sum((r.value for r in rows), Decimal(0))
+
+
+def stripe_address(customer: Customer) -> dict[str, str] | None:
+    """The customer's billing address as Stripe's `address` (Stripe Tax places customers by it)."""
+    address = customer.billing_address
+    if address is None:
+        return None
+    fields = {
+        "country": address.country,
+        "postal_code": address.postal_code,
+        "state": address.state,
+        "city": address.city,
+        "line1": address.line1,
+        "line2": address.line2,
+    }
+    return {k: v for k, v in fields.items() if v} or None
 
 
 def mapping_window(mapping: Any) -> WindowSize:

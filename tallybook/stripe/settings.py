@@ -63,6 +63,9 @@ class StripeSettings(_Section):
     retry_base: timedelta = timedelta(seconds=30)
     retry_max: timedelta = timedelta(hours=1)
     meters: list[StripeMeterMapping] = Field(default_factory=list)
+    # Stripe invoicing (customers whose billing profile's app is `stripe`): how often the sync job
+    # looks for invoices to create, update, finalize or retry in Stripe.
+    invoice_sync_interval: timedelta = timedelta(minutes=1)
 
     def secret_key(self) -> str | None:
         return self.api_key or os.environ.get("STRIPE_API_KEY") or None

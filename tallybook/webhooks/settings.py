@@ -38,6 +38,11 @@ INVOICE_CREATED = "invoice.created"
 INVOICE_ISSUED = "invoice.issued"
 INVOICE_UPDATED = "invoice.updated"
 INVOICE_VOIDED = "invoice.voided"
+# Written by Stripe invoicing (tallybook.stripe.invoices) when Stripe collects the invoice.
+INVOICE_PAID = "invoice.paid"
+INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
+INVOICE_UNCOLLECTIBLE = "invoice.uncollectible"
+INVOICE_SYNC_FAILED = "invoice.sync_failed"
 EventType = Literal[
     "aggregation.completed",
     "aggregation.corrected",
@@ -46,6 +51,10 @@ EventType = Literal[
     "invoice.issued",
     "invoice.updated",
     "invoice.voided",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "invoice.uncollectible",
+    "invoice.sync_failed",
 ]
 EVENT_TYPES: tuple[str, ...] = (
     AGGREGATION_COMPLETED,
@@ -55,6 +64,10 @@ EVENT_TYPES: tuple[str, ...] = (
     INVOICE_ISSUED,
     INVOICE_UPDATED,
     INVOICE_VOIDED,
+    INVOICE_PAID,
+    INVOICE_PAYMENT_FAILED,
+    INVOICE_UNCOLLECTIBLE,
+    INVOICE_SYNC_FAILED,
 )
 # What an endpoint from the config file receives when it names no `events`: what the codehooks
 # template sends, plus corrections of it. Usage reports are opt-in.

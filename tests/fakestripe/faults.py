@@ -27,6 +27,7 @@ class Fault:
     should_retry: bool | None = None
     hang_seconds: float = 30.0
     saved: bool = False  # server_error only: store the error under the idempotency key (replayed on retry)
+    skip: int = 0  # let this many matching requests through first (a failure mid-way through a sequence)
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method.upper() == method.upper()) and fnmatch.fnmatchcase(
@@ -73,14 +74,15 @@ class Faults:
         status: int = 500,
         should_retry: bool | None = None,
         saved: bool = False,
+        skip: int = 0,
     ) -> Fault:
-        """Answer the next ``times`` matching requests with a 5xx ``api_error``.
+        """Answer the next ``times`` matching requests (after letting ``skip`` through) with a 5xx ``api_error``.
 
         ``saved=False`` (default) simulates a failure before the endpoint ran: nothing is stored under
         the idempotency key, so the SDK's automatic retry (same key) can succeed. ``saved=True``
         simulates an error after work began: Stripe stores it and replays it for the same key.
         """
-        return self.add(Fault("server_error", pattern, method, times, status, should_retry, saved=saved))
+        return self.add(Fault("server_error", pattern, method, times, status, should_retry, saved=saved, skip=skip))
 
     def timeout(
         self,
@@ -99,6 +101,9 @@ class Faults:
         with self._lock:
             for fault in self._queue:
                 if fault.remaining > 0 and fault.matches(method, path):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        return None
                     fault.remaining -= 1
                     if fault.remaining == 0:
                         self._queue.remove(fault)

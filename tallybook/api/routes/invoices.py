@@ -17,6 +17,7 @@ from tallybook.billing.invoicing import STATUSES, Invoice, InvoiceError
 from tallybook.billing.subscriptions import SubscriptionError
 from tallybook.clock import format_rfc3339
 from tallybook.store.base import ApiKeyRecord
+from tallybook.stripe.service import StripeProblem
 
 router = APIRouter(prefix="/api/v1/billing", tags=["invoices"])
 JSON_MEDIA_TYPE = "application/json"
@@ -37,10 +38,17 @@ def _wants_html(request: Request, format_: str | None) -> bool:
     return "text/html" in accept and JSON_MEDIA_TYPE not in accept
 
 
-def _invoice_response(invoice: Invoice, html: bool) -> Response:
+async def _external(request: Request, invoices: list[Invoice]) -> dict[str, dict[str, Any]]:
+    """Where the collecting app (Stripe) holds these invoices: number, external ids, sync state."""
+    ids = [i.id for i in invoices if i.id]
+    return await run_in_threadpool(runtime_of(request).invoice_sync.external_of, ids)
+
+
+async def _invoice_response(request: Request, invoice: Invoice, html: bool) -> Response:
+    external = (await _external(request, [invoice])).get(invoice.id)
     if html:
-        return Response(invoice_html(invoice), media_type="text/html; charset=utf-8")
-    return _json(invoice_json(invoice))
+        return Response(invoice_html(invoice, external), media_type="text/html; charset=utf-8")
+    return _json(invoice_json(invoice, external))
 
 
 @router.get("/invoices", response_class=Response)
@@ -61,7 +69,9 @@ async def list_invoices(
         total, found = await run_in_threadpool(invoicing.list_invoices, customerId, status, limit, offset)
     except (InvoiceError, SubscriptionError) as exc:
         raise _problem(exc) from None
-    return _json({"totalCount": total, "limit": limit, "offset": offset, "items": [invoice_json(i) for i in found]})
+    external = await _external(request, found)
+    items = [invoice_json(i, external.get(i.id)) for i in found]
+    return _json({"totalCount": total, "limit": limit, "offset": offset, "items": items})
 
 
 @router.get("/invoices/{invoiceId}", response_class=Response)
@@ -76,7 +86,7 @@ async def get_invoice(
         invoice = await run_in_threadpool(runtime_of(request).invoicing.get, invoiceId)
     except InvoiceError as exc:
         raise _problem(exc) from None
-    return _invoice_response(invoice, _wants_html(request, format))
+    return await _invoice_response(request, invoice, _wants_html(request, format))
 
 
 @router.get("/invoices/{invoiceId}/html", response_class=Response)
@@ -88,7 +98,7 @@ async def get_invoice_html(
         invoice = await run_in_threadpool(runtime_of(request).invoicing.get, invoiceId)
     except InvoiceError as exc:
         raise _problem(exc) from None
-    return _invoice_response(invoice, True)
+    return await _invoice_response(request, invoice, True)
 
 
 async def _transition(request: Request, invoice_id: str, action: str) -> Response:
@@ -104,7 +114,7 @@ async def _transition(request: Request, invoice_id: str, action: str) -> Respons
         invoice = await run_in_threadpool(method, invoice_id)
     except InvoiceError as exc:
         raise _problem(exc) from None
-    return _json(invoice_json(invoice))
+    return await _invoice_response(request, invoice, False)
 
 
 @router.post("/invoices/{invoiceId}/advance", response_class=Response)
@@ -145,6 +155,22 @@ async def mark_invoice_uncollectible(
     return await _transition(request, invoiceId, "mark-uncollectible")
 
 
+@router.post("/invoices/{invoiceId}/sync", response_class=Response)
+async def sync_invoice(
+    request: Request, invoiceId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
+) -> Response:
+    """Sync the invoice to Stripe now (after fixing what its `sync.error` names), whatever its backoff."""
+    runtime = runtime_of(request)
+    try:
+        await run_in_threadpool(runtime.invoice_sync.sync_now, invoiceId)
+        invoice = await run_in_threadpool(runtime.invoicing.get, invoiceId)
+    except InvoiceError as exc:
+        raise _problem(exc) from None
+    except StripeProblem as exc:
+        raise Problem(exc.status, exc.code, exc.detail) from None
+    return await _invoice_response(request, invoice, False)
+
+
 def _at(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise Problem(400, "invalid-parameters", "at: date-times need a time zone offset, e.g. 2026-01-05T10:00:00Z")
@@ -166,7 +192,7 @@ async def simulate_invoices(
     except (InvoiceError, SubscriptionError) as exc:
         raise _problem(exc) from None
     if _wants_html(request, format) and len(previews) == 1:
-        return _invoice_response(previews[0], True)
+        return await _invoice_response(request, previews[0], True)
     return _json({"items": [invoice_json(p) for p in previews]})
 
 

@@ -183,3 +183,59 @@ async def list_reports(
     attempts = await _call(service.attempts_of, [r.id for r in rows])
     items = [report_json(r, attempts.get(r.id)) for r in rows]
     return _json({"totalCount": total, "page": page, "pageSize": page_size, "items": items})
+
+
+# -- checkout onboarding (OpenMeter's createStripeCheckoutSession) ---------------------------------------
+_CHECKOUT_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["customer", "options"],
+    "properties": {
+        "customer": {
+            "description": "An existing customer ({id} or {key}) or a customer to create (CustomerCreate)",
+            "anyOf": [
+                {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
+                {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}},
+                {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+            ],
+        },
+        "stripeCustomerId": {"type": "string", "description": "Use this Stripe customer (cus_...)"},
+        "appId": {"type": "string", "description": "Accepted and ignored: Tallybook has one Stripe app"},
+        "options": {
+            "type": "object",
+            "properties": {
+                "currency": {"type": "string", "pattern": "^[A-Za-z]{3}$"},
+                "successURL": {"type": "string"},
+                "cancelURL": {"type": "string"},
+                "returnURL": {"type": "string"},
+                "uiMode": {"type": "string", "enum": ["hosted", "embedded"]},
+                "redirectOnCompletion": {"type": "string", "enum": ["always", "if_required", "never"]},
+                "billingAddressCollection": {"type": "string", "enum": ["auto", "required"]},
+                "clientReferenceID": {"type": "string"},
+                "locale": {"type": "string"},
+                "expiresAt": {"type": "integer", "description": "Unix seconds, 30 min to 24 h from now"},
+                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                "paymentMethodTypes": {"type": "array", "items": {"type": "string"}},
+                "customerUpdate": {"type": "object"},
+                "taxIdCollection": {"type": "object"},
+                "consentCollection": {"type": "object"},
+                "customText": {"type": "object"},
+            },
+        },
+    },
+}
+
+
+@router.post(
+    "/stripe/checkout/sessions",
+    status_code=201,
+    response_class=Response,
+    openapi_extra=_doc(_CHECKOUT_BODY_SCHEMA),
+)
+async def create_checkout_session(
+    request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
+) -> Response:
+    """Open a Stripe Checkout Session (setup mode) to collect a customer's payment method, creating the
+    customer and its Stripe customer if needed (OpenMeter's createStripeCheckoutSession)."""
+    payload = await _json_body(request)
+    result = await _call(runtime_of(request).checkout.create_session, payload)
+    return _json(result, 201)

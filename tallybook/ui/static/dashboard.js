@@ -603,6 +603,15 @@
           totalRow("Total", totals.total, "total"))));
   }
 
+  /** Where Stripe holds the invoice: sync state, Stripe's status, payment problems, errors. */
+  function syncText(sync) {
+    const parts = [sync.status.replace(/_/g, " ")];
+    if (sync.externalStatus) parts.push(`Stripe: ${sync.externalStatus}`);
+    if (sync.paymentStatus === "failed") parts.push("payment failed");
+    if (sync.error && sync.error.message) parts.push(sync.error.message);
+    return parts.join(" · ");
+  }
+
   /** Actions the API allows in each status (POST /invoices/{id}/{action}). */
   const INVOICE_ACTIONS = {
     draft: [["approve", "Approve and issue"], ["void", "Void"]],
@@ -642,6 +651,11 @@
       invoice.voidedAt ? ["Voided", formatTime(invoice.voidedAt, localZone)] : null,
       invoice.uncollectibleAt ? ["Uncollectible", formatTime(invoice.uncollectibleAt, localZone)] : null,
       ["Revision", String(invoice.revision)],
+      invoice.number ? ["Number", el("span", { id: "invoice-number" }, invoice.number)] : null,
+      invoice.sync ? ["Stripe", el("span", { id: "invoice-sync" }, syncText(invoice.sync),
+        invoice.sync.hostedInvoiceUrl ? [" · ", el("a", { href: invoice.sync.hostedInvoiceUrl, rel: "noopener" }, "hosted invoice")] : null)] : null,
+      invoice.sync && invoice.sync.tax !== undefined ? ["Tax (Stripe Tax)", money(invoice.sync.tax, invoice.currency)] : null,
+      invoice.sync && invoice.sync.totalWithTax !== undefined ? ["Total with tax", money(invoice.sync.totalWithTax, invoice.currency)] : null,
     ].filter(Boolean);
     page.replaceChildren(
       el("p", {}, el("a", { href: "#/invoices" }, "← All invoices")),

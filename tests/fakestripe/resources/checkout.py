@@ -1,8 +1,10 @@
 """Checkout Sessions in setup mode (collecting a payment method) and the Setup Intents they create.
 
-A session stays ``open`` until a test completes it (``fake.complete_checkout_session(id)`` or
-``POST /_fake/checkout/sessions/{id}/complete``), which stands in for the customer filling in the
-hosted or embedded form.
+As on Stripe, a setup-mode session gets its SetupIntent when it is created (``session.setup_intent``
+is set from the start, status ``requires_payment_method``). The session stays ``open`` until a test
+completes it (``fake.complete_checkout_session(id)`` or ``POST /_fake/checkout/sessions/{id}/complete``),
+which stands in for the customer filling in the hosted or embedded form: the SetupIntent then
+``succeeded`` with the collected payment method.
 """
 
 from __future__ import annotations
@@ -61,6 +63,32 @@ def create_session(ctx: Ctx) -> dict[str, Any]:
         customer = state.get("customer", params["customer"], label="customer", param="customer")
     session_id = new_id("cs_test", 58)
     hosted = ui_mode in _HOSTED
+    intent_data = params.get("setup_intent_data") or {}
+    intent = state.base_object(
+        "seti",
+        "setup_intent",
+        application=None,
+        automatic_payment_methods=None,
+        cancellation_reason=None,
+        client_secret=None,
+        customer=customer["id"] if customer else None,
+        customer_account=None,
+        description=intent_data.get("description"),
+        flow_directions=None,
+        last_setup_error=None,
+        latest_attempt=None,
+        mandate=None,
+        metadata=merge_metadata({}, intent_data.get("metadata")),
+        next_action=None,
+        on_behalf_of=intent_data.get("on_behalf_of"),
+        payment_method=None,
+        payment_method_options={},
+        payment_method_types=list(types) if types else ["card"],
+        single_use_mandate=None,
+        status="requires_payment_method",
+        usage="off_session",
+    )
+    intent["client_secret"] = f"{intent['id']}_secret_{new_id('x', 16)[2:]}"
     session = state.base_object(
         "cs_test",
         "checkout.session",
@@ -87,7 +115,7 @@ def create_session(ctx: Ctx) -> dict[str, Any]:
         payment_method_types=list(types) if types else ["card"],
         payment_status="no_payment_required",
         return_url=params.get("return_url"),
-        setup_intent=None,
+        setup_intent=intent["id"],
         status="open",
         subscription=None,
         success_url=params.get("success_url"),
@@ -95,6 +123,7 @@ def create_session(ctx: Ctx) -> dict[str, Any]:
         url=f"https://checkout.stripe.com/c/pay/{session_id}" if hosted else None,
     )
     session["id"] = session_id
+    state.insert("setup_intent", intent)
     state.insert("checkout.session", session)
     return session
 
@@ -119,8 +148,9 @@ def complete_session(
     payment_method: str | None = None,
     request_id: str | None = None,
 ) -> dict[str, Any]:
-    """The customer finished the Checkout form: create a succeeded SetupIntent with a new ``pm_...``,
-    complete the session, and record ``setup_intent.succeeded`` and ``checkout.session.completed``."""
+    """The customer finished the Checkout form: the session's SetupIntent succeeds with a new ``pm_...``
+    (or ``payment_method``), the session completes, and ``setup_intent.succeeded`` then
+    ``checkout.session.completed`` are recorded."""
     session = state.get("checkout.session", session_id, label="checkout.session")
     if session["status"] == "open" and state.now() >= session["expires_at"]:
         session["status"] = "expired"
@@ -129,33 +159,13 @@ def complete_session(
     method = payment_method or new_id("pm")
     if not method.startswith("pm_"):
         raise StripeAPIError.invalid("payment_method must be a pm_ id.", param="payment_method")
-    intent = state.base_object(
-        "seti",
-        "setup_intent",
-        application=None,
-        automatic_payment_methods=None,
-        cancellation_reason=None,
-        client_secret=None,
+    intent = state.get("setup_intent", session["setup_intent"], label="setup_intent")
+    intent.update(
         customer=session["customer"],
-        customer_account=None,
-        description=None,
-        flow_directions=None,
-        last_setup_error=None,
         latest_attempt=new_id("setatt"),
-        mandate=None,
-        metadata={},
-        next_action=None,
-        on_behalf_of=None,
         payment_method=method,
-        payment_method_options={},
-        payment_method_types=list(session["payment_method_types"]),
-        single_use_mandate=None,
         status="succeeded",
-        usage="off_session",
     )
-    intent["client_secret"] = f"{intent['id']}_secret_{new_id('x', 16)[2:]}"
-    state.insert("setup_intent", intent)
-    session["setup_intent"] = intent["id"]
     session["status"] = "complete"
     customer = state.find("customer", session["customer"]) if session["customer"] else None
     session["customer_details"] = {
