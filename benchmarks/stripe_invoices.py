@@ -1,8 +1,8 @@
 """Tallybook invoices pushed to (fake) Stripe: invoices/s and Stripe requests per invoice.
 
     . .venv/bin/activate
-    python -m benchmarks.stripe_invoices                   # 1,000 customers on the seed plan
-    python -m benchmarks.stripe_invoices --customers 200   # quicker
+    python -m benchmarks.stripe_invoices                   # 200 customers on the seed plan
+    python -m benchmarks.stripe_invoices --customers 50    # quicker
 
 A fresh SQLite database and a fresh fake Stripe server (tests/fakestripe, the real SDK over HTTP on
 loopback). N customers subscribe to the seed plan ($49/month in advance, three usage rate cards)
@@ -71,6 +71,7 @@ def run(customers: int, fake: FakeStripeServer, directory: Path) -> dict[str, An
     runtime.use_stripe(
         StripeService(runtime.store, runtime.customers, runtime.meters, settings.stripe, clock, client_factory=factory)
     )
+    setup_started = time.perf_counter()
     try:
         with client_for(runtime) as api:
             plan = ok(api.post("/api/v1/plans", json=SEED_PLAN), 201)
@@ -95,6 +96,10 @@ def run(customers: int, fake: FakeStripeServer, directory: Path) -> dict[str, An
         runtime.meters.catch_up()
         clock.set(utc(2026, 2, 1, 1))
         run_billing(runtime)
+        print(
+            f"set-up (customers, subscriptions, events, invoices): {time.perf_counter() - setup_started:.1f} s",
+            flush=True,
+        )
         TimedClient.spent, TimedClient.calls = 0.0, 0
         started = time.perf_counter()
         synced = 0
@@ -132,7 +137,7 @@ def run(customers: int, fake: FakeStripeServer, directory: Path) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--customers", type=int, default=1_000)
+    parser.add_argument("--customers", type=int, default=200)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, FakeStripeServer() as fake:
         print(f"{args.customers} customers on the seed plan, 2 invoices each ...", flush=True)

@@ -474,7 +474,9 @@ def test_missed_webhooks_are_caught_up_by_the_next_sync(env: Env) -> None:
     env.stripe.v1.invoices.pay(s_id, {"paid_out_of_band": True})  # no webhook endpoint: nothing delivered
     assert env.invoice(period)["status"] == "issued"
     ok(env.api.post(f"/api/v1/billing/invoices/{period}/sync"))
-    assert env.invoice(period)["status"] == "paid"
+    body = env.invoice(period)
+    assert body["status"] == "paid" and body["sync"]["paymentStatus"] == "paid"
+    assert body["sync"]["status"] == "done"
 
 
 def test_forged_invoice_webhooks_are_rejected(live: tuple[Env, LiveServer]) -> None:

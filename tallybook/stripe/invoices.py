@@ -472,6 +472,7 @@ class InvoiceSyncService:
             "tax_status": tax.get("status"),
             "tax_amount": str(from_minor(_sum_tax(s_invoice), currency)),
             "total": str(from_minor(int(s_invoice["total"]), currency)),
+            **({"payment_status": "paid"} if s_invoice["status"] == "paid" else {}),
         }
 
     def _record(self, invoice: Invoice, status: str, now: datetime, **values: Any) -> None:
