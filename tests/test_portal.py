@@ -231,6 +231,7 @@ def test_tokens_are_stored_hashed(runtime, usage):
 
 
 def test_me_reports_the_current_month_in_the_customers_zone(client, keys, runtime):
+    """Without a subscription the period is the calendar month, in the customer's zone."""
     runtime.customers.create(CustomerInput(name="Tokyo", key="tokyo", timezone="Asia/Tokyo"))
     token = issue(client, keys, customerId="tokyo")["token"]
     me = client.get("/api/v1/portal/me", headers=auth(token)).json()
@@ -239,6 +240,7 @@ def test_me_reports_the_current_month_in_the_customers_zone(client, keys, runtim
     assert start.utcoffset() == timedelta(hours=9)
     assert (start.day, start.hour, start.minute) == (1, 0, 0)
     assert start <= datetime.now(UTC) < datetime.fromisoformat(me["currentPeriod"]["to"])
+    assert me["periodSource"] == "calendar_month"
 
 
 def test_invoice_estimate_for_customer_tokens_only(client, keys, usage):
@@ -249,3 +251,37 @@ def test_invoice_estimate_for_customer_tokens_only(client, keys, usage):
     subject_token = issue(client, keys, subject="loner")["token"]
     problem(client.get("/api/v1/portal/invoice-estimate", headers=auth(subject_token)), 404, "not-a-customer")
     problem(client.get("/api/v1/portal/invoice-estimate", headers=auth(keys["admin"])), 401)
+
+
+def test_me_reports_the_subscriptions_billing_period(client, keys, runtime):
+    """A customer with a subscription sees its billing period (here anchored on the 10th), not the month."""
+    admin = auth(keys["admin"])
+    plan = {
+        "key": "basic",
+        "name": "Basic",
+        "currency": "USD",
+        "billingCadence": "P1M",
+        "rateCards": [{"type": "flat_fee", "key": "fee", "name": "Fee", "price": {"type": "flat", "amount": "10"}}],
+    }
+    created = client.post("/api/v1/plans", json=plan, headers=admin)
+    assert created.status_code == 201, created.text
+    assert client.post(f"/api/v1/plans/{created.json()['id']}/publish", headers=admin).status_code == 200
+    runtime.customers.create(CustomerInput(name="Anchored", key="anchored"))
+    now = datetime.now(UTC)
+    anchor = (now - timedelta(days=70)).replace(day=10, hour=0, minute=0, second=0, microsecond=0)
+    body = {
+        "customerKey": "anchored",
+        "plan": {"key": "basic"},
+        "activeFrom": anchor.isoformat(),
+        "alignment": "anniversary",
+    }
+    subscribed = client.post("/api/v1/subscriptions", json=body, headers=admin)
+    assert subscribed.status_code == 201, subscribed.text
+    token = issue(client, keys, customerId="anchored")["token"]
+    me = client.get("/api/v1/portal/me", headers=auth(token)).json()
+    assert me["periodSource"] == "subscription"
+    start = datetime.fromisoformat(me["currentPeriod"]["from"])
+    end = datetime.fromisoformat(me["currentPeriod"]["to"])
+    assert start <= now < end and (start.day, start.hour) == (10, 0) and end.day == 10
+    assert subscribed.json()["currentPeriod"] == {"from": start.isoformat().replace("+00:00", "Z"),
+                                                  "to": end.isoformat().replace("+00:00", "Z")}  # fmt: skip

@@ -518,3 +518,24 @@ def test_sync_endpoint_problems(env: Env) -> None:
     _, period = seed(env)  # the default profile is webhook-only
     other = env.api.post(f"/api/v1/billing/invoices/{period}/sync")
     assert other.status_code == 404 and "billing profile" in other.json()["detail"]
+
+
+def test_a_sync_racing_another_on_finalize_converges(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    stripe_profile(env.api)
+    route_events(env.rt, ["invoice.sync_failed"])
+    _, period = seed(env)
+    env.sync()
+    issue(env, period)
+    s_id = env.invoice(period)["externalIds"]["invoicing"]
+    invoices = env.rt.stripe.client().v1.invoices
+    real_finalize = invoices.finalize_invoice
+
+    def finalized_first_elsewhere(invoice_id: str, params: Any = None) -> Any:
+        env.stripe.v1.invoices.finalize_invoice(invoice_id)  # the other sync wins the race
+        return real_finalize(invoice_id, params)  # Stripe: 400, it is not a draft any more
+
+    monkeypatch.setattr(invoices, "finalize_invoice", finalized_first_elsewhere)
+    outcome = env.rt.invoice_sync.sync(period)
+    assert outcome is not None and outcome.status == "synced", outcome
+    assert env.invoice(period)["number"] == env.stripe.v1.invoices.retrieve(s_id).number
+    assert outbox(env.rt, "invoice.sync_failed") == []

@@ -331,7 +331,13 @@ class InvoiceSyncService:
                     f"the Stripe draft {external_id} adds up to {found} but the invoice total is "
                     f"{invoice.totals.total}; it was not finalized"
                 )
-            s_invoice = client.v1.invoices.finalize_invoice(external_id, {"auto_advance": profile.auto_collect})
+            try:
+                s_invoice = client.v1.invoices.finalize_invoice(external_id, {"auto_advance": profile.auto_collect})
+            except stripe.InvalidRequestError:
+                # Another sync of this invoice (the job and a manual sync) may have finalized it first.
+                s_invoice = client.v1.invoices.retrieve(external_id)
+                if s_invoice.status == "draft":
+                    raise
         self._converge_status(client, invoice, s_invoice, outcome, now)
 
     def _update_draft(

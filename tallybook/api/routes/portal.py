@@ -8,7 +8,7 @@ another table), and the portal dependency below accepts nothing else.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -145,6 +145,19 @@ async def query_portal_meter(meterSlug: str, request: Request, holder: Holder) -
     return await _run_query(request, scoped)
 
 
+def _billing_period(runtime: Any, customer_id: str, now: datetime) -> tuple[datetime, datetime] | None:
+    """The billing period holding `now` of the customer's active subscription (the earliest-started
+    one if there are several), or None without one."""
+    subscriptions = getattr(runtime, "subscriptions", None)
+    if subscriptions is None:
+        return None
+    active = subscriptions.of_customers([customer_id], now, now + timedelta(microseconds=1))
+    if not active:
+        return None
+    period = min(active, key=lambda sub: sub.active_from).schedule.period_containing(now)
+    return period.start, period.end
+
+
 def _current_month(zone_name: str, now: datetime) -> tuple[datetime, datetime]:
     local = now.astimezone(ZoneInfo(zone_name))
     start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -159,13 +172,20 @@ async def portal_me(request: Request, holder: Holder) -> Response:
     meters = await run_in_threadpool(runtime.portal.meters_for, holder)
     customer = holder.customer
     zone = (customer.timezone if customer else None) or "UTC"
-    start, end = _current_month(zone, runtime.clock.now())
+    now = runtime.clock.now()
+    billing_period = await run_in_threadpool(_billing_period, runtime, customer.id, now) if customer else None
+    if billing_period is not None:
+        tz = ZoneInfo(zone)
+        start, end, source = billing_period[0].astimezone(tz), billing_period[1].astimezone(tz), "subscription"
+    else:
+        (start, end), source = _current_month(zone, now), "calendar_month"
     body: dict[str, Any] = {
         "subject": holder.token.subject,
         "customer": {"id": customer.id, "name": customer.name} if customer else None,
         "expiresAt": format_rfc3339(holder.token.expires_at),
         "timeZone": zone,
         "currentPeriod": {"from": start.isoformat(), "to": end.isoformat()},
+        "periodSource": source,  # the customer's billing period, else the calendar month
         "meters": [
             {
                 "slug": m.slug,
