@@ -130,3 +130,13 @@ def outbox(runtime: Runtime, event_type: str | None = None) -> list[dict[str, An
         EventFilter(types=(event_type,) if event_type else (), descending=False, limit=1000)
     )
     return [{"type": r.type, "body": jsonutil.loads(r.body)} for r in rows]
+
+
+def a_month_of_events(subject: str = "acme") -> list[tuple[str, str, Any, dict[str, Any]]]:
+    """31 days: 1000 API calls, storage rising from 11 to 41 GB, one compute hour per day."""
+    events = []
+    for day in range(1, 32):
+        events.append(("api.calls", subject, utc(2026, 1, day, 10), {"value": 1000}))
+        events.append(("storage.gb", subject, utc(2026, 1, day, 11), {"value": 10 + day}))
+        events.append(("compute", subject, utc(2026, 1, day, 12), {"seconds": 3600}))
+    return events

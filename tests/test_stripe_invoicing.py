@@ -21,6 +21,7 @@ from tallybook.stripe.invoices import SYNC_JOB
 from tallybook.webhooks.service import ChannelInput, RuleInput
 from tests.billing_helpers import (
     SEED_METERS,
+    a_month_of_events,
     client_for,
     create_customer,
     create_plan,
@@ -34,7 +35,6 @@ from tests.billing_helpers import (
 from tests.conftest import LiveServer
 from tests.fakestripe import FakeStripeServer
 from tests.fakestripe.webhooks import redeliver
-from tests.test_invoices import a_month_of_events
 from tests.test_webhook_helpers import reset_database
 
 WEBHOOK_SECRET = "whsec_test_invoicing_secret"

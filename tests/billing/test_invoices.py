@@ -4,7 +4,6 @@ lifecycle, webhooks in the outbox, previews and the HTML export."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -17,6 +16,7 @@ from tallybook.clock import FixedClock
 from tallybook.runtime import Runtime
 from tests.billing_helpers import (
     SEED_PLAN,
+    a_month_of_events,
     attach,
     client_for,
     create_customer,
@@ -30,39 +30,6 @@ from tests.billing_helpers import (
     utc,
 )
 from tests.billing_helpers import build as build_runtime
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(utc(2026, 1, 1))
-
-
-@pytest.fixture
-def rt(database_url: str, clock: FixedClock) -> Iterator[Runtime]:
-    runtime = build_runtime(database_url, clock)
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
-
-
-@pytest.fixture
-def api(rt: Runtime) -> Iterator[httpx.Client]:
-    client = client_for(rt)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def a_month_of_events(subject: str = "acme") -> list[tuple[str, str, Any, dict[str, Any]]]:
-    """31 days: 1000 API calls, storage rising from 11 to 41 GB, one compute hour per day."""
-    events = []
-    for day in range(1, 32):
-        events.append(("api.calls", subject, utc(2026, 1, day, 10), {"value": 1000}))
-        events.append(("storage.gb", subject, utc(2026, 1, day, 11), {"value": 10 + day}))
-        events.append(("compute", subject, utc(2026, 1, day, 12), {"seconds": 3600}))
-    return events
 
 
 def lines_by_key(invoice: dict[str, Any]) -> dict[str, dict[str, Any]]:

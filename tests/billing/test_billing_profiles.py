@@ -4,7 +4,6 @@ per-customer grace and approval in the billing.invoice run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -36,29 +35,6 @@ from tests.billing_helpers import (
 from tests.test_webhook_helpers import reset_database
 
 PROFILES = "/api/v1/billing/profiles"
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(utc(2026, 1, 1))
-
-
-@pytest.fixture
-def rt(database_url: str, clock: FixedClock) -> Iterator[Runtime]:
-    runtime = build_runtime(database_url, clock)
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
-
-
-@pytest.fixture
-def api(rt: Runtime) -> Iterator[httpx.Client]:
-    client = client_for(rt)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def profile_body(name: str = "Enterprise", **extra: Any) -> dict[str, Any]:

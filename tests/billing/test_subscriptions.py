@@ -4,13 +4,11 @@ plan change and cancel; anniversary periods from the 31st; N-day cadences; commi
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,29 +28,6 @@ from tests.billing_helpers import (
     utc,
 )
 from tests.billing_helpers import build as build_runtime
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(utc(2026, 1, 1))
-
-
-@pytest.fixture
-def rt(database_url: str, clock: FixedClock) -> Iterator[Runtime]:
-    runtime = build_runtime(database_url, clock)
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
-
-
-@pytest.fixture
-def api(rt: Runtime) -> Iterator[httpx.Client]:
-    client = client_for(rt)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def usd(value: Decimal) -> str:
