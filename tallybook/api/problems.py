@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tallybook import jsonutil
+from tallybook.errors import DomainError
 
 PROBLEM_TYPE_BASE = "urn:tallybook:problem:"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -59,6 +60,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _problem(request: Request, exc: Problem) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return problem_response(request, exc.status, exc.code, exc.detail, headers=headers, **exc.extra)
+
+    @app.exception_handler(DomainError)
+    async def _domain(request: Request, exc: DomainError) -> Response:
+        return problem_response(request, exc.status, exc.code, exc.detail, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

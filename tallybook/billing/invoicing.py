@@ -56,6 +56,7 @@ from tallybook.billing.rating import apply_commitments, prorate, rate_usage
 from tallybook.billing.settings import BillingSettings
 from tallybook.billing.subscriptions import Subscription, SubscriptionService, subscription_from_row
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
+from tallybook.errors import DomainError
 from tallybook.ids import new_ulid
 from tallybook.meters.models import MeterError, UsageQuery
 from tallybook.meters.service import MeterService
@@ -83,14 +84,9 @@ _FILTER_LIMIT = 200
 ZERO = Decimal(0)
 
 
-class InvoiceError(Exception):
+class InvoiceError(DomainError):
     status = 400
     code = "invalid-invoice"
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
 
 
 class InvoiceNotFound(InvoiceError):

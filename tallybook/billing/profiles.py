@@ -34,6 +34,7 @@ from tallybook.billing.settings import BillingSettings
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
 from tallybook.customers import CustomerService
 from tallybook.customers.errors import CustomerNotFound
+from tallybook.errors import DomainError
 from tallybook.ids import looks_like_ulid, new_ulid, stable_ulid
 from tallybook.store import profiles as profile_store
 from tallybook.store.base import SqlStore
@@ -88,14 +89,9 @@ class BillingProfile:
 
 
 # -- errors ----------------------------------------------------------------------------------------------
-class ProfileError(Exception):
+class ProfileError(DomainError):
     status = 400
     code = "invalid-billing-profile"
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
 
 
 class InvalidProfile(ProfileError):

@@ -22,6 +22,7 @@ from tallybook.billing.models import BillingCadence, Cadence, PlanVersion
 from tallybook.billing.periods import Alignment, InvalidPeriod, Period, Schedule, zone
 from tallybook.clock import Clock, from_micros, to_micros
 from tallybook.customers import CustomerNotFound, CustomerService
+from tallybook.errors import DomainError
 from tallybook.ids import new_ulid
 from tallybook.store import billing as billing_store
 from tallybook.store.base import SqlStore
@@ -30,14 +31,9 @@ Timing = Literal["immediate", "next_billing_cycle"] | datetime
 PlanLookup = Callable[[str, int | None], PlanVersion]
 
 
-class SubscriptionError(Exception):
+class SubscriptionError(DomainError):
     status = 400
     code = "invalid-subscription"
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
 
 
 class InvalidSubscription(SubscriptionError):

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
 
+from tallybook.errors import DomainError
 from tallybook.meters.windows import WindowSize
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
@@ -36,16 +36,11 @@ class Aggregation(StrEnum):
         return self not in (Aggregation.COUNT, Aggregation.UNIQUE_COUNT)
 
 
-class MeterError(Exception):
+class MeterError(DomainError):
     """Base for meter errors; `code` is the problem code the API answers with."""
 
     status = 400
     code = "invalid-meter"
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
 
 
 class InvalidMeter(MeterError):

@@ -436,11 +436,10 @@ class InvoiceSyncService:
         """The customer's Stripe customer (created and linked if it has none); with `sync_address`,
         the Tallybook billing address is pushed to it, since Stripe Tax places the customer by it."""
         link = self.stripe.db.get_customer(customer_id)
-        customer = self.customers.resolve(customer_id)
         if link is None:
-            return self.stripe.ensure_stripe_customer(customer)
+            return self.stripe.ensure_stripe_customer(self.customers.resolve(customer_id))
         if sync_address:
-            address = stripe_address(customer)
+            address = stripe_address(self.customers.resolve(customer_id))
             if address is not None:
                 self.stripe.client().v1.customers.update(link.stripe_customer_id, cast(Any, {"address": address}))
         return link.stripe_customer_id

@@ -16,6 +16,7 @@ import stripe
 from tallybook.clock import Clock, to_micros
 from tallybook.customers import CustomerService
 from tallybook.customers.models import Customer
+from tallybook.errors import DomainError
 from tallybook.meters.models import UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, window_start
@@ -42,15 +43,11 @@ WEBHOOK_TOLERANCE_SECONDS = 300
 SETUP_UNIT_AMOUNT_DECIMAL = Decimal("0.00002")
 
 
-class StripeProblem(Exception):
+class StripeProblem(DomainError):
     """A domain error the API answers as problem+json with `status` and `code`."""
 
     status = 400
     code = "invalid-stripe-request"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 class InvalidStripeData(StripeProblem):

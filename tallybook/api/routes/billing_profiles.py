@@ -17,7 +17,6 @@ from tallybook.billing.profiles import (
     COLLECTION_METHODS,
     COLLECTORS,
     TAX_BEHAVIORS,
-    ProfileError,
     ProfileListQuery,
     customer_profile_json,
     parse_override,
@@ -116,10 +115,6 @@ _OVERRIDE_DOC: dict[str, Any] = {
 }
 
 
-def _problem(exc: ProfileError) -> Problem:
-    return Problem(exc.status, exc.code, exc.detail, **exc.extra)
-
-
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(jsonutil.dumpb(body), status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers)
 
@@ -154,10 +149,7 @@ async def list_profiles(
         order_by=orderBy,
         descending=order == "DESC",
     )
-    try:
-        found = await run_in_threadpool(runtime_of(request).profiles.list_profiles, query)
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    found = await run_in_threadpool(runtime_of(request).profiles.list_profiles, query)
     return _json(
         {
             "totalCount": found.total_count,
@@ -173,10 +165,7 @@ async def create_profile(request: Request, _key: Annotated[ApiKeyRecord, Depends
     """Create a profile. `default: true` makes it the default (the previous default stops being it)."""
     payload = await _body(request, "billing profile")
     profiles = runtime_of(request).profiles
-    try:
-        profile = await run_in_threadpool(profiles.create, parse_profile(payload))
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    profile = await run_in_threadpool(profiles.create, parse_profile(payload))
     return _json(profile_json(profile), 201, headers={"Location": f"/api/v1/billing/profiles/{profile.id}"})
 
 
@@ -185,10 +174,7 @@ async def get_profile(
     request: Request, profileId: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
     """One profile by id (a deleted one shows deletedAt)."""
-    try:
-        profile = await run_in_threadpool(runtime_of(request).profiles.get, profileId)
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    profile = await run_in_threadpool(runtime_of(request).profiles.get, profileId)
     return _json(profile_json(profile))
 
 
@@ -199,15 +185,9 @@ async def replace_profile(
     """Replace a profile (fields left out take their defaults; `apps` left out stays). The config
     profile is read-only: 409."""
     profiles = runtime_of(request).profiles
-    try:
-        profiles.check_not_config(profileId)  # before reading the body: its problems do not matter
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    profiles.check_not_config(profileId)  # before reading the body: its problems do not matter
     payload = await _body(request, "billing profile")
-    try:
-        profile = await run_in_threadpool(profiles.replace, profileId, parse_profile(payload))
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    profile = await run_in_threadpool(profiles.replace, profileId, parse_profile(payload))
     return _json(profile_json(profile))
 
 
@@ -216,10 +196,7 @@ async def delete_profile(
     request: Request, profileId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
     """Delete a profile no customer is assigned to (409 otherwise, and for the config profile)."""
-    try:
-        await run_in_threadpool(runtime_of(request).profiles.delete, profileId)
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    await run_in_threadpool(runtime_of(request).profiles.delete, profileId)
     return Response(status_code=204)
 
 
@@ -228,10 +205,7 @@ async def get_customer_profile(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
     """The profile the customer is billed with: its override, else the default profile."""
-    try:
-        found = await run_in_threadpool(runtime_of(request).profiles.customer_profile, customerIdOrKey)
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    found = await run_in_threadpool(runtime_of(request).profiles.customer_profile, customerIdOrKey)
     return _json(customer_profile_json(found))
 
 
@@ -242,10 +216,7 @@ async def put_customer_profile(
     """Bill the customer with `billingProfileId`; null or left out: with the default profile."""
     payload = await _body(request, "customer override", optional=True)
     profiles = runtime_of(request).profiles
-    try:
-        found = await run_in_threadpool(profiles.assign, customerIdOrKey, parse_override(payload))
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    found = await run_in_threadpool(profiles.assign, customerIdOrKey, parse_override(payload))
     return _json(customer_profile_json(found))
 
 
@@ -254,8 +225,5 @@ async def delete_customer_profile(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
     """Remove the customer's override: it is billed with the default profile again."""
-    try:
-        await run_in_threadpool(runtime_of(request).profiles.unassign, customerIdOrKey)
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    await run_in_threadpool(runtime_of(request).profiles.unassign, customerIdOrKey)
     return Response(status_code=204)

@@ -17,7 +17,6 @@ from tallybook.billing.invoicing import STATUSES, Invoice, InvoiceError
 from tallybook.billing.subscriptions import SubscriptionError
 from tallybook.clock import format_rfc3339
 from tallybook.store.base import ApiKeyRecord
-from tallybook.stripe.service import StripeProblem
 
 router = APIRouter(prefix="/api/v1/billing", tags=["invoices"])
 JSON_MEDIA_TYPE = "application/json"
@@ -166,8 +165,6 @@ async def sync_invoice(
         invoice = await run_in_threadpool(runtime.invoicing.get, invoiceId)
     except InvoiceError as exc:
         raise _problem(exc) from None
-    except StripeProblem as exc:
-        raise Problem(exc.status, exc.code, exc.detail) from None
     return await _invoice_response(request, invoice, False)
 
 

@@ -19,7 +19,6 @@ from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.customers import CustomerError
 from tallybook.store.base import ApiKeyRecord
 from tallybook.store.stripe import OUT_OF_RANGE, PENDING, REJECTED, SENT, CustomerLink, ReportFilter, ReportRow
-from tallybook.stripe.service import StripeProblem
 
 router = APIRouter(prefix="/api/v1", tags=["stripe"])
 
@@ -104,8 +103,6 @@ async def _call(fn: Callable[..., T], *args: Any) -> T:
         return await run_in_threadpool(fn, *args)
     except CustomerError as exc:
         raise customer_problem(exc) from None
-    except StripeProblem as exc:
-        raise Problem(exc.status, exc.code, exc.detail) from None
 
 
 async def _json_body(request: Request) -> Any:
