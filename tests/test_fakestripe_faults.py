@@ -102,21 +102,26 @@ def test_saved_500_is_replayed_for_the_same_key(fake: FakeStripeServer) -> None:
     assert len(_customer_posts(fake)) == 4
 
 
+# Timeouts: the client gives up after TIMEOUT seconds, the fake hangs for HANG. The margin is wide
+# so a busy machine neither answers a normal request too late nor ends a hang too early.
+TIMEOUT, HANG = 1.5, 30.0
+
+
 def test_timeout_before_processing_is_retried(fake: FakeStripeServer) -> None:
-    client = fake.client(max_network_retries=1, timeout=0.3)
-    fake.faults.timeout("/v1/customers", seconds=5)
-    started = time.monotonic()
+    client = fake.client(max_network_retries=1, timeout=TIMEOUT)
+    fake.faults.timeout("/v1/customers", seconds=HANG)
     customer = client.v1.customers.create({"email": "a@example.com"})
-    assert time.monotonic() - started < 3
     posts = _customer_posts(fake)
     assert [r.outcome for r in posts] == ["fault:timeout", "ok"]
+    # The retry came when the client gave up, not when the hang ended.
+    assert posts[1].received_monotonic - posts[0].received_monotonic < HANG
     assert posts[0].idempotency_key == posts[1].idempotency_key
     assert [c["id"] for c in fake.state.all("customer")] == [customer.id]
 
 
 def test_timeout_surfaces_as_connection_error_without_retries(fake: FakeStripeServer) -> None:
-    client = fake.client(timeout=0.3)
-    fake.faults.timeout("/v1/customers", seconds=5)
+    client = fake.client(timeout=TIMEOUT)
+    fake.faults.timeout("/v1/customers", seconds=HANG)
     with pytest.raises(stripe.APIConnectionError) as err:
         client.v1.customers.create({"email": "a@example.com"})
     assert err.value.should_retry is True
@@ -124,12 +129,35 @@ def test_timeout_surfaces_as_connection_error_without_retries(fake: FakeStripeSe
 
 
 def test_timeout_after_processing_is_replayed_not_duplicated(fake: FakeStripeServer) -> None:
-    client = fake.client(max_network_retries=2, timeout=0.3)
-    fake.faults.timeout("/v1/customers", seconds=5, after_processing=True)
+    client = fake.client(max_network_retries=2, timeout=TIMEOUT)
+    fake.faults.timeout("/v1/customers", seconds=HANG, after_processing=True)
     customer = client.v1.customers.create({"email": "a@example.com"})
     posts = _customer_posts(fake)
     assert [r.outcome for r in posts] == ["fault:timeout_after", "replayed"]
     assert [c["id"] for c in fake.state.all("customer")] == [customer.id]
+    assert len(fake.state.events_of_type("customer.created")) == 1
+
+
+def test_dropped_connection_before_processing_changes_nothing(fake: FakeStripeServer) -> None:
+    client = fake.client(max_network_retries=2)
+    fake.faults.drop("/v1/customers")
+    with pytest.raises(stripe.APIConnectionError) as err:
+        client.v1.customers.create({"email": "a@example.com"})
+    # A broken answer is not one the SDK retries by itself (unlike a timeout).
+    assert err.value.should_retry is False
+    assert [r.outcome for r in _customer_posts(fake)] == ["fault:drop"]
+    assert fake.state.all("customer") == []
+
+
+def test_dropped_connection_after_processing_is_replayed_with_the_same_key(fake: FakeStripeServer) -> None:
+    client = fake.client()
+    fake.faults.drop("/v1/customers", after_processing=True)
+    with pytest.raises(stripe.APIConnectionError):
+        client.v1.customers.create({"email": "a@example.com"}, {"idempotency_key": "k-1"})
+    (made,) = fake.state.all("customer")  # Stripe made it; the answer was lost on the way
+    again = client.v1.customers.create({"email": "a@example.com"}, {"idempotency_key": "k-1"})
+    assert again.id == made["id"]
+    assert [r.outcome for r in _customer_posts(fake)] == ["fault:drop_after", "replayed"]
     assert len(fake.state.events_of_type("customer.created")) == 1
 
 

@@ -314,14 +314,15 @@ def test_stripe_tax_waits_for_a_customer_location(env: Env) -> None:
 
 
 def test_crash_during_sync_resumes_without_duplicates(database_url: str, fake: FakeStripeServer) -> None:
-    env = make_env(database_url, fake, timeout_seconds=0.5)
+    # Lost answers are dropped connections, not timeouts: at once, whatever the machine's load.
+    env = make_env(database_url, fake)
     try:
         stripe_profile(env.api)
         _, period = seed(env)
         ok(env.api.post(f"/api/v1/billing/invoices/{seed_opening(env)}/void"))
         issue(env, period)
         # 1. Stripe creates the invoice but the answer never arrives.
-        fake.faults.timeout("/v1/invoices", method="POST", seconds=1.5, after_processing=True)
+        fake.faults.drop("/v1/invoices", method="POST", after_processing=True)
         assert env.rt.invoice_sync.sync(period).status == "pending"  # type: ignore[union-attr]
         assert len(env.stripe_invoices()) == 1
         assert env.invoice(period)["sync"]["status"] == "pending"
@@ -332,8 +333,10 @@ def test_crash_during_sync_resumes_without_duplicates(database_url: str, fake: F
         (s_invoice,) = env.stripe_invoices()
         assert 0 < len(env.items_of(s_invoice.id)) < 4
         # 3. An item is created but its answer is lost.
-        fake.faults.timeout("/v1/invoiceitems", method="POST", seconds=1.5, after_processing=True)
-        env.rt.invoice_sync.sync(period)
+        fake.faults.drop("/v1/invoiceitems", method="POST", after_processing=True)
+        outcome = env.rt.invoice_sync.sync(period)
+        assert outcome is not None and outcome.status == "pending"
+        assert len(env.items_of(s_invoice.id)) < 4
         # 4. A clean run completes the draft and finalizes it: one invoice, four items, no duplicates.
         outcome = env.rt.invoice_sync.sync(period)
         assert outcome is not None and outcome.status == "synced", outcome
@@ -355,12 +358,12 @@ def seed_opening(env: Env) -> str:
 def test_lost_invoice_id_is_found_by_metadata_after_the_idempotency_window(
     database_url: str, fake: FakeStripeServer
 ) -> None:
-    env = make_env(database_url, fake, timeout_seconds=0.5)
+    env = make_env(database_url, fake)
     try:
         stripe_profile(env.api)
         _, period = seed(env)
-        fake.faults.timeout("/v1/invoices", method="POST", seconds=1.5, after_processing=True)
-        env.rt.invoice_sync.sync(period)
+        fake.faults.drop("/v1/invoices", method="POST", after_processing=True)
+        assert env.rt.invoice_sync.sync(period).status == "pending"  # type: ignore[union-attr]
         fake.clock.advance(25 * 3600)  # the idempotency key has expired at Stripe
         outcome = env.rt.invoice_sync.sync(period)
         assert outcome is not None and outcome.status == "synced"

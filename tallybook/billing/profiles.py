@@ -34,6 +34,7 @@ from tallybook.billing.settings import BillingSettings
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
 from tallybook.customers import CustomerService
 from tallybook.customers.errors import CustomerNotFound
+from tallybook.customers.validation import ADDRESS_FIELDS, address_json
 from tallybook.errors import DomainError
 from tallybook.ids import looks_like_ulid, new_ulid, stable_ulid
 from tallybook.store import profiles as profile_store
@@ -236,7 +237,7 @@ class ProfileInput:
 # Set by the server; a client may send them back unchanged from a GET (they are ignored).
 _READ_ONLY = frozenset(("id", "createdAt", "updatedAt", "deletedAt", "source"))
 _FIELDS = ("name", "description", "metadata", "supplier", "default", "workflow", "apps")
-_ADDRESS_FIELDS = ("country", "postalCode", "state", "city", "line1", "line2", "phoneNumber")
+_ADDRESS_FIELDS = tuple(ADDRESS_FIELDS)  # the customer's address fields
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
@@ -561,17 +562,7 @@ def config_profile(settings: BillingSettings) -> BillingProfile:
     if cfg.supplier.tax_id is not None:
         supplier["taxId"] = {"code": cfg.supplier.tax_id}
     if cfg.supplier.address is not None:
-        address = cfg.supplier.address
-        wire = {
-            "country": address.country,
-            "postalCode": address.postal_code,
-            "state": address.state,
-            "city": address.city,
-            "line1": address.line1,
-            "line2": address.line2,
-            "phoneNumber": address.phone_number,
-        }
-        supplier["addresses"] = [{k: v for k, v in wire.items() if v is not None}]
+        supplier["addresses"] = [address_json(cfg.supplier.address)]
     return BillingProfile(
         id=CONFIG_PROFILE_ID,
         name=cfg.name,

@@ -9,7 +9,7 @@ Attribution rules (enforced in one transaction per write, on both engines):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import TypeVar
 
@@ -23,7 +23,7 @@ from tallybook.customers.models import (
     CustomerPage,
     SeenSubject,
 )
-from tallybook.customers.validation import ADDRESS_FIELDS, validate_customer
+from tallybook.customers.validation import ADDRESS_FIELDS, address_json, validate_customer
 from tallybook.ids import looks_like_ulid, new_ulid
 from tallybook.store.base import SqlStore
 from tallybook.store.customers import (
@@ -196,19 +196,13 @@ def _row(customer_id: str, data: CustomerInput, created_us: int, updated_us: int
         primary_email=data.primary_email,
         currency=data.currency,
         timezone=data.timezone,
-        billing_address=None if data.billing_address is None else _address_json(data.billing_address),
+        billing_address=None if data.billing_address is None else address_json(data.billing_address),
         metadata=None if data.metadata is None else dict(data.metadata),
         created_us=created_us,
         updated_us=updated_us,
         deleted_us=None,
         subject_keys=tuple(sorted(set(data.subject_keys))),
     )
-
-
-def _address_json(address: Address) -> dict[str, str]:
-    """Stored with the API's field names, leaving out the empty ones."""
-    values = asdict(address)
-    return {wire: values[attr] for wire, attr in ADDRESS_FIELDS.items() if values[attr] is not None}
 
 
 def _customer(row: CustomerRow) -> Customer:

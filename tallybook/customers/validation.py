@@ -44,6 +44,15 @@ ADDRESS_FIELDS = {
     "line2": "line2",
     "phoneNumber": "phone_number",
 }
+
+
+def address_json(address: Any) -> dict[str, str]:
+    """An address (a customer's, or the supplier's from tallybook.yaml: anything with the Address
+    attributes) with the API's field names, leaving out the empty ones."""
+    values = {wire: getattr(address, attr) for wire, attr in ADDRESS_FIELDS.items()}
+    return {wire: value for wire, value in values.items() if value is not None}
+
+
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")

@@ -53,6 +53,15 @@ def dumps(value: Any) -> bytes:
     return text.encode()
 
 
+class _BrokenResponse(Response):
+    """A response whose connection breaks after the headers: the status line and a Content-Length
+    go out, the body never does. uvicorn closes the connection (logging "ASGI callable returned
+    without completing response"), and the client sees the stream end early."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+
+
 class FakeStripeApp:
     def __init__(self, state: FakeState, faults: Faults, router: Router = ROUTER) -> None:
         self.state = state
@@ -95,10 +104,16 @@ class FakeStripeApp:
             record.outcome = "fault:timeout"
             await self._hang(fault)
             return self._error(record, request_id, _server_error(Fault("server_error", status=504)))
+        if fault is not None and fault.kind == "drop":
+            record.outcome = "fault:drop"
+            return _BrokenResponse(b"{}", status_code=200)
         response = await self._run(record, request_id, body)
         if fault is not None and fault.kind == "timeout_after":
             record.outcome = "fault:timeout_after"
             await self._hang(fault)
+        if fault is not None and fault.kind == "drop_after":
+            record.outcome = "fault:drop_after"
+            return _BrokenResponse(bytes(response.body), status_code=response.status_code, headers=response.headers)
         return response
 
     async def _hang(self, fault: Fault) -> None:

@@ -16,7 +16,10 @@ class Fault:
     ``kind``: ``"rate_limit"`` (HTTP 429), ``"server_error"`` (HTTP ``status``, default 500),
     ``"timeout"`` (hang ``hang_seconds`` before processing, so nothing happens server-side) or
     ``"timeout_after"`` (process the request, store its idempotent result, then hang: the client sees
-    a timeout although the change was made, so a retry with the same key gets the replay).
+    a timeout although the change was made, so a retry with the same key gets the replay),
+    ``"drop"`` / ``"drop_after"`` (the connection breaks before the answer's body, without or after
+    processing: the same lost answer as a timeout, but at once, so no test depends on how long a
+    request takes on a busy machine).
     """
 
     kind: str
@@ -96,6 +99,14 @@ class Faults:
         """Hang the next ``times`` matching requests for ``seconds`` (use a shorter client timeout)."""
         kind = "timeout_after" if after_processing else "timeout"
         return self.add(Fault(kind, pattern, method, times, hang_seconds=seconds))
+
+    def drop(
+        self, pattern: str = "*", *, times: int = 1, method: str | None = None, after_processing: bool = False
+    ) -> Fault:
+        """Break the connection of the next ``times`` matching requests mid-answer (the client reads a
+        status line and headers, then end of stream). stripe-python raises ``APIConnectionError``
+        with ``should_retry=False``: unlike a timeout, the SDK does not retry it by itself."""
+        return self.add(Fault("drop_after" if after_processing else "drop", pattern, method, times))
 
     def take(self, method: str, path: str) -> Fault | None:
         with self._lock:

@@ -24,6 +24,7 @@ from tallybook.customers import (
     SubjectConflict,
     parse_customer,
 )
+from tallybook.customers.validation import address_json
 from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["customers"])
@@ -75,17 +76,7 @@ def customer_json(customer: Customer) -> dict[str, Any]:
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     if customer.billing_address is not None:
-        address = customer.billing_address
-        fields = {
-            "country": address.country,
-            "postalCode": address.postal_code,
-            "state": address.state,
-            "city": address.city,
-            "line1": address.line1,
-            "line2": address.line2,
-            "phoneNumber": address.phone_number,
-        }
-        body["billingAddress"] = {name: value for name, value in fields.items() if value is not None}
+        body["billingAddress"] = address_json(customer.billing_address)
     if customer.metadata is not None:
         body["metadata"] = customer.metadata
     body["usageAttribution"] = {"subjectKeys": list(customer.subject_keys)}
