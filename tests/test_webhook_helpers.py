@@ -38,13 +38,12 @@ class Received:
 
 class Receiver:
     """A webhook receiver on a free loopback port. Answers from `statuses` (then `default_status`);
-    can hold requests open (`hold()`) or answer slowly (`delay`)."""
+    can hold requests open (`hold()` until `release()`)."""
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self.statuses: deque[int] = deque()
         self.default_status = 200
-        self.delay = 0.0
         self.got_request = threading.Event()
         self._held: threading.Event | None = None
         self._lock = threading.Lock()
@@ -61,8 +60,6 @@ class Receiver:
                 receiver.got_request.set()
                 if held is not None:
                     held.wait(30)
-                if receiver.delay:
-                    threading.Event().wait(receiver.delay)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Length", "2")

@@ -237,7 +237,6 @@ class ProfileInput:
 # Set by the server; a client may send them back unchanged from a GET (they are ignored).
 _READ_ONLY = frozenset(("id", "createdAt", "updatedAt", "deletedAt", "source"))
 _FIELDS = ("name", "description", "metadata", "supplier", "default", "workflow", "apps")
-_ADDRESS_FIELDS = tuple(ADDRESS_FIELDS)  # the customer's address fields
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
@@ -337,9 +336,9 @@ def _supplier(reader: _Reader, value: Any) -> dict[str, Any]:
             reader.add("supplier.addresses", "must be a list of at most one address")
         elif addresses:
             path = "supplier.addresses[0]"
-            address = reader.obj(addresses[0], path, _ADDRESS_FIELDS)
+            address = reader.obj(addresses[0], path, ADDRESS_FIELDS)
             clean: dict[str, str] = {}
-            for name in _ADDRESS_FIELDS:
+            for name in ADDRESS_FIELDS:
                 got = reader.text(address.get(name), f"{path}.{name}", TEXT_MAX)
                 if got is not None:
                     clean[name] = got

@@ -55,8 +55,9 @@ def dumps(value: Any) -> bytes:
 
 class _BrokenResponse(Response):
     """A response whose connection breaks after the headers: the status line and a Content-Length
-    go out, the body never does. uvicorn closes the connection (logging "ASGI callable returned
-    without completing response"), and the client sees the stream end early."""
+    (the real answer's, or that of the body given) go out, the body never does. uvicorn closes the
+    connection (logging "ASGI callable returned without completing response"), and the client sees
+    the stream end early."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -113,7 +114,7 @@ class FakeStripeApp:
             await self._hang(fault)
         if fault is not None and fault.kind == "drop_after":
             record.outcome = "fault:drop_after"
-            return _BrokenResponse(bytes(response.body), status_code=response.status_code, headers=response.headers)
+            return _BrokenResponse(status_code=response.status_code, headers=response.headers)
         return response
 
     async def _hang(self, fault: Fault) -> None:
