@@ -57,7 +57,11 @@ class Runtime:
     portal: PortalService = field(init=False)
 
     @classmethod
-    def build(cls, settings: Settings, clock: Clock | None = None, migrate: bool = True) -> Runtime:
+    def build(
+        cls, settings: Settings, clock: Clock | None = None, migrate: bool = True, sync_meters: bool = True
+    ) -> Runtime:
+        """`sync_meters=False` for tools that only read or manage other things: syncing would make the
+        meters of *this* process's config (possibly none) the live set, deleting everyone else's."""
         clock = clock or SystemClock()
         store = open_store(settings.database.url)
         if migrate:
@@ -72,7 +76,8 @@ class Runtime:
             if runtime.keys.ensure(key.name, key.scope, key.key):
                 log.info("registered API key from config", extra={"key_name": key.name, "scope": key.scope})
         runtime.meters = MeterService(store, clock, settings.meters)
-        runtime.meters.sync_config()
+        if sync_meters:
+            runtime.meters.sync_config()
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
         runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters)

@@ -153,3 +153,39 @@ def test_serve_prints_a_first_admin_key_once_and_logs_no_secrets(tmp_path, sqlit
     finally:
         second_output = again.stop()
     assert "first admin API key" not in second_output
+
+
+def _config_with_meter(tmp_path, database_url):
+    path = tmp_path / "tallybook.yaml"
+    path.write_text(
+        f"database:\n  url: {database_url}\n"
+        "meters:\n  - slug: api_calls\n    eventType: api.calls\n    aggregation: COUNT\n"
+    )
+    return path
+
+
+def _live_meters(database_url):
+    runtime = Runtime.build(Settings(database=DatabaseSettings(url=database_url)), sync_meters=False)
+    try:
+        return {m.slug: m.id for m in runtime.meters.list()}
+    finally:
+        runtime.store.close()
+
+
+def test_commands_that_do_not_manage_meters_leave_config_meters_alone(tmp_path, db):
+    """A read-only `keys list --database URL` (no config) once soft-deleted every config meter."""
+    config = _config_with_meter(tmp_path, db)
+    from tallybook.config import load_settings
+
+    # The config's meter becomes live the way a server start makes it live.
+    Runtime.build(load_settings(config)).store.close()
+    before = _live_meters(db)
+    assert "api_calls" in before
+    for command in (
+        ["keys", "list", "--database", db],
+        ["keys", "create", "--scope", "read", "--database", db],
+        ["stripe", "reports", "--database", db],
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code in (0, 2), result.output  # stripe commands exit 2 without a Stripe key
+        assert _live_meters(db) == before, f"{command} changed the meters"

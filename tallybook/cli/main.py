@@ -63,11 +63,14 @@ def _settings(config: Path | None, database: str | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _runtime(settings: Settings) -> Runtime:
+def _runtime(settings: Settings, runs_service: bool = False) -> Runtime:
+    """`runs_service`: serve, worker and jobs run the system under this config, so they make its
+    meters the live set; every other command leaves meter definitions alone (a `keys list` with no
+    config must not delete the meters another config defined)."""
     from tallybook.store import UnsupportedDatabase
 
     try:
-        return Runtime.build(settings)
+        return Runtime.build(settings, sync_meters=runs_service)
     except UnsupportedDatabase as exc:
         err_console.print(f"[red]database error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -90,7 +93,7 @@ def serve(
 
     settings = _settings(config, database)
     configure_logging(settings.logging.level, settings.logging.json_format)
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, runs_service=True)
     if not runtime.keys.has_admin():
         created = runtime.keys.create("first admin key", "admin")
         console.print(
@@ -281,7 +284,7 @@ def jobs_run(
 
     settings = _settings(config, database)
     configure_logging(settings.logging.level, settings.logging.json_format)
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, runs_service=True)
     try:
         results = runtime.jobs.run_once()
     finally:
@@ -306,7 +309,7 @@ def worker(config: ConfigOption = None, database: DatabaseOption = None) -> None
 
     settings = _settings(config, database)
     configure_logging(settings.logging.level, settings.logging.json_format)
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, runs_service=True)
     scheduler = runtime.jobs
 
     def _stop(_signum: int, _frame: object) -> None:

@@ -102,13 +102,14 @@
       root.append(el("section", { class: "card", id: "invoice-estimate" },
         el("h2", {}, "Upcoming invoice (estimate)"),
         el("p", { class: "muted" }, `${formatTime(invoice.period.from, zone, "DAY")} – ${formatTime(new Date(new Date(invoice.period.to).getTime() - 1).toISOString(), zone, "DAY")}`),
+        invoice.partial ? el("p", { class: "muted", id: "estimate-partial" }, "Only the items this link may show are listed; the invoice may hold more.") : null,
         el("table", {},
           el("thead", {}, el("tr", {}, el("th", {}, "Item"), el("th", { class: "num" }, "Quantity"), el("th", { class: "num" }, "Amount"))),
           el("tbody", {}, invoice.lines.map((line) => el("tr", {},
             el("td", {}, line.name),
             el("td", { class: "num" }, line.quantity === undefined ? "" : TB.formatDecimal(line.quantity)),
             el("td", { class: "num" }, money(line.amount))))),
-          el("tfoot", {}, el("tr", {}, el("th", {}, "Total so far"), el("th", {}), el("th", { class: "num", id: "estimate-total" }, money(invoice.totals.total)))))));
+          el("tfoot", {}, el("tr", {}, el("th", {}, invoice.partial ? "Total of the items shown" : "Total so far"), el("th", {}), el("th", { class: "num", id: "estimate-total" }, money(invoice.totals.total)))))));
     }
   }
 
