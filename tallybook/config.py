@@ -83,9 +83,15 @@ class Settings(_Section):
     stripe: StripeSettings = Field(default_factory=StripeSettings)
 
     def with_database(self, url: str | None) -> Settings:
+        """These settings on another database; ConfigError (one line) when `url` is not usable."""
         if not url:
             return self
-        return self.model_copy(update={"database": DatabaseSettings(url=url)})
+        try:
+            database = DatabaseSettings(url=url)
+        except ValidationError as exc:
+            problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors(include_url=False))
+            raise ConfigError(f"database URL {url!r}: {problems}") from None
+        return self.model_copy(update={"database": database})
 
 
 def _expand_env(value: Any, path: str, env: dict[str, str]) -> Any:

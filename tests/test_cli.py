@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -189,3 +190,32 @@ def test_commands_that_do_not_manage_meters_leave_config_meters_alone(tmp_path, 
         result = runner.invoke(app, command)
         assert result.exit_code in (0, 2), result.output  # stripe commands exit 2 without a Stripe key
         assert _live_meters(db) == before, f"{command} changed the meters"
+
+
+def test_help_shows_flags_plainly_and_arguments_by_name():
+    serve_help = runner.invoke(app, ["serve", "--help"]).output
+    assert "--demo" in serve_help and "<bool>" not in serve_help
+    ingest_help = runner.invoke(app, ["ingest", "--help"]).output
+    assert "[OPTIONS] FILE" in ingest_help and "{file}" not in ingest_help.lower()
+    assert "A .jsonl or .csv file of events" in ingest_help
+
+
+def test_piped_keys_list_keeps_whole_dates(db):
+    created = runner.invoke(
+        app, ["keys", "create", "--scope", "read", "--name", "a rather long key name", "--database", db]
+    )
+    key_id = created.output.split()[0]
+    listed = runner.invoke(app, ["keys", "list", "--database", db])  # CliRunner's output is not a terminal
+    assert listed.exit_code == 0, listed.output
+    header, row = listed.output.splitlines()
+    assert header.split("\t") == ["id", "name", "scope", "starts with", "created", "revoked"]
+    fields = row.split("\t")
+    assert fields[:3] == [key_id, "a rather long key name", "read"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", fields[4]), fields[4]
+
+
+def test_jobs_run_runs_once_without_the_flag(db):
+    result = runner.invoke(app, ["jobs", "run", "--database", db])
+    assert result.exit_code == 0, result.output
+    assert "webhooks" in result.output or "job" in result.output
+    assert runner.invoke(app, ["jobs", "run", "--once", "--database", db]).exit_code == 0

@@ -39,6 +39,12 @@ PORTAL_HEADERS = {
 }
 
 
+@router.get("/")
+async def root() -> Response:
+    """The address the server prints: a person who opens it lands on the dashboard's sign-in."""
+    return RedirectResponse("/ui", status_code=307)
+
+
 @router.get("/ui")
 async def dashboard() -> Response:
     return FileResponse(STATIC_DIR / "dashboard.html", media_type="text/html", headers=DASHBOARD_HEADERS)
