@@ -118,6 +118,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8888)")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Load demo meters, customers and a month of usage")] = False,
+    demo_at: Annotated[
+        str | None,
+        typer.Option(
+            "--demo-at",
+            help="With --demo: the demo month ends at this RFC 3339 instant instead of now "
+            "(the docs' figures use 2026-11-23T12:00:00Z)",
+        ),
+    ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request")] = False,
     create_database: CreateDatabaseOption = False,
 ) -> None:
@@ -128,6 +136,7 @@ def serve(
     from tallybook.observability.logs import configure_logging
     from tallybook.store.connect import DatabaseUnavailable, ServerLock
 
+    demo_until = _parse_instant(demo_at, "demo-at")
     settings = _settings(config, database)
     configure_logging(settings.logging.level, settings.logging.json_format)
     bind_host = host or settings.server.host
@@ -163,7 +172,7 @@ def serve(
     if demo:
         from tallybook.demo import load_demo_events
 
-        added = load_demo_events(runtime)
+        added = load_demo_events(runtime, until=demo_until)
         console.print(f"demo: {added} events loaded" if added else "demo: database already has events; left as is")
     base = f"http://{bind_host}:{bind_port}"
     console.print(f"Tallybook on {base}  (database: {runtime.database_label})", highlight=False)
