@@ -11,6 +11,7 @@ $(BIN)/activate:
 
 install: $(BIN)/activate
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e clients/python
 
 serve: install
 	$(BIN)/tallybook serve --demo
