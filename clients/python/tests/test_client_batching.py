@@ -322,3 +322,30 @@ def test_close_without_a_spool_reports_unsent_events_as_dropped(clock):
         tb.track("api.calls", "acme")
     assert tb.close(timeout=1) is False
     assert drops == ["closed_unsent"] and tb.stats().dropped == 1
+
+
+def test_gzip_falls_back_to_plain_json_when_the_server_cannot_read_it(recorder):
+    seen: list[httpx.Request] = []
+
+    def server_without_gzip(request):
+        seen.append(request)
+        try:
+            json.loads(request.content)
+        except ValueError:
+            problem = {"type": "urn:tallybook:problem:malformed-json", "status": 400, "detail": "not valid JSON"}
+            return httpx.Response(400, json=problem, headers={"content-type": "application/problem+json"})
+        return httpx.Response(204)
+
+    refused = []
+    tb = Tallybook(
+        "http://tb",
+        sync_mode=True,
+        gzip=True,
+        http_transport=httpx.MockTransport(server_without_gzip),
+        on_dead_letter=refused.append,
+    )
+    tb.track("api.calls", "acme")
+    tb.track("api.calls", "acme")
+    assert [r.headers.get("content-encoding") for r in seen] == ["gzip", None, None]
+    assert refused == [] and tb.stats().sent == 2
+    tb.close()

@@ -39,6 +39,7 @@ class Buffer(Protocol):
     def depth(self) -> int: ...
     def oldest_key(self) -> int | None: ...
     def newest_key(self) -> int: ...
+    def maintain(self) -> None: ...
     def after_fork_in_child(self) -> None: ...
     def close(self) -> None: ...
 
@@ -140,6 +141,9 @@ class MemoryQueue:
             self._not_full.notify_all()
             return bodies
 
+    def maintain(self) -> None:
+        pass
+
     def after_fork_in_child(self) -> None:
         # The parent still owns (and sends) what it queued; a copy here would only be sent twice.
         self._lock = threading.Lock()
@@ -171,6 +175,18 @@ class DeadLetter:
     failed_at: float
 
 
+def _runs(keys: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct keys as (first, last) runs of consecutive integers: an acknowledged batch
+    is usually one run, deleted as one range instead of row by row."""
+    runs: list[tuple[int, int]] = []
+    for key in keys:
+        if runs and key == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], key)
+        elif not runs or key != runs[-1][1]:
+            runs.append((key, key))
+    return runs
+
+
 class SqliteSpool:
     """Events in a SQLite file (WAL): `put` returns once the row is committed.
 
@@ -180,6 +196,7 @@ class SqliteSpool:
     """
 
     FILE_NAME = "spool.sqlite3"
+    CHECKPOINT_EVERY = 2_000  # puts between WAL checkpoints, run by the sender (never by `track`)
 
     def __init__(self, directory: str | Path, synchronous: SpoolSync = "normal") -> None:
         if synchronous not in _SYNC:
@@ -188,20 +205,41 @@ class SqliteSpool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / self.FILE_NAME
         self.synchronous = synchronous
+        self._open()
+
+    def _open(self) -> None:
+        # Two connections: `track` appends through its own, so it never queues behind the sender's
+        # reads and checkpoints (WAL lets them run side by side). Writes through either one take
+        # `_write_lock` first: they never meet on SQLite's lock, whose busy handler sleeps in ms steps.
+        self._write_lock = threading.Lock()
         self._lock = threading.Lock()
+        self._put_conn = self._connect()
         self._conn = self._connect()
+        self._puts_since_checkpoint = 0
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={_SYNC[self.synchronous]}")
+        # A checkpoint copies the WAL into the database file and fsyncs it; left automatic it
+        # would run inside whichever commit crosses the threshold, often a `track` call.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.executescript(_SCHEMA)
         return conn
 
     def put(self, body: bytes) -> int:
-        with self._lock:
-            cursor = self._conn.execute("INSERT INTO events (body) VALUES (?)", (body,))
+        with self._write_lock:
+            cursor = self._put_conn.execute("INSERT INTO events (body) VALUES (?)", (body,))
+            self._puts_since_checkpoint += 1
             return int(cursor.lastrowid or 0)
+
+    def maintain(self) -> None:
+        """Checkpoint the WAL now and then (from the sender thread), so it stays small."""
+        if self._puts_since_checkpoint < self.CHECKPOINT_EVERY:
+            return
+        self._puts_since_checkpoint = 0
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def peek(self, max_events: int, max_bytes: int) -> list[Pending]:
         with self._lock:
@@ -209,20 +247,20 @@ class SqliteSpool:
         return _take((Pending(int(seq), bytes(body)) for seq, body in rows), max_events, max_bytes)
 
     def remove(self, keys: Iterable[int]) -> None:
-        params = [(key,) for key in keys]
-        if not params:
+        runs = _runs(sorted(keys))
+        if not runs:
             return
-        with self._lock:
+        with self._write_lock, self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany("DELETE FROM events WHERE seq = ?", params)
+                self._conn.executemany("DELETE FROM events WHERE seq BETWEEN ? AND ?", runs)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
 
     def dead_letter(self, item: Pending, status: int, problem: dict[str, Any]) -> None:
-        with self._lock:
+        with self._write_lock, self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute(
@@ -245,7 +283,7 @@ class SqliteSpool:
 
     def requeue_dead_letters(self, seqs: Iterable[int] | None = None) -> int:
         """Move dead letters back to the send queue (after fixing the server side, e.g. a meter)."""
-        with self._lock:
+        with self._write_lock, self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 if seqs is None:
@@ -282,11 +320,12 @@ class SqliteSpool:
 
     def after_fork_in_child(self) -> None:
         # A SQLite connection must not cross fork(); the child opens its own on the same file.
-        # The parent's connection object is abandoned, not closed (closing could disturb the parent).
-        self._lock = threading.Lock()
-        self._abandoned = self._conn
-        self._conn = self._connect()
+        # The parent's connections are abandoned, not closed (closing could disturb the parent).
+        self._abandoned = (self._put_conn, self._conn)
+        self._open()
 
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock, self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._put_conn.close()
             self._conn.close()

@@ -159,6 +159,7 @@ class Dispatcher:
                     self._cond.notify_all()
                 return False
             settled, failure = self._deliver(batch)
+            self.buffer.maintain()
             with self._cond:
                 self._unsent = max(0, self._unsent - settled)
                 if self._unsent == 0:

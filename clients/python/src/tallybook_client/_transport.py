@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip as _gzip
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -13,6 +14,7 @@ import httpx
 
 from tallybook_client._events import join_batch
 
+log = logging.getLogger("tallybook_client")
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 Verdict = Literal["acknowledged", "invalid", "too_large", "retry"]
 
@@ -73,6 +75,10 @@ def outcome_of(response: httpx.Response, batch_size: int) -> Outcome:
     return Outcome("retry", status, problem, retry_after=retry_after, error=f"HTTP {status} {detail}".strip())
 
 
+def _refused_compression(outcome: Outcome) -> bool:
+    return outcome.status == 415 or (outcome.verdict == "invalid" and not outcome.invalid)
+
+
 class Sender:
     """POSTs batches to /api/v1/events; owns the HTTP connection pool (re-made after fork)."""
 
@@ -103,9 +109,20 @@ class Sender:
         )
 
     def send(self, bodies: list[bytes]) -> Outcome:
+        if self.gzip:
+            outcome = self._post(bodies, compress=True)
+            if not _refused_compression(outcome):
+                return outcome
+            # A server that does not decode Content-Encoding reads gzip bytes as malformed JSON (or
+            # refuses the encoding); the events are fine, so stop compressing and send them plainly.
+            log.warning("tallybook: the server refused a gzip body (HTTP %s); sending uncompressed", outcome.status)
+            self.gzip = False
+        return self._post(bodies, compress=False)
+
+    def _post(self, bodies: list[bytes], compress: bool) -> Outcome:
         payload = join_batch(bodies)
         headers = {"Content-Type": BATCH_CONTENT_TYPE}
-        if self.gzip:
+        if compress:
             payload = _gzip.compress(payload, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
         try:
