@@ -133,3 +133,14 @@ def test_the_sender_schedules_the_next_attempt_by_backoff_and_breaker(clock):
     assert tb.stats().failed == 4 and tb.stats().queue_depth == 1
     tb._dispatcher.buffer.remove([1])
     tb.close(timeout=0)
+
+
+def test_sync_mode_with_a_full_queue_raises_instead_of_waiting_forever(clock):
+    from tallybook_client import QueueFull
+
+    tb = _client(clock, httpx.MockTransport(lambda r: httpx.Response(503)), sync_mode=True, max_queue=1)
+    with pytest.raises(NotAcknowledged):
+        tb.track("api.calls", "acme")
+    with pytest.raises(QueueFull):  # no sender thread could ever make room for a blocked call
+        tb.track("api.calls", "acme")
+    tb.close(timeout=0)

@@ -42,8 +42,8 @@ class AsyncTallybook:
 
     def _may_block(self) -> bool:
         memory = self.core._memory
-        if self.core.sync_mode:
-            return True
+        if self.core.sync_mode or (self.core.spool is not None and self.core.spool.synchronous == "full"):
+            return True  # waits on the network, or on an fsync per event
         return memory is not None and memory.overflow == "block" and memory.depth() >= memory.max_events
 
     async def track(

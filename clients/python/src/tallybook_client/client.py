@@ -121,7 +121,9 @@ class Tallybook:
         if self.spool is not None:
             buffer = self.spool
         else:
-            self._memory = MemoryQueue(max_queue, overflow, block_timeout, self._dropped_on_overflow)
+            # sync_mode has no sender thread to make room, so a full queue can only raise.
+            policy: Overflow = "raise" if sync_mode and overflow == "block" else overflow
+            self._memory = MemoryQueue(max_queue, policy, block_timeout, self._dropped_on_overflow)
             buffer = self._memory
         self._sender = Sender(url, api_key, timeout, gzip, http_transport, USER_AGENT)
         self._dispatcher = Dispatcher(
