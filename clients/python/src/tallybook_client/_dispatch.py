@@ -300,7 +300,7 @@ class Dispatcher:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
-                    self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
+                    self._cond.wait(1.0 if remaining is None else min(remaining, 1.0))
             finally:
                 self._urgent -= 1
 

@@ -33,10 +33,16 @@ def uuid7() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
 def rfc3339_now() -> str:
-    ns = _time.time_ns()
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(seconds)) + f".{rest // 1000:06d}Z"
+    global _second_prefix
+    seconds, rest = divmod(_time.time_ns(), 1_000_000_000)
+    cached = _second_prefix  # one tuple, replaced whole: safe to share between threads
+    if cached[0] != seconds:
+        cached = _second_prefix = (seconds, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(seconds)))
+    return f"{cached[1]}.{rest // 1000:06d}Z"
 
 
 def rfc3339(moment: datetime) -> str:
@@ -55,6 +61,9 @@ def _default(value: Any) -> Any:
     if isinstance(value, date):
         return value.isoformat()
     raise TypeError(f"event data holds a {type(value).__name__}, which has no JSON form: {value!r}")
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_default)
 
 
 def _unmark_decimals(text: str) -> str:
@@ -95,7 +104,7 @@ def encode_event(
     if data is not None:
         event["data"] = data
     try:
-        text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_default)
+        text = _ENCODER.encode(event)
     except ValueError as exc:
         raise ValueError(f"event data is not valid JSON: {exc}") from None
     if "\\u0000" + _DECIMAL_TOKEN in text:
