@@ -18,7 +18,6 @@ import time
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
-
 from tallybook_client import Tallybook
 
 
