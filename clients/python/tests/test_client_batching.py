@@ -349,3 +349,35 @@ def test_gzip_falls_back_to_plain_json_when_the_server_cannot_read_it(recorder):
     assert [r.headers.get("content-encoding") for r in seen] == ["gzip", None, None]
     assert refused == [] and tb.stats().sent == 2
     tb.close()
+
+
+def test_many_threads_tracking_at_once_lose_and_repeat_nothing(tmp_path, recorder):
+    rec = recorder()
+    tb = Tallybook("http://tb", spool=tmp_path, batch_size=64, flush_interval=0.001, http_transport=rec.transport)
+    ids: list[list[str]] = [[] for _ in range(8)]
+
+    def worker(n: int) -> None:
+        ids[n] = [tb.track("api.calls", f"c{n}", {"i": i}) for i in range(250)]
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert tb.flush(timeout=30)
+    sent = rec.ids
+    assert len(sent) == len(set(sent)) == 2000
+    assert set(sent) == {i for per_thread in ids for i in per_thread}
+    for n in range(8):  # each thread's events arrive in the order it tracked them
+        assert [i for i in sent if i in set(ids[n])] == ids[n]
+    tb.close()
+
+
+def test_a_spool_from_a_newer_client_is_refused_not_misread(tmp_path):
+    import sqlite3
+
+    SqliteSpool(tmp_path).close()
+    with sqlite3.connect(tmp_path / "spool.sqlite3") as conn:
+        conn.execute("PRAGMA user_version=99")
+    with pytest.raises(RuntimeError, match="newer tallybook-client"):
+        SqliteSpool(tmp_path)

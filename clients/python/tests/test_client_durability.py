@@ -190,3 +190,23 @@ def test_gzip_against_this_server_falls_back_to_plain_json(running_server, event
     tb.close()
     assert stats.dead_lettered == 0 and stats.sent == 3
     _assert_exactly_once(server, event_type, tracked)
+
+
+def test_a_normal_exit_sends_what_is_still_queued(running_server, event_type):
+    """No flush, no close: the atexit hook sends the memory queue before the interpreter exits."""
+    server = running_server
+    script = (
+        "import sys\n"
+        "from tallybook_client import Tallybook\n"
+        "tb = Tallybook(sys.argv[1], sys.argv[2], flush_interval=3600, batch_size=10_000)\n"
+        "for n in range(50):\n"
+        "    print(tb.track(sys.argv[3], 'acme', {'n': n}))\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script, server.url, server.key, event_type],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    _assert_exactly_once(server, event_type, child.stdout.split())

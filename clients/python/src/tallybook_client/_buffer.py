@@ -161,6 +161,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
   failed_at REAL NOT NULL
 );
 """
+SPOOL_FORMAT = 1  # PRAGMA user_version: a later client can migrate an older spool, never misread one
 _SYNC = {"off": "OFF", "normal": "NORMAL", "full": "FULL"}
 
 
@@ -225,6 +226,11 @@ class SqliteSpool:
         # would run inside whichever commit crosses the threshold, often a `track` call.
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.executescript(_SCHEMA)
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SPOOL_FORMAT:
+            raise RuntimeError(f"{self.path} was written by a newer tallybook-client (format {version})")
+        if version < SPOOL_FORMAT:
+            conn.execute(f"PRAGMA user_version={SPOOL_FORMAT}")
         return conn
 
     def put(self, body: bytes) -> int:
