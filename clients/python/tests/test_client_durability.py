@@ -192,18 +192,24 @@ def test_gzip_against_this_server_falls_back_to_plain_json(running_server, event
     _assert_exactly_once(server, event_type, tracked)
 
 
-def test_a_normal_exit_sends_what_is_still_queued(running_server, event_type):
-    """No flush, no close: the atexit hook sends the memory queue before the interpreter exits."""
+@pytest.mark.parametrize("with_spool", [False, True], ids=["memory", "spool"])
+def test_a_normal_exit_sends_what_is_still_queued(running_server, event_type, tmp_path, with_spool):
+    """No flush, no close, not even a reference left: the atexit hook still finds the client and
+    sends what is queued (in memory or in the spool) before the interpreter exits."""
     server = running_server
     script = (
-        "import sys\n"
+        "import gc, sys\n"
         "from tallybook_client import Tallybook\n"
-        "tb = Tallybook(sys.argv[1], sys.argv[2], flush_interval=3600, batch_size=10_000)\n"
-        "for n in range(50):\n"
-        "    print(tb.track(sys.argv[3], 'acme', {'n': n}))\n"
+        "spool = sys.argv[4] or None\n"
+        "def work():\n"
+        "    tb = Tallybook(sys.argv[1], sys.argv[2], spool=spool, flush_interval=3600, batch_size=10_000)\n"
+        "    for n in range(50):\n"
+        "        print(tb.track(sys.argv[3], 'acme', {'n': n}))\n"
+        "work()\n"
+        "gc.collect()\n"
     )
     child = subprocess.run(
-        [sys.executable, "-c", script, server.url, server.key, event_type],
+        [sys.executable, "-c", script, server.url, server.key, event_type, str(tmp_path) if with_spool else ""],
         capture_output=True,
         text=True,
         timeout=60,

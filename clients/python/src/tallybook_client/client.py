@@ -6,7 +6,6 @@ import atexit
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -48,7 +47,9 @@ def _default_tracer() -> Tracer | None:
     return tracer
 
 
-_live: weakref.WeakSet[Tallybook] = weakref.WeakSet()
+# Open clients, held strongly until `close`: a client dropped without closing still has queued
+# events, and the atexit hook must still find it to send them.
+_live: set[Tallybook] = set()
 
 
 def _after_fork_in_child() -> None:
