@@ -31,7 +31,7 @@ def test_client_killed_with_sigkill_mid_stream_loses_nothing_after_restart(runni
     server.create_count_meter(meter, event_type)
     spool, side = tmp_path / "spool", tmp_path / "tracked.txt"
     child = subprocess.Popen(
-        [sys.executable, str(CHILD), "track", server.url, server.key, str(spool), event_type, str(side), "20000"],
+        [sys.executable, str(CHILD), "track", server.url, server.key, str(spool), event_type, str(side), "0"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -44,7 +44,7 @@ def test_client_killed_with_sigkill_mid_stream_loses_nothing_after_restart(runni
         child.wait(timeout=10)
     assert child.returncode == -9
     tracked = side.read_text().split()
-    assert 200 < len(tracked) < 20000, "the kill should land mid-stream"
+    assert len(tracked) > 200  # and the child was still tracking: it tracks until it is killed
 
     drain = subprocess.run(
         [sys.executable, str(CHILD), "drain", server.url, server.key, str(spool)],
