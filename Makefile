@@ -9,9 +9,10 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Installs again only when pyproject.toml changes (pip and setuptools are slow and chatty).
-$(VENV)/.installed: $(BIN)/activate pyproject.toml
+# Installs again only when a pyproject.toml changes (pip and setuptools are slow and chatty).
+$(VENV)/.installed: $(BIN)/activate pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e clients/python
 	touch $@
 
 install: $(VENV)/.installed
