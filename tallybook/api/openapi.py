@@ -6,7 +6,7 @@ with `responses()` and `json_body()`. This module adds what follows from how the
 - every 4xx/5xx answers `application/problem+json` with the `Problem` schema (problems.py);
 - an operation behind an API key answers 401 (no/unknown key) and 403 (key of another scope),
   and says so in `security`; portal routes take a portal token instead;
-- an operation with query parameters or a body answers 400 (validation errors map to 400, so
+- an operation that takes parameters or a body answers 400 when they are invalid (validation errors map to 400, so
   FastAPI's default 422 is never returned and is dropped).
 """
 
@@ -146,8 +146,7 @@ def _complete_operation(op: dict[str, Any], route: Any, portal_dependencies: tup
     elif any(call in portal_dependencies for call in calls):
         op["security"] = PORTAL_SECURITY
         answers.setdefault("401", {"description": "No portal token, or an unknown, expired or invalidated one"})
-    has_query = any(p.get("in") == "query" for p in op.get("parameters", []))
-    if has_query or "requestBody" in op:
+    if op.get("parameters") or "requestBody" in op:
         answers.setdefault("400", {})
     for code, answer in answers.items():
         if code.isdigit() and int(code) >= 400:
