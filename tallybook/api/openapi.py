@@ -76,7 +76,10 @@ def schema_of(shape: Any) -> dict[str, Any]:
     if isinstance(shape, dict):
         return shape
     if isinstance(shape, type) and issubclass(shape, BaseModel):
-        return shape.model_json_schema(ref_template=SCHEMA_REF)
+        # A reference to the model as a component (named like FastAPI names response models).
+        schema = shape.model_json_schema(ref_template=SCHEMA_REF)
+        definitions = {**schema.pop("$defs", {}), shape.__name__: schema}
+        return {"$ref": SCHEMA_REF.format(model=shape.__name__), "$defs": definitions}
     return TypeAdapter(shape).json_schema(ref_template=SCHEMA_REF)
 
 

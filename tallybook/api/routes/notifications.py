@@ -366,7 +366,12 @@ async def get_event(request: Request, eventId: str, _key: Reader) -> Response:
     return _json(await _call(load))
 
 
-@router.post("/events/{eventId}/resend", status_code=202, response_class=Response, responses=responses(None, 404))
+@router.post(
+    "/events/{eventId}/resend",
+    status_code=202,
+    response_class=Response,
+    responses=responses(None, 404, status=202, description="Accepted (no body): the worker sends it again"),
+)
 async def resend_event(request: Request, eventId: str, _key: Admin, body: ResendBody | None = None) -> Response:
     """Send the event again to its channels (or to the listed ones); the worker picks it up."""
     channels = tuple(body.channels or ()) if body else ()
