@@ -6,8 +6,8 @@ with `responses()` and `json_body()`. This module adds what follows from how the
 - every 4xx/5xx answers `application/problem+json` with the `Problem` schema (problems.py);
 - an operation behind an API key answers 401 (no/unknown key) and 403 (key of another scope),
   and says so in `security`; portal routes take a portal token instead;
-- an operation that takes parameters or a body answers 400 when they are invalid (validation errors map to 400, so
-  FastAPI's default 422 is never returned and is dropped).
+- an operation that takes parameters or a body answers 400 when they are invalid (validation errors
+  map to 400, so FastAPI's default 422 is never returned and is dropped).
 """
 
 from __future__ import annotations
