@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench install
+.PHONY: serve test lint bench install fuzz
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy tallybook
+
+# Schemathesis against a live server on SQLite and PostgreSQL (tests/fuzz/run.py); a few minutes.
+# FUZZ_ARGS=--sqlite-only skips PostgreSQL.
+fuzz: install
+	$(BIN)/python tests/fuzz/run.py $(FUZZ_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py
