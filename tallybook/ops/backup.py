@@ -26,7 +26,6 @@ from sqlalchemy.engine import URL, make_url
 
 from tallybook.errors import DomainError
 
-
 # Rows a first start writes by itself (a first admin key, the default billing profile, the config's
 # meters, job bookkeeping): a database holding only these holds no one's data.
 _SET_UP_ON_START = frozenset({"api_keys", "billing_profiles", "meters", "job_runs", "job_cursors"})

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import orjson
 from sqlalchemy import Select, Text, cast, func, select
 
 from tallybook import jsonutil
-from tallybook.clock import format_rfc3339, from_micros
 from tallybook.errors import DomainError
 from tallybook.store.base import SqlStore
 from tallybook.store.billing import invoice_lines, invoices
@@ -34,6 +35,7 @@ from tallybook.store.meters import meter_usage, meters
 from tallybook.store.schema import events
 
 BATCH_ROWS = 5_000
+ROW_GROUP_ROWS = 100_000
 # Invoice lines are read per page of invoices: one IN (...) query per page.
 _INVOICE_PAGE = 500
 
@@ -316,7 +318,18 @@ def _writer(fmt: ExportFormat, columns: tuple[Column, ...]) -> _Writer:
 
 
 def _time_text(micros: int | None) -> str | None:
-    return None if micros is None else format_rfc3339(from_micros(micros))
+    """RFC 3339 UTC as tallybook.clock.format_rfc3339 writes it, without building a datetime: this
+    runs for every instant of every row."""
+    if micros is None:
+        return None
+    seconds, fraction = divmod(micros, 1_000_000)
+    text = _second_text(seconds)
+    return f"{text}.{fraction:06d}Z" if fraction else f"{text}Z"
+
+
+@lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def _json_null(text: str | None) -> str | None:
@@ -362,7 +375,9 @@ class _JsonlWriter(_Writer):
         self.jsons = [i for i, c in enumerate(columns) if c.kind == JSON]
 
     def write(self, rows: list[Row]) -> bytes:
-        parts: list[bytes] = []
+        # Into one buffer as we go: each orjson result owns a buffer of at least 1 KiB, so a list
+        # of them would hold several times the batch's size.
+        out = io.BytesIO()
         dumps, option, fragment = orjson.dumps, orjson.OPT_APPEND_NEWLINE, orjson.Fragment
         for row in rows:
             values = list(row)
@@ -371,8 +386,8 @@ class _JsonlWriter(_Writer):
             for i in self.jsons:
                 text = _json_null(values[i])
                 values[i] = None if text is None else fragment(text)
-            parts.append(dumps(dict(zip(self.names, values, strict=True)), option=option))
-        return b"".join(parts)
+            out.write(dumps(dict(zip(self.names, values, strict=True)), option=option))
+        return out.getvalue()
 
 
 def _pyarrow() -> Any:
@@ -409,7 +424,9 @@ class _Drain:
 
 
 class _ParquetWriter(_Writer):
-    """One row group per batch, written as soon as the batch is read (pyarrow.parquet.ParquetWriter)."""
+    """Row groups of ROW_GROUP_ROWS rows, each written (and its bytes handed on) once full
+    (pyarrow.parquet.ParquetWriter): readers skip and parallelise by row group, and one row group
+    is the most this holds in memory, as Arrow columns."""
 
     def __init__(self, columns: tuple[Column, ...]) -> None:
         pa = _pyarrow()
@@ -427,6 +444,8 @@ class _ParquetWriter(_Writer):
         self.sink = _Drain()
         self.file = pa.PythonFile(self.sink, mode="w")
         self.writer = pa.parquet.ParquetWriter(self.file, self.schema, compression="zstd")
+        self.pending: list[Any] = []  # record batches of the row group being filled
+        self.pending_rows = 0
 
     def write(self, rows: list[Row]) -> bytes:
         pa = self.pa
@@ -436,9 +455,19 @@ class _ParquetWriter(_Writer):
             if i in self.jsons:
                 values = [_json_null(v) for v in values]
             arrays.append(pa.array(values, type=field.type))
-        self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.pending.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self.pending_rows += len(rows)
+        if self.pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
         return self.sink.take()
 
     def finish(self) -> bytes:
+        self._flush()
         self.writer.close()
         return self.sink.take()
+
+    def _flush(self) -> None:
+        if self.pending_rows:
+            table = self.pa.Table.from_batches(self.pending, schema=self.schema)
+            self.writer.write_table(table, row_group_size=self.pending_rows)
+        self.pending, self.pending_rows = [], 0
