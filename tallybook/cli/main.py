@@ -549,7 +549,7 @@ def verify(config: ConfigOption = None, database: DatabaseOption = None) -> None
         report = verify_database(store)
     finally:
         store.close()
-    console.print(_counts_table(f"{make_url_label(settings.database.url)}", dict(report.counts)))
+    console.print(_counts_table(f"row counts: {make_url_label(settings.database.url)}", dict(report.counts)))
     checks = Table(title="checks")
     for column in ("check", "result", "detail"):
         checks.add_column(column)

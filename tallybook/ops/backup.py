@@ -226,7 +226,7 @@ def restore(backup_file: Path, url: str, force: bool = False) -> RestoreResult:
         replaced = inspect(target)
         held = {t: n for t, n in replaced.counts.items() if n and t not in _SET_UP_ON_START}
         if held and not force:
-            summary = ", ".join(f"{n} {t}" for t, n in sorted(held.items()))
+            summary = ", ".join(f"{n:,} {t}" for t, n in sorted(held.items()))
             raise OpsError(f"{target} holds data ({summary}); add --force to replace it with the backup")
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
