@@ -536,6 +536,8 @@ def restore(
 def verify(config: ConfigOption = None, database: DatabaseOption = None) -> None:
     """Check a database: schema revision, row counts, invoice totals against their lines, meter cursors.
     Exits 1 when a check fails. Never migrates or writes."""
+    from sqlalchemy.engine import make_url
+
     from tallybook.ops.verify import verify as verify_database
     from tallybook.store import UnsupportedDatabase, open_store
 
@@ -549,7 +551,8 @@ def verify(config: ConfigOption = None, database: DatabaseOption = None) -> None
         report = verify_database(store)
     finally:
         store.close()
-    console.print(_counts_table(f"row counts: {make_url_label(settings.database.url)}", dict(report.counts)))
+    label = make_url(settings.database.url).render_as_string(hide_password=True)
+    console.print(_counts_table(f"row counts: {label}", dict(report.counts)))
     checks = Table(title="checks")
     for column in ("check", "result", "detail"):
         checks.add_column(column)
@@ -558,12 +561,6 @@ def verify(config: ConfigOption = None, database: DatabaseOption = None) -> None
     console.print(checks)
     if not report.ok:
         raise typer.Exit(1)
-
-
-def make_url_label(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 @app.command()

@@ -7,7 +7,7 @@ any size holds one batch of rows in memory. Bad parameters are refused before th
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.params import instant_micros
 from tallybook.api.security import require
-from tallybook.ops.export import ExportFormat, ExportKind, ExportRequest, prepare
+from tallybook.ops.export import MEDIA_TYPES, ExportFormat, ExportKind, ExportRequest, prepare
 from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/export", tags=["export"])
@@ -24,7 +24,15 @@ router = APIRouter(prefix="/api/v1/export", tags=["export"])
 Admin = Annotated[ApiKeyRecord, Depends(require("admin"))]
 
 
-@router.get("/{kind}")
+_DOWNLOAD: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The export file, streamed",
+        "content": {media_type.split(";")[0]: {} for media_type in MEDIA_TYPES.values()},
+    }
+}
+
+
+@router.get("/{kind}", response_class=StreamingResponse, responses=_DOWNLOAD)
 async def export(
     request: Request,
     kind: ExportKind,
