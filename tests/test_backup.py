@@ -187,3 +187,22 @@ def test_postgresql_backup_and_restore_print_the_pg_tools_commands(tmp_path):
     assert "pg_restore --clean --if-exists --no-owner --dbname postgresql://tally@db.internal:5433/tallybook" in (
         restored.output
     )
+
+
+def test_an_older_backup_restores_and_says_to_upgrade(tmp_path):
+    demo_database(tmp_path / "old.db")
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("UPDATE alembic_version SET version_num = '0010'")  # a revision this version knows
+    conn.commit()
+    conn.close()
+    result = runner.invoke(app, ["restore", str(tmp_path / "old.db"), "--database", sqlite_url(tmp_path / "new.db")])
+    assert result.exit_code == 0, result.output
+    assert "revision 0010" in result.output
+    assert "run `tallybook db upgrade`" in result.output
+
+
+def test_backup_of_a_missing_database_says_so(tmp_path):
+    result = runner.invoke(app, ["backup", str(tmp_path / "b.db"), "--database", sqlite_url(tmp_path / "none.db")])
+    assert result.exit_code == 2
+    assert f"no database file at {tmp_path / 'none.db'}" in result.output
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "b.db").exists()
