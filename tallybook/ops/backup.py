@@ -17,6 +17,7 @@ forced, a target that holds data.
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -80,17 +81,11 @@ def libpq_url(url: str) -> str:
 
 
 def pg_dump_command(url: str, file: Path) -> str:
-    return f"pg_dump --format=custom --file {_quote(str(file))} {_quote(libpq_url(url))}"
+    return f"pg_dump --format=custom --file {shlex.quote(str(file))} {shlex.quote(libpq_url(url))}"
 
 
 def pg_restore_command(url: str, file: Path) -> str:
-    return f"pg_restore --clean --if-exists --no-owner --dbname {_quote(libpq_url(url))} {_quote(str(file))}"
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
+    return f"pg_restore --clean --if-exists --no-owner --dbname {shlex.quote(libpq_url(url))} {shlex.quote(str(file))}"
 
 
 def backup(url: str, destination: Path) -> BackupResult:
