@@ -18,6 +18,7 @@ from tallybook.api.routes import (
     codehooks,
     customers,
     events,
+    export,
     meters,
     notifications,
     ops,
@@ -106,6 +107,7 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(profile_routes.router)
     app.include_router(portal.router)
     app.include_router(overview.router)
+    app.include_router(export.router)
     app.include_router(ui_router)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
     app.openapi = lambda: complete_openapi(app, portal_dependencies=(portal.portal_holder,))  # type: ignore[method-assign]
