@@ -27,7 +27,10 @@ Admin = Annotated[ApiKeyRecord, Depends(require("admin"))]
 _DOWNLOAD: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The export file, streamed",
-        "content": {media_type.split(";")[0]: {} for media_type in MEDIA_TYPES.values()},
+        "content": {
+            media_type.split(";")[0]: {"schema": {"type": "string", "format": "binary"}}
+            for media_type in MEDIA_TYPES.values()
+        },
     }
 }
 
