@@ -13,7 +13,6 @@ aggregates (`tb_dsum`, `tb_dmin`, `tb_dmax`) add up with `Decimal`.
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -339,19 +338,20 @@ def cursors(conn: Connection) -> dict[int, int]:
     return {int(k): int(s) for k, s in rows}
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+@dataclass(frozen=True, slots=True)
+class UnreadableData:
+    """Stands in for event data that cannot be decoded, so one such row fails only itself."""
 
-
-# One decoder for every event (json.loads with options would build a new one per call). Exact
-# numbers as in tallybook.jsonutil: fractions become Decimal, integers int, NaN/Infinity refused.
-_DATA_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+    reason: str
 
 
 def _decode_data(raw: Any) -> Any:
     if raw is None or isinstance(raw, dict):
         return raw
-    return _DATA_DECODER.decode(raw)
+    try:
+        return jsonutil.loads(raw)
+    except ValueError as exc:
+        return UnreadableData(str(exc)[:200])
 
 
 def events_after(

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.billing.export import invoice_html, invoice_json
@@ -179,7 +180,7 @@ async def simulate_invoices(
     request: Request,
     customerId: str,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
-    at: datetime | None = None,
+    at: Instant | None = None,
     format: Annotated[str | None, Query(pattern="^(json|html)$")] = None,
 ) -> Response:
     """What the customer's invoice for the current period (or the one holding `at`) says now. Nothing is stored."""
@@ -198,7 +199,7 @@ async def current_usage(
     request: Request,
     customerId: str,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
-    at: datetime | None = None,
+    at: Instant | None = None,
 ) -> Response:
     """The customer's usage per rate card in the current billing period, with the charge so far."""
     invoicing = runtime_of(request).invoicing

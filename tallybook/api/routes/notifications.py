@@ -22,6 +22,7 @@ from tallybook.api.params import instant_micros
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.clock import format_rfc3339, from_micros
+from tallybook.ingest.limits import MAX_PAGE, MAX_PAGE_SIZE
 from tallybook.store.base import ApiKeyRecord
 from tallybook.store.webhooks import AttemptRow, ChannelRow, DeliveryRow, EventFilter, EventRow, RuleRow
 from tallybook.webhooks.service import (
@@ -147,8 +148,8 @@ _ORDER_KEYS: dict[str, Callable[[Any], Any]] = {
     "updatedAt": lambda r: (r.updated_us, r.id),
 }
 
-Page = Annotated[int, Query(ge=1)]
-PageSize = Annotated[int, Query(ge=1, le=1000)]
+Page = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 Order = Annotated[Literal["ASC", "DESC"], Query()]
 OrderBy = Annotated[Literal["id", "type", "createdAt", "updatedAt"], Query()]
 
