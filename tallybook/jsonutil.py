@@ -20,10 +20,13 @@ from typing import Any
 
 import orjson
 
-from tallybook.ingest.limits import MAX_NUMBER_FRACTION_DIGITS, MAX_NUMBER_INTEGER_DIGITS
+from tallybook.ingest.limits import MAX_JSON_DEPTH, MAX_NUMBER_FRACTION_DIGITS, MAX_NUMBER_INTEGER_DIGITS
 
 Path = tuple[str | int, ...]
 MAX_PROBLEMS = 100
+# How deep the checks walk when the caller checks depth itself: far above any accepted document,
+# far below Python's recursion limit.
+WALK_DEPTH = 2 * MAX_JSON_DEPTH
 
 
 class JsonRefused(ValueError):
@@ -176,10 +179,9 @@ def too_deep(value: Any, room: int, path: Path = ()) -> Path | None:
     return None
 
 
-def _problems(
-    value: Any, path: Path, room: int | None, limit: int | None, check_text: bool
-) -> Iterator[tuple[Path, str]]:
-    """Everything `loads_request` refuses inside a decoded (marking) document; `room` counts down."""
+def _problems(value: Any, path: Path, room: int, limit: int | None, check_text: bool) -> Iterator[tuple[Path, str]]:
+    """Everything `loads_request` refuses inside a decoded (marking) document. `room` counts the
+    levels left; with `limit` None depth is not reported, but the walk still stops there."""
     if isinstance(value, _Unstorable):
         yield path, value.problem
     elif isinstance(value, str):
@@ -187,19 +189,19 @@ def _problems(
         if problem:
             yield path, problem
     elif isinstance(value, dict | list):
-        if room is not None and room <= 0:
-            yield path, _too_deep_message(limit)
+        if room <= 0:
+            if limit is not None:
+                yield path, _too_deep_message(limit)
             return
-        below = None if room is None else room - 1
         if isinstance(value, dict):
             for key, child in value.items():
                 problem = text_problem(key) if check_text else None
                 if problem:
                     yield (*path, key), f"the key {problem}"
-                yield from _problems(child, (*path, key), below, limit, check_text)
+                yield from _problems(child, (*path, key), room - 1, limit, check_text)
         else:
             for index, child in enumerate(value):
-                yield from _problems(child, (*path, index), below, limit, check_text)
+                yield from _problems(child, (*path, index), room - 1, limit, check_text)
 
 
 def _too_deep_message(limit: int | None) -> str:
@@ -228,14 +230,14 @@ def loads_request(raw: bytes | str, max_depth: int | None) -> Any:
     except _OutOfRange:
         value = _MARKING.decode(text)
         found = []
-        for problem in _problems(value, (), max_depth, max_depth, may_hold_bad_text(raw)):
+        for problem in _problems(value, (), max_depth or WALK_DEPTH, max_depth, may_hold_bad_text(raw)):
             found.append(problem)
             if len(found) >= MAX_PROBLEMS:
                 break
         raise JsonRefused(found) from None
     found = []
     if may_hold_bad_text(raw):
-        for problem in _problems(value, (), max_depth, max_depth, True):
+        for problem in _problems(value, (), max_depth or WALK_DEPTH, max_depth, True):
             found.append(problem)
             if len(found) >= MAX_PROBLEMS:
                 break
