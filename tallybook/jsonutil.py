@@ -43,8 +43,17 @@ def show_path(path: Path) -> str:
     """$[3].data.model style, for messages."""
     out = "$"
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        out += f"[{part}]" if isinstance(part, int) else f".{printable(part)}"
     return out
+
+
+def printable(text: str) -> str:
+    """`text` safe to write into an answer: a lone surrogate (which no encoder writes) as \\udxxx."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _reject_constant(name: str) -> Any:

@@ -45,7 +45,8 @@ def field_error(path: jsonutil.Path, message: str) -> FieldError:
     rest = path[1:] if index is not None else path
     field = ""
     for part in rest:
-        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+        name = jsonutil.printable(part) if isinstance(part, str) else str(part)
+        field += f"[{part}]" if isinstance(part, int) else (f".{name}" if field else name)
     return FieldError(index, field or ("(event)" if index is not None else "(body)"), message)
 
 
