@@ -46,7 +46,10 @@ CASES: dict[str, tuple[str, Callable[..., Any]]] = {
         f"{limits.MAX_KEY_BYTES:,} bytes in UTF-8",
         _ingest(body(cloudevent("x" * (limits.MAX_KEY_BYTES + 1)))),
     ),
-    "U+0000 anywhere in text (keys, values, `data` keys)": ("none allowed", _ingest(body(cloudevent("e1", subject="a\x00")))),
+    "U+0000 anywhere in text (keys, values, `data` keys)": (
+        "none allowed",
+        _ingest(body(cloudevent("e1", subject="a\x00"))),
+    ),
     "Unpaired UTF-16 surrogate escape": ("none allowed", _ingest(body(cloudevent("e1"))[:-2] + b',"k":"\\ud800"}}')),
     "Nesting depth of a request body": (
         f"{limits.MAX_JSON_DEPTH} levels of arrays and objects",
@@ -75,7 +78,10 @@ CASES: dict[str, tuple[str, Callable[..., Any]]] = {
         "RFC 3339 with an offset",
         _get("/api/v1/events?from=0.067"),
     ),
-    "`page` of paginated lists": (f"1 to {limits.MAX_PAGE:,}", _get("/api/v1/notification/events?page=1000001", "admin")),
+    "`page` of paginated lists": (
+        f"1 to {limits.MAX_PAGE:,}",
+        _get("/api/v1/notification/events?page=1000001", "admin"),
+    ),
     "`pageSize` of paginated lists": (
         f"1 to {limits.MAX_PAGE_SIZE:,}",
         _get("/api/v1/notification/events?pageSize=1001", "admin"),

@@ -387,3 +387,27 @@ def test_rfc3339_query_timestamps_still_work(client, keys, runtime):
     # An unencoded '+' arrives as a space.
     response = client.get("/api/v1/events?from=2026-01-05T11:00:00+01:00", headers=read)
     assert [i["event"]["id"] for i in response.json()] == ["q"]
+
+
+def test_a_request_refused_for_a_metered_value_does_not_fail_its_group(client, keys, runtime):
+    """The writer checks metered fields per request: the others in the same group commit."""
+    from concurrent.futures import Future
+
+    from tallybook.ingest.service import _Request
+
+    make_meter(client, keys)
+    good = [Event("svc", f"g{i}", "api.calls", "c", 1_767_607_200_000_000, {"value": i}) for i in range(3)]
+    bad = [
+        Event("svc", "b0", "api.calls", "c", 1_767_607_200_000_000, {"value": 1}),
+        Event("svc", "b1", "api.calls", "c", 1_767_607_200_000_000, {"value": Decimal("0.1234567")}),
+    ]
+    runtime.ingest.stop()  # queue both while the writer is stopped: the restarted writer takes one group
+    requests = [_Request(good, Future()), _Request(bad, Future())]
+    for request in requests:
+        runtime.ingest._queue.put(request)
+    runtime.ingest.start()
+    assert requests[0].future.result(timeout=30).accepted == 3
+    with pytest.raises(InvalidEvents) as refused:
+        requests[1].future.result(timeout=30)
+    assert [(e.index, e.field) for e in refused.value.errors] == [(1, "data.value")]
+    assert stored_ids(runtime) == {"g0", "g1", "g2"}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select
 
 from tallybook.ingest.events import CODEHOOKS_SOURCE, Event, FieldError
+from tallybook.ingest.limits import METERED_INTEGER_DIGITS
 from tallybook.meters.extract import (
     Extractor,
     InvalidPath,
@@ -33,6 +34,7 @@ from tallybook.meters.extract import (
 from tallybook.store.meters import meters
 
 NUMERIC = frozenset({"SUM", "AVG", "MIN", "MAX", "LATEST", "FIRST"})
+IN_DOMAIN_INT = 10**METERED_INTEGER_DIGITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,8 @@ def check_metered(events: Sequence[Event], fields: MeteredFields, indexed: bool)
 
 def _problem(metered: MeteredField, raw: object) -> str | None:
     if metered.role == "value":
+        if type(raw) is int and -IN_DOMAIN_INT < raw < IN_DOMAIN_INT:
+            return None  # the common case, without building a Decimal
         number = as_decimal(raw)
         if number is None:
             return None  # not a number: counted as a bad value by the meter, as before
