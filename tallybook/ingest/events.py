@@ -106,7 +106,8 @@ def parse_time(value: Any) -> datetime:
         shown = value if len(value) <= 40 else value[:40] + "…"
         raise ValueError(f"{shown!r} is not an RFC 3339 timestamp (e.g. 2026-01-05T10:00:00Z)")
     if not has_offset:
-        raise ValueError(f"{value!r} has no time zone offset; add 'Z' or an offset like +01:00")
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise ValueError(f"{shown!r} has no time zone offset; add 'Z' or an offset like +01:00")
     try:
         parsed = datetime.fromisoformat(value[:-1] + "Z" if value[-1] == "z" else value)
         return parsed.astimezone(UTC)

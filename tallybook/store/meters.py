@@ -13,6 +13,7 @@ aggregates (`tb_dsum`, `tb_dmin`, `tb_dmax`) add up with `Decimal`.
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -345,9 +346,24 @@ class UnreadableData:
     reason: str
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every event (json.loads with options would build a new one per call). Exact
+# numbers as in tallybook.jsonutil: fractions become Decimal, integers int, NaN/Infinity refused.
+_DATA_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
 def _decode_data(raw: Any) -> Any:
     if raw is None or isinstance(raw, dict):
         return raw
+    try:
+        return _DATA_DECODER.decode(raw)
+    except (ValueError, RecursionError):
+        pass
+    # Integers past Python's 4,300-digit int(str) limit need jsonutil's decoder; data that not
+    # even it reads fails only its own row (see UnreadableData).
     try:
         return jsonutil.loads(raw)
     except ValueError as exc:
