@@ -159,3 +159,19 @@ def test_each_refusal_is_answered_as_documented(client, keys, runtime, name):
         "urn:tallybook:problem:" + _unquote(row["Problem type"]),
         _unquote(row["Message"]),
     )
+
+
+def test_the_domain_argument_holds_for_the_decimal_context_in_use():
+    """Totals are exact only while the digits a total needs fit the context sums run in."""
+    from decimal import Decimal, getcontext
+
+    assert getcontext().prec == limits.DECIMAL_CONTEXT_DIGITS
+    largest = Decimal(10) ** limits.METERED_INTEGER_DIGITS - limits.METERED_QUANTUM  # 999999999999.999999
+    # That many events at the largest value, counted exactly in millionths (Python ints never round).
+    millionths = (10 ** (limits.METERED_INTEGER_DIGITS + limits.METERED_FRACTION_DIGITS) - 1) * limits.EXACT_SUM_EVENTS
+    assert len(str(millionths)) <= limits.DECIMAL_CONTEXT_DIGITS
+    assert largest * limits.EXACT_SUM_EVENTS == Decimal(millionths).scaleb(-limits.METERED_FRACTION_DIGITS)
+    text = DOC.read_text(encoding="utf-8")
+    digits = limits.DECIMAL_CONTEXT_DIGITS - limits.METERED_INTEGER_DIGITS - limits.METERED_FRACTION_DIGITS
+    assert f"10^{digits} events" in text
+    assert f"{limits.METERED_INTEGER_DIGITS} + {limits.METERED_FRACTION_DIGITS} + {digits} = 28" in text

@@ -43,8 +43,6 @@ METERED_FRACTION_DIGITS = 6
 EXACT_SUM_EVENTS = 10 ** (DECIMAL_CONTEXT_DIGITS - METERED_INTEGER_DIGITS - METERED_FRACTION_DIGITS)
 METERED_QUANTUM = Decimal(1).scaleb(-METERED_FRACTION_DIGITS)  # 0.000001
 METERED_MAX_EXCLUSIVE = Decimal(10) ** METERED_INTEGER_DIGITS
-# A numeric string a meter reads ("0.25") is parsed only up to this many characters.
-MAX_NUMERIC_STRING_LENGTH = 64
 
 # groupBy values and UNIQUE_COUNT keys, as text. UNIQUE_COUNT keys are indexed (same PostgreSQL
 # entry limit as the keys above); group values are kept to the same bound.
