@@ -102,6 +102,9 @@ class _OutOfRange(ValueError):
     pass
 
 
+_UNSTORABLE = "PostgreSQL's numeric (and so Tallybook, on every engine) cannot store"
+
+
 def _checked_int(digits: str) -> int | Decimal:
     if len(digits) < 19:
         return int(digits)
@@ -236,14 +239,19 @@ def loads_request(raw: bytes | str, max_depth: int | None) -> Any:
     except RecursionError:
         limit = f"the limit is {max_depth} levels" if max_depth else "too deep to read"
         raise JsonRefused([((), f"nests arrays and objects too deeply ({limit})")]) from None
-    except _OutOfRange:
-        value = _MARKING.decode(text)
+    except _OutOfRange as exc:
+        # The slow path, for bad input only: decode again with markers to say where each one is.
+        fallback: list[tuple[Path, str]] = [((), f"holds the number {exc}…, which {_UNSTORABLE}")]
+        try:
+            value = _MARKING.decode(text)
+        except RecursionError:
+            raise JsonRefused(fallback) from None
         found = []
         for problem in _problems(value, (), max_depth or WALK_DEPTH, max_depth, may_hold_bad_text(raw)):
             found.append(problem)
             if len(found) >= MAX_PROBLEMS:
                 break
-        raise JsonRefused(found) from None
+        raise JsonRefused(found or fallback) from None
     found = []
     if may_hold_bad_text(raw):
         for problem in _problems(value, (), max_depth or WALK_DEPTH, max_depth, True):
