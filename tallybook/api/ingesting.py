@@ -61,7 +61,8 @@ def decode_events(runtime: Runtime, body: bytes, nested: str) -> Any:
         payload = decode_json(body, max_depth=None, keep_refusals=True)
     except jsonutil.JsonRefused as exc:
         raise reject(runtime, InvalidEvents([field_error(p, m) for p, m in exc.problems]), 1) from None
-    if not isinstance(payload, dict | list) or jsonutil.openings(body) <= MAX_JSON_DEPTH:
+    opened = jsonutil.openings(body)
+    if not isinstance(payload, dict | list) or opened <= MAX_JSON_DEPTH:
         return payload
     batch = isinstance(payload, list)
     items = payload if batch else [payload]
@@ -69,7 +70,7 @@ def decode_events(runtime: Runtime, body: bytes, nested: str) -> Any:
     levels = 3 if batch else 2
     known = int(batch) + sum(1 for item in items if type(item) is dict)
     known += sum(1 for item in items if type(item) is dict and type(item.get(nested)) in (dict, list))
-    if levels + jsonutil.openings(body) - known <= MAX_JSON_DEPTH:
+    if levels + opened - known <= MAX_JSON_DEPTH:
         return payload
     errors = []
     for index, item in enumerate(items):
