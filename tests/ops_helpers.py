@@ -10,7 +10,8 @@ from tallybook.runtime import Runtime
 from tallybook.store.billing import invoice_lines, invoices
 from tests.test_meters_helpers import add_customer, event, ingest, meter, utc
 
-BIG = Decimal("12345678901234567890.123456789")
+# The most digits a metered value may carry (12 before the point, 6 after: docs/refusals.md).
+BIG = Decimal("123456789012.123456")
 
 
 def seed(rt: Runtime) -> dict[str, Any]:

@@ -218,7 +218,7 @@ def test_unpaired_surrogate_escapes_are_refused_naming_the_field(client, keys, r
     response = client.post("/api/v1/events", content=raw, headers=headers(keys["ingest"], BATCH))
     assert response.status_code == 400
     errors = problem(response)["errors"]
-    assert {(e["index"], e["field"]) for e in errors} == {(1, "subject"), (1, "data")}
+    assert {(e["index"], e["field"]) for e in errors} == {(1, "subject"), (1, "data.k")}
     assert "unpaired UTF-16 surrogate" in errors[0]["message"]
     # A correctly paired surrogate (one emoji) is ordinary text.
     emoji = b'{"specversion":"1.0","id":"smile","source":"s","type":"t","subject":"\\ud83d\\ude00"}'

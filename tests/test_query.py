@@ -530,7 +530,18 @@ def test_all_customer_period_is_one_statement_over_the_time_index(mrt):
 
 
 def test_sums_beyond_64_bits_stay_exact(mrt):
-    meter(mrt, "big", "SUM")
+    """SQLite's integer SUM fails past 2^63; the store then adds up in Python. A value a meter counts
+    is below 10^12 (tallybook/ingest/limits.py), so only ~10^7 events add up that far: the
+    projection rows are written directly here instead of through ingest."""
+    from tallybook.clock import to_micros
+    from tallybook.store.meters import UsageRecord, insert_usage
+
+    created = meter(mrt, "big", "SUM")
     big = 2**62 - 1  # each fits SQLite's integers; their sum does not
-    ingest(mrt, *[event(data={"tokens": big}) for _ in range(3)], event(data={"tokens": "0.5"}))
+    when = to_micros(utc(2026, 1, 5))
+    rows = [Decimal(big)] * 3 + [Decimal("0.5")]
+    with mrt.store.write() as conn:
+        insert_usage(
+            conn, [UsageRecord(created.key, seq, "c", when, when, v, None, None, None) for seq, v in enumerate(rows)]
+        )
     assert [r.value for r in mrt.meters.query(UsageQuery(meter="big", **JAN))] == [Decimal(3 * big) + Decimal("0.5")]

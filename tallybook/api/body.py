@@ -9,6 +9,7 @@ from fastapi import Request
 
 from tallybook import jsonutil
 from tallybook.api.problems import Problem
+from tallybook.ingest.limits import MAX_JSON_DEPTH
 
 
 async def read_limited_body(request: Request, limit: int) -> bytes:
@@ -25,11 +26,26 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_json(body: bytes) -> Any:
+def decode_json(body: bytes, max_depth: int | None = MAX_JSON_DEPTH, keep_refusals: bool = False) -> Any:
+    """The body as exact JSON, or a 400 saying what is wrong with it.
+
+    Valid JSON can still be refused (jsonutil.loads_request: numbers PostgreSQL cannot store,
+    U+0000, lone surrogates, nesting deeper than `max_depth`): a "json-limit" problem naming where,
+    or with `keep_refusals` the JsonRefused itself, for callers that name fields their own way.
+    """
     if not body.strip():
         raise Problem(400, "malformed-json", "the body is empty; send a JSON document")
     try:
-        return jsonutil.loads(body)
+        return jsonutil.loads_request(body, max_depth)
+    except jsonutil.JsonRefused as exc:
+        if keep_refusals:
+            raise
+        raise Problem(
+            400,
+            "json-limit",
+            f"the body is JSON that Tallybook does not accept: {exc}",
+            errors=[{"field": jsonutil.show_path(path), "message": why} for path, why in exc.problems],
+        ) from None
     except json.JSONDecodeError as exc:
         raise Problem(
             400,

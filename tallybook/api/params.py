@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from tallybook.api.problems import Problem
 from tallybook.clock import to_micros
+from tallybook.ingest.events import parse_time
+
+
+def _rfc3339(value: Any) -> Any:
+    # Pydantic alone reads "0.067" or "1700000000" as Unix time and "2026-01-05" as midnight UTC:
+    # a typo would silently filter on 1970. Only RFC 3339 with an offset is a date-time here.
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and " " in value and "+" not in value:
+        value = value.replace(" ", "+")  # an unencoded '+' in a query string arrives as a space
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise PydanticCustomError("rfc3339", str(exc)) from None
+
+
+# A query or body date-time: RFC 3339 with an offset (2026-01-05T10:00:00Z), anything else is a 400
+# naming the parameter. OpenAPI still shows it as a string in date-time format.
+Instant = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
 def instant_micros(value: datetime | None, name: str) -> int | None:

@@ -197,6 +197,16 @@ def serve(
         lock.release()
 
 
+def _ingest_batch(runtime: Runtime, batch: list[Event], rejected: list[str]) -> IngestResult:
+    """Store a batch; events whose metered fields are out of the value domain are reported, not stored."""
+    result, refused = runtime.ingest.ingest_skipping_refused(batch)
+    for error in refused:
+        event = batch[error.index] if error.index is not None else None
+        where = f"event {event.source}/{event.id}" if event is not None else "batch"
+        rejected.append(f"{where}: {error.field}: {error.message}")
+    return result
+
+
 @app.command()
 def ingest(
     file: Annotated[
@@ -242,11 +252,11 @@ def ingest(
                 else:
                     batch.append(record.event)
                 if len(batch) >= batch_size:
-                    total.add(runtime.ingest.ingest(batch))
+                    total.add(_ingest_batch(runtime, batch, rejected))
                     batch = []
                     progress.update(task, completed=stream.tell() if not stream.closed else 0)
             if batch:
-                total.add(runtime.ingest.ingest(batch))
+                total.add(_ingest_batch(runtime, batch, rejected))
             progress.update(task, completed=file.stat().st_size)
     finally:
         runtime.stop()

@@ -7,7 +7,6 @@ event's index and field, so a client can fix a batch in one round trip.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,9 +14,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from tallybook.clock import to_micros
+from tallybook.clock import format_rfc3339, from_micros, to_micros
+from tallybook.ingest.limits import EVENT_TIME_MAX_EXCLUSIVE, EVENT_TIME_MIN, MAX_KEY_BYTES
+from tallybook.jsonutil import NUL_CHARACTER, text_problem
+from tallybook.meters.extract import metered_number_problem, show_number
 
-MAX_KEY_LENGTH = 1024  # id, source, type and subject are indexed; keep index entries bounded
 REQUIRED_FIELDS = ("specversion", "id", "source", "type", "subject")
 KNOWN_FIELDS = frozenset((*REQUIRED_FIELDS, "time", "data", "datacontenttype", "dataschema"))
 CODEHOOKS_SOURCE = "codehooks"
@@ -75,49 +76,71 @@ class InvalidEvents(Exception):
         return shown + more
 
 
-# A JSON escape of a UTF-16 surrogate (\\ud800-\\udfff). Paired ones decode to one character; a lone
-# one decodes to a string no database can store, so such text is refused at validation.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-UNPAIRED_SURROGATE = "holds an unpaired UTF-16 surrogate (a \\ud800-\\udfff escape); send valid Unicode text"
+def _rfc3339_shape(value: str) -> tuple[bool, bool]:
+    """(is an RFC 3339 date-time, has an offset), by position: fromisoformat checks the digits.
 
-
-def may_hold_surrogates(raw_json: bytes) -> bool:
-    """Cheap pre-check on the raw body: only bodies with surrogate escapes need the full check."""
-    return _SURROGATE_ESCAPE.search(raw_json) is not None
-
-
-def _has_unpaired_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_unpaired_surrogate(k) or _has_unpaired_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_unpaired_surrogate(v) for v in value)
-    return False
-
-
-def check_text(raw: dict[str, Any], index: int | None, errors: list[FieldError]) -> None:
-    """Add an error for every top-level field whose text holds an unpaired surrogate."""
-    for name, value in raw.items():
-        if _has_unpaired_surrogate(name) or _has_unpaired_surrogate(value):
-            errors.append(FieldError(index, name, UNPAIRED_SURROGATE))
+    RFC 3339 (section 5.6): full date, 'T' (or a space), full time with an optional '.' fraction,
+    then 'Z' or +hh:mm. Python's fromisoformat alone also takes ISO 8601 forms such as
+    20260105T100000Z, week dates, 10:00Z without seconds, ',' fractions and +0100 or +01 offsets;
+    those are refused so that every client is read the same way. No regex: this runs per event.
+    """
+    if len(value) < 19 or value[4] != "-" or value[7] != "-" or value[10] not in "Tt " or "," in value:
+        return False, False
+    if value[13] != ":" or value[16] != ":" or (len(value) > 19 and value[19] not in ".Zz+-"):
+        return False, False
+    if len(value) > 19 and value[19] == "." and not value[20:21].isdigit():
+        return False, False
+    if value[-1] in "Zz":
+        return True, True
+    if len(value) >= 25 and value[-6] in "+-" and value[-3] == ":":
+        return True, True
+    return "+" not in value[19:] and "-" not in value[19:], False
 
 
 def parse_time(value: Any) -> datetime:
     """RFC 3339 timestamp with an explicit offset, returned in UTC."""
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 string such as 2026-01-05T10:00:00Z")
+    rfc3339, has_offset = _rfc3339_shape(value)
+    if not rfc3339:
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise ValueError(f"{shown!r} is not an RFC 3339 timestamp (e.g. 2026-01-05T10:00:00Z)")
+    if not has_offset:
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise ValueError(f"{shown!r} has no time zone offset; add 'Z' or an offset like +01:00")
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an RFC 3339 timestamp (e.g. 2026-01-05T10:00:00Z)") from None
-    if parsed.tzinfo is None:
-        raise ValueError(f"{value!r} has no time zone offset; add 'Z' or an offset like +01:00")
-    return parsed.astimezone(UTC)
+        parsed = datetime.fromisoformat(value[:-1] + "Z" if value[-1] == "z" else value)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise ValueError(
+            f"{shown!r} is not a valid date and time, or falls outside years 0001-9999 once its offset is applied"
+        ) from None
+
+
+_TIME_MIN_US = to_micros(EVENT_TIME_MIN)
+_TIME_MAX_US = to_micros(EVENT_TIME_MAX_EXCLUSIVE)
+
+
+def check_event_time(when: datetime) -> None:
+    """An event's time must lie in the range limits.py declares."""
+    if not EVENT_TIME_MIN <= when < EVENT_TIME_MAX_EXCLUSIVE:
+        raise ValueError(
+            f"{format_rfc3339(when)} is outside the event time range "
+            f"[{format_rfc3339(EVENT_TIME_MIN)}, {format_rfc3339(EVENT_TIME_MAX_EXCLUSIVE)})"
+        )
+
+
+def key_problem(value: str) -> str | None:
+    """Why `value` cannot be an id, source, type or subject (both engines index these)."""
+    if len(value) * 4 > MAX_KEY_BYTES and len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"is longer than {MAX_KEY_BYTES} bytes in UTF-8"
+    if "\x00" in value:
+        return NUL_CHARACTER
+    return None if value.isascii() else text_problem(value)
+
+
+_SHORT_KEY = MAX_KEY_BYTES // 4
 
 
 def _key_string(raw: Mapping[str, Any], name: str, index: int | None, errors: list[FieldError]) -> str:
@@ -128,25 +151,38 @@ def _key_string(raw: Mapping[str, Any], name: str, index: int | None, errors: li
     if not isinstance(value, str) or not value:
         errors.append(FieldError(index, name, "must be a non-empty string"))
         return ""
-    if len(value) > MAX_KEY_LENGTH:
-        errors.append(FieldError(index, name, f"is longer than {MAX_KEY_LENGTH} characters"))
+    # Short ASCII keys without U+0000 (nearly all of them) need no closer look.
+    if len(value) <= _SHORT_KEY and value.isascii() and "\x00" not in value:
+        return value
+    problem = key_problem(value)
+    if problem:
+        errors.append(FieldError(index, name, problem))
         return ""
     return value
 
 
-def cloudevent_from_json(
-    raw: Any, index: int | None, now_us: int, errors: list[FieldError], text_checked: bool = True
-) -> Event | None:
+def _event_time(raw: Mapping[str, Any], name: str, now_us: int, index: int | None, errors: list[FieldError]) -> int:
+    if raw.get(name) is None:
+        return now_us
+    try:
+        time_us = to_micros(parse_time(raw[name]))
+        if not _TIME_MIN_US <= time_us < _TIME_MAX_US:
+            check_event_time(from_micros(time_us))
+    except ValueError as exc:
+        errors.append(FieldError(index, name, str(exc)))
+        return now_us
+    return time_us
+
+
+def cloudevent_from_json(raw: Any, index: int | None, now_us: int, errors: list[FieldError]) -> Event | None:
     """Validate one decoded CloudEvent; append problems to `errors` and return None if invalid.
 
-    `text_checked=False` when the source held surrogate escapes (see `may_hold_surrogates`).
+    Text and numbers inside it were checked when the body was decoded (jsonutil.loads_request).
     """
     if not isinstance(raw, dict):
         errors.append(FieldError(index, "(event)", "must be a JSON object"))
         return None
     before = len(errors)
-    if not text_checked:
-        check_text(raw, index, errors)
     specversion = raw.get("specversion")
     if specversion is None:
         errors.append(FieldError(index, "specversion", "is required"))
@@ -157,12 +193,7 @@ def cloudevent_from_json(
     event_type = _key_string(raw, "type", index, errors)
     subject = _key_string(raw, "subject", index, errors)
 
-    time_us = now_us
-    if raw.get("time") is not None:
-        try:
-            time_us = to_micros(parse_time(raw["time"]))
-        except ValueError as exc:
-            errors.append(FieldError(index, "time", str(exc)))
+    time_us = _event_time(raw, "time", now_us, index, errors)
 
     data = raw.get("data")
     if data is not None and not isinstance(data, dict):
@@ -178,7 +209,7 @@ def cloudevent_from_json(
 
 
 def codehooks_event(
-    event_type: Any, raw: Any, index: int | None, now_us: int, errors: list[FieldError], text_checked: bool = True
+    event_type: Any, raw: Any, index: int | None, now_us: int, errors: list[FieldError]
 ) -> Event | None:
     """Map a codehooks usage record ({customerId, value, metadata?}) onto the event model.
 
@@ -189,28 +220,30 @@ def codehooks_event(
         errors.append(FieldError(index, "(body)", "must be a JSON object"))
         return None
     before = len(errors)
-    if not text_checked:
-        check_text({"eventType": event_type, **raw}, index, errors)
     if not isinstance(event_type, str) or not event_type:
         errors.append(FieldError(index, "eventType", "must be a non-empty string"))
+    elif problem := key_problem(event_type):
+        errors.append(FieldError(index, "eventType", problem))
     customer_id = raw.get("customerId")
     if not isinstance(customer_id, str) or not customer_id:
         errors.append(FieldError(index, "customerId", "is required and must be a non-empty string"))
+    elif problem := key_problem(customer_id):
+        errors.append(FieldError(index, "customerId", problem))
     value = raw.get("value")
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         errors.append(FieldError(index, "value", "is required and must be a number"))
+    elif problem := metered_number_problem(Decimal(value)):
+        # The template's value is always what its meters count, whatever meters exist now.
+        errors.append(FieldError(index, "value", f"{show_number(value)} {problem}"))
     metadata = raw.get("metadata") or {}
     if not isinstance(metadata, dict):
         errors.append(FieldError(index, "metadata", "must be a JSON object"))
     event_id = raw.get("id")
     if event_id is not None and (not isinstance(event_id, str) or not event_id):
         errors.append(FieldError(index, "id", "must be a non-empty string"))
-    time_us = now_us
-    if raw.get("timestamp") is not None:
-        try:
-            time_us = to_micros(parse_time(raw["timestamp"]))
-        except ValueError as exc:
-            errors.append(FieldError(index, "timestamp", str(exc)))
+    elif isinstance(event_id, str) and (problem := key_problem(event_id)):
+        errors.append(FieldError(index, "id", problem))
+    time_us = _event_time(raw, "timestamp", now_us, index, errors)
     if len(errors) > before:
         return None
     assert isinstance(event_type, str) and isinstance(customer_id, str)

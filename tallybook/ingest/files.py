@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tallybook import jsonutil
-from tallybook.ingest.events import Event, FieldError, cloudevent_from_json, may_hold_surrogates
+from tallybook.ingest.events import Event, FieldError, cloudevent_from_json
+from tallybook.ingest.limits import MAX_JSON_DEPTH
 
 CSV_EVENT_COLUMNS = frozenset({"id", "source", "type", "subject", "time", "data", "specversion"})
 
@@ -46,16 +47,21 @@ def _number_or_text(cell: str) -> Any:
         number = Decimal(cell)
     except InvalidOperation:
         return cell
-    return number if number.is_finite() else cell
+    # A number PostgreSQL's numeric cannot hold stays the text it was, as a non-number would.
+    return number if jsonutil.number_problem(number) is None else cell
 
 
-def _validate(raw: dict[str, Any], line: int, default_source: str, now_us: int, text_checked: bool) -> FileRecord:
+def _validate(raw: dict[str, Any], line: int, default_source: str, now_us: int) -> FileRecord:
     raw.setdefault("specversion", "1.0")
     if not raw.get("source"):
         raw["source"] = default_source
     errors: list[FieldError] = []
-    event = cloudevent_from_json(raw, line, now_us, errors, text_checked)
+    event = cloudevent_from_json(raw, line, now_us, errors)
     return FileRecord(line, event, errors)
+
+
+def _refusals(line: int, exc: jsonutil.JsonRefused, prefix: str) -> list[FieldError]:
+    return [FieldError(line, prefix + jsonutil.show_path(path)[1:], why) for path, why in exc.problems]
 
 
 def read_jsonl(stream: io.TextIOBase, default_source: str, now_us: int) -> Iterator[FileRecord]:
@@ -63,14 +69,17 @@ def read_jsonl(stream: io.TextIOBase, default_source: str, now_us: int) -> Itera
         if not line.strip():
             continue
         try:
-            raw = jsonutil.loads(line)
+            raw = jsonutil.loads_request(line, MAX_JSON_DEPTH)
+        except jsonutil.JsonRefused as exc:
+            yield FileRecord(line_no, None, _refusals(line_no, exc, "(line)"))
+            continue
         except ValueError as exc:
             yield FileRecord(line_no, None, [FieldError(line_no, "(line)", f"not valid JSON: {exc}")])
             continue
         if not isinstance(raw, dict):
             yield FileRecord(line_no, None, [FieldError(line_no, "(line)", "must be a JSON object")])
             continue
-        yield _validate(raw, line_no, default_source, now_us, not may_hold_surrogates(line.encode()))
+        yield _validate(raw, line_no, default_source, now_us)
 
 
 def read_csv(stream: io.TextIOBase, default_source: str, now_us: int) -> Iterator[FileRecord]:
@@ -81,7 +90,10 @@ def read_csv(stream: io.TextIOBase, default_source: str, now_us: int) -> Iterato
         data: dict[str, Any] = {}
         if "data" in raw:
             try:
-                parsed = jsonutil.loads(raw.pop("data"))
+                parsed = jsonutil.loads_request(raw.pop("data"), MAX_JSON_DEPTH - 1)
+            except jsonutil.JsonRefused as exc:
+                yield FileRecord(line_no, None, _refusals(line_no, exc, "data"))
+                continue
             except ValueError as exc:
                 yield FileRecord(line_no, None, [FieldError(line_no, "data", f"not valid JSON: {exc}")])
                 continue
@@ -95,8 +107,12 @@ def read_csv(stream: io.TextIOBase, default_source: str, now_us: int) -> Iterato
             data[column] = _number_or_text(cell)
         if data:
             raw["data"] = data
-        # Decoded UTF-8 cells can't hold lone surrogates; only JSON escapes in `data` can.
-        yield _validate(raw, line_no, default_source, now_us, not may_hold_surrogates((row.get("data") or "").encode()))
+        problems = [(column, jsonutil.text_problem(cell)) for column, cell in row.items() if isinstance(cell, str)]
+        found = [FieldError(line_no, column or "(row)", why) for column, why in problems if why]
+        if found:  # decoded UTF-8 holds no lone surrogate, but a CSV cell may hold a NUL byte
+            yield FileRecord(line_no, None, found)
+            continue
+        yield _validate(raw, line_no, default_source, now_us)
 
 
 def read_events(path: Path, stream: io.TextIOBase, default_source: str, now_us: int) -> Iterator[FileRecord]:

@@ -21,7 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from tallybook.clock import Clock, SystemClock, to_micros
-from tallybook.ingest.events import Event
+from tallybook.ingest.events import Event, FieldError, InvalidEvents
+from tallybook.ingest.metered import check_metered, metered_fields
 from tallybook.observability.metrics import Metrics
 from tallybook.store.base import SqlStore
 
@@ -50,6 +51,7 @@ class IngestUnavailable(RuntimeError):
 class _Request:
     events: Sequence[Event]
     future: Future[IngestResult]
+    indexed: bool = True  # False for a single-event request: its errors carry no index
 
 
 _STOP = object()
@@ -91,17 +93,32 @@ class IngestService:
         return self._thread is not None and self._thread.is_alive()
 
     # -- API ----------------------------------------------------------------------------------------
-    def submit(self, events: Sequence[Event]) -> Future[IngestResult]:
-        """Queue validated events; the future resolves once they are committed (or failed)."""
+    def submit(self, events: Sequence[Event], indexed: bool = True) -> Future[IngestResult]:
+        """Queue validated events; the future resolves once they are committed (or failed).
+
+        It fails with InvalidEvents, storing nothing, when a field a meter reads holds a value
+        outside the metered value domain (see tallybook.ingest.metered).
+        """
         if not self.running:
             raise IngestUnavailable("the ingest writer is not running")
-        request = _Request(events, Future())
+        request = _Request(events, Future(), indexed)
         self._queue.put(request)
         return request.future
 
     def ingest(self, events: Sequence[Event]) -> IngestResult:
         """Blocking form of `submit`, for the CLI and tests."""
         return self.submit(events).result()
+
+    def ingest_skipping_refused(self, events: Sequence[Event]) -> tuple[IngestResult, list[FieldError]]:
+        """Like `ingest`, but events a meter must not count are left out and returned as errors
+        (index = position in `events`) instead of failing the whole batch: a file import goes on."""
+        try:
+            return self.ingest(events), []
+        except InvalidEvents as exc:
+            refused = {e.index for e in exc.errors}
+            rest = [e for i, e in enumerate(events) if i not in refused]
+            result = self.ingest(rest) if rest else IngestResult()
+            return result, exc.errors
 
     # -- writer thread ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -129,7 +146,7 @@ class IngestService:
     def _commit_group(self, group: list[_Request], size: int) -> None:
         started = time.perf_counter()
         try:
-            results = self._write(group)
+            results, refused = self._write(group)
         except Exception as exc:
             if len(group) > 1:
                 # One request's events must not fail everyone who shared its transaction: retry
@@ -145,7 +162,8 @@ class IngestService:
         self.metrics.commit_group_events.observe(size)
         total = IngestResult()
         for result in results:
-            total.add(result)
+            if result is not None:
+                total.add(result)
         # Count before answering: a client that reads /metrics after its 2xx sees its own events.
         self.metrics.events_accepted.inc(total.accepted)
         if total.duplicates:
@@ -156,26 +174,39 @@ class IngestService:
                 "events with a known (source, id) but different content were ignored; the first is kept",
                 extra={"count": total.conflicts, "sample": [list(k) for k in total.conflict_keys[:5]]},
             )
-        for request, result in zip(group, results, strict=True):
-            request.future.set_result(result)
+        for request, outcome in zip(group, results, strict=True):
+            if outcome is None:
+                request.future.set_exception(refused[id(request)])
+            else:
+                request.future.set_result(outcome)
 
-    def _write(self, group: list[_Request]) -> list[IngestResult]:
-        # First occurrence of each key in this group, and who submitted it.
-        first: dict[tuple[str, str], Event] = {}
-        owner: dict[tuple[str, str], int] = {}
-        results = [IngestResult() for _ in group]
-        repeats: list[tuple[int, Event]] = []
-        for position, request in enumerate(group):
-            for event in request.events:
-                key = (event.source, event.id)
-                if key in first:
-                    repeats.append((position, event))
-                else:
-                    first[key] = event
-                    owner[key] = position
-        unique = list(first.values())
+    def _write(self, group: list[_Request]) -> tuple[list[IngestResult | None], dict[int, InvalidEvents]]:
+        """Commit the group; a request whose events meters must not count is left out of it
+        (its result is None and its InvalidEvents is in the dict, by id of the request)."""
         ingested_us = to_micros(self.clock.now())
+        refused: dict[int, InvalidEvents] = {}
         with self.store.write() as conn:
+            fields = metered_fields(conn)
+            if fields:
+                for request in group:
+                    errors = check_metered(request.events, fields, request.indexed)
+                    if errors:
+                        refused[id(request)] = InvalidEvents(errors)
+            accepted = [request for request in group if id(request) not in refused]
+            # First occurrence of each key in this group, and who submitted it.
+            first: dict[tuple[str, str], Event] = {}
+            owner: dict[tuple[str, str], int] = {}
+            results = [IngestResult() for _ in accepted]
+            repeats: list[tuple[int, Event]] = []
+            for position, request in enumerate(accepted):
+                for event in request.events:
+                    key = (event.source, event.id)
+                    if key in first:
+                        repeats.append((position, event))
+                    else:
+                        first[key] = event
+                        owner[key] = position
+            unique = list(first.values())
             inserted = self.store.insert_events(conn, unique, ingested_us)
             known: dict[tuple[str, str], Event] = {}
             if len(inserted) < len(unique):
@@ -192,7 +223,8 @@ class IngestService:
             # The kept version is the stored one if it existed before, else the group's first.
             kept = known.get(key) or first[key]
             _count_duplicate(results[position], event, kept)
-        return results
+        by_request = iter(results)
+        return [None if id(request) in refused else next(by_request) for request in group], refused
 
 
 def _count_duplicate(result: IngestResult, event: Event, kept: Event | None) -> None:

@@ -20,11 +20,19 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from tallybook.meters.extract import as_decimal, as_text, compile_path, missing
+from tallybook.meters.extract import (
+    as_decimal,
+    as_text,
+    compile_path,
+    metered_number_problem,
+    metered_text_problem,
+    missing,
+    show_number,
+)
 from tallybook.meters.models import Aggregation, Meter
 from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
-from tallybook.store.meters import StoredEvent, UsageRecord
+from tallybook.store.meters import StoredEvent, UnreadableData, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +49,36 @@ class Projector:
         self.groups = [(name, compile_path(path)) for name, path in sorted(meter.group_by.items())]
 
     def project(self, event: StoredEvent) -> UsageRecord | None:
+        """The event's usage row; a value the meter must not count becomes the row's `error`.
+
+        Ingest refuses out-of-domain values in fields meters read, but a meter created or changed
+        later may read a key ingest did not check, and rows stored before a limit existed are
+        still there. Such a row is recorded as not counted, with the reason, like any bad value.
+        """
         if self.event_from_us is not None and event.time_us < self.event_from_us:
             return None
+        if isinstance(event.data, UnreadableData):
+            return self._record(event, None, None, None, f"the event data cannot be read: {event.data.reason}")
         data = event.data if isinstance(event.data, dict) else {}
         groups: dict[str, str] | None = None
+        error = None
         if self.groups:
             groups = {}
             for name, extract in self.groups:
                 found = extract(data)
                 text = None if missing(found) else as_text(found)
                 if text is not None:
+                    problem = metered_text_problem(text)
+                    if problem:
+                        error = error or f"groupBy {name} value {problem}"
+                        continue
                     groups[name] = text
         num: Decimal | None = None
         ukey = None
-        error = None
         aggregation = self.meter.aggregation
-        if aggregation is Aggregation.COUNT or self.value is None:
+        if error is not None:
+            pass
+        elif aggregation is Aggregation.COUNT or self.value is None:
             num = Decimal(1)
         else:
             raw = self.value(data)
@@ -67,11 +89,25 @@ class Projector:
                 ukey = as_text(raw)
                 if ukey is None:
                     error = f"valueProperty {path} must be a string or number for UNIQUE_COUNT, got {_kind(raw)}"
+                elif problem := metered_text_problem(ukey):
+                    ukey, error = None, f"valueProperty {path} {problem}"
             else:
                 number = as_decimal(raw)
                 if number is None:
                     error = f"valueProperty {path} is {_show(raw)}, not a number or numeric string"
+                elif problem := metered_number_problem(number):
+                    number, error = None, f"valueProperty {path} is {show_number(raw)}, which {problem}"
                 num = number
+        return self._record(event, num, ukey, groups, error)
+
+    def _record(
+        self,
+        event: StoredEvent,
+        num: Decimal | None,
+        ukey: str | None,
+        groups: dict[str, str] | None,
+        error: str | None,
+    ) -> UsageRecord:
         return UsageRecord(
             meter_key=self.meter.key,
             event_seq=event.seq,
@@ -83,6 +119,18 @@ class Projector:
             groups=groups,
             error=error,
         )
+
+    def project_safely(self, event: StoredEvent) -> UsageRecord | None:
+        """`project`, but a failure on one event becomes that row's error instead of stopping every
+        meter behind it: the materializer must go on for everyone else."""
+        try:
+            return self.project(event)
+        except Exception as exc:
+            log.exception(
+                "meter could not project an event; it is recorded as not counted",
+                extra={"meter": self.meter.slug, "event_seq": event.seq, "subject": event.subject},
+            )
+            return self._record(event, None, None, None, f"the event could not be read: {type(exc).__name__}")
 
 
 def _micros(when: Any) -> int:
@@ -185,7 +233,7 @@ class Materializer:
             for page in meter_store.events_after(conn, low, stop, projectors):
                 for event in page:
                     for projector in projectors[event.type]:
-                        record = projector.project(event)
+                        record = projector.project_safely(event)
                         if record is not None:
                             records.append(record)
                 read += len(page)

@@ -339,6 +339,13 @@ def cursors(conn: Connection) -> dict[int, int]:
     return {int(k): int(s) for k, s in rows}
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableData:
+    """Stands in for event data that cannot be decoded, so one such row fails only itself."""
+
+    reason: str
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -351,7 +358,16 @@ _DATA_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_con
 def _decode_data(raw: Any) -> Any:
     if raw is None or isinstance(raw, dict):
         return raw
-    return _DATA_DECODER.decode(raw)
+    try:
+        return _DATA_DECODER.decode(raw)
+    except (ValueError, RecursionError):
+        pass
+    # Integers past Python's 4,300-digit int(str) limit need jsonutil's decoder; data that not
+    # even it reads fails only its own row (see UnreadableData).
+    try:
+        return jsonutil.loads(raw)
+    except ValueError as exc:
+        return UnreadableData(str(exc)[:200])
 
 
 def events_after(

@@ -7,17 +7,16 @@ value, metadata?}] become events with subject = customerId and data = {value, ..
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
-from tallybook.api.body import decode_json, read_limited_body
-from tallybook.api.ingesting import commit, reject, runtime_of
+from tallybook.api.body import read_limited_body
+from tallybook.api.ingesting import commit, decode_events, reject, runtime_of
 from tallybook.api.openapi import json_body, responses
-from tallybook.api.params import instant_micros
+from tallybook.api.params import Instant, instant_micros
 from tallybook.api.security import require
 from tallybook.api.wire.events import UsageBatchCaptured, UsageBatchRecord, UsageCaptured, UsageEvent, UsageRecord
 from tallybook.clock import format_rfc3339, from_micros, to_micros
@@ -27,7 +26,6 @@ from tallybook.ingest.events import (
     InvalidEvents,
     check_batch,
     codehooks_event,
-    may_hold_surrogates,
 )
 from tallybook.store.base import ApiKeyRecord, EventFilter
 
@@ -49,13 +47,12 @@ async def capture_usage(
 ) -> Response:
     runtime = runtime_of(request)
     body = await read_limited_body(request, runtime.settings.ingest.max_batch_bytes)
-    payload = decode_json(body)
+    payload = decode_events(runtime, body, "metadata")
     errors: list[FieldError] = []
-    checked = not may_hold_surrogates(body) and eventType.isascii()
-    event = codehooks_event(eventType, payload, None, to_micros(runtime.clock.now()), errors, checked)
+    event = codehooks_event(eventType, payload, None, to_micros(runtime.clock.now()), errors)
     if event is None:
         raise reject(runtime, InvalidEvents(errors), 1)
-    await commit(runtime, [event])
+    await commit(runtime, [event], indexed=False)
     return _accepted({"message": "Event captured", "eventType": eventType, "customerId": event.subject, "id": event.id})
 
 
@@ -69,8 +66,7 @@ async def capture_usage_batch(request: Request, _key: Annotated[ApiKeyRecord, De
     runtime = runtime_of(request)
     limits = runtime.settings.ingest
     body = await read_limited_body(request, limits.max_batch_bytes)
-    payload = decode_json(body)
-    checked = not may_hold_surrogates(body)
+    payload = decode_events(runtime, body, "metadata")
     try:
         if not isinstance(payload, list):
             raise InvalidEvents([FieldError(None, "(body)", "send a JSON array of {eventType, customerId, value}")])
@@ -78,7 +74,7 @@ async def capture_usage_batch(request: Request, _key: Annotated[ApiKeyRecord, De
         errors: list[FieldError] = []
         now_us = to_micros(runtime.clock.now())
         events = [
-            codehooks_event(raw.get("eventType") if isinstance(raw, dict) else None, raw, i, now_us, errors, checked)
+            codehooks_event(raw.get("eventType") if isinstance(raw, dict) else None, raw, i, now_us, errors)
             for i, raw in enumerate(payload)
         ]
         if errors:
@@ -103,8 +99,8 @@ async def list_usage_events(
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
     customerId: str | None = None,
     eventType: str | None = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Instant | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """The template's event list: filtered on receive time (ingested_at), newest first."""

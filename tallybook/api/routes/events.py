@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
-from tallybook.api.body import decode_json, media_type, read_limited_body
-from tallybook.api.ingesting import commit, reject, runtime_of
+from tallybook.api.body import media_type, read_limited_body
+from tallybook.api.ingesting import commit, decode_events, reject, runtime_of
 from tallybook.api.openapi import json_body, responses
-from tallybook.api.params import instant_micros
+from tallybook.api.params import Instant, instant_micros
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.api.wire.events import CloudEvent, IngestedEvent
@@ -24,7 +23,6 @@ from tallybook.ingest.events import (
     InvalidEvents,
     check_batch,
     cloudevent_from_json,
-    may_hold_surrogates,
 )
 from tallybook.store.base import ApiKeyRecord, EventFilter
 
@@ -41,7 +39,7 @@ _INGEST_BODY = json_body(
 )
 
 
-def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int, text_checked: bool = True) -> list[Event]:
+def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int) -> list[Event]:
     if kind == SINGLE and not isinstance(payload, dict):
         raise InvalidEvents([FieldError(None, "(body)", f"{SINGLE} carries one event object; send arrays as {BATCH}")])
     if kind == BATCH and not isinstance(payload, list):
@@ -52,10 +50,7 @@ def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int, tex
     check_batch(raw_events, max_events)
     errors: list[FieldError] = []
     single = isinstance(payload, dict)
-    events = [
-        cloudevent_from_json(raw, None if single else i, now_us, errors, text_checked)
-        for i, raw in enumerate(raw_events)
-    ]
+    events = [cloudevent_from_json(raw, None if single else i, now_us, errors) for i, raw in enumerate(raw_events)]
     if errors:
         raise InvalidEvents(errors)
     return [e for e in events if e is not None]
@@ -81,14 +76,12 @@ async def ingest_events(request: Request, _key: Annotated[ApiKeyRecord, Depends(
         )
     limits = runtime.settings.ingest
     body = await read_limited_body(request, limits.max_batch_bytes)
-    payload = decode_json(body)
+    payload = decode_events(runtime, body, "data")
     try:
-        events = parse_cloudevents(
-            payload, kind, to_micros(runtime.clock.now()), limits.max_batch_events, not may_hold_surrogates(body)
-        )
+        events = parse_cloudevents(payload, kind, to_micros(runtime.clock.now()), limits.max_batch_events)
     except (InvalidEvents, BatchTooLarge) as exc:
         raise reject(runtime, exc, len(payload) if isinstance(payload, list) else 1) from None
-    await commit(runtime, events)
+    await commit(runtime, events, indexed=isinstance(payload, list))
     return Response(status_code=204)
 
 
@@ -122,10 +115,10 @@ async def list_events(
     type: str | None = None,
     id: str | None = None,
     source: str | None = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
-    ingestedAtFrom: datetime | None = None,
-    ingestedAtTo: datetime | None = None,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Instant | None = None,
+    ingestedAtFrom: Instant | None = None,
+    ingestedAtTo: Instant | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Stored events, newest event time first. `from`/`to` and the ingested-at bounds are inclusive."""

@@ -6,7 +6,6 @@ any size holds one batch of rows in memory. Bad parameters are refused before th
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tallybook.api.ingesting import runtime_of
-from tallybook.api.params import instant_micros
+from tallybook.api.params import Instant, instant_micros
 from tallybook.api.security import require
 from tallybook.ops.export import MEDIA_TYPES, ExportFormat, ExportKind, ExportRequest, prepare
 from tallybook.store.base import ApiKeyRecord
@@ -40,8 +39,8 @@ async def export(
     request: Request,
     kind: ExportKind,
     _key: Admin,
-    from_: Annotated[datetime | None, Query(alias="from", description="inclusive (RFC 3339)")] = None,
-    to: Annotated[datetime | None, Query(description="exclusive (RFC 3339)")] = None,
+    from_: Annotated[Instant | None, Query(alias="from", description="inclusive (RFC 3339)")] = None,
+    to: Annotated[Instant | None, Query(description="exclusive (RFC 3339)")] = None,
     format: Annotated[ExportFormat, Query(description="csv, jsonl or parquet")] = ExportFormat.CSV,
     meter: Annotated[str | None, Query(description="usage of this meter (slug) only")] = None,
 ) -> StreamingResponse:

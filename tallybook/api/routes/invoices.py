@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
+from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.api.wire.billing import CustomerUsage, InvoiceList, InvoicePage
@@ -196,7 +197,7 @@ async def simulate_invoices(
     request: Request,
     customerId: str,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
-    at: datetime | None = None,
+    at: Instant | None = None,
     format: Annotated[str | None, Query(pattern="^(json|html)$")] = None,
 ) -> Response:
     """What the customer's invoice for the current period (or the one holding `at`) says now. Nothing is stored."""
@@ -215,7 +216,7 @@ async def current_usage(
     request: Request,
     customerId: str,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
-    at: datetime | None = None,
+    at: Instant | None = None,
 ) -> Response:
     """The customer's usage per rate card in the current billing period, with the charge so far."""
     invoicing = runtime_of(request).invoicing

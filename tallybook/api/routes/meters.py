@@ -15,6 +15,7 @@ from tallybook import jsonutil
 from tallybook.api.body import decode_json, read_limited_body
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import json_body, query_parameters, responses
+from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.api.wire.meters import (
@@ -45,7 +46,7 @@ class MeterCreateBody(BaseModel):
     metadata: dict[str, str] | None = None
     aggregation: Aggregation
     eventType: str = Field(min_length=1)
-    eventFrom: datetime | None = None
+    eventFrom: Instant | None = None
     valueProperty: str | None = Field(None, min_length=1)
     groupBy: dict[str, str] = Field(default_factory=dict)
 
@@ -62,7 +63,7 @@ class MeterUpdateBody(BaseModel):
     groupBy: dict[str, str] | None = None
     aggregation: Aggregation | None = None
     eventType: str | None = Field(None, min_length=1)
-    eventFrom: datetime | None = None
+    eventFrom: Instant | None = None
     valueProperty: str | None = Field(None, min_length=1)
 
 

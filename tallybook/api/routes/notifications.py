@@ -9,7 +9,6 @@ reading and changing channels and rules needs an admin key; reading events needs
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -19,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
-from tallybook.api.params import instant_micros
+from tallybook.api.params import Instant, instant_micros
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.api.wire.notifications import (
@@ -31,6 +30,7 @@ from tallybook.api.wire.notifications import (
     RulePage,
 )
 from tallybook.clock import format_rfc3339, from_micros
+from tallybook.ingest.limits import MAX_PAGE, MAX_PAGE_SIZE
 from tallybook.store.base import ApiKeyRecord
 from tallybook.store.webhooks import AttemptRow, ChannelRow, DeliveryRow, EventFilter, EventRow, RuleRow
 from tallybook.webhooks.service import (
@@ -156,8 +156,8 @@ _ORDER_KEYS: dict[str, Callable[[Any], Any]] = {
     "updatedAt": lambda r: (r.updated_us, r.id),
 }
 
-Page = Annotated[int, Query(ge=1)]
-PageSize = Annotated[int, Query(ge=1, le=1000)]
+Page = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 Order = Annotated[Literal["ASC", "DESC"], Query()]
 OrderBy = Annotated[Literal["id", "type", "createdAt", "updatedAt"], Query()]
 
@@ -323,8 +323,8 @@ def _events_json(service: WebhookService, events: list[EventRow]) -> list[dict[s
 async def list_events(
     request: Request,
     _key: Reader,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Instant | None = None,
     subject: Annotated[list[str] | None, Query()] = None,
     rule: Annotated[list[str] | None, Query()] = None,
     channel: Annotated[list[str] | None, Query()] = None,

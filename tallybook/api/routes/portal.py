@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import json_body, query_parameters, responses
+from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
 from tallybook.api.routes.meters import _json_body, _query_from_params, _run_query
 from tallybook.api.security import presented_key, require
@@ -42,7 +43,7 @@ class TokenBody(BaseModel):
 
     subject: str | None = Field(None, min_length=1, max_length=256)
     customerId: str | None = Field(None, min_length=1, max_length=256)
-    expiresAt: datetime | None = None
+    expiresAt: Instant | None = None
     allowedMeterSlugs: list[str] | None = Field(None, max_length=100)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -13,6 +12,7 @@ from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
+from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
 from tallybook.api.routes.customers import customer_problem
 from tallybook.api.security import require
@@ -206,8 +206,8 @@ async def list_reports(
     meter: str | None = None,
     customer: Annotated[str | None, Query(description="Tallybook customer id")] = None,
     status: Literal["PENDING", "SENT", "REJECTED", "OUT_OF_RANGE"] | None = None,
-    from_: Annotated[datetime | None, Query(alias="from", description="window start, inclusive")] = None,
-    to: Annotated[datetime | None, Query(description="window start, exclusive")] = None,
+    from_: Annotated[Instant | None, Query(alias="from", description="window start, inclusive")] = None,
+    to: Annotated[Instant | None, Query(description="window start, exclusive")] = None,
     page: Annotated[int, Query(ge=1)] = 1,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 100,
 ) -> Response:
