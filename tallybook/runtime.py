@@ -75,7 +75,7 @@ class Runtime:
         runtime.meters.sync_config()
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
-        runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters)
+        runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters, metrics)
         runtime.stripe = StripeService(store, runtime.customers, runtime.meters, settings.stripe, clock)
         if settings.stripe.enabled:
             runtime.jobs.register(
