@@ -286,7 +286,7 @@ class JobStore:
                     context=dict(r.context or {}),
                     first_seen_us=r.first_seen_us,
                     last_seen_us=r.last_seen_us,
-                    count=r.count,
+                    count=int(r._mapping["count"]),
                 )
                 for r in conn.execute(query)
             ]
