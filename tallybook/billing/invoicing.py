@@ -834,13 +834,13 @@ class InvoicingService:
         self,
         wanted: dict[UsageKey, set[str]],
         as_of: datetime | None,
-        failed: dict[str, BaseException] | None = None,
+        failed: dict[tuple[UsageKey, str], BaseException] | None = None,
     ) -> dict[UsageKey, dict[str, Decimal]]:
         """One grouped query per (meter, from, to): {key: {customer id: quantity}}.
 
         With `failed`, a grouped query that fails is asked again customer by customer, so only the
-        customers whose usage cannot be read fail (into `failed`, by customer id); the others are
-        billed. Without it the error is raised.
+        customers whose usage cannot be read fail (into `failed`, by usage key and customer id);
+        the others are billed. Without it the error is raised.
         """
         out: dict[UsageKey, dict[str, Decimal]] = {}
         for (meter, start, end), customer_ids in wanted.items():
@@ -865,7 +865,9 @@ class InvoicingService:
                     "grouped usage query failed; reading its customers one by one",
                     extra={"meter": meter, "error": f"{type(exc).__name__}: {exc}"},
                 )
-                out[(meter, start, end)] = self._usage_one_by_one(query, sorted(customer_ids), failed)
+                out[(meter, start, end)] = self._usage_one_by_one(
+                    (meter, start, end), query, sorted(customer_ids), failed
+                )
                 continue
             out[(meter, start, end)] = {r.customer_id: r.value for r in rows if r.customer_id is not None}
         return out
@@ -877,18 +879,22 @@ class InvoicingService:
             raise InvoiceError(f"rate card meter {query.meter!r}: {exc.detail}") from None
 
     def _usage_one_by_one(
-        self, grouped: UsageQuery, customer_ids: list[str], failed: dict[str, BaseException]
+        self,
+        ukey: UsageKey,
+        grouped: UsageQuery,
+        customer_ids: list[str],
+        failed: dict[tuple[UsageKey, str], BaseException],
     ) -> dict[str, Decimal]:
         with self.store.read() as conn:
             live = billing_store.live_customer_ids(conn, customer_ids)
         found: dict[str, Decimal] = {}
         for customer_id in customer_ids:
-            if customer_id not in live or customer_id in failed:
+            if customer_id not in live:
                 continue
             try:
                 rows = self._query(replace(grouped, customer_ids=(customer_id,)))
             except Exception as exc:
-                failed[customer_id] = exc
+                failed[(ukey, customer_id)] = exc
                 continue
             found.update({r.customer_id: r.value for r in rows if r.customer_id == customer_id})
         return found
@@ -899,14 +905,16 @@ class InvoicingService:
         """Each job's lines. With `failed`, a job that cannot be computed goes there (by key) and is
         left out of the answer instead of raising; the other jobs are computed."""
         wanted: dict[UsageKey, set[str]] = defaultdict(set)
+        needs: dict[InvoiceKey, set[UsageKey]] = defaultdict(set)
         for job in jobs:
-            for ukey in _segment_usage_keys(job.segments):
-                wanted[ukey].add(job.key[0])
+            needs[job.key].update(_segment_usage_keys(job.segments))
             for inv in job.previous:
                 for ln in inv.lines:
                     if ln.kind == "usage" and ln.meter is not None:
-                        wanted[(ln.meter, ln.period.start, ln.period.end)].add(job.key[0])
-        unread: dict[str, BaseException] | None = None if failed is None else {}
+                        needs[job.key].add((ln.meter, ln.period.start, ln.period.end))
+            for ukey in needs[job.key]:
+                wanted[ukey].add(job.key[0])
+        unread: dict[tuple[UsageKey, str], BaseException] | None = None if failed is None else {}
         usage = self._usage(wanted, as_of, unread)
         billed_so_far = self._billed_quantities([inv for job in jobs for inv in job.previous])
         charged = self._charged_in_advance(jobs)
@@ -915,8 +923,9 @@ class InvoicingService:
             if failed is None:
                 out[job.key] = self._job_lines(job, usage, billed_so_far, charged, as_of)
                 continue
-            if unread and job.key[0] in unread:
-                failed[job.key] = unread[job.key[0]]
+            missing = [unread[(u, job.key[0])] for u in needs[job.key] if unread and (u, job.key[0]) in unread]
+            if missing:
+                failed[job.key] = missing[0]  # billing it without that usage would be wrong
                 continue
             try:
                 out[job.key] = self._job_lines(job, usage, billed_so_far, charged, as_of)

@@ -76,7 +76,7 @@ class JobRun:
         return result
 
     @contextmanager
-    def item(self, kind: str, item_id: str, **ids: Any) -> Iterator[ItemOutcome]:
+    def item(self, kind: str, item_id: str, /, **ids: Any) -> Iterator[ItemOutcome]:
         """Run the block for one item; an exception is recorded (not raised) and the job goes on."""
         outcome = ItemOutcome()
         try:
@@ -88,7 +88,7 @@ class JobRun:
         else:
             self.ok(kind, item_id)
 
-    def fail(self, kind: str, item_id: str, exc: BaseException, **ids: Any) -> None:
+    def fail(self, kind: str, item_id: str, exc: BaseException, /, **ids: Any) -> None:
         error = describe_error(exc)
         context = {k: _clean(v) for k, v in ids.items() if v is not None}
         log.error(
