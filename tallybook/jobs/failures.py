@@ -76,11 +76,19 @@ class JobRun:
         return result
 
     @contextmanager
-    def item(self, kind: str, item_id: str, /, **ids: Any) -> Iterator[ItemOutcome]:
-        """Run the block for one item; an exception is recorded (not raised) and the job goes on."""
+    def item(
+        self, kind: str, item_id: str, /, passthrough: tuple[type[BaseException], ...] = (), **ids: Any
+    ) -> Iterator[ItemOutcome]:
+        """Run the block for one item; an exception is recorded (not raised) and the job goes on.
+
+        Exceptions of the `passthrough` types are not about the item (e.g. "stop sending for this
+        run"): they propagate, and the item counts as neither failed nor succeeded.
+        """
         outcome = ItemOutcome()
         try:
             yield outcome
+        except passthrough:
+            raise
         except Exception as exc:
             outcome.failed = True
             outcome.error = describe_error(exc)

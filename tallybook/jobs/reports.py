@@ -153,10 +153,9 @@ class MeterReportJob:
 
     def _report_meter_isolated(self, run: JobRun, meter: Any, start: datetime, end: datetime, now: datetime) -> int:
         item_id = f"{meter.slug}|{format_rfc3339(start)}|{format_rfc3339(end)}"
+        context: dict[str, Any] = {"meter": meter.slug, "from": format_rfc3339(start), "to": format_rfc3339(end)}
         sent = 0
-        with run.item(
-            METER_WINDOW, item_id, meter=meter.slug, **{"from": format_rfc3339(start), "to": format_rfc3339(end)}
-        ):
+        with run.item(METER_WINDOW, item_id, **context):
             sent = self._report_meter(meter, start, end, now)
         return sent
 
