@@ -203,25 +203,20 @@ class DeliveryWorker:
         next_attempt_us: int | None = None
         if outcome.ok or (self.settings.dry_run and outcome.error is None):
             state, reason = SUCCESS, "dry run: not sent" if self.settings.dry_run else "delivered"
-            report.delivered += 1
         elif outcome.status_code == 410:
             state = FAILED
             reason = "the endpoint answered 410 Gone; the channel is disabled"
             disable_reason = "the endpoint answered 410 Gone"
-            report.failed += 1
         else:
             delay = self.retry_delay(attempts_done)
             if delay is None:
                 state = FAILED
                 reason = f"{outcome.error}; gave up after {attempts_done} attempts"
-                report.failed += 1
             else:
                 state = PENDING
                 next_at = now + delay
                 next_attempt_us = to_micros(next_at)
                 reason = f"{outcome.error}; next attempt at {format_rfc3339(next_at)}"
-                report.retrying += 1
-        report.attempted += 1
         attempt = {
             "attempted_us": to_micros(outcome.attempted_at),
             "state": SUCCESS if state == SUCCESS else FAILED,
@@ -235,7 +230,16 @@ class DeliveryWorker:
             kept = self.db.finish_attempt(conn, delivery, attempt, state, next_attempt_us, reason, now_us)
             if disable_reason is not None:
                 self.db.disable_channel(conn, item.channel.id, disable_reason, now_us)
-                report.disabled_channels.append(item.channel.id)
+        # Counted once recorded: an outcome whose record failed is not an outcome yet.
+        report.attempted += 1
+        if state == SUCCESS:
+            report.delivered += 1
+        elif state == PENDING:
+            report.retrying += 1
+        else:
+            report.failed += 1
+        if disable_reason is not None:
+            report.disabled_channels.append(item.channel.id)
         if not kept:
             log.warning(
                 "webhook delivery lease ran out before the attempt finished; another worker owns it now",
