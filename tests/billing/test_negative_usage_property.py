@@ -13,7 +13,7 @@ from tallybook.billing.invoicing import billable_quantity
 from tallybook.billing.models import PackagePrice, Tier, TieredPrice, TierMode, UnitPrice, UsagePrice
 from tallybook.billing.rating import rate_usage
 
-totals = st.decimals(min_value=D(-10**9), max_value=D(10**9), places=6, allow_nan=False, allow_infinity=False)
+totals = st.decimals(min_value=D(-(10**9)), max_value=D(10**9), places=6, allow_nan=False, allow_infinity=False)
 money = st.decimals(min_value=D(0), max_value=D(1000), places=4, allow_nan=False, allow_infinity=False)
 
 
