@@ -503,7 +503,8 @@ class InvoicingService:
             if key in computed and issue_due(key[0], job.existing.created_at if job.existing else now)
         ]
         self._lock_meters(computed[k] for k in to_issue)
-        writes = [_Write(key, jobs[key], computed[key], ISSUED if key in set(to_issue) else DRAFT) for key in computed]
+        issuing = set(to_issue)
+        writes = [_Write(key, jobs[key], computed[key], ISSUED if key in issuing else DRAFT) for key in computed]
 
         def billed_through(written_failed: set[InvoiceKey]) -> list[tuple[str, int]]:
             # A subscription whose invoice failed keeps its billed_through: the next run tries again.
