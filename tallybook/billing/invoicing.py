@@ -305,8 +305,7 @@ def _item_id(key: InvoiceKey) -> str:
     return f"{key[0]}|{key[1]}|{key[3]}|{format_rfc3339(key[2].start)}"
 
 
-def _item_context(job: _Job) -> dict[str, Any]:
-    key = job.key
+def _item_context(key: InvoiceKey, job: _Job | None) -> dict[str, Any]:
     context: dict[str, Any] = {
         "customerId": key[0],
         "currency": key[1],
@@ -314,6 +313,8 @@ def _item_context(job: _Job) -> dict[str, Any]:
         "periodStart": format_rfc3339(key[2].start),
         "periodEnd": format_rfc3339(key[2].end),
     }
+    if job is None:
+        return context
     if job.existing is not None:
         context["invoiceId"] = job.existing.id
     subscriptions = sorted({seg.subscription.id for seg in job.segments})
@@ -493,8 +494,8 @@ class InvoicingService:
                 )
         self._attach_previous(list(jobs.values()), now)
         computed = self._compute([j for k, j in jobs.items() if k not in failed], as_of=now, failed=failed)
-        for key in [k for k in jobs if k in failed]:
-            run.fail(INVOICE_ITEM, _item_id(key), failed[key], **_item_context(jobs[key]))
+        for key, exc in failed.items():
+            run.fail(INVOICE_ITEM, _item_id(key), exc, **_item_context(key, jobs.get(key)))
         for key in computed:
             run.ok(INVOICE_ITEM, _item_id(key))
         to_issue = [
@@ -541,7 +542,7 @@ class InvoicingService:
                 log.warning("storing the invoices in one batch failed; storing them one by one", exc_info=True)
             counts = {"created": 0, "updated": 0, "issued": 0}
             for w in writes:
-                with run.item(INVOICE_ITEM, _item_id(w.key), **_item_context(w.job)) as outcome:
+                with run.item(INVOICE_ITEM, _item_id(w.key), **_item_context(w.key, w.job)) as outcome:
                     partial = {"created": 0, "updated": 0, "issued": 0}
                     with conn.begin_nested():
                         record = self._write_one(conn, w, customers, destinations, now, partial)

@@ -33,6 +33,13 @@ from tallybook.store.jobs import JobStore
 log = logging.getLogger(__name__)
 
 
+def run_status(error: str | None, failed_items: int | None) -> str:
+    """How a run ended: `ok`, `partial` (it finished but skipped failed items) or `error` (it crashed)."""
+    if error:
+        return "error"
+    return "partial" if failed_items else "ok"
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
@@ -58,10 +65,7 @@ class JobResult:
 
     @property
     def status(self) -> str:
-        """`ok`, `partial` (it finished but skipped failed items) or `error` (it crashed)."""
-        if self.error:
-            return "error"
-        return "partial" if self.failed_items else "ok"
+        return run_status(self.error, self.failed_items)
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"name": self.name, "ran": self.ran}

@@ -12,6 +12,7 @@ from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.security import require
 from tallybook.clock import format_rfc3339, from_micros
+from tallybook.jobs.scheduler import run_status
 from tallybook.store.base import ApiKeyRecord
 from tallybook.store.jobs import JobFailureRow
 
@@ -53,17 +54,13 @@ async def list_jobs(request: Request, _key: Admin) -> Response:
                 "nextRunAt": _time(run.next_run_us) if run else None,
                 "lastError": run.last_error if run else None,
                 # ok | partial (finished, some items skipped: see /api/v1/jobs/failures) | error
-                "lastStatus": _status(run.last_error, run.last_failed_items) if run and run.last_started_us else None,
+                "lastStatus": run_status(run.last_error, run.last_failed_items)
+                if run and run.last_started_us
+                else None,
                 "lastFailedItems": (run.last_failed_items or 0) if run else 0,
             }
         )
     return Response(jsonutil.dumpb({"items": items}), media_type="application/json")
-
-
-def _status(error: str | None, failed_items: int | None) -> str:
-    if error:
-        return "error"
-    return "partial" if failed_items else "ok"
 
 
 def failure_json(row: JobFailureRow) -> dict[str, Any]:
