@@ -183,3 +183,42 @@ def test_delivery_worker_goes_on_when_recording_one_attempt_fails(
     finally:
         client.close()
         runtime.stop()
+
+
+def test_failures_endpoint_is_admin_only_and_filters(client: Any, keys: dict[str, str], runtime: Any) -> None:
+    from tests.conftest import auth
+
+    failures_log = runtime.jobs.failures
+    with failures_log.run("aggregation.close") as run:
+        # An error quoting bad data with a NUL byte is still recorded (PostgreSQL text refuses NULs).
+        run.fail("subject_period", "hourly|2026-01-12T10:00:00Z|s\x00b", ValueError("bad \x00 value"), subject="s\x00b")
+        with run.item("subject_period", "hourly|2026-01-12T10:00:00Z|fine"):
+            pass
+    with failures_log.run("report.meter") as run, run.item("meter_window", "api_calls|a|b", meter="api_calls"):
+        raise RuntimeError("query failed")
+    assert client.get("/api/v1/jobs/failures", headers=auth(keys["read"])).status_code == 403
+    assert client.get("/api/v1/jobs/failures").status_code == 401
+    admin = auth(keys["admin"])
+    both = client.get("/api/v1/jobs/failures", headers=admin).json()
+    assert both["totalCount"] == 2
+    close = client.get("/api/v1/jobs/failures", headers=admin, params={"job": "aggregation.close"}).json()
+    [item] = close["items"]
+    assert (item["itemId"], item["error"], item["context"]) == (
+        "hourly|2026-01-12T10:00:00Z|s\\x00b",
+        "ValueError: bad \\x00 value",
+        {"subject": "s\\x00b"},
+    )
+    kind = client.get("/api/v1/jobs/failures", headers=admin, params={"itemKind": "meter_window"}).json()
+    assert [i["job"] for i in kind["items"]] == ["report.meter"]
+    assert client.get("/api/v1/jobs/failures", headers=admin, params={"limit": 0}).status_code == 400
+    # The same item failing and then succeeding in one run stays listed: the failure wins.
+    with failures_log.run("report.meter") as run:
+        with run.item("meter_window", "api_calls|a|b"):
+            raise RuntimeError("again")
+        with run.item("meter_window", "api_calls|a|b"):
+            pass
+    [again] = client.get("/api/v1/jobs/failures", headers=admin, params={"job": "report.meter"}).json()["items"]
+    assert (again["count"], again["error"]) == (2, "RuntimeError: again")
+    with failures_log.run("report.meter") as run, run.item("meter_window", "api_calls|a|b"):
+        pass
+    assert client.get("/api/v1/jobs/failures", headers=admin, params={"job": "report.meter"}).json()["items"] == []
