@@ -80,8 +80,10 @@ class Runtime:
             runtime.meters.sync_config()
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
-        runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters)
-        runtime.stripe = StripeService(store, runtime.customers, runtime.meters, settings.stripe, clock)
+        runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters, metrics)
+        runtime.stripe = StripeService(
+            store, runtime.customers, runtime.meters, settings.stripe, clock, failures=runtime.jobs.failures
+        )
         if settings.stripe.enabled:
             runtime.jobs.register(
                 Job(REPORT_JOB, lambda now: runtime.stripe.run_job(now), settings.stripe.report_interval)
@@ -98,6 +100,7 @@ class Runtime:
             runtime.webhooks,
             settings.billing,
             clock,
+            failures=runtime.jobs.failures,
         )
         runtime.use_stripe(runtime.stripe)
         if settings.stripe.enabled:

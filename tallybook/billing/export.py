@@ -46,7 +46,17 @@ def line_json(line: Line) -> dict[str, Any]:
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     detail = line.detail or {}
-    for name in ("tiers", "packages", "proration", "paymentTerm", "reason", "previousQuantity"):
+    # usageTotal and warnings: a measured total the line did not bill as is (negative usage bills 0).
+    for name in (
+        "tiers",
+        "packages",
+        "proration",
+        "paymentTerm",
+        "reason",
+        "previousQuantity",
+        "usageTotal",
+        "warnings",
+    ):
         if name in detail:
             body[name] = detail[name]
     return body
@@ -108,6 +118,8 @@ _TEMPLATE = """<!DOCTYPE html>
   td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
   .sub { color: #666; font-size: .85em; }
   .tiers td { border: none; padding: .1em .5em; font-size: .85em; color: #555; }
+  .warning { color: #8a4b00; font-size: .85em; }
+  .warning::before { content: "\26A0  "; }
   tfoot td { border: none; }
   tfoot tr.total td { font-weight: bold; border-top: 2px solid #222; }
   @media print { body { margin: 1cm; } .noprint { display: none; } }
@@ -138,6 +150,7 @@ _TEMPLATE = """<!DOCTYPE html>
   {% for line in lines %}
     <tr>
       <td>{{ line.name }}{% if line.description %}<div class="sub">{{ line.description }}</div>{% endif %}
+        {% for warning in line.warnings %}<div class="warning" role="note">{{ warning }}</div>{% endfor %}
         {% if line.tiers %}<table class="tiers">
           {% for tier in line.tiers %}<tr><td>tier {{ tier.tier }}</td><td class="num">{{ tier.quantity }}</td>
             <td class="num">x {{ tier.unitPrice }}{% if tier.flatPrice != "0" %} + {{ tier.flatPrice }}{% endif %}</td>
@@ -209,6 +222,7 @@ def invoice_html(invoice: Invoice, external: dict[str, Any] | None = None) -> st
             "tax_code": ln.tax_code or "",
             "amount": str(ln.amount),
             "tiers": (ln.detail or {}).get("tiers"),
+            "warnings": (ln.detail or {}).get("warnings") or [],
         }
         for ln in invoice.lines
     ]

@@ -32,15 +32,29 @@ Late events for an issued period are billed on the customer's latest draft as `c
 the quantity now minus the quantity billed so far (the issued line plus issued corrections),
 priced as rate(new total) - rate(billed total), so tiers stay right.
 
+Negative usage: a meter's total for a usage-priced line can be below zero (a SUM of events with
+negative values). Rating refuses negative quantities, so the line bills 0 units (no charge, no
+tier reached) and says so: `usageTotal` keeps the measured figure and `warnings` holds
+"usage total was -5; billed as 0", in the JSON, the HTML page and previews alike. Corrections
+compare billed quantities, so a total that stays negative corrects nothing.
+
 Usage is read with grouped queries: one query per meter and distinct period (grouped by customer),
 never one per customer.
+
+Fault isolation: one customer's invoice that cannot be computed or written (a usage query that
+fails for it, a price that cannot rate its quantity, a failed write) is recorded as a failed
+`invoice` item of the `billing.invoice` job (GET /api/v1/jobs/failures) and skipped; every other
+invoice of the run is drafted, refreshed or issued. Its subscriptions' `billed_through` does not
+move, so every later run tries it again until it succeeds. The writes share one transaction with a
+savepoint per invoice, so a failed statement (on PostgreSQL it aborts the transaction) is rolled
+back to before that invoice only.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -58,6 +72,7 @@ from tallybook.billing.subscriptions import Subscription, SubscriptionService, s
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
 from tallybook.errors import DomainError
 from tallybook.ids import new_ulid
+from tallybook.jobs.failures import FailureLog, JobRun
 from tallybook.meters.models import MeterError, UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.store import billing as billing_store
@@ -82,6 +97,19 @@ _TRANSITIONS = {
 # Customers per usage query before the query stops filtering by customer and reads them all.
 _FILTER_LIMIT = 200
 ZERO = Decimal(0)
+INVOICE_JOB = "billing.invoice"
+INVOICE_ITEM = "invoice"  # the item kind of a failed invoice (one customer, currency, period, kind)
+
+
+def billable_quantity(measured: Decimal) -> tuple[Decimal, str | None]:
+    """The quantity a usage line rates, and a warning when it is not the measured total.
+
+    A negative total (a SUM of negative events) bills as 0: rating refuses negative quantities and
+    a credit is not a price. Never silent: the warning goes on the line.
+    """
+    if measured < 0:
+        return ZERO, f"usage total was {measured}; billed as 0"
+    return measured, None
 
 
 class InvoiceError(DomainError):
@@ -261,6 +289,40 @@ class _Job:
     previous: list[Invoice] = field(default_factory=list)  # billed invoices to correct
 
 
+@dataclass
+class _Write:
+    """One computed invoice to store."""
+
+    key: InvoiceKey
+    job: _Job
+    lines: list[Line]
+    status: str
+    failed: bool = False
+
+
+def _item_id(key: InvoiceKey) -> str:
+    """The failed-item id of an invoice: customer, currency, kind and period start."""
+    return f"{key[0]}|{key[1]}|{key[3]}|{format_rfc3339(key[2].start)}"
+
+
+def _item_context(key: InvoiceKey, job: _Job | None) -> dict[str, Any]:
+    context: dict[str, Any] = {
+        "customerId": key[0],
+        "currency": key[1],
+        "kind": key[3],
+        "periodStart": format_rfc3339(key[2].start),
+        "periodEnd": format_rfc3339(key[2].end),
+    }
+    if job is None:
+        return context
+    if job.existing is not None:
+        context["invoiceId"] = job.existing.id
+    subscriptions = sorted({seg.subscription.id for seg in job.segments})
+    if subscriptions:
+        context["subscriptionIds"] = ",".join(subscriptions)
+    return context
+
+
 def _segment_usage_keys(segments: Iterable[Segment]) -> Iterable[UsageKey]:
     for seg in segments:
         if seg.advance:
@@ -289,8 +351,11 @@ class InvoicingService:
         webhooks: WebhookService,
         settings: BillingSettings | None = None,
         profiles: ProfileService | None = None,
+        failures: FailureLog | None = None,
     ) -> None:
         self.store = store
+        # Where the scheduled run records invoices it skipped (GET /api/v1/jobs/failures).
+        self.failures = failures or FailureLog(store, clock)
         self.clock = clock
         self.subscriptions = subscriptions
         self.meters = meters
@@ -339,8 +404,16 @@ class InvoicingService:
         Grace and approval come from each customer's billing profile: a period is due once it ended
         `profile.grace` ago; a draft is issued when `profile.auto_advance` and it is
         `profile.draft_period` old. Profiles are read once for all customers concerned.
+
+        An invoice that fails is recorded and skipped (see the module docs); the result then has
+        `failedItems`.
         """
         now = now or self.clock.now()
+        with self.failures.run(INVOICE_JOB) as run:
+            counts = self._run(now, run)
+        return run.outcome(counts)
+
+    def _run(self, now: datetime, run: JobRun) -> dict[str, Any]:
         self._plans.clear()
         fallback = config_profile(self.settings)
         shortest = fallback.grace if self.profiles is None else self.profiles.shortest_grace()
@@ -362,31 +435,40 @@ class InvoicingService:
 
         due_keys: dict[InvoiceKey, None] = {}
         marks: list[tuple[str, int]] = []
+        keys_of_subscription: dict[str, list[InvoiceKey]] = {}
         for row in due_rows:
-            sub = subscription_from_row(row)
-            cutoff = now - profile_of.get(sub.customer_id, fallback).grace
-            begin = max(sub.active_from, sub.billed_through or sub.active_from)
-            stop = cutoff if sub.active_to is None else min(cutoff, sub.active_to)
-            last_end: datetime | None = None
-            for period in sub.schedule.periods(begin, stop):
-                if period.end > cutoff:
-                    break
-                if sub.covered(period) is not None:
-                    due_keys[(sub.customer_id, sub.currency, period, PERIOD)] = None
-                last_end = period.end
-            if last_end is not None:
-                marks.append((sub.id, to_micros(last_end)))
+            with run.item("subscription", str(row["id"]), customerId=row["customer_id"]):
+                sub = subscription_from_row(row)
+                cutoff = now - profile_of.get(sub.customer_id, fallback).grace
+                begin = max(sub.active_from, sub.billed_through or sub.active_from)
+                stop = cutoff if sub.active_to is None else min(cutoff, sub.active_to)
+                last_end: datetime | None = None
+                sub_keys: list[InvoiceKey] = []
+                for period in sub.schedule.periods(begin, stop):
+                    if period.end > cutoff:
+                        break
+                    if sub.covered(period) is not None:
+                        sub_keys.append((sub.customer_id, sub.currency, period, PERIOD))
+                    last_end = period.end
+                due_keys.update(dict.fromkeys(sub_keys))
+                keys_of_subscription[sub.id] = sub_keys
+                if last_end is not None:
+                    marks.append((sub.id, to_micros(last_end)))
         for row in opening_rows:
-            due_keys[opening_key(subscription_from_row(row))] = None
-        due = self._segments_for(list(due_keys))
+            with run.item("subscription", str(row["id"]), customerId=row["customer_id"]):
+                due_keys[opening_key(subscription_from_row(row))] = None
+        failed: dict[InvoiceKey, BaseException] = {}
+        due = self._segments_for(list(due_keys), failed)
         with self.store.read() as conn:
-            existing = billing_store.existing_invoice_keys(conn, (to_micros(k[2].end) for k in due))
+            existing = billing_store.existing_invoice_keys(conn, (to_micros(k[2].end) for k in due_keys))
         jobs: dict[InvoiceKey, _Job] = {}
-        for key, segments in due.items():
+        for key in due_keys:
+            segments = due.get(key)
             found = existing.get((key[0], key[1], to_micros(key[2].start), to_micros(key[2].end), key[3]))
             if found is None:
-                jobs[key] = _Job(key, segments, corrections_allowed=key[3] == PERIOD)
-            elif found["status"] != DRAFT:
+                if segments or key in failed:
+                    jobs[key] = _Job(key, segments or [], corrections_allowed=key[3] == PERIOD)
+            elif found["status"] != DRAFT and segments:
                 log.warning(
                     "billing period already invoiced; segment left out",
                     extra={"invoice_id": found["id"], "customer_id": key[0]},
@@ -404,54 +486,110 @@ class InvoicingService:
             if stale or issue_due(draft.customer_id, draft.created_at) or joined:
                 draft_invoices.append(draft)
         if draft_invoices:
-            segments_by_key = self._segments_for([_key_of(d) for d in draft_invoices])
+            segments_by_key = self._segments_for([_key_of(d) for d in draft_invoices], failed)
             for draft in draft_invoices:
                 key = _key_of(draft)
                 jobs[key] = _Job(
                     key, segments_by_key.get(key, []), existing=draft, corrections_allowed=draft.kind == PERIOD
                 )
         self._attach_previous(list(jobs.values()), now)
-        computed = self._compute(list(jobs.values()), as_of=now)
+        computed = self._compute([j for k, j in jobs.items() if k not in failed], as_of=now, failed=failed)
+        for key, exc in failed.items():
+            run.fail(INVOICE_ITEM, _item_id(key), exc, **_item_context(key, jobs.get(key)))
+        for key in computed:
+            run.ok(INVOICE_ITEM, _item_id(key))
         to_issue = [
-            key for key, job in jobs.items() if issue_due(key[0], job.existing.created_at if job.existing else now)
+            key
+            for key, job in jobs.items()
+            if key in computed and issue_due(key[0], job.existing.created_at if job.existing else now)
         ]
         self._lock_meters(computed[k] for k in to_issue)
         issuing = set(to_issue)
-        created = updated = issued = 0
+        writes = [_Write(key, jobs[key], computed[key], ISSUED if key in issuing else DRAFT) for key in computed]
+
+        def billed_through(written_failed: set[InvoiceKey]) -> list[tuple[str, int]]:
+            # A subscription whose invoice failed keeps its billed_through: the next run tries again.
+            return [
+                (sid, end)
+                for sid, end in marks
+                if not any(k in failed or k in written_failed for k in keys_of_subscription.get(sid, ()))
+            ]
+
+        counts = self._write(writes, now, run, billed_through)
+        return {**counts, "computed": len(jobs), "drafts": len(drafts)}
+
+    def _write(
+        self,
+        writes: list[_Write],
+        now: datetime,
+        run: JobRun,
+        billed_through: Callable[[set[InvoiceKey]], list[tuple[str, int]]],
+    ) -> dict[str, int]:
+        """Store the run's invoices (and move the subscriptions' billed_through) in one transaction.
+        If a write fails, the invoices are stored again with a savepoint each, so only the invoices
+        whose writes fail are left out (and recorded)."""
         with self.store.write() as conn:
             destinations = {t: self.webhooks.destinations(conn, t) for t in INVOICE_EVENT_TYPES}
-            customers = billing_store.customer_rows(conn, [k[0] for k in jobs])
-            records: list[InvoiceRecord] = []
-            for key, job in jobs.items():
-                lines = computed[key]
-                status = ISSUED if key in issuing else DRAFT
-                snapshot = _customer_snapshot(customers.get(key[0]), key[0])
-                if job.existing is None:
-                    invoice = self._new_invoice(key, lines, snapshot, now, status)
-                    records.append(_record(invoice))
-                    created += 1
-                    self._emit(conn, destinations, INVOICE_CREATED, replace(invoice, status=DRAFT, issued_at=None), now)
-                    if status == ISSUED:
-                        issued += 1
-                        self._emit(conn, destinations, INVOICE_ISSUED, invoice, now)
-                    continue
-                draft = job.existing
-                if status == DRAFT and _same_lines(draft.lines, lines):
-                    continue
-                changed = self._updated(draft, lines, snapshot, now, status)
-                if not billing_store.update_invoice(
-                    conn, draft.id, draft.revision, _values(changed), [ln.row() for ln in lines]
-                ):
-                    continue  # changed meanwhile (approved or voided): next run sees it
-                if status == ISSUED:
-                    issued += 1
-                    self._emit(conn, destinations, INVOICE_ISSUED, changed, now)
-                else:
-                    updated += 1
-                    self._emit(conn, destinations, INVOICE_UPDATED, changed, now)
-            billing_store.insert_invoices(conn, records)
-            billing_store.set_billed_through(conn, marks)
-        return {"created": created, "updated": updated, "issued": issued, "computed": len(jobs), "drafts": len(drafts)}
+            customers = billing_store.customer_rows(conn, [w.key[0] for w in writes])
+            try:
+                with conn.begin_nested():
+                    counts = {"created": 0, "updated": 0, "issued": 0}
+                    records = [self._write_one(conn, w, customers, destinations, now, counts) for w in writes]
+                    billing_store.insert_invoices(conn, [r for r in records if r is not None])
+                billing_store.set_billed_through(conn, billed_through(set()))
+                return counts
+            except Exception:
+                log.warning("storing the invoices in one batch failed; storing them one by one", exc_info=True)
+            counts = {"created": 0, "updated": 0, "issued": 0}
+            for w in writes:
+                with run.item(INVOICE_ITEM, _item_id(w.key), **_item_context(w.key, w.job)) as outcome:
+                    partial = {"created": 0, "updated": 0, "issued": 0}
+                    with conn.begin_nested():
+                        record = self._write_one(conn, w, customers, destinations, now, partial)
+                        if record is not None:
+                            billing_store.insert_invoices(conn, [record])
+                    for name, value in partial.items():
+                        counts[name] += value
+                w.failed = outcome.failed
+            billing_store.set_billed_through(conn, billed_through({w.key for w in writes if w.failed}))
+            return counts
+
+    def _write_one(
+        self,
+        conn: Connection,
+        w: _Write,
+        customers: dict[str, dict[str, Any]],
+        destinations: dict[str, Any],
+        now: datetime,
+        counts: dict[str, int],
+    ) -> InvoiceRecord | None:
+        """Emit one invoice's events and update its draft; a new invoice's record is returned for
+        the caller to insert (in a batch)."""
+        key, job, lines, status = w.key, w.job, w.lines, w.status
+        snapshot = _customer_snapshot(customers.get(key[0]), key[0])
+        if job.existing is None:
+            invoice = self._new_invoice(key, lines, snapshot, now, status)
+            counts["created"] += 1
+            self._emit(conn, destinations, INVOICE_CREATED, replace(invoice, status=DRAFT, issued_at=None), now)
+            if status == ISSUED:
+                counts["issued"] += 1
+                self._emit(conn, destinations, INVOICE_ISSUED, invoice, now)
+            return _record(invoice)
+        draft = job.existing
+        if status == DRAFT and _same_lines(draft.lines, lines):
+            return None
+        changed = self._updated(draft, lines, snapshot, now, status)
+        if not billing_store.update_invoice(
+            conn, draft.id, draft.revision, _values(changed), [ln.row() for ln in lines]
+        ):
+            return None  # changed meanwhile (approved or voided): next run sees it
+        if status == ISSUED:
+            counts["issued"] += 1
+            self._emit(conn, destinations, INVOICE_ISSUED, changed, now)
+        else:
+            counts["updated"] += 1
+            self._emit(conn, destinations, INVOICE_UPDATED, changed, now)
+        return None
 
     # -- transitions -----------------------------------------------------------------------------------
     def issue(self, invoice_id: str) -> Invoice:
@@ -582,8 +720,15 @@ class InvoicingService:
             self._plans[key] = plan
         return plan
 
-    def _segments_for(self, keys: Sequence[InvoiceKey]) -> dict[InvoiceKey, list[Segment]]:
-        """Each key's subscription segments, from one read of the subscriptions involved."""
+    def _segments_for(
+        self, keys: Sequence[InvoiceKey], failed: dict[InvoiceKey, BaseException] | None = None
+    ) -> dict[InvoiceKey, list[Segment]]:
+        """Each key's subscription segments, from one read of the subscriptions involved.
+
+        With `failed`, a subscription that cannot be read (its plan is gone, its row is broken)
+        fails the keys of its customer and currency there instead of raising: an invoice missing
+        one subscription's lines would be wrong, so it is not drafted at all.
+        """
         if not keys:
             return {}
         by_customer: dict[tuple[str, str], list[InvoiceKey]] = defaultdict(list)
@@ -606,11 +751,17 @@ class InvoicingService:
         for row in rows:
             if row["customer_id"] not in customers:
                 continue
-            sub = subscription_from_row(row)
-            for key in by_customer.get((sub.customer_id, sub.currency), ()):
-                segments = self._key_segments(sub, key)
-                if segments:
-                    out[key].extend(segments)
+            try:
+                sub = subscription_from_row(row)
+                for key in by_customer.get((sub.customer_id, sub.currency), ()):
+                    segments = self._key_segments(sub, key)
+                    if segments:
+                        out[key].extend(segments)
+            except Exception as exc:
+                if failed is None:
+                    raise
+                for key in by_customer.get((row["customer_id"], row["currency"]), ()):
+                    failed.setdefault(key, exc)
         return out
 
     def _key_segments(self, sub: Subscription, key: InvoiceKey) -> list[Segment]:
@@ -681,8 +832,18 @@ class InvoicingService:
                 continue  # a later draft of this customer carries the corrections
             job.previous = [inv for inv in by_customer.get(ckey, []) if inv.period.end <= job.key[2].start]
 
-    def _usage(self, wanted: dict[UsageKey, set[str]], as_of: datetime | None) -> dict[UsageKey, dict[str, Decimal]]:
-        """One grouped query per (meter, from, to): {key: {customer id: quantity}}."""
+    def _usage(
+        self,
+        wanted: dict[UsageKey, set[str]],
+        as_of: datetime | None,
+        failed: dict[tuple[UsageKey, str], BaseException] | None = None,
+    ) -> dict[UsageKey, dict[str, Decimal]]:
+        """One grouped query per (meter, from, to): {key: {customer id: quantity}}.
+
+        With `failed`, a grouped query that fails is asked again customer by customer, so only the
+        customers whose usage cannot be read fail (into `failed`, by usage key and customer id);
+        the others are billed. Without it the error is raised.
+        """
         out: dict[UsageKey, dict[str, Decimal]] = {}
         for (meter, start, end), customer_ids in wanted.items():
             ids: tuple[str, ...] = ()
@@ -698,45 +859,108 @@ class InvoicingService:
                 meter=meter, from_=start, to=end, customer_ids=ids, group_by=("customer_id",), as_of=as_of
             )
             try:
-                rows = self.meters.query(query)
-            except MeterError as exc:
-                raise InvoiceError(f"rate card meter {meter!r}: {exc.detail}") from None
+                rows = self._query(query)
+            except Exception as exc:
+                if failed is None:
+                    raise
+                log.warning(
+                    "grouped usage query failed; reading its customers one by one",
+                    extra={"meter": meter, "error": f"{type(exc).__name__}: {exc}"},
+                )
+                out[(meter, start, end)] = self._usage_one_by_one(
+                    (meter, start, end), query, sorted(customer_ids), failed
+                )
+                continue
             out[(meter, start, end)] = {r.customer_id: r.value for r in rows if r.customer_id is not None}
         return out
 
-    def _compute(self, jobs: list[_Job], as_of: datetime | None) -> dict[InvoiceKey, list[Line]]:
+    def _query(self, query: UsageQuery) -> Any:
+        try:
+            return self.meters.query(query)
+        except MeterError as exc:
+            raise InvoiceError(f"rate card meter {query.meter!r}: {exc.detail}") from None
+
+    def _usage_one_by_one(
+        self,
+        ukey: UsageKey,
+        grouped: UsageQuery,
+        customer_ids: list[str],
+        failed: dict[tuple[UsageKey, str], BaseException],
+    ) -> dict[str, Decimal]:
+        with self.store.read() as conn:
+            live = billing_store.live_customer_ids(conn, customer_ids)
+        found: dict[str, Decimal] = {}
+        for customer_id in customer_ids:
+            if customer_id not in live:
+                continue
+            try:
+                rows = self._query(replace(grouped, customer_ids=(customer_id,)))
+            except Exception as exc:
+                failed[(ukey, customer_id)] = exc
+                continue
+            found.update({r.customer_id: r.value for r in rows if r.customer_id == customer_id})
+        return found
+
+    def _compute(
+        self, jobs: list[_Job], as_of: datetime | None, failed: dict[InvoiceKey, BaseException] | None = None
+    ) -> dict[InvoiceKey, list[Line]]:
+        """Each job's lines. With `failed`, a job that cannot be computed goes there (by key) and is
+        left out of the answer instead of raising; the other jobs are computed."""
         wanted: dict[UsageKey, set[str]] = defaultdict(set)
+        needs: dict[InvoiceKey, set[UsageKey]] = defaultdict(set)
         for job in jobs:
-            for ukey in _segment_usage_keys(job.segments):
-                wanted[ukey].add(job.key[0])
+            needs[job.key].update(_segment_usage_keys(job.segments))
             for inv in job.previous:
                 for ln in inv.lines:
                     if ln.kind == "usage" and ln.meter is not None:
-                        wanted[(ln.meter, ln.period.start, ln.period.end)].add(job.key[0])
-        usage = self._usage(wanted, as_of)
+                        needs[job.key].add((ln.meter, ln.period.start, ln.period.end))
+            for ukey in needs[job.key]:
+                wanted[ukey].add(job.key[0])
+        unread: dict[tuple[UsageKey, str], BaseException] | None = None if failed is None else {}
+        usage = self._usage(wanted, as_of, unread)
         billed_so_far = self._billed_quantities([inv for job in jobs for inv in job.previous])
         charged = self._charged_in_advance(jobs)
         out: dict[InvoiceKey, list[Line]] = {}
         for job in jobs:
-            invoice_id = job.existing.id if job.existing is not None else None
-            # In-advance lines are fixed once drafted: a later cancel is a credit on a later
-            # invoice, never a change to the charge (which may already have been sent).
-            frozen = [ln for ln in job.existing.lines if _in_advance(ln)] if job.existing is not None else []
-            lines: list[Line] = []
-            late: list[Line] = []
-            for seg in sorted(job.segments, key=lambda s: (s.advance, s.covered.start, s.subscription.id)):
-                kept = [ln for ln in frozen if seg.advance and _pays_for(ln, seg)]
-                if kept:
-                    lines.extend(kept)
-                    frozen = [ln for ln in frozen if ln not in kept]
-                    continue
-                lines.extend(self._segment_lines(job.key[0], seg, usage, charged, invoice_id, late))
-            lines.extend(frozen)
-            if job.existing is None:
-                lines.extend(late)  # a draft keeps them among its frozen in-advance lines
-            lines.extend(self._corrections(job, usage, billed_so_far, as_of))
-            out[job.key] = lines
+            if failed is None:
+                out[job.key] = self._job_lines(job, usage, billed_so_far, charged, as_of)
+                continue
+            missing = [unread[(u, job.key[0])] for u in needs[job.key] if unread and (u, job.key[0]) in unread]
+            if missing:
+                failed[job.key] = missing[0]  # billing it without that usage would be wrong
+                continue
+            try:
+                out[job.key] = self._job_lines(job, usage, billed_so_far, charged, as_of)
+            except Exception as exc:
+                failed[job.key] = exc
         return out
+
+    def _job_lines(
+        self,
+        job: _Job,
+        usage: dict[UsageKey, dict[str, Decimal]],
+        billed_so_far: dict[tuple[str, str | None, str | None], Decimal],
+        charged: Charged,
+        as_of: datetime | None,
+    ) -> list[Line]:
+        invoice_id = job.existing.id if job.existing is not None else None
+        # In-advance lines are fixed once drafted: a later cancel is a credit on a later
+        # invoice, never a change to the charge (which may already have been sent).
+        frozen = [ln for ln in job.existing.lines if _in_advance(ln)] if job.existing is not None else []
+        lines: list[Line] = []
+        late: list[Line] = []
+        for seg in sorted(job.segments, key=lambda s: (s.advance, s.covered.start, s.subscription.id)):
+            kept = [ln for ln in frozen if seg.advance and _pays_for(ln, seg)]
+            if kept:
+                lines.extend(kept)
+                frozen = [ln for ln in frozen if ln not in kept]
+                continue
+            lines.extend(self._segment_lines(job.key[0], seg, usage, charged, invoice_id, late))
+        lines.extend(frozen)
+        if job.existing is None:
+            lines.extend(late)  # a draft keeps them among its frozen in-advance lines
+        lines.extend(self._corrections(job, usage, billed_so_far, as_of))
+        return lines
 
     def _charged_in_advance(self, jobs: Sequence[_Job]) -> Charged:
         """(subscription, rate card) -> (invoice id, service period, amount) of in-advance fees already
@@ -834,9 +1058,13 @@ class InvoicingService:
             if seg.advance:
                 continue
             assert rc.meter is not None, f"usage rate card {rc.key} has no meter"
-            quantity = usage.get((rc.meter, seg.covered.start, seg.covered.end), {}).get(customer_id, ZERO)
+            measured = usage.get((rc.meter, seg.covered.start, seg.covered.end), {}).get(customer_id, ZERO)
+            quantity, warning = billable_quantity(measured)
             rated = rate_usage(rc.price, quantity)
             detail = {}
+            if warning is not None:
+                detail["usageTotal"] = str(measured)
+                detail["warnings"] = [warning]
             if rated.tiers:
                 detail["tiers"] = [
                     {
@@ -983,7 +1211,8 @@ class InvoicingService:
                 before = billed.get((inv.id, ln.subscription_id, ln.rate_card_key))
                 if before is None:
                     continue
-                now_qty = usage.get((ln.meter, ln.period.start, ln.period.end), {}).get(customer_id, ZERO)
+                measured = usage.get((ln.meter, ln.period.start, ln.period.end), {}).get(customer_id, ZERO)
+                now_qty, warning = billable_quantity(measured)
                 if now_qty == before:
                     continue
                 rc = self._rate_card(ln)
@@ -1007,7 +1236,11 @@ class InvoicingService:
                             f"usage that arrived after invoice {inv.id} was issued, for {_period_label(ln.period, tz)}"
                         ),
                         corrects_invoice_id=inv.id,
-                        detail={"previousQuantity": str(before), "quantity": str(now_qty)},
+                        detail={
+                            "previousQuantity": str(before),
+                            "quantity": str(now_qty),
+                            **({"usageTotal": str(measured), "warnings": [warning]} if warning else {}),
+                        },
                     )
                 )
         return lines
@@ -1033,7 +1266,8 @@ class InvoicingService:
             before = Decimal((ln.detail or {}).get("previousQuantity", "0"))
             rc = self._rate_card(ln)
             assert ln.meter is not None and rc is not None
-            now_qty = usage.get((ln.meter, ln.period.start, ln.period.end), {}).get(invoice.customer_id, ZERO)
+            measured = usage.get((ln.meter, ln.period.start, ln.period.end), {}).get(invoice.customer_id, ZERO)
+            now_qty, _ = billable_quantity(measured)
             amount = self._rated_total(rc, now_qty, invoice.currency) - self._rated_total(rc, before, invoice.currency)
             out.append(
                 replace(

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from tallybook.billing.catalog import PlanNotFound as CatalogPlanNotFound
-from tallybook.billing.invoicing import InvoicingService
+from tallybook.billing.invoicing import INVOICE_JOB, InvoicingService
 from tallybook.billing.models import PlanVersion
 from tallybook.billing.profiles import STRIPE, ProfileService
 from tallybook.billing.subscriptions import PlanNotFound, SubscriptionService
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from tallybook.runtime import Runtime
 
-INVOICE_JOB = "billing.invoice"
+__all__ = ["INVOICE_JOB", "build_billing"]
 
 
 def build_billing(runtime: Runtime) -> tuple[SubscriptionService, InvoicingService]:
@@ -53,6 +53,7 @@ def build_billing(runtime: Runtime) -> tuple[SubscriptionService, InvoicingServi
         runtime.webhooks,
         settings,
         profiles=runtime.profiles,
+        failures=runtime.jobs.failures,
     )
     runtime.jobs.register(Job(INVOICE_JOB, invoicing.run, settings.invoice_interval))
     return subscriptions, invoicing

@@ -23,7 +23,8 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from tallybook import jsonutil
-from tallybook.clock import from_micros, to_micros
+from tallybook.clock import format_rfc3339, from_micros, to_micros
+from tallybook.jobs.failures import FailureLog, JobRun
 from tallybook.store.base import SqlStore
 from tallybook.store.jobs import JobStore
 from tallybook.store.webhooks import SentFigures, WebhookStore
@@ -44,6 +45,7 @@ FIRST_RUN_LOOKBACK = {
 # behind the clock so a transaction still committing is never skipped.
 INGEST_SETTLE = timedelta(minutes=2)
 CORRECTIONS_CURSOR = "aggregation.corrections"
+SUBJECT_PERIOD = "subject_period"  # the item kind of a failed subject's period
 
 
 class PeriodUsageLike(Protocol):
@@ -106,12 +108,14 @@ class PeriodCloseJob:
         meters: PeriodMeters,
         settings: WebhookSettings,
         period_bounds: PeriodBounds,
+        failures: FailureLog,
     ) -> None:
         self.store = store
         self.webhooks = webhooks
         self.meters = meters
         self.settings = settings
         self.period_bounds = period_bounds
+        self.failures = failures
         self.db = WebhookStore(store)
         self.cursors = JobStore(store)
 
@@ -122,21 +126,60 @@ class PeriodCloseJob:
         counts = {"periodsClosed": 0, "completed": 0, "corrected": 0}
         if not self.settings.periods:
             return counts
-        with self.store.read() as conn:
-            active = bool(
-                self.webhooks.destinations(conn, AGGREGATION_COMPLETED)
-                or self.webhooks.destinations(conn, AGGREGATION_CORRECTED)
-            )
-        for period in self.settings.periods:
-            self._close_periods(period, now, active, counts)
-        self._corrections(now, active, counts)
-        return counts
+        with self.failures.run(self.name) as run:
+            with self.store.read() as conn:
+                active = bool(
+                    self.webhooks.destinations(conn, AGGREGATION_COMPLETED)
+                    or self.webhooks.destinations(conn, AGGREGATION_CORRECTED)
+                )
+            if active:
+                self._retry_failed(run, now, counts)
+            for period in self.settings.periods:
+                self._close_periods(period, now, active, counts, run)
+            self._corrections(now, active, counts, run)
+        return run.outcome(counts)
+
+    # -- one subject's period, isolated ---------------------------------------------------------------
+    def _publish_isolated(
+        self,
+        run: JobRun,
+        subject: str,
+        period: str,
+        start: datetime,
+        end: datetime,
+        now: datetime,
+        counts: dict[str, int],
+        first_close: bool,
+    ) -> None:
+        item_id = f"{period}|{format_rfc3339(start)}|{subject}"
+        with run.item(
+            SUBJECT_PERIOD,
+            item_id,
+            subject=subject,
+            period=period,
+            periodStart=format_rfc3339(start),
+            periodEnd=format_rfc3339(end),
+        ):
+            self._publish(subject, period, start, end, now, counts, first_close)
+
+    def _retry_failed(self, run: JobRun, now: datetime, counts: dict[str, int]) -> None:
+        """Publish the subjects' periods that failed in earlier runs (sent once, like any other)."""
+        for row in self.failures.failing(self.name, SUBJECT_PERIOD):
+            ctx = row.context
+            try:
+                subject, period = str(ctx["subject"]), str(ctx["period"])
+                start = datetime.fromisoformat(str(ctx["periodStart"]))
+                end = datetime.fromisoformat(str(ctx["periodEnd"]))
+            except (KeyError, ValueError):
+                continue
+            # Not a first close: the periods are closed already, and it may have been sent meanwhile.
+            self._publish_isolated(run, subject, period, start, end, now, counts, first_close=False)
 
     # -- closing ----------------------------------------------------------------------------------
     def _cursor_name(self, period: str) -> str:
         return f"aggregation.close:{period}"
 
-    def _close_periods(self, period: str, now: datetime, active: bool, counts: dict[str, int]) -> None:
+    def _close_periods(self, period: str, now: datetime, active: bool, counts: dict[str, int], run: JobRun) -> None:
         zone = self.settings.zone
         name = self._cursor_name(period)
         with self.store.read() as conn:
@@ -154,7 +197,7 @@ class PeriodCloseJob:
                 break
             if active:
                 for subject in self.meters.subjects_with_events(start, end):
-                    self._publish(subject, period, start, end, now, counts, first_close=True)
+                    self._publish_isolated(run, subject, period, start, end, now, counts, first_close=True)
                 with self.store.write() as conn:
                     self.cursors.set_cursor(conn, name, to_micros(end))
             closed_through = end
@@ -308,7 +351,7 @@ class PeriodCloseJob:
         counts["corrected"] += 1
 
     # -- corrections ------------------------------------------------------------------------------
-    def _corrections(self, now: datetime, active: bool, counts: dict[str, int]) -> None:
+    def _corrections(self, now: datetime, active: bool, counts: dict[str, int], run: JobRun) -> None:
         through_us = to_micros(now - INGEST_SETTLE)
         with self.store.read() as conn:
             cursor_us = self.cursors.get_cursor(conn, CORRECTIONS_CURSOR)
@@ -328,7 +371,7 @@ class PeriodCloseJob:
                     continue
                 start, end = self.period_bounds(period, from_micros(earliest_us), zone)
                 while to_micros(start) <= latest_us and to_micros(end) <= closed_us:
-                    self._publish(subject, period, start, end, now, counts, first_close=False)
+                    self._publish_isolated(run, subject, period, start, end, now, counts, first_close=False)
                     start, end = self.period_bounds(period, end, zone)
         with self.store.write() as conn:
             self.cursors.set_cursor(conn, CORRECTIONS_CURSOR, through_us)

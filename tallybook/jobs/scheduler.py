@@ -5,6 +5,10 @@ on one database each due run happens in one of them: the process that takes the 
 job's next run time and skips the run if another process already did it. Non-exclusive jobs (the
 delivery worker) are safe to run everywhere at once because they claim their rows individually.
 
+A job that loops over rows isolates its items (tallybook/jobs/failures.py): an item that fails is
+recorded and skipped, and the run finishes with `failedItems` in its result; it is recorded as
+partial (`last_failed_items`), which is not the same as a crashed run (`last_error`).
+
 `run_once` runs every job now, whatever its interval (cron users and tests); the background loop
 runs each job when its interval has passed. Time comes from a Clock, so tests drive it without
 sleeping; only the background loop waits, between polls.
@@ -21,10 +25,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tallybook.clock import Clock, to_micros
+from tallybook.jobs.failures import FailureLog
+from tallybook.observability.metrics import Metrics
 from tallybook.store.base import SqlStore
 from tallybook.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
+
+
+def run_status(error: str | None, failed_items: int | None) -> str:
+    """How a run ended: `ok`, `partial` (it finished but skipped failed items) or `error` (it crashed)."""
+    if error:
+        return "error"
+    return "partial" if failed_items else "ok"
 
 
 @dataclass(frozen=True)
@@ -45,8 +58,19 @@ class JobResult:
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
+    @property
+    def failed_items(self) -> int:
+        """Items the run skipped because they failed (0 for a crashed run: see `error`)."""
+        return int(self.result.get("failedItems", 0) or 0)
+
+    @property
+    def status(self) -> str:
+        return run_status(self.error, self.failed_items)
+
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"name": self.name, "ran": self.ran}
+        if self.ran:
+            body["status"] = self.status
         if self.skipped_reason:
             body["skipped"] = self.skipped_reason
         if self.result:
@@ -57,9 +81,17 @@ class JobResult:
 
 
 class JobScheduler:
-    def __init__(self, store: SqlStore, clock: Clock, poll_interval: timedelta = timedelta(seconds=1)) -> None:
+    def __init__(
+        self,
+        store: SqlStore,
+        clock: Clock,
+        poll_interval: timedelta = timedelta(seconds=1),
+        metrics: Metrics | None = None,
+    ) -> None:
         self.jobs_store = JobStore(store)
         self.clock = clock
+        # Where every job's loop records the items it skipped (GET /api/v1/jobs/failures).
+        self.failures = FailureLog(store, clock, metrics)
         self.poll_interval = poll_interval
         self._jobs: dict[str, Job] = {}
         self._thread: threading.Thread | None = None
@@ -104,10 +136,23 @@ class JobScheduler:
         except Exception as exc:
             log.exception("job failed", extra={"job": job.name})
             error = f"{type(exc).__name__}: {exc}"
+        outcome = JobResult(job.name, ran=True, result=result, error=error)
+        if outcome.failed_items:
+            log.warning(
+                "job finished with failed items skipped",
+                extra={"job": job.name, "failed_items": outcome.failed_items},
+            )
         if record:
             finished = self.clock.now()
-            self.jobs_store.record_run(job.name, started_us, to_micros(finished), to_micros(now + job.interval), error)
-        return JobResult(job.name, ran=True, result=result, error=error)
+            self.jobs_store.record_run(
+                job.name,
+                started_us,
+                to_micros(finished),
+                to_micros(now + job.interval),
+                error,
+                outcome.failed_items,
+            )
+        return outcome
 
     def run_once(self) -> list[JobResult]:
         """Run every job now, in registration order (work first, then delivery)."""

@@ -8,18 +8,19 @@ from typing import Any
 
 from tallybook.clock import Clock
 from tallybook.jobs.scheduler import Job, JobScheduler
+from tallybook.observability.metrics import Metrics
 from tallybook.store.base import SqlStore
-from tallybook.webhooks.delivery import DeliveryWorker
+from tallybook.webhooks.delivery import DELIVERY_JOB, DeliveryWorker
 from tallybook.webhooks.service import WebhookService
 from tallybook.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 
-DELIVERY_JOB = "webhooks.deliver"
+__all__ = ["DELIVERY_JOB", "build_jobs"]
 
 
 def build_jobs(
-    store: SqlStore, settings: WebhookSettings, clock: Clock, meters: Any | None
+    store: SqlStore, settings: WebhookSettings, clock: Clock, meters: Any | None, metrics: Metrics | None = None
 ) -> tuple[WebhookService, JobScheduler]:
     """The webhook service (config endpoints synced) and a scheduler with every job registered.
 
@@ -28,7 +29,7 @@ def build_jobs(
     """
     webhooks = WebhookService(store, settings, clock)
     webhooks.sync_config_endpoints()
-    scheduler = JobScheduler(store, clock, poll_interval=settings.scheduler.poll_interval)
+    scheduler = JobScheduler(store, clock, poll_interval=settings.scheduler.poll_interval, metrics=metrics)
     if meters is not None:
         from tallybook.jobs.aggregation import PeriodCloseJob
         from tallybook.jobs.reports import MeterReportJob
@@ -45,13 +46,13 @@ def build_jobs(
                 group_by=("subject",),
             )
 
-        close = PeriodCloseJob(store, webhooks, meters, settings, period_bounds)
+        close = PeriodCloseJob(store, webhooks, meters, settings, period_bounds, scheduler.failures)
         scheduler.register(Job(close.name, close.run, settings.scheduler.close_interval))
-        report = MeterReportJob(store, webhooks, meters, settings, period_bounds, usage_query)
+        report = MeterReportJob(store, webhooks, meters, settings, period_bounds, usage_query, scheduler.failures)
         scheduler.register(Job(report.name, report.run, settings.scheduler.close_interval))
     else:
         log.warning("no meter service: period close and usage reports are off")
-    worker = DeliveryWorker(store, settings, clock)
+    worker = DeliveryWorker(store, settings, clock, failures=scheduler.failures)
     scheduler.register(
         Job(DELIVERY_JOB, lambda _now: worker.run_once().as_dict(), settings.scheduler.poll_interval, exclusive=False)
     )

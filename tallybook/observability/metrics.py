@@ -42,5 +42,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.job_item_failures = Counter(
+            "tallybook_job_item_failures",
+            "Items (a customer's invoice, a subject's period, a meter's report, a delivery, ...) a "
+            "background job skipped because processing them failed; the job went on with the others. "
+            "Each is listed at GET /api/v1/jobs/failures until it next succeeds.",
+            ["job", "kind"],
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Table, Text, or_, select, text, update
+from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tallybook.store.base import SqlStore
@@ -35,6 +35,7 @@ job_runs = Table(
     Column("last_started_us", BigInteger, nullable=True),
     Column("last_finished_us", BigInteger, nullable=True),
     Column("last_error", Text, nullable=True),
+    Column("last_failed_items", BigInteger, nullable=True),  # items the last run skipped
 )
 
 job_cursors = Table(
@@ -45,6 +46,23 @@ job_cursors = Table(
 )
 
 
+# An item (customer, subject, invoice, delivery, ...) a job skipped because processing it raised:
+# kept until the item next succeeds, so operators see what is stuck and why.
+job_failures = Table(
+    "job_failures",
+    metadata,
+    Column("job", Text, primary_key=True),
+    Column("item_kind", Text, primary_key=True),
+    Column("item_id", Text, primary_key=True),
+    Column("error", Text, nullable=False),
+    Column("context", JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")),
+    Column("first_seen_us", BigInteger, nullable=False),
+    Column("last_seen_us", BigInteger, nullable=False),
+    Column("count", BigInteger, nullable=False),
+)
+Index("ix_job_failures_last_seen", job_failures.c.last_seen_us)
+
+
 @dataclass(frozen=True, slots=True)
 class JobRunRow:
     name: str
@@ -52,6 +70,40 @@ class JobRunRow:
     last_started_us: int | None
     last_finished_us: int | None
     last_error: str | None
+    last_failed_items: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """One failure of one item in one run, as recorded."""
+
+    job: str
+    item_kind: str
+    item_id: str
+    error: str
+    context: dict[str, Any]
+    seen_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailureRow:
+    job: str
+    item_kind: str
+    item_id: str
+    error: str
+    context: dict[str, Any]
+    first_seen_us: int
+    last_seen_us: int
+    count: int
+
+
+def _failure_filter(job: str | None, item_kind: str | None) -> list[Any]:
+    conditions: list[Any] = []
+    if job:
+        conditions.append(job_failures.c.job == job)
+    if item_kind:
+        conditions.append(job_failures.c.item_kind == item_kind)
+    return conditions
 
 
 def advisory_key(name: str) -> int:
@@ -133,7 +185,15 @@ class JobStore:
             row = conn.execute(select(job_runs.c.next_run_us).where(job_runs.c.name == name)).first()
         return row is None or row[0] is None or row[0] <= now_us
 
-    def record_run(self, name: str, started_us: int, finished_us: int, next_run_us: int, error: str | None) -> None:
+    def record_run(
+        self,
+        name: str,
+        started_us: int,
+        finished_us: int,
+        next_run_us: int,
+        error: str | None,
+        failed_items: int = 0,
+    ) -> None:
         with self.store.write() as conn:
             self._ensure_row(conn, name)
             conn.execute(
@@ -144,6 +204,7 @@ class JobStore:
                     last_started_us=started_us,
                     last_finished_us=finished_us,
                     last_error=error,
+                    last_failed_items=failed_items,
                 )
             )
 
@@ -157,9 +218,83 @@ class JobStore:
                     last_started_us=r.last_started_us,
                     last_finished_us=r.last_finished_us,
                     last_error=r.last_error,
+                    last_failed_items=r.last_failed_items,
                 )
                 for r in rows
             ]
+
+    # -- failed items ------------------------------------------------------------------------------
+    def record_failures(self, failures: list[ItemFailure], cleared: list[tuple[str, str, str]]) -> None:
+        """Upsert these failures (count + 1, latest error) and delete the `cleared` (job, kind, id)s,
+        in one transaction of its own: the items' own work was rolled back already."""
+        if not failures and not cleared:
+            return
+        f = job_failures.c
+        with self.store.write() as conn:
+            for start in range(0, len(cleared), 200):
+                page = cleared[start : start + 200]
+                conn.execute(delete(job_failures).where(tuple_(f.job, f.item_kind, f.item_id).in_(page)))
+            for failure in failures:
+                values = {
+                    "job": failure.job,
+                    "item_kind": failure.item_kind,
+                    "item_id": failure.item_id,
+                    "error": failure.error,
+                    "context": failure.context or None,
+                    "first_seen_us": failure.seen_us,
+                    "last_seen_us": failure.seen_us,
+                    "count": 1,
+                }
+                if self._dialect == "postgresql":
+                    statement: Any = postgresql.insert(job_failures).values(**values)
+                else:
+                    statement = sqlite.insert(job_failures).values(**values)
+                conn.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["job", "item_kind", "item_id"],
+                        set_={
+                            "error": statement.excluded.error,
+                            "context": statement.excluded.context,
+                            "last_seen_us": statement.excluded.last_seen_us,
+                            "count": job_failures.c.count + 1,
+                        },
+                    )
+                )
+
+    def failing_items(self, job: str) -> list[JobFailureRow]:
+        """This job's items that failed and have not succeeded since (usually none)."""
+        return self.list_failures(job=job, limit=None)
+
+    def list_failures(
+        self, job: str | None = None, item_kind: str | None = None, limit: int | None = 100, offset: int = 0
+    ) -> list[JobFailureRow]:
+        f = job_failures.c
+        query = (
+            select(job_failures)
+            .where(*_failure_filter(job, item_kind))
+            .order_by(f.last_seen_us.desc(), f.job, f.item_kind, f.item_id)
+        )
+        if limit is not None:
+            query = query.limit(limit).offset(offset)
+        with self.store.read() as conn:
+            return [
+                JobFailureRow(
+                    job=r.job,
+                    item_kind=r.item_kind,
+                    item_id=r.item_id,
+                    error=r.error,
+                    context=dict(r.context or {}),
+                    first_seen_us=r.first_seen_us,
+                    last_seen_us=r.last_seen_us,
+                    count=int(r._mapping["count"]),
+                )
+                for r in conn.execute(query)
+            ]
+
+    def count_failures(self, job: str | None = None, item_kind: str | None = None) -> int:
+        query = select(func.count()).select_from(job_failures).where(*_failure_filter(job, item_kind))
+        with self.store.read() as conn:
+            return int(conn.execute(query).scalar_one())
 
     # -- cursors (read and written inside the caller's transaction) --------------------------------
     def get_cursor(self, conn: Any, name: str) -> int | None:

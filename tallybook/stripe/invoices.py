@@ -28,6 +28,11 @@ Stripe Tax: with tax enabled in the profile, the invoice has `automatic_tax[enab
 item a `tax_behavior`. If Stripe cannot place the customer, finalization fails and the sync row
 waits in `tax_location_required` (with Stripe's message) until the customer's address is fixed;
 each retry pushes the Tallybook customer's address to the Stripe customer first.
+
+Fault isolation: each invoice is one item of the `stripe.invoices` job. A Stripe refusal is the
+invoice's sync state (`sync.error`, retried with backoff). A failure inside Tallybook (a bug, a
+failed write) is recorded as a failed `invoice` item (GET /api/v1/jobs/failures), retried later
+with backoff like a Stripe error, and the other invoices are synced.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from tallybook.billing.profiles import STRIPE, BillingProfile, ProfileService
 from tallybook.billing.settings import BillingSettings
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
 from tallybook.customers import CustomerService
+from tallybook.jobs.failures import FailureLog
 from tallybook.store import invoice_sync as sync_store
 from tallybook.store.base import SqlStore
 from tallybook.store.invoice_sync import DONE, FAILED, PENDING, SYNCED, TAX_LOCATION_REQUIRED
@@ -215,8 +221,10 @@ class InvoiceSyncService:
         webhooks: WebhookService,
         billing: BillingSettings,
         clock: Clock,
+        failures: FailureLog | None = None,
     ) -> None:
         self.store = store
+        self.failures = failures or FailureLog(store, clock)
         self.stripe = stripe_service
         self.invoicing = invoicing
         self.profiles = profiles
@@ -237,17 +245,19 @@ class InvoiceSyncService:
         profiles = self.profiles.for_customers({customer for _, customer in fresh})
         due += [iid for iid, customer in fresh if profiles[customer].collector == STRIPE][: max(0, BATCH - len(due))]
         counts: dict[str, int] = {}
-        for invoice_id in due:
-            try:
-                outcome = self.sync(invoice_id, now)
-            except Exception:  # one invoice's bug must not stop the others; it is retried later
-                log.exception("invoice sync crashed", extra={"invoice_id": invoice_id})
-                self._schedule_retry(invoice_id, now, {"message": "internal error; see the server log"})
-                counts["crashed"] = counts.get("crashed", 0) + 1
-                continue
-            if outcome is not None:
-                counts[outcome.status] = counts.get(outcome.status, 0) + 1
-        return {"due": len(due), **counts}
+        with self.failures.run(SYNC_JOB) as run:
+            for invoice_id in due:
+                outcome: SyncOutcome | None = None
+                with run.item("invoice", invoice_id, invoiceId=invoice_id) as result:
+                    outcome = self.sync(invoice_id, now)
+                if result.failed:
+                    # One invoice's bug must not stop the others; it is retried later, with backoff.
+                    counts["crashed"] = counts.get("crashed", 0) + 1
+                    with run.item("invoice_retry", invoice_id, invoiceId=invoice_id):
+                        self._schedule_retry(invoice_id, now, {"message": "internal error; see the server log"})
+                elif outcome is not None:
+                    counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        return run.outcome({"due": len(due), **counts})
 
     # -- one invoice ----------------------------------------------------------------------------
     def sync(self, invoice_id: str, now: datetime | None = None) -> SyncOutcome | None:

@@ -15,6 +15,12 @@ The held figure is never sent a second time in full.
 `sum` Stripe meters (Tallybook SUM/COUNT) get one amount per window, timestamped at the window
 start. `last` Stripe meters (MAX, AVG, UNIQUE_COUNT, LATEST, FIRST, MIN) get the period-to-date
 figure of the calendar month (UTC), timestamped at the end of the reported range.
+
+Fault isolation: each mapped meter is one item (`meter`), and each legacy subscription item one
+(`subscription_item`). One that fails inside Tallybook (its meter was deleted, its query or a
+write fails) is recorded (GET /api/v1/jobs/failures) and skipped; the other meters are reported.
+Its cursor does not move, so the next run reports it from where it stopped. Stripe's own refusals
+are not failures of the run: they are recorded on the ledger rows (REJECTED, retried PENDING).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 import stripe
 
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
+from tallybook.jobs.failures import FailureLog, JobRun
 from tallybook.meters.models import Aggregation, UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, next_window_start, window_start, zone
@@ -54,6 +61,7 @@ from tallybook.stripe.settings import LEGACY_API_VERSION, StripeMeterMapping, St
 
 log = logging.getLogger(__name__)
 
+REPORT_JOB = "stripe.report"
 UTC_ZONE = zone("UTC")
 MAX_PAST = timedelta(days=35)  # Stripe refuses meter events older than this
 MAX_FUTURE = timedelta(minutes=5)  # ... or further ahead than this
@@ -103,6 +111,7 @@ class RunSummary:
     requests: int = 0
     halted: str | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
+    failed_items: int = 0  # meters or subscription items skipped because they failed
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -115,6 +124,8 @@ class RunSummary:
         }
         if self.halted:
             body["halted"] = self.halted
+        if self.failed_items:
+            body["failedItems"] = self.failed_items
         return body
 
 
@@ -149,8 +160,11 @@ class Reporter:
         session_client: Callable[[str], stripe.StripeClient],
         budget: TokenBucket | None = None,
         mappings: Sequence[StripeMeterMapping] | None = None,
+        failures: FailureLog | None = None,
     ) -> None:
         self.store = store
+        self.failures = failures or FailureLog(store, clock)
+        self._job_run: JobRun | None = None  # the run in progress (one at a time: _run_lock)
         self.db = StripeStore(store)
         self.jobs = JobStore(store)
         self.meters = meters
@@ -179,11 +193,18 @@ class Reporter:
                 found[link.meter] = StripeMeterMapping(meter=link.meter, event_name=link.event_name)
         return list(found.values())
 
-    def _targets(self) -> list[Target]:
+    def _targets(self, run: JobRun | None = None) -> list[Target]:
+        """The mappings whose meter exists; with `run`, a mapping whose meter cannot be read (it was
+        deleted) is recorded as a failed `meter` item and left out."""
         targets = []
         for mapping in self.mappings():
-            meter = self.meters.get(mapping.meter)
-            targets.append(Target(mapping, stripe_formula(meter.aggregation)))
+            if run is None:
+                targets.append(Target(mapping, stripe_formula(self.meters.get(mapping.meter).aggregation)))
+                continue
+            with run.item("meter", mapping.meter, meter=mapping.meter, eventName=mapping.event_name) as outcome:
+                meter = self.meters.get(mapping.meter)
+            if not outcome.failed:
+                targets.append(Target(mapping, stripe_formula(meter.aggregation)))
         return targets
 
     # -- the run ------------------------------------------------------------------------------------
@@ -200,8 +221,14 @@ class Reporter:
 
         `settle` overrides settings.settle_delay (the period-end report passes 0: the period is over).
         """
-        with self._run_lock:  # one run at a time per process (the job and the webhook share this)
-            return self._run(now, from_, to, customer_ids, meters, settle)
+        with self._run_lock, self.failures.run(REPORT_JOB) as run:  # one run at a time per process
+            self._job_run = run
+            try:
+                summary = self._run(now, from_, to, customer_ids, meters, settle, run)
+            finally:
+                self._job_run = None
+        summary.failed_items = run.failed
+        return summary
 
     def _run(
         self,
@@ -211,21 +238,23 @@ class Reporter:
         customer_ids: Sequence[str] | None,
         meters: Sequence[str] | None,
         settle: timedelta | None,
+        run: JobRun,
     ) -> RunSummary:
         now = now or self.clock.now()
         self._settle = self.settings.settle_delay if settle is None else settle
         summary = RunSummary()
-        targets = [t for t in self._targets() if meters is None or t.meter in meters]
+        targets = [t for t in self._targets(run) if meters is None or t.meter in meters]
         by_meter = {t.meter: t for t in targets}
         try:
-            self._resend_due(now, by_meter, summary)
+            self._resend_due(now, by_meter, summary, run)
             for target in targets:
-                if target.mapping.mode == "usage_record":
-                    self._report_usage_records(target, now, customer_ids, summary)
-                elif target.formula == "sum":
-                    self._report_sum(target, now, from_, to, customer_ids, summary)
-                else:
-                    self._report_last(target, now, from_, to, customer_ids, summary)
+                with run.item("meter", target.meter, passthrough=(Halt,), meter=target.meter, mode=target.mapping.mode):
+                    if target.mapping.mode == "usage_record":
+                        self._report_usage_records(target, now, customer_ids, summary)
+                    elif target.formula == "sum":
+                        self._report_sum(target, now, from_, to, customer_ids, summary)
+                    else:
+                        self._report_last(target, now, from_, to, customer_ids, summary)
         except Halt as exc:
             summary.halted = str(exc)
         return summary
@@ -464,9 +493,27 @@ class Reporter:
                 if item["price"]["id"] != price:
                     continue
                 # Periods live on items from basil on, on the subscription before it.
-                period_start = int(item.get("current_period_start") or subscription["current_period_start"])
-                period_end = int(item.get("current_period_end") or subscription["current_period_end"])
-                self._usage_record_for(target, link, item["id"], period_start, period_end, horizon, now, summary)
+                self._usage_record_isolated(target, link, subscription, item, horizon, now, summary)
+
+    def _usage_record_isolated(
+        self,
+        target: Target,
+        link: CustomerLink,
+        subscription: dict[str, Any],
+        item: dict[str, Any],
+        horizon: datetime,
+        now: datetime,
+        summary: RunSummary,
+    ) -> None:
+        """One subscription item's usage record; one that fails is recorded and the others go on."""
+        run = self._job_run
+        assert run is not None
+        ids = {"customerId": link.customer_id, "meter": target.meter, "subscriptionId": subscription.get("id")}
+        with run.item("subscription_item", str(item["id"]), passthrough=(Halt,), **ids):
+            # Periods live on items from basil on, on the subscription before it.
+            period_start = int(item.get("current_period_start") or subscription["current_period_start"])
+            period_end = int(item.get("current_period_end") or subscription["current_period_end"])
+            self._usage_record_for(target, link, item["id"], period_start, period_end, horizon, now, summary)
 
     def _usage_record_for(
         self,
@@ -612,7 +659,7 @@ class Reporter:
             "transport": target.mapping.transport,
         }
 
-    def _resend_due(self, now: datetime, by_meter: dict[str, Target], summary: RunSummary) -> None:
+    def _resend_due(self, now: datetime, by_meter: dict[str, Target], summary: RunSummary, run: JobRun) -> None:
         due = self.db.due_pending(to_micros(now))
         grouped: dict[str, list[ReportRow]] = {}
         stale = []
@@ -641,7 +688,8 @@ class Reporter:
                     )
             summary.rejected += len(stale)
         for meter, rows in grouped.items():
-            self._send(by_meter[meter], rows, now, summary)
+            with run.item("meter", meter, passthrough=(Halt,), meter=meter):
+                self._send(by_meter[meter], rows, now, summary)
 
     def _send(self, target: Target, rows: list[ReportRow], now: datetime, summary: RunSummary) -> None:
         stream: list[ReportRow] = []

@@ -17,6 +17,7 @@ from tallybook.clock import Clock, to_micros
 from tallybook.customers import CustomerService
 from tallybook.customers.models import Customer
 from tallybook.errors import DomainError
+from tallybook.jobs.failures import FailureLog
 from tallybook.meters.models import UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, window_start
@@ -30,14 +31,13 @@ from tallybook.store.stripe import (
     StripeStore,
 )
 from tallybook.stripe.client import TokenBucket, budget_for, build_client
-from tallybook.stripe.reporter import UTC_ZONE, Reporter, RunSummary, stripe_formula
+from tallybook.stripe.reporter import REPORT_JOB, UTC_ZONE, Reporter, RunSummary, stripe_formula
 from tallybook.stripe.settings import StripeSettings
 
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[stripe.Event], dict[str, Any]]
 
-REPORT_JOB = "stripe.report"
 WEBHOOK_TOLERANCE_SECONDS = 300
 # The OpenMeter example's price: $0.20 per 1,000,000 units = 0.00002 cents per unit.
 SETUP_UNIT_AMOUNT_DECIMAL = Decimal("0.00002")
@@ -114,8 +114,11 @@ class StripeService:
         clock: Clock,
         client_factory: Callable[[str | None], stripe.StripeClient] | None = None,
         budget: TokenBucket | None = None,
+        failures: FailureLog | None = None,
     ) -> None:
         self.store = store
+        # Where the reporting run records the meters it skipped (GET /api/v1/jobs/failures).
+        self.failures = failures or FailureLog(store, clock)
         self.db = StripeStore(store)
         self.customers = customers
         self.meters = meters
@@ -144,6 +147,7 @@ class StripeService:
                 self.client(),
                 session_client=self._client_factory,
                 budget=self.budget,
+                failures=self.failures,
             )
         return self._reporter
 

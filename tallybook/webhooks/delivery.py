@@ -6,6 +6,11 @@ each delay scaled by a random factor in [1 - jitter, 1 + jitter] so a fleet of f
 doesn't return all at once; after the last delay the delivery is FAILED (a re-send starts a new
 round). Retry times are stored (next_attempt_us), never slept on: whoever runs the worker next
 after that instant sends it.
+
+Fault isolation: a failure inside Tallybook while sending is an attempt outcome like any other
+(recorded, retried). A failure while recording an outcome (item kind `delivery`) is logged, counted
+and listed at GET /api/v1/jobs/failures, and the worker goes on with the other deliveries; the one
+that failed stays claimed until its lease runs out, then it is sent again.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import httpx
 
 import tallybook
 from tallybook.clock import Clock, format_rfc3339, to_micros
+from tallybook.jobs.failures import FailureLog, JobRun
 from tallybook.store.base import SqlStore
 from tallybook.store.webhooks import FAILED, PENDING, SUCCESS, Claimed, WebhookStore
 from tallybook.webhooks.settings import WebhookSettings
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"Tallybook-Webhooks/{tallybook.__version__}"
 RESPONSE_BODY_LIMIT = 1024  # characters of the receiver's answer kept per attempt
 MAX_ROUNDS = 250  # claim rounds per run_once call; each takes up to max_concurrency deliveries
+DELIVERY_JOB = "webhooks.deliver"
 
 
 @dataclass
@@ -42,15 +49,19 @@ class DeliveryReport:
     retrying: int = 0
     failed: int = 0
     disabled_channels: list[str] = field(default_factory=list)
+    failed_items: int = 0  # deliveries whose outcome could not be recorded (see FailureLog)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "attempted": self.attempted,
             "delivered": self.delivered,
             "retrying": self.retrying,
             "failed": self.failed,
             "disabledChannels": self.disabled_channels,
         }
+        if self.failed_items:
+            body["failedItems"] = self.failed_items
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +85,10 @@ class DeliveryWorker:
         clock: Clock,
         rng: random.Random | None = None,
         transport: httpx.BaseTransport | None = None,
+        failures: FailureLog | None = None,
     ) -> None:
         self.store = store
+        self.failures = failures or FailureLog(store, clock)
         self.db = WebhookStore(store)
         self.settings = settings
         self.clock = clock
@@ -104,6 +117,12 @@ class DeliveryWorker:
     def run_once(self) -> DeliveryReport:
         """Send everything due now (including retries whose time has come); return what happened."""
         report = DeliveryReport()
+        with self.failures.run(DELIVERY_JOB) as run:
+            self._rounds(report, run)
+        report.failed_items = run.failed
+        return report
+
+    def _rounds(self, report: DeliveryReport, run: JobRun) -> None:
         # One request per thread per round: every claimed delivery is sent right away, so each
         # finishes within `timeout`, well inside its lease.
         batch = self.settings.max_concurrency
@@ -121,10 +140,16 @@ class DeliveryWorker:
                 break
             outcomes = list(self._pool.map(self._send, claimed))
             for item, outcome in zip(claimed, outcomes, strict=True):
-                self._record(item, outcome, report)
+                with run.item(
+                    "delivery",
+                    str(item.delivery.id),
+                    eventId=item.event.id,
+                    eventType=item.event.type,
+                    channelId=item.channel.id,
+                ):
+                    self._record(item, outcome, report)
             if len(claimed) < batch:
                 break
-        return report
 
     # -- sending ----------------------------------------------------------------------------------
     def _send(self, item: Claimed) -> _Outcome:
@@ -178,25 +203,20 @@ class DeliveryWorker:
         next_attempt_us: int | None = None
         if outcome.ok or (self.settings.dry_run and outcome.error is None):
             state, reason = SUCCESS, "dry run: not sent" if self.settings.dry_run else "delivered"
-            report.delivered += 1
         elif outcome.status_code == 410:
             state = FAILED
             reason = "the endpoint answered 410 Gone; the channel is disabled"
             disable_reason = "the endpoint answered 410 Gone"
-            report.failed += 1
         else:
             delay = self.retry_delay(attempts_done)
             if delay is None:
                 state = FAILED
                 reason = f"{outcome.error}; gave up after {attempts_done} attempts"
-                report.failed += 1
             else:
                 state = PENDING
                 next_at = now + delay
                 next_attempt_us = to_micros(next_at)
                 reason = f"{outcome.error}; next attempt at {format_rfc3339(next_at)}"
-                report.retrying += 1
-        report.attempted += 1
         attempt = {
             "attempted_us": to_micros(outcome.attempted_at),
             "state": SUCCESS if state == SUCCESS else FAILED,
@@ -210,7 +230,16 @@ class DeliveryWorker:
             kept = self.db.finish_attempt(conn, delivery, attempt, state, next_attempt_us, reason, now_us)
             if disable_reason is not None:
                 self.db.disable_channel(conn, item.channel.id, disable_reason, now_us)
-                report.disabled_channels.append(item.channel.id)
+        # Counted once recorded: an outcome whose record failed is not an outcome yet.
+        report.attempted += 1
+        if state == SUCCESS:
+            report.delivered += 1
+        elif state == PENDING:
+            report.retrying += 1
+        else:
+            report.failed += 1
+        if disable_reason is not None:
+            report.disabled_channels.append(item.channel.id)
         if not kept:
             log.warning(
                 "webhook delivery lease ran out before the attempt finished; another worker owns it now",

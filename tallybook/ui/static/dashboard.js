@@ -172,7 +172,8 @@
       health,
     );
     async function refresh() {
-      const [data, jobs, stripe] = await Promise.all([call("GET", "/api/v1/overview"), call("GET", "/api/v1/jobs"), stripeHealth()]);
+      const [data, jobs, failed, stripe] = await Promise.all([
+        call("GET", "/api/v1/overview"), call("GET", "/api/v1/jobs"), call("GET", `/api/v1/jobs/failures${query({ limit: 20 })}`), stripeHealth()]);
       const ingest = data.ingest;
       const rejected = Object.values(ingest.rejected).reduce((a, b) => a + b, 0);
       const lastMinute = data.eventsPerMinute[data.eventsPerMinute.length - 1].events;
@@ -199,17 +200,41 @@
           el("p", {}, el("a", { href: "#/deliveries" }, "See deliveries →"))),
         el("div", { class: "card", id: "jobs-health" },
           el("h2", {}, "Background jobs"),
-          table(["Job", "Last finished", "Last error"], jobs.items.map((j) => el("tr", {},
+          table(["Job", "Last finished", "Last run", "Last error"], jobs.items.map((j) => el("tr", {},
             el("td", {}, j.name),
             el("td", {}, j.lastFinishedAt ? formatTime(j.lastFinishedAt, localZone) : "never"),
+            el("td", {}, j.lastStatus ? el("span", { class: `badge ${JOB_STATUS_BADGE[j.lastStatus] || ""}` },
+              j.lastStatus === "partial" ? `partial: ${formatNumber(j.lastFailedItems)} skipped` : j.lastStatus) : el("span", { class: "muted" }, "not run")),
             el("td", { class: j.lastError ? "error" : "muted" }, j.lastError || "none")))),
           rejected ? el("p", {}, "Rejected by reason: ", Object.entries(ingest.rejected).map(([r, n]) => `${r} ${n}`).join(", ")) : null,
           featureNote()),
+        failedItems(failed),
         stripe,
       );
     }
     await refresh();
     refreshTimer = setInterval(() => refresh().catch(() => {}), 5000);
+  }
+
+  const JOB_STATUS_BADGE = { ok: "SUCCESS", partial: "PENDING", error: "FAILED" };
+
+  /** Items a job skipped because they failed (GET /api/v1/jobs/failures): what, why, since when. */
+  function failedItems(failed) {
+    const context = (f) => Object.entries(f.context || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
+    return el("div", { class: "card", id: "job-failures" },
+      el("h2", {}, "Failed job items"),
+      failed.items.length
+        ? el("div", {},
+          el("p", { class: "muted" }, "Each was skipped while its job went on with the others; it is retried on every run and leaves this list once it succeeds."),
+          table(["Job", "Item", "Error", "First failed", "Last failed", { label: "Times", num: true }], failed.items.map((f) => el("tr", { class: "job-failure" },
+            el("td", {}, f.job),
+            el("td", {}, el("div", {}, `${f.itemKind} ${f.itemId}`), el("div", { class: "muted" }, context(f))),
+            el("td", { class: "error" }, f.error),
+            el("td", {}, formatTime(f.firstSeenAt, localZone)),
+            el("td", {}, formatTime(f.lastSeenAt, localZone)),
+            el("td", { class: "num" }, formatNumber(f.count))))),
+          failed.totalCount > failed.items.length ? el("p", { class: "muted" }, `${formatNumber(failed.totalCount - failed.items.length)} more: GET /api/v1/jobs/failures`) : null)
+        : el("p", { class: "muted" }, "None: every job processed all its items."));
   }
 
   /** Stripe usage reports by status, when this server reports to Stripe (null otherwise). */
@@ -603,6 +628,7 @@
         el("tbody", {}, invoice.lines.map((line) => el("tr", { class: "invoice-line", "data-key": line.rateCardKey || line.type },
           el("td", {}, el("span", { class: "line-name" }, line.name),
             line.description ? el("div", { class: "muted" }, line.description) : null,
+            (line.warnings || []).map((w) => el("div", { class: "warning line-warning", role: "note" }, w)),
             Array.isArray(line.tiers) && line.tiers.length ? tierBreakdown(line, invoice.currency) : null),
           el("td", {}, line.period ? periodText(line.period, zone) : ""),
           el("td", { class: "num quantity" }, plain(line.quantity)),
