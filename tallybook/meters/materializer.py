@@ -82,6 +82,7 @@ class Projector:
             ukey=ukey,
             groups=groups,
             error=error,
+            voided_us=event.voided_us,
         )
 
 
