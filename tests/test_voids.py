@@ -211,6 +211,10 @@ def test_void_by_filter_with_dry_run_and_an_exclusive_end(rt: Runtime, admin: ht
             "before filter.to",
         ),
         ({"filter": {"subject": "acme", "colour": "red"}, "reason": "x"}, "colour"),
+        ({"filter": {"subject": "acme\u0000"}, "reason": "x"}, "U+0000"),
+        ({"events": [{"source": "app", "id": "e1\u0000"}], "reason": "x"}, "events[0].id"),
+        ({"events": [{"source": "app", "id": "e1"}], "reason": "bad\u0000"}, "U+0000"),
+        ({"filter": {"subject": "acme", "from": "0001-01-01T00:00:00+14:00"}, "reason": "x"}, "filter.from"),
     ],
 )
 def test_void_requests_that_could_void_the_wrong_events_are_refused(
@@ -288,6 +292,8 @@ def test_amend_replaces_an_event_atomically(rt: Runtime, admin: httpx.Client, cl
     )
     assert missing["missing"] == [{"source": "app", "id": "nope"}]
     assert total(admin) == "15"
+    deep = admin.post("/api/v1/events/amend", content=b"[" * 100_000, headers={"Content-Type": "application/json"})
+    problem(deep, 400)
 
     # Exact numbers survive the amend as they survive ingest.
     admin.post(

@@ -22,6 +22,14 @@ MAX_REASON_LENGTH = 2_000
 SHOWN_KEYS = 1_000  # event keys returned with a void record or a dry run
 
 
+NUL = "\x00"
+
+
+def _bad_key_text(value: str) -> bool:
+    # PostgreSQL text cannot hold U+0000, so no stored event has it: refuse it on both engines alike.
+    return not value or len(value) > MAX_KEY_LENGTH or NUL in value
+
+
 class VoidError(DomainError):
     status = 400
     code = "invalid-void"
@@ -85,8 +93,10 @@ class VoidFilter:
                 "every event); to void specific events, send `events` instead"
             )
         for name, value in (("subject", self.subject), ("type", self.type), ("source", self.source)):
-            if value is not None and (not value or len(value) > MAX_KEY_LENGTH):
-                raise VoidError(f"filter.{name} must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
+            if value is not None and _bad_key_text(value):
+                raise VoidError(
+                    f"filter.{name} must be a non-empty string of at most {MAX_KEY_LENGTH} characters without U+0000"
+                )
         for name, when in (("from", self.time_from), ("to", self.time_to)):
             if when is not None and when.tzinfo is None:
                 raise VoidError(f"filter.{name} needs a time zone offset, e.g. 2026-01-05T00:00:00Z")
@@ -105,12 +115,22 @@ class VoidFilter:
         return out
 
 
+def check_key(key: EventKey, label: str) -> None:
+    for name, value in (("source", key.source), ("id", key.id)):
+        if _bad_key_text(value):
+            raise VoidError(
+                f"{label}{name} must be a non-empty string of at most {MAX_KEY_LENGTH} characters without U+0000"
+            )
+
+
 def check_reason(reason: str) -> str:
     text = reason.strip()
     if not text:
         raise VoidError("reason is required: say why these events are voided (it is kept in the audit trail)")
     if len(text) > MAX_REASON_LENGTH:
         raise VoidError(f"reason is longer than {MAX_REASON_LENGTH} characters")
+    if NUL in text:
+        raise VoidError("reason must not contain U+0000")
     return text
 
 
@@ -131,11 +151,7 @@ class VoidRequest:
         if len(self.events) > MAX_KEYS:
             raise VoidError(f"at most {MAX_KEYS} events per request; use a filter for larger sets")
         for position, key in enumerate(self.events):
-            for name, value in (("source", key.source), ("id", key.id)):
-                if not value or len(value) > MAX_KEY_LENGTH:
-                    raise VoidError(
-                        f"events[{position}].{name} must be a non-empty string of at most {MAX_KEY_LENGTH} characters"
-                    )
+            check_key(key, f"events[{position}].")
         if self.filter is not None:
             self.filter.check()
         return check_reason(self.reason)
@@ -155,6 +171,11 @@ class AmendRequest:
     replacement: Event
     reason: str
     actor: Actor
+
+    def check(self) -> str:
+        """Validate; return the reason as stored."""
+        check_key(self.original, "")
+        return check_reason(self.reason)
 
 
 @dataclass(frozen=True, slots=True)

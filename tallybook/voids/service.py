@@ -33,7 +33,6 @@ from tallybook.voids.model import (
     VoidPreview,
     VoidRecord,
     VoidRequest,
-    check_reason,
 )
 from tallybook.voids.ports import EventStore
 from tallybook.voids.sql import Target
@@ -89,7 +88,7 @@ class VoidService:
         retries the original send after the amend must not bring the old figures back (it is a
         duplicate of the voided event), and the corrected one must not be mistaken for a retry.
         """
-        reason = check_reason(request.reason)
+        reason = request.check()
         replacement = request.replacement
         new_key = EventKey(replacement.source, replacement.id)
         if new_key == request.original:

@@ -139,7 +139,10 @@ async def amend_event(request: Request, key: Annotated[ApiKeyRecord, Depends(req
     """Void one event and store its corrected version (validated like any ingested event), atomically."""
     runtime = runtime_of(request)
     raw = await read_limited_body(request, runtime.settings.ingest.max_batch_bytes)
-    payload = decode_json(raw)  # exact numbers, as ingest reads them
+    try:
+        payload = decode_json(raw)  # exact numbers, as ingest reads them
+    except RecursionError:
+        raise Problem(400, "malformed-json", "the body nests too deeply; send a flat amend request") from None
     try:
         body = AmendBody.model_validate(payload)
     except ValidationError as exc:
