@@ -497,12 +497,12 @@ def _print_void(record: Any) -> None:
         f"{record.kind} {record.id}: {record.event_count} event(s) voided at {format_rfc3339(record.created_at)}",
         highlight=False,
     )
-    if record.replacement is not None:
-        console.print(f"replaced by {record.replacement.source}/{record.replacement.id}", highlight=False)
     for key in record.events[:20]:
         console.print(f"  {key.source}/{key.id}", highlight=False)
     if record.event_count > 20:
         console.print(f"  ... and {record.event_count - 20} more", highlight=False)
+    if record.replacement is not None:
+        console.print(f"replaced by {record.replacement.source}/{record.replacement.id}", highlight=False)
 
 
 @events_app.command("void")
@@ -636,7 +636,8 @@ def events_voids(
         store.close()
     table = Table(title=f"{total} void(s)")
     for column in ("id", "kind", "at", "by", "events", "reason", "what"):
-        table.add_column(column, no_wrap=column == "id")
+        # Ids and instants are what people copy: never cut them; long text folds instead.
+        table.add_column(column, no_wrap=column in ("id", "at"), overflow="fold")
     for r in records:
         by = r.actor.name or r.actor.id or ""
         what = jsonutil.dumps(r.selection)

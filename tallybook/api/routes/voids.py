@@ -81,8 +81,8 @@ def _instant(value: str | None, name: str) -> Any:
         raise Problem(400, "invalid-void", f"filter.{name}: {exc}") from None
 
 
-def record_json(record: VoidRecord) -> dict[str, Any]:
-    return {
+def record_json(record: VoidRecord, with_events: bool = True) -> dict[str, Any]:
+    body = {
         "id": record.id,
         "kind": record.kind,
         "createdAt": format_rfc3339(record.created_at),
@@ -90,9 +90,11 @@ def record_json(record: VoidRecord) -> dict[str, Any]:
         "actor": record.actor.as_dict(),
         "selection": record.selection,
         "eventCount": record.event_count,
-        "events": [k.as_dict() for k in record.events],
         "replacement": None if record.replacement is None else record.replacement.as_dict(),
     }
+    if with_events:
+        body["events"] = [k.as_dict() for k in record.events]
+    return body
 
 
 def preview_json(preview: VoidPreview) -> dict[str, Any]:
@@ -175,7 +177,14 @@ async def list_voids(
     """The audit trail of voids and amends, newest first (each record's events: GET /voids/{id})."""
     runtime = runtime_of(request)
     total, records = await run_in_threadpool(runtime.voids.list, page, pageSize)
-    return _json({"totalCount": total, "page": page, "pageSize": pageSize, "items": [record_json(r) for r in records]})
+    return _json(
+        {
+            "totalCount": total,
+            "page": page,
+            "pageSize": pageSize,
+            "items": [record_json(r, with_events=False) for r in records],
+        }
+    )
 
 
 @router.get("/voids/{void_id}")
