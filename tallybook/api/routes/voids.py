@@ -68,6 +68,40 @@ class AmendBody(BaseModel):
     event: dict[str, Any]
 
 
+# -- response shapes (documentation of what the routes render) ---------------------------------------
+class ActorOut(BaseModel):
+    type: str = Field(description="apiKey or cli")
+    id: str | None = Field(description="the API key's id (apiKey)")
+    name: str | None = Field(description="the API key's name, or the CLI's operating-system user")
+
+
+class VoidRecordOut(BaseModel):
+    id: str
+    kind: str = Field(description="void or amend")
+    createdAt: str = Field(description="when the events stopped counting (RFC 3339)")
+    reason: str
+    actor: ActorOut
+    selection: dict[str, Any] = Field(description='what was asked: {"events": [...]} or {"filter": {...}}')
+    eventCount: int
+    events: list[EventKeyBody] | None = Field(
+        default=None, description="the first 1,000 voided events (left out of list items)"
+    )
+    replacement: EventKeyBody | None = Field(description="amend: the corrected event's key")
+
+
+class VoidPreviewOut(BaseModel):
+    dryRun: bool
+    eventCount: int
+    events: list[EventKeyBody] = Field(description="the first 1,000 events a void would take out")
+
+
+class VoidPageOut(BaseModel):
+    totalCount: int
+    page: int
+    pageSize: int
+    items: list[VoidRecordOut]
+
+
 def actor_of(key: ApiKeyRecord) -> Actor:
     return Actor("apiKey", key.id, key.name)
 
@@ -105,7 +139,14 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(jsonutil.dumpb(body), status_code=status, media_type="application/json")
 
 
-@router.post("/void", status_code=201)
+@router.post(
+    "/void",
+    status_code=201,
+    responses={
+        201: {"model": VoidRecordOut, "description": "voided: the audit record"},
+        200: {"model": VoidPreviewOut, "description": "dryRun: what would be voided"},
+    },
+)
 async def void_events(
     request: Request, body: VoidBody, key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -130,6 +171,7 @@ async def void_events(
 @router.post(
     "/amend",
     status_code=201,
+    responses={201: {"model": VoidRecordOut, "description": "amended: the audit record"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -167,7 +209,7 @@ async def amend_event(request: Request, key: Annotated[ApiKeyRecord, Depends(req
     return _json(record_json(await run_in_threadpool(runtime.voids.amend, amend)), 201)
 
 
-@router.get("/voids")
+@router.get("/voids", responses={200: {"model": VoidPageOut, "description": "the audit trail, newest first"}})
 async def list_voids(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("admin"))],
@@ -187,7 +229,7 @@ async def list_voids(
     )
 
 
-@router.get("/voids/{void_id}")
+@router.get("/voids/{void_id}", responses={200: {"model": VoidRecordOut, "description": "one void or amend"}})
 async def get_void(
     request: Request, void_id: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
