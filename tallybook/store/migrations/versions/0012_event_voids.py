@@ -3,7 +3,7 @@
 
 The covering index of whole-period scans gains `voided_us`, so those scans stay index-only.
 
-Revision ID: 0012
+Revision ID: 0012_voids
 Revises: 0011
 Create Date: 2026-12-07
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision = "0012"
+revision = "0012_voids"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
