@@ -148,6 +148,8 @@ def test_a_voided_event_stops_counting_but_as_of_queries_before_the_void_still_c
     assert unknown["missing"] == [{"source": "app", "id": "nope"}]
     assert total(admin) == "16"  # e1 was not voided: all or nothing
     problem(admin.get("/api/v1/events/voids/01ARZ3NDEKTSV4RRFFQ69G5FAV"), 404)
+    problem(admin.get("/api/v1/events/voids/bad%00id"), 404)
+    problem(admin.get("/api/v1/events/voids/" + "x" * 5000), 404)
 
 
 def test_void_by_filter_with_dry_run_and_an_exclusive_end(rt: Runtime, admin: httpx.Client, clock: FixedClock) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tallybook.clock import Clock, SystemClock, from_micros, to_micros
-from tallybook.ids import new_ulid
+from tallybook.ids import looks_like_ulid, new_ulid
 from tallybook.store import meters as meter_store
 from tallybook.voids import sql
 from tallybook.voids.model import (
@@ -191,6 +191,8 @@ class VoidService:
 
     # -- audit trail ------------------------------------------------------------------------------------
     def get(self, void_id: str) -> VoidRecord:
+        if not looks_like_ulid(void_id):  # no stored id looks otherwise (and PostgreSQL refuses U+0000)
+            raise VoidNotFound(f"no void has the id {void_id!r}; void ids are 26-character ULIDs")
         with self.store.read() as conn:
             row = sql.record_row(conn, void_id)
             if row is None:
