@@ -9,8 +9,12 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/activate
+# Installs again only when pyproject.toml changes (pip and setuptools are slow and chatty).
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
 
 serve: install
 	$(BIN)/tallybook serve --demo

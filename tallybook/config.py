@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tallybook.billing.settings import BillingSettings
 from tallybook.meters.config import MeterSettings
 from tallybook.stripe.settings import StripeSettings
-from tallybook.webhooks.settings import WebhookSettings
+from tallybook.webhooks.settings import WebhookEndpoint, WebhookSettings
 
 DEFAULT_CONFIG_FILE = "tallybook.yaml"
 DEFAULT_DATABASE_URL = "sqlite:///./tallybook.db"
@@ -82,10 +82,50 @@ class Settings(_Section):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
 
+    @model_validator(mode="after")
+    def _codehooks_webhooks(self) -> Settings:
+        """A codehooks `systemconfig.json` is the whole config of a codehooks user: its `periods` and
+        `webhooks` drive period close as its `events` define meters. What tallybook.yaml's own
+        `webhooks:` section says explicitly wins (its periods; an endpoint with the same url)."""
+        codehooks = self.meters.codehooks
+        if codehooks is None or (not codehooks.webhooks and not codehooks.periods):
+            return self
+        webhooks = self.webhooks
+        update: dict[str, Any] = {}
+        if codehooks.periods and "periods" not in webhooks.model_fields_set:
+            update["periods"] = list(dict.fromkeys(codehooks.periods))
+        known = {endpoint.url for endpoint in webhooks.endpoints}
+        added = []
+        for index, raw in enumerate(codehooks.webhooks):
+            try:
+                endpoint = WebhookEndpoint.model_validate(raw)
+            except ValidationError as exc:
+                problems = "; ".join(_format_problem(err) for err in exc.errors(include_url=False))
+                raise ValueError(f"codehooks config {codehooks.path}: webhooks[{index}]: {problems}") from None
+            if endpoint.url not in known:
+                known.add(endpoint.url)
+                added.append(endpoint)
+        if added:
+            update["endpoints"] = [*webhooks.endpoints, *added]
+        if not update:
+            return self
+        try:
+            merged = WebhookSettings.model_validate({**webhooks.model_dump(exclude_unset=True), **update})
+        except ValidationError as exc:
+            problems = "; ".join(_format_problem(err) for err in exc.errors(include_url=False))
+            raise ValueError(f"codehooks config {codehooks.path}: {problems}") from None
+        return self.model_copy(update={"webhooks": merged})
+
     def with_database(self, url: str | None) -> Settings:
+        """These settings on another database; ConfigError (one line) when `url` is not usable."""
         if not url:
             return self
-        return self.model_copy(update={"database": DatabaseSettings(url=url)})
+        try:
+            database = DatabaseSettings(url=url)
+        except ValidationError as exc:
+            problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors(include_url=False))
+            raise ConfigError(f"database URL {url!r}: {problems}") from None
+        return self.model_copy(update={"database": database})
 
 
 def _expand_env(value: Any, path: str, env: dict[str, str]) -> Any:
@@ -103,6 +143,11 @@ def _expand_env(value: Any, path: str, env: dict[str, str]) -> Any:
 
         return _ENV_REFERENCE.sub(replace, value)
     return value
+
+
+def _format_problem(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{_format_location(error['loc'])}: {message}" if error["loc"] else message
 
 
 def _format_location(location: tuple[Any, ...]) -> str:
@@ -136,6 +181,6 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc}") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{_format_location(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False))
+        problems = "; ".join(_format_problem(err) for err in exc.errors(include_url=False))
         raise ConfigError(f"{file}: {problems}") from None
     return settings.with_database(env.get("TALLYBOOK_DATABASE_URL"))

@@ -4,7 +4,7 @@ when the server bills, their subscriptions and last month's invoices."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -65,9 +65,11 @@ def ensure_demo_catalog(runtime: Runtime) -> tuple[int, int]:
     return meters_made, customers_made
 
 
-def demo_events(runtime: Runtime, days: int = 30, seed: int = 7) -> list[Event]:
+def demo_events(runtime: Runtime, days: int = 30, seed: int = 7, until: datetime | None = None) -> list[Event]:
+    """`days` of usage ending at the hour before `until` (default now): the same instant gives the
+    same events, so figures computed from them can be printed in the docs and checked."""
     rng = random.Random(seed)
-    end = runtime.clock.now().replace(minute=0, second=0, microsecond=0)
+    end = (until or runtime.clock.now()).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     events: list[Event] = []
     for hour in range(days * 24):
         at = end - timedelta(hours=days * 24 - hour)
@@ -196,7 +198,7 @@ def bill_demo(runtime: Runtime) -> int:
     return issued
 
 
-def load_demo_events(runtime: Runtime) -> int:
+def load_demo_events(runtime: Runtime, until: datetime | None = None) -> int:
     """Load the demo once: an empty store gets the events, a store with events is left alone.
 
     The demo meters and customers are created first, each only if missing (a meter or customer of
@@ -209,7 +211,7 @@ def load_demo_events(runtime: Runtime) -> int:
     if runtime.store.count_events() > 0:
         bill_demo(runtime)
         return 0
-    events = demo_events(runtime)
+    events = demo_events(runtime, until=until)
     started_here = not runtime.ingest.running
     if started_here:
         runtime.ingest.start()

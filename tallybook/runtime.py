@@ -59,7 +59,11 @@ class Runtime:
     voids: VoidService = field(init=False)
 
     @classmethod
-    def build(cls, settings: Settings, clock: Clock | None = None, migrate: bool = True) -> Runtime:
+    def build(
+        cls, settings: Settings, clock: Clock | None = None, migrate: bool = True, sync_meters: bool = True
+    ) -> Runtime:
+        """`sync_meters=False` for tools that only read or manage other things: syncing would make the
+        meters of *this* process's config (possibly none) the live set, deleting everyone else's."""
         clock = clock or SystemClock()
         store = open_store(settings.database.url)
         if migrate:
@@ -74,7 +78,8 @@ class Runtime:
             if runtime.keys.ensure(key.name, key.scope, key.key):
                 log.info("registered API key from config", extra={"key_name": key.name, "scope": key.scope})
         runtime.meters = MeterService(store, clock, settings.meters)
-        runtime.meters.sync_config()
+        if sync_meters:
+            runtime.meters.sync_config()
         runtime.voids = VoidService(store, clock)
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)

@@ -31,8 +31,11 @@ def write_config(directory: Path, database_url: str, bootstrap: bool = True) -> 
 
 
 class ServerProcess:
-    def __init__(self, directory: Path, database_url: str, bootstrap: bool = True) -> None:
+    def __init__(
+        self, directory: Path, database_url: str, bootstrap: bool = True, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.directory = directory
+        self.extra_args = extra_args
         self.config = write_config(directory, database_url, bootstrap)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -50,6 +53,7 @@ class ServerProcess:
                 str(self.config),
                 "--port",
                 str(self.port),
+                *self.extra_args,
             ],
             cwd=self.directory,
             env=env,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -153,3 +154,68 @@ def test_serve_prints_a_first_admin_key_once_and_logs_no_secrets(tmp_path, sqlit
     finally:
         second_output = again.stop()
     assert "first admin API key" not in second_output
+
+
+def _config_with_meter(tmp_path, database_url):
+    path = tmp_path / "tallybook.yaml"
+    path.write_text(
+        f"database:\n  url: {database_url}\n"
+        "meters:\n  - slug: api_calls\n    eventType: api.calls\n    aggregation: COUNT\n"
+    )
+    return path
+
+
+def _live_meters(database_url):
+    runtime = Runtime.build(Settings(database=DatabaseSettings(url=database_url)), sync_meters=False)
+    try:
+        return {m.slug: m.id for m in runtime.meters.list()}
+    finally:
+        runtime.store.close()
+
+
+def test_commands_that_do_not_manage_meters_leave_config_meters_alone(tmp_path, db):
+    """A read-only `keys list --database URL` (no config) once soft-deleted every config meter."""
+    config = _config_with_meter(tmp_path, db)
+    from tallybook.config import load_settings
+
+    # The config's meter becomes live the way a server start makes it live.
+    Runtime.build(load_settings(config)).store.close()
+    before = _live_meters(db)
+    assert "api_calls" in before
+    for command in (
+        ["keys", "list", "--database", db],
+        ["keys", "create", "--scope", "read", "--database", db],
+        ["stripe", "reports", "--database", db],
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code in (0, 2), result.output  # stripe commands exit 2 without a Stripe key
+        assert _live_meters(db) == before, f"{command} changed the meters"
+
+
+def test_help_shows_flags_plainly_and_arguments_by_name():
+    serve_help = runner.invoke(app, ["serve", "--help"]).output
+    assert "--demo" in serve_help and "<bool>" not in serve_help
+    ingest_help = runner.invoke(app, ["ingest", "--help"]).output
+    assert "[OPTIONS] FILE" in ingest_help and "{file}" not in ingest_help.lower()
+    assert "A .jsonl or .csv file of events" in ingest_help
+
+
+def test_piped_keys_list_keeps_whole_dates(db):
+    created = runner.invoke(
+        app, ["keys", "create", "--scope", "read", "--name", "a rather long key name", "--database", db]
+    )
+    key_id = created.output.split()[0]
+    listed = runner.invoke(app, ["keys", "list", "--database", db])  # CliRunner's output is not a terminal
+    assert listed.exit_code == 0, listed.output
+    header, row = listed.output.splitlines()
+    assert header.split("\t") == ["id", "name", "scope", "starts with", "created", "revoked"]
+    fields = row.split("\t")
+    assert fields[:3] == [key_id, "a rather long key name", "read"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", fields[4]), fields[4]
+
+
+def test_jobs_run_runs_once_without_the_flag(db):
+    result = runner.invoke(app, ["jobs", "run", "--database", db])
+    assert result.exit_code == 0, result.output
+    assert "webhooks" in result.output or "job" in result.output
+    assert runner.invoke(app, ["jobs", "run", "--once", "--database", db]).exit_code == 0

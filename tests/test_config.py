@@ -52,7 +52,7 @@ def test_config_path_from_environment(tmp_path):
         ("databse:\n  url: x\n", "databse: Extra inputs are not permitted"),
         (
             "database:\n  url: mysql://x\n",
-            "database.url: Value error, must start with sqlite:/// or postgresql",
+            "database.url: must start with sqlite:/// or postgresql",
         ),
         (
             "auth:\n  bootstrap_keys:\n    - {name: a, scope: root, key: aaaaaaaaaaaaaaaaaaaa}\n",

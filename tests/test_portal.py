@@ -285,3 +285,58 @@ def test_me_reports_the_subscriptions_billing_period(client, keys, runtime):
     assert start <= now < end and (start.day, start.hour) == (10, 0) and end.day == 10
     assert subscribed.json()["currentPeriod"] == {"from": start.isoformat().replace("+00:00", "Z"),
                                                   "to": end.isoformat().replace("+00:00", "Z")}  # fmt: skip
+
+
+def test_meter_scoped_token_sees_only_its_meters_in_the_invoice_estimate(client, keys, runtime, usage):
+    """A token limited to api_calls once saw every meter's line (and the whole total) in the estimate."""
+    admin = auth(keys["admin"])
+    plan = {
+        "key": "scoped",
+        "name": "Scoped",
+        "currency": "USD",
+        "billingCadence": "P1M",
+        "rateCards": [
+            {"type": "flat_fee", "key": "fee", "name": "Fee", "price": {"type": "flat", "amount": "10"}},
+            {"type": "usage_based", "key": "calls", "name": "Calls", "meterSlug": "api_calls",
+             "price": {"type": "unit", "amount": "0.5"}},
+            {"type": "usage_based", "key": "storage", "name": "Storage", "meterSlug": "storage_gb",
+             "price": {"type": "unit", "amount": "2"}},
+        ],
+    }  # fmt: skip
+    created = client.post("/api/v1/plans", json=plan, headers=admin)
+    assert created.status_code == 201, created.text
+    assert client.post(f"/api/v1/plans/{created.json()['id']}/publish", headers=admin).status_code == 200
+    now = datetime.now(UTC)
+    subscribed = client.post(
+        "/api/v1/subscriptions",
+        json={"customerKey": "globex", "plan": {"key": "scoped"}, "activeFrom": (now - timedelta(days=40)).isoformat()},
+        headers=admin,
+    )
+    assert subscribed.status_code == 201, subscribed.text
+    recent = to_micros(now - timedelta(minutes=1))
+    runtime.ingest.ingest(
+        [
+            Event("t", "now-call", "api.calls", "globex", recent, {}),
+            Event("t", "now-storage", "storage.gb", "globex", recent, {"value": 30}),
+        ]
+    )
+
+    whole_token = issue(client, keys, customerId="globex")["token"]
+    full = client.get("/api/v1/portal/invoice-estimate", headers=auth(whole_token))
+    assert full.status_code == 200, full.text
+    [invoice] = full.json()["items"]
+    assert {line.get("meter") for line in invoice["lines"]} == {None, "api_calls", "storage_gb"}
+    assert invoice["totals"]["total"] == "70.50"  # fee 10 + 1 call x 0.5 + peak 30 GB x 2
+    assert "partial" not in invoice
+
+    token = issue(client, keys, customerId="globex", allowedMeterSlugs=["api_calls"])["token"]
+    scoped = client.get("/api/v1/portal/invoice-estimate", headers=auth(token))
+    assert scoped.status_code == 200, scoped.text
+    [invoice] = scoped.json()["items"]
+    assert sorted((line["name"], line.get("meter") or "") for line in invoice["lines"]) == [
+        ("Calls", "api_calls"),
+        ("Fee", ""),
+    ]
+    assert invoice["totals"] == {"amount": "10.50", "commitments": "0.00", "total": "10.50"}
+    assert invoice["partial"] is True
+    assert "storage" not in scoped.text.lower()

@@ -444,6 +444,8 @@ def test_embed_snippet(page, demo, tmp_path):
 def test_optional_sections_follow_the_api(page, demo, nav, path, heading):
     paths = httpx.get(f"{demo.url}/openapi.json").json()["paths"]
     present = any(re.fullmatch(path, p) and "get" in ops for p, ops in paths.items())
+    if nav == "stripeReports":  # Stripe's routes are always there; its sections need Stripe turned on
+        present = present and demo.runtime.settings.stripe.enabled
     login(page, demo)
     page.wait_for_selector("#ingest-stats .stat")
     link = page.query_selector(f"#nav a[data-page='{nav}']")
@@ -457,6 +459,48 @@ def test_optional_sections_follow_the_api(page, demo, nav, path, heading):
         assert page.query_selector("#page p.error") is None
     else:
         assert "appear once the feature is enabled" in (page.text_content("#jobs-health") or "")
+
+
+# -- the first hour: sign-in, a phone-sized screen, sections of features this server doesn't use ----------
+
+
+def test_empty_sign_in_says_what_to_paste(page, demo):
+    page.goto(f"{demo.url}/ui")
+    page.click("#login-form button[type=submit]")
+    assert "Paste an admin API key" in page.inner_text("#login-error")
+    assert page.is_hidden("#nav")
+
+
+@pytest.mark.parametrize("hash_path", ["#/overview", "#/meters/api_calls", "#/customers", "#/events"])
+def test_nothing_is_wider_than_a_phone(browser, demo, hash_path):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    phone = context.new_page()
+    try:
+        login(phone, demo, hash_path)
+        phone.wait_for_selector("#page h1")
+        phone.wait_for_selector("#page table, #page pre, #page .stat, #page p.muted")
+        width = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], f"{hash_path}: the page is {width[0]}px wide on a {width[1]}px screen"
+        nav = phone.evaluate("document.getElementById('nav').getBoundingClientRect().right")
+        assert nav <= width[1]
+        shot(phone, f"phone-{hash_path.strip('#/').replace('/', '-')}")
+    finally:
+        context.close()
+
+
+def test_stripe_sections_stay_hidden_when_stripe_is_off(page, demo):
+    assert not demo.runtime.settings.stripe.enabled
+    answers: list[str] = []
+    page.on("response", lambda r: answers.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    login(page, demo)
+    page.wait_for_selector("#ingest-stats .stat")
+    assert page.query_selector("#stripe-health") is None
+    assert page.query_selector("#nav a[data-page='stripeReports']") is None
+    page.goto(f"{demo.url}/ui#/customers/{demo.customer_id('acme')}")
+    page.wait_for_selector("#page h1")
+    page.wait_for_selector("#portal-link", state="attached")
+    assert page.query_selector("#customer-stripe") is None
+    assert answers == []  # an unlinked customer's page asks nothing that answers 404
 
 
 # -- invoices: real billing data (plan, subscription, events, the billing.invoice job) ---------------------------
@@ -564,6 +608,11 @@ def billing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Billing]:
             link = {"stripeCustomerId": "cus_UiTest123", "stripeDefaultPaymentMethodId": "pm_UiTest456"}
             ok(api.put("/api/v1/customers/acme/stripe", json=link))
         admin = runtime.keys.create("browser tests (billing)", "admin").plaintext
+        # This server bills through Stripe (so the dashboard shows its Stripe sections); its Stripe
+        # jobs were never registered, so nothing here calls Stripe.
+        runtime.settings = runtime.settings.model_copy(
+            update={"stripe": runtime.settings.stripe.model_copy(update={"enabled": True})}
+        )
         with LiveServer(runtime) as server:
             yield Billing(runtime, server, admin, issued=issued, draft=draft)
     finally:
@@ -719,6 +768,38 @@ def test_customer_page_shows_subscription_invoices_and_stripe_link(page, billing
     page.click(f"#customer-invoices tr[data-invoice='{invoices[0]['id']}'] a")
     page.wait_for_selector(f"h1:has-text('{invoices[0]['id']}')")
     page.wait_for_selector("#invoice-lines")
+
+
+def test_invoice_lists_say_which_invoice_is_the_opening_one(page, billing):
+    """Two invoices can share a period (the opening one bills the first fees in advance): a column says which."""
+    customer = billing.runtime.customers.resolve("acme")
+    invoices = billing.get(f"/api/v1/billing/invoices?customerId={customer.id}")["items"]
+    kinds = {invoice["id"]: invoice["kind"] for invoice in invoices}
+    assert set(kinds.values()) == {"opening", "period"}
+    login(page, billing, f"#/customers/{customer.id}")
+    page.wait_for_selector("#customer-invoices tr[data-invoice]")
+    for invoice_id, kind in kinds.items():
+        cell = page.inner_text(f"#customer-invoices tr[data-invoice='{invoice_id}'] td.invoice-kind")
+        assert cell == ("opening (fees in advance)" if kind == "opening" else "period")
+
+
+def test_portal_estimate_names_the_period_of_a_fee_billed_in_advance(page, billing):
+    admin = {"Authorization": f"Bearer {billing.admin_key}"}
+    issued = httpx.post(f"{billing.url}/api/v1/portal/tokens", json={"customerId": "acme"}, headers=admin)
+    token = issued.json()["token"]
+    estimate = httpx.get(f"{billing.url}/api/v1/portal/invoice-estimate", headers={"Authorization": f"Bearer {token}"})
+    [invoice] = estimate.json()["items"]
+    elsewhere = [line for line in invoice["lines"] if line["period"] != invoice["period"]]
+    assert [line["name"] for line in elsewhere] == ["Platform fee"]  # next period's fee, billed in advance
+    page.goto(f"{billing.url}/portal?token={token}")
+    row = page.wait_for_selector("#invoice-estimate tbody tr:has-text('Platform fee')")
+    shown = row.query_selector(".line-period")
+    assert shown is not None
+    period = elsewhere[0]["period"]
+    first = datetime.fromisoformat(period["from"].replace("Z", "+00:00"))  # acme's zone is UTC
+    last = datetime.fromisoformat(period["to"].replace("Z", "+00:00")) - timedelta(microseconds=1)
+    assert shown.inner_text() == f"{first:%b} {first.day} \u2013 {last:%b} {last.day}"
+    assert len(page.query_selector_all("#invoice-estimate tbody tr .line-period")) == 1
 
 
 def test_void_asks_first(page, billing):

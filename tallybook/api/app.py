@@ -84,6 +84,9 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
         version=tallybook.__version__,
         description="Usage metering and billing. Event and meter APIs follow OpenMeter's where they overlap.",
         lifespan=lifespan,
+        # /docs is served by tallybook.ui.router from packaged assets (no CDN: it works offline).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
     install_problem_handlers(app)

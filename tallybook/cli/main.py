@@ -6,7 +6,7 @@ import gc
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -41,6 +41,10 @@ DatabaseOption = Annotated[
     typer.Option("--database", help="SQLAlchemy URL, e.g. sqlite:///./tallybook.db or postgresql+psycopg://..."),
 ]
 
+CreateDatabaseOption = Annotated[
+    bool, typer.Option("--create-database", help="Create the PostgreSQL database if it does not exist")
+]
+
 
 def tune_gc_for_throughput() -> None:
     """Keep the cyclic GC off the ingest path.
@@ -63,14 +67,48 @@ def _settings(config: Path | None, database: str | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _runtime(settings: Settings) -> Runtime:
+def _runtime(settings: Settings, runs_service: bool = False) -> Runtime:
+    """`runs_service`: serve, worker and jobs run the system under this config, so they make its
+    meters the live set; every other command leaves meter definitions alone (a `keys list` with no
+    config must not delete the meters another config defined)."""
     from tallybook.store import UnsupportedDatabase
+    from tallybook.store.connect import explain, is_database_error
 
     try:
-        return Runtime.build(settings)
+        return Runtime.build(settings, sync_meters=runs_service)
     except UnsupportedDatabase as exc:
-        err_console.print(f"[red]database error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        _database_error(str(exc))
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        _database_error(str(explain(settings.database.url, exc)))
+
+
+def _database_error(message: str) -> NoReturn:
+    err_console.print(f"[red]database error:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _create_database(settings: Settings) -> None:
+    from tallybook.store.connect import DatabaseUnavailable, create_postgres_database, label
+
+    try:
+        if create_postgres_database(settings.database.url):
+            console.print(f"created database {label(settings.database.url)}", highlight=False)
+    except DatabaseUnavailable as exc:
+        _database_error(str(exc))
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 @app.command()
@@ -80,18 +118,50 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 8888)")] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Load demo meters, customers and a month of usage")] = False,
+    demo_at: Annotated[
+        str | None,
+        typer.Option(
+            "--demo-at",
+            help="With --demo: the demo month ends at this RFC 3339 instant instead of now "
+            "(the docs' figures use 2026-11-23T12:00:00Z)",
+        ),
+    ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request")] = False,
+    create_database: CreateDatabaseOption = False,
 ) -> None:
     """Run the HTTP server. Applies migrations first; on a new database prints a first admin key."""
     import uvicorn
 
     from tallybook.api.app import create_app
     from tallybook.observability.logs import configure_logging
+    from tallybook.store.connect import DatabaseUnavailable, ServerLock
 
+    demo_until = _parse_instant(demo_at, "demo-at")
     settings = _settings(config, database)
     configure_logging(settings.logging.level, settings.logging.json_format)
-    runtime = _runtime(settings)
-    if not runtime.keys.has_admin():
+    bind_host = host or settings.server.host
+    bind_port = port or settings.server.port
+    # Checked before anything is printed or opened: a second server must not announce itself and
+    # then die with a log line from deep inside uvicorn.
+    if _port_in_use(bind_host, bind_port):
+        err_console.print(
+            f"[red]port {bind_port} on {bind_host} is in use[/red] (another Tallybook?); "
+            "stop it or pass --port to pick another",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    lock: ServerLock | None = None
+    if settings.database.url.startswith("sqlite"):
+        lock = ServerLock(settings.database.url)
+        try:
+            lock.acquire()
+        except DatabaseUnavailable as exc:
+            _database_error(str(exc))
+    if create_database:
+        _create_database(settings)
+    runtime = _runtime(settings, runs_service=True)
+    first_start = not runtime.keys.has_admin()
+    if first_start:
         created = runtime.keys.create("first admin key", "admin")
         console.print(
             "[bold]A first admin API key was created. It is shown only this once; keep it safe:[/bold]\n"
@@ -102,11 +172,18 @@ def serve(
     if demo:
         from tallybook.demo import load_demo_events
 
-        added = load_demo_events(runtime)
+        added = load_demo_events(runtime, until=demo_until)
         console.print(f"demo: {added} events loaded" if added else "demo: database already has events; left as is")
-    bind_host = host or settings.server.host
-    bind_port = port or settings.server.port
-    console.print(f"Tallybook on http://{bind_host}:{bind_port}  (database: {runtime.database_label})", highlight=False)
+    base = f"http://{bind_host}:{bind_port}"
+    console.print(f"Tallybook on {base}  (database: {runtime.database_label})", highlight=False)
+    console.print(f"  dashboard: {base}/ui   API docs: {base}/docs   OpenAPI: {base}/openapi.json", highlight=False)
+    if not first_start:
+        database_flag = f" --database {runtime.database_label}" if database else ""
+        config_flag = f" --config {config}" if config else ""
+        console.print(
+            f"  lost the admin key? make another: tallybook keys create --scope admin{config_flag}{database_flag}",
+            highlight=False,
+        )
     tune_gc_for_throughput()
     uvicorn.run(
         create_app(runtime),
@@ -116,11 +193,15 @@ def serve(
         access_log=access_log,
         timeout_graceful_shutdown=10,
     )
+    if lock is not None:
+        lock.release()
 
 
 @app.command()
 def ingest(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A .jsonl or .csv file of events")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, metavar="FILE", help="A .jsonl or .csv file of events")
+    ],
     config: ConfigOption = None,
     database: DatabaseOption = None,
     source: Annotated[str, typer.Option(help="source for records that have none")] = "import",
@@ -212,12 +293,9 @@ def keys_list(config: ConfigOption = None, database: DatabaseOption = None) -> N
         records = runtime.keys.list()
     finally:
         runtime.store.close()
-    table = Table()
-    for column in ("id", "name", "scope", "starts with", "created", "revoked"):
-        # Ids and prefixes are what people copy: never truncate them in a narrow terminal.
-        table.add_column(column, no_wrap=column in ("id", "starts with"))
-    for r in records:
-        table.add_row(
+    columns = ("id", "name", "scope", "starts with", "created", "revoked")
+    rows = [
+        (
             r.id,
             r.name,
             r.scope,
@@ -225,11 +303,28 @@ def keys_list(config: ConfigOption = None, database: DatabaseOption = None) -> N
             format_rfc3339(from_micros(r.created_us)),
             format_rfc3339(from_micros(r.revoked_us)) if r.revoked_us else "",
         )
+        for r in records
+    ]
+    if not console.is_terminal:
+        # Piped into a file or another program: whole values, one tab-separated line per key.
+        for line in (columns, *rows):
+            typer.echo("\t".join(line))  # not Rich: it would expand the tabs
+        return
+    table = Table()
+    for column in columns:
+        # Ids, prefixes and times are what people copy: never truncate them in a narrow terminal.
+        table.add_column(column, no_wrap=column in ("id", "starts with", "created", "revoked"))
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, config: ConfigOption = None, database: DatabaseOption = None) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="the key's id, from `tallybook keys list`")],
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+) -> None:
     """Revoke a key by id (servers stop accepting it within 30 seconds)."""
     runtime = _runtime(_settings(config, database))
     try:
@@ -243,16 +338,30 @@ def keys_revoke(key_id: str, config: ConfigOption = None, database: DatabaseOpti
 
 
 @db_app.command("upgrade")
-def db_upgrade(config: ConfigOption = None, database: DatabaseOption = None) -> None:
+def db_upgrade(
+    config: ConfigOption = None, database: DatabaseOption = None, create_database: CreateDatabaseOption = False
+) -> None:
     """Apply all migrations (serve does this on start too)."""
-    from tallybook.store import open_store
+    from tallybook.store import UnsupportedDatabase, open_store
+    from tallybook.store.connect import explain, is_database_error
     from tallybook.store.migrate import current_revision
 
     settings = _settings(config, database)
-    store = open_store(settings.database.url)
+    if create_database:
+        _create_database(settings)
+    try:
+        store = open_store(settings.database.url)
+    except UnsupportedDatabase as exc:
+        _database_error(str(exc))
+    except OSError as exc:
+        _database_error(str(explain(settings.database.url, exc)))
     try:
         store.migrate()
         console.print(f"database at revision {current_revision(store.engine)}")
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        _database_error(str(explain(settings.database.url, exc)))
     finally:
         store.close()
 
@@ -269,19 +378,19 @@ app.add_typer(jobs_app, name="jobs")
 
 @jobs_app.command("run")
 def jobs_run(
-    once: Annotated[bool, typer.Option("--once", help="Run every job once, now, then exit (for cron)")] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="Accepted for older scripts: `jobs run` always runs once", hidden=True)
+    ] = True,
     config: ConfigOption = None,
     database: DatabaseOption = None,
 ) -> None:
-    """Run everything that is due now: close periods, send reports, deliver webhooks and retries."""
-    if not once:
-        err_console.print("[red]use --once (or `tallybook worker` to keep running)[/red]")
-        raise typer.Exit(2)
+    """Run everything that is due now, once, then exit (for cron): close periods, send reports, deliver
+    webhooks and retries. `tallybook worker` keeps running instead."""
     from tallybook.observability.logs import configure_logging
 
     settings = _settings(config, database)
     configure_logging(settings.logging.level, settings.logging.json_format)
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, runs_service=True)
     try:
         results = runtime.jobs.run_once()
     finally:
@@ -306,7 +415,7 @@ def worker(config: ConfigOption = None, database: DatabaseOption = None) -> None
 
     settings = _settings(config, database)
     configure_logging(settings.logging.level, settings.logging.json_format)
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, runs_service=True)
     scheduler = runtime.jobs
 
     def _stop(_signum: int, _frame: object) -> None:
@@ -468,6 +577,7 @@ def _void_store(config: Path | None, database: str | None, write: bool) -> Any:
     """Only the store: these commands never touch meters, keys or jobs. Writes migrate first (as
     `db upgrade`); the read-only listing changes nothing."""
     from tallybook.store import UnsupportedDatabase, open_store
+    from tallybook.store.connect import explain, is_database_error
 
     settings = _settings(config, database)
     try:
@@ -475,8 +585,11 @@ def _void_store(config: Path | None, database: str | None, write: bool) -> Any:
         if write:
             store.migrate()
     except UnsupportedDatabase as exc:
-        err_console.print(f"[red]database error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        _database_error(str(exc))
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        _database_error(str(explain(settings.database.url, exc)))
     return store
 
 

@@ -71,6 +71,9 @@ class CodehooksSystemConfig(BaseModel):
     path: str
     periods: list[str] = Field(default_factory=list)
     events: dict[str, str] = Field(default_factory=dict)  # eventType → op
+    # The template's webhook endpoints ({url, secret, enabled}), as written; the webhooks settings
+    # validate them (tallybook.config merges them into `webhooks`).
+    webhooks: list[dict[str, Any]] = Field(default_factory=list)
 
     def meter_definitions(self) -> list[MeterDefinition]:
         result = []
@@ -122,7 +125,10 @@ def read_codehooks_config(path: str) -> CodehooksSystemConfig:
     periods = raw.get("periods") or []
     if not isinstance(periods, list) or not all(isinstance(p, str) for p in periods):
         raise ValueError(f'codehooks config {path}: `periods` must be a list of names like "daily"')
-    return CodehooksSystemConfig(path=str(file), periods=periods, events=ops)
+    webhooks = raw.get("webhooks") or []
+    if not isinstance(webhooks, list) or not all(isinstance(w, dict) for w in webhooks):
+        raise ValueError(f"codehooks config {path}: `webhooks` must be a list of {{url, secret, enabled}} objects")
+    return CodehooksSystemConfig(path=str(file), periods=periods, events=ops, webhooks=webhooks)
 
 
 class MeterSettings(BaseModel):

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from tallybook.billing.invoicing import Invoice, Totals
 from tallybook.clock import Clock, from_micros, to_micros
 from tallybook.customers import CustomerService
 from tallybook.customers.errors import CustomerNotFound
@@ -212,3 +213,25 @@ class PortalService:
         if q.customer_ids:
             raise PortalError(403, "forbidden", "this portal token is bound to a subject, not a customer")
         return replace(q, meter=meter.id, subjects=holder.subjects)
+
+    def scope_invoice(self, holder: PortalHolder, invoice: Invoice) -> tuple[Invoice, bool]:
+        """The invoice as this holder may see it, and whether lines were withheld.
+
+        A token limited to some meters sees only those meters' usage lines and the plan's flat fees.
+        Commitment top-ups and corrections of withheld meters are withheld too (a minimum-spend
+        top-up is computed from every meter's spend), and the totals are the sum of what is shown,
+        so no figure lets the holder work out another meter's usage.
+        """
+        allowed = holder.token.allowed_meters
+        if allowed is None:
+            return invoice, False
+        shown = [
+            line
+            for line in invoice.lines
+            if (line.meter is not None and line.meter in allowed) or (line.meter is None and line.kind == "flat_fee")
+        ]
+        if len(shown) == len(invoice.lines):
+            return invoice, False
+        zero = invoice.totals.total * 0
+        subtotal = sum((line.amount for line in shown), zero)
+        return replace(invoice, lines=shown, totals=Totals(subtotal, zero, subtotal)), True

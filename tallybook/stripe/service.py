@@ -220,6 +220,13 @@ class StripeService:
             raise NotLinked(f"customer {customer.id} is not linked to a Stripe customer; PUT its /stripe first")
         return link
 
+    def customer_apps(self, id_or_key: str) -> list[CustomerLink]:
+        """OpenMeter's listCustomerAppData: the customer's app data, empty when it has none (an
+        unknown customer is still refused)."""
+        customer = self.customers.resolve(id_or_key)
+        link = self.db.get_customer(customer.id)
+        return [] if link is None else [link]
+
     def put_customer_apps(self, id_or_key: str, items: Any) -> list[CustomerLink]:
         """OpenMeter's upsertCustomerAppData: a list of app data items, of which `stripe` is supported."""
         if not isinstance(items, list) or not items:

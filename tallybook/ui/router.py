@@ -10,6 +10,7 @@ import mimetypes
 from pathlib import Path
 
 from fastapi import APIRouter
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from tallybook.api.problems import Problem
@@ -37,6 +38,25 @@ PORTAL_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }
+
+
+@router.get("/")
+async def root() -> Response:
+    """The address the server prints: a person who opens it lands on the dashboard's sign-in."""
+    return RedirectResponse("/ui", status_code=307)
+
+
+@router.get("/docs")
+async def api_docs() -> Response:
+    """Swagger UI from the package's own copy of its assets (FastAPI's default loads them from a
+    CDN: a blank page offline or behind a strict proxy)."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="Tallybook API",
+        swagger_js_url="/ui/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url="/ui/static/vendor/swagger-ui/swagger-ui.css",
+        swagger_favicon_url="/ui/static/vendor/swagger-ui/favicon-32x32.png",
+    )
 
 
 @router.get("/ui")

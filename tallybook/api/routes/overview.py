@@ -55,6 +55,8 @@ def overview(runtime: Runtime, minutes: int) -> dict[str, Any]:
             "rejected": _rejected(metrics),
         },
         "invalidEventsByMeter": {m.slug: m.invalid_events for m in meters if m.invalid_events},
+        # Stripe's routes are always there; whether this server talks to Stripe is a setting.
+        "stripe": {"enabled": bool(runtime.settings.stripe.enabled)},
         "webhooks": {
             "deliveries": stats.delivery_states(runtime.store),
             "disabledChannels": stats.disabled_channels(runtime.store),

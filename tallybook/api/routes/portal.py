@@ -200,17 +200,27 @@ async def portal_me(request: Request, holder: Holder) -> Response:
     return _json(body)
 
 
-def _estimate(runtime: Any, customer_id: str) -> list[dict[str, Any]]:
+def _estimate(runtime: Any, holder: PortalHolder) -> list[dict[str, Any]]:
     # Billing is optional: imported only when the runtime has it, so the portal runs without it.
     from tallybook.billing.export import invoice_json
     from tallybook.billing.invoicing import InvoiceError
     from tallybook.billing.subscriptions import SubscriptionError
 
+    assert holder.customer is not None
     try:
-        previews = runtime.invoicing.preview(customer_id, None)
+        previews = runtime.invoicing.preview(holder.customer.id, None)
     except (InvoiceError, SubscriptionError) as exc:
         raise Problem(exc.status, exc.code, str(exc)) from None
-    return [invoice_json(preview) for preview in previews]
+    items = []
+    for preview in previews:
+        visible, partial = runtime.portal.scope_invoice(holder, preview)
+        body = invoice_json(visible)
+        if partial:
+            # The holder's token reads only some meters: say so rather than show a total that
+            # silently disagrees with the invoice the customer will get.
+            body["partial"] = True
+        items.append(body)
+    return items
 
 
 @router.get("/invoice-estimate")
@@ -225,5 +235,5 @@ async def portal_invoice_estimate(request: Request, holder: Holder) -> Response:
         raise Problem(404, "billing-not-available", "this server does not bill; there is no invoice estimate")
     if holder.customer is None:
         raise Problem(404, "not-a-customer", "invoice estimates need a token bound to a customer")
-    items = await run_in_threadpool(_estimate, runtime, holder.customer.id)
+    items = await run_in_threadpool(_estimate, runtime, holder)
     return _json({"items": items})

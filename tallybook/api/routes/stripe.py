@@ -140,6 +140,22 @@ async def put_customer_apps(
     return _json([link_json(link) for link in links])
 
 
+@router.get("/customers/{customerIdOrKey}/apps", response_class=Response)
+async def list_customer_apps(
+    request: Request,
+    customerIdOrKey: str,
+    _key: Annotated[ApiKeyRecord, Depends(require("read"))],
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    pageSize: Annotated[int, Query(ge=1, le=1000)] = 100,
+    type: Annotated[Literal["stripe"] | None, Query()] = None,
+) -> Response:
+    """OpenMeter's listCustomerAppData: 200 with an empty page for a customer linked to no app."""
+    links = await _call(runtime_of(request).stripe.customer_apps, customerIdOrKey)
+    items = [link_json(link) for link in links]
+    shown = items[(page - 1) * pageSize : page * pageSize]
+    return _json({"items": shown, "page": page, "pageSize": pageSize, "totalCount": len(items)})
+
+
 @router.post("/stripe/webhook", response_class=Response)
 async def stripe_webhook(request: Request) -> Response:
     """Stripe's webhook target: authenticated by the Stripe-Signature header, not by an API key."""

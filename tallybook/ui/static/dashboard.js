@@ -20,10 +20,16 @@
     features = {
       invoices: getPath((p) => /^\/api\/v1\/(billing\/)?invoices$/.test(p)),
       stripeReports: getPath((p) => p === "/api/v1/stripe/reports"),
-      customerStripe: getPath((p) => p === "/api/v1/customers/{customerIdOrKey}/stripe"),
+      customerApps: getPath((p) => p === "/api/v1/customers/{customerIdOrKey}/apps"),
       subscriptions: getPath((p) => p === "/api/v1/subscriptions"),
       invoiceHtml: getPath((p) => /^\/api\/v1\/(billing\/)?invoices\/\{[A-Za-z]+\}\/html$/.test(p)),
     };
+    // Stripe's routes are always served; its sections show only when this server talks to Stripe.
+    const overview = await TB.api(key(), "GET", "/api/v1/overview?minutes=1").catch(() => null);
+    if (!(overview && overview.stripe && overview.stripe.enabled)) {
+      features.stripeReports = null;
+      features.customerApps = null;
+    }
     const nav = document.getElementById("nav");
     for (const [name, label] of [["invoices", "Invoices"], ["stripeReports", "Stripe reports"]]) {
       if (features[name] && !nav.querySelector(`[data-page="${name}"]`)) {
@@ -57,6 +63,10 @@
   document.getElementById("login-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const candidate = document.getElementById("api-key").value.trim();
+    if (!candidate) {
+      document.getElementById("login-error").textContent = "Paste an admin API key (tbk_…). `tallybook keys create --scope admin` makes one.";
+      return;
+    }
     try {
       // Listing notification channels needs an admin key: it checks the key and its scope at once.
       await TB.api(candidate, "GET", "/api/v1/notification/channels?pageSize=1");
@@ -371,15 +381,14 @@
     }
     const portalOut = el("div", { id: "portal-link" });
     let stripeCard = null;
-    if (features.customerStripe) {
-      try {
-        const stripe = await call("GET", `/api/v1/customers/${encodeURIComponent(customer.id)}/stripe`);
-        stripeCard = el("div", { class: "card", id: "customer-stripe" }, el("h2", {}, "Stripe"),
-          el("dl", { class: "props" }, Object.entries(stripe).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, cellValue(v))])));
-      } catch (error) {
-        if (error.status !== 404) throw error;
-        stripeCard = el("div", { class: "card", id: "customer-stripe" }, el("h2", {}, "Stripe"), el("p", { class: "muted" }, "Not linked to Stripe."));
-      }
+    if (features.customerApps) {
+      // The list answers 200 with no items for an unlinked customer (no 404 in the browser's log).
+      const apps = await call("GET", `/api/v1/customers/${encodeURIComponent(customer.id)}/apps${query({ type: "stripe" })}`);
+      const stripe = apps.items[0];
+      stripeCard = el("div", { class: "card", id: "customer-stripe" }, el("h2", {}, "Stripe"),
+        stripe
+          ? el("dl", { class: "props" }, Object.entries(stripe).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, cellValue(v))]))
+          : el("p", { class: "muted" }, "Not linked to Stripe."));
     }
     async function issuePortalToken() {
       const token = await call("POST", "/api/v1/portal/tokens", { customerId: customer.id });
@@ -569,11 +578,13 @@
   }
 
   function invoiceTable(items, withCustomer) {
-    const headers = ["Invoice", ...(withCustomer ? ["Customer"] : []), "Period", "Status", { label: "Total", num: true }];
+    const headers = ["Invoice", ...(withCustomer ? ["Customer"] : []), "Period", "Kind", "Status", { label: "Total", num: true }];
     return table(headers, items.map((invoice) => el("tr", { class: "clickable", "data-invoice": invoice.id, onclick: () => setHash(`/invoices/${invoice.id}`) },
       el("td", {}, el("a", { href: `#/invoices/${encodeURIComponent(invoice.id)}` }, el("code", {}, invoice.id))),
       withCustomer ? el("td", {}, invoice.customer && invoice.customer.id ? customerLink(invoice.customer.id) : "—") : null,
       el("td", {}, periodText(invoice.period, invoiceZone(invoice))),
+      // Two invoices can share a period: a subscription's opening one bills its first fees in advance.
+      el("td", { class: "invoice-kind" }, invoice.kind === "opening" ? "opening (fees in advance)" : "period"),
       el("td", {}, el("span", { class: `badge ${invoice.status}` }, invoice.status)),
       el("td", { class: "num total" }, money(invoice.totals.total, invoice.currency)))));
   }

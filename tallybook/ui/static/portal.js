@@ -97,18 +97,23 @@
       if (error.status === 404) return;
       throw error;
     }
+    // The last day shown is the one before `to` (periods end exclusively).
+    const days = (period) => `${formatTime(period.from, zone, "DAY")} – ${formatTime(new Date(new Date(period.to).getTime() - 1).toISOString(), zone, "DAY")}`;
+    const samePeriod = (a, b) => new Date(a.from).getTime() === new Date(b.from).getTime() && new Date(a.to).getTime() === new Date(b.to).getTime();
     for (const invoice of estimate.items) {
       const money = (amount) => TB.formatMoney(amount, invoice.currency);
       root.append(el("section", { class: "card", id: "invoice-estimate" },
         el("h2", {}, "Upcoming invoice (estimate)"),
-        el("p", { class: "muted" }, `${formatTime(invoice.period.from, zone, "DAY")} – ${formatTime(new Date(new Date(invoice.period.to).getTime() - 1).toISOString(), zone, "DAY")}`),
+        el("p", { class: "muted" }, days(invoice.period)),
+        invoice.partial ? el("p", { class: "muted", id: "estimate-partial" }, "Only the items this link may show are listed; the invoice may hold more.") : null,
         el("table", {},
           el("thead", {}, el("tr", {}, el("th", {}, "Item"), el("th", { class: "num" }, "Quantity"), el("th", { class: "num" }, "Amount"))),
           el("tbody", {}, invoice.lines.map((line) => el("tr", {},
-            el("td", {}, line.name),
+            // A fee billed in advance covers the next period, not the invoice's: say which.
+            el("td", {}, line.name, line.period && !samePeriod(line.period, invoice.period) ? el("div", { class: "muted line-period" }, days(line.period)) : null),
             el("td", { class: "num" }, line.quantity === undefined ? "" : TB.formatDecimal(line.quantity)),
             el("td", { class: "num" }, money(line.amount))))),
-          el("tfoot", {}, el("tr", {}, el("th", {}, "Total so far"), el("th", {}), el("th", { class: "num", id: "estimate-total" }, money(invoice.totals.total)))))));
+          el("tfoot", {}, el("tr", {}, el("th", {}, invoice.partial ? "Total of the items shown" : "Total so far"), el("th", {}), el("th", { class: "num", id: "estimate-total" }, money(invoice.totals.total)))))));
     }
   }
 
