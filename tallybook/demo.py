@@ -169,7 +169,8 @@ def bill_demo(runtime: Runtime) -> int:
 
     Only invoices this run created are issued, so loading the demo again changes nothing: the job
     does not invoice a period twice, and drafts left from an earlier load stay drafts. Returns how
-    many invoices were issued.
+    many invoices were issued. Meant to run before the job scheduler starts (as `serve --demo`
+    does): a scheduler that drafts the invoices first leaves this run nothing to issue.
     """
     invoicing = getattr(runtime, "invoicing", None)
     if invoicing is None:

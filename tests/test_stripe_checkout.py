@@ -359,6 +359,10 @@ def test_embedded_session(env: StripeEnv, api: tuple[TestClient, dict[str, str]]
             {"customer": {"name": "No currency", "key": "nc"}, "options": {"successURL": SUCCESS}},
             ["options.currency: required"],
         ),
+        (  # found by the fuzz job: an object here was a 500 (unhashable in the mode lookup)
+            {"customer": {"name": "Odd mode", "key": "om"}, "options": {"currency": "USD", "uiMode": {}}},
+            ["options.uiMode: {} is not one of"],
+        ),
     ],
 )
 def test_invalid_requests_are_refused_before_anything_is_created(

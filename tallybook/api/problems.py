@@ -14,7 +14,7 @@ from tallybook.errors import DomainError
 
 PROBLEM_TYPE_BASE = "urn:tallybook:problem:"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-_TITLES = {
+PROBLEM_TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -43,7 +43,7 @@ def problem_response(
 ) -> Response:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
-        "title": _TITLES.get(status, "Error"),
+        "title": PROBLEM_TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
         "instance": request.url.path,

@@ -21,10 +21,15 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-apikey") or None
 
 
-def require(scope: Scope) -> Callable[[Request], Awaitable[ApiKeyRecord]]:
-    """A FastAPI dependency that admits keys whose scope allows `scope` (admin allows all)."""
+class ApiKeyScope:
+    """A FastAPI dependency that admits keys whose scope allows `scope` (admin allows all). A class,
+    not a closure, so that the OpenAPI document can tell which operations need a key."""
 
-    async def dependency(request: Request) -> ApiKeyRecord:
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    async def __call__(self, request: Request) -> ApiKeyRecord:
+        scope = self.scope
         secret = presented_key(request)
         if secret is None:
             raise Problem(401, "unauthenticated", "send an API key as 'Authorization: Bearer <key>' or 'x-apikey'")
@@ -44,4 +49,7 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[ApiKeyRecord]]:
             )
         return record
 
-    return dependency
+
+def require(scope: Scope) -> Callable[[Request], Awaitable[ApiKeyRecord]]:
+    """The dependency admitting keys whose scope allows `scope`."""
+    return ApiKeyScope(scope)

@@ -458,7 +458,7 @@ def _options(options: dict[str, Any], now: datetime, errors: _Errors) -> tuple[d
             currency = currency.lower()
 
     ui_mode = options.get("uiMode", "hosted")
-    if ui_mode not in UI_MODES:
+    if not isinstance(ui_mode, str) or ui_mode not in UI_MODES:
         errors.add("options.uiMode", f"{ui_mode!r} is not one of {', '.join(UI_MODES)}")
         ui_mode = "hosted"
     params["ui_mode"] = UI_MODES[ui_mode]

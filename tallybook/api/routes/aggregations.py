@@ -20,8 +20,10 @@ from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import query_parameters
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
+from tallybook.api.wire.events import AGGREGATION_PARAMETERS, AggregationDocument
 from tallybook.ingest.events import parse_time
 from tallybook.meters.models import MeterError
 from tallybook.meters.windows import PERIODS, UnknownTimeZone, period_bounds, zone
@@ -45,7 +47,11 @@ def _instant(value: str | None, name: str) -> datetime | None:
         raise Problem(400, "invalid-parameters", f"{name}: {exc}") from None
 
 
-@router.get("/aggregations")
+@router.get(
+    "/aggregations",
+    response_model=list[AggregationDocument],
+    openapi_extra=query_parameters(AGGREGATION_PARAMETERS),
+)
 async def aggregations(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],

@@ -11,8 +11,10 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
+from tallybook.api.wire.billing import BillingProfile, BillingProfilePage, CustomerBillingProfile
 from tallybook.billing.profiles import (
     COLLECTION_METHODS,
     COLLECTORS,
@@ -129,7 +131,7 @@ async def _body(request: Request, what: str, optional: bool = False) -> Any:
     return decode_json(raw)
 
 
-@router.get("/profiles", response_class=Response)
+@router.get("/profiles", response_class=Response, responses=responses(BillingProfilePage))
 async def list_profiles(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
@@ -160,7 +162,13 @@ async def list_profiles(
     )
 
 
-@router.post("/profiles", status_code=201, response_class=Response, openapi_extra=_PROFILE_DOC)
+@router.post(
+    "/profiles",
+    status_code=201,
+    response_class=Response,
+    openapi_extra=_PROFILE_DOC,
+    responses=responses(BillingProfile, 409, 413, 415, status=201),
+)
 async def create_profile(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]) -> Response:
     """Create a profile. `default: true` makes it the default (the previous default stops being it)."""
     payload = await _body(request, "billing profile")
@@ -169,7 +177,7 @@ async def create_profile(request: Request, _key: Annotated[ApiKeyRecord, Depends
     return _json(profile_json(profile), 201, headers={"Location": f"/api/v1/billing/profiles/{profile.id}"})
 
 
-@router.get("/profiles/{profileId}", response_class=Response)
+@router.get("/profiles/{profileId}", response_class=Response, responses=responses(BillingProfile, 404))
 async def get_profile(
     request: Request, profileId: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
@@ -178,7 +186,12 @@ async def get_profile(
     return _json(profile_json(profile))
 
 
-@router.put("/profiles/{profileId}", response_class=Response, openapi_extra=_PROFILE_DOC)
+@router.put(
+    "/profiles/{profileId}",
+    response_class=Response,
+    openapi_extra=_PROFILE_DOC,
+    responses=responses(BillingProfile, 404, 409, 413, 415),
+)
 async def replace_profile(
     request: Request, profileId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -191,7 +204,7 @@ async def replace_profile(
     return _json(profile_json(profile))
 
 
-@router.delete("/profiles/{profileId}", status_code=204, response_class=Response)
+@router.delete("/profiles/{profileId}", status_code=204, response_class=Response, responses=responses(None, 404, 409))
 async def delete_profile(
     request: Request, profileId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -200,7 +213,7 @@ async def delete_profile(
     return Response(status_code=204)
 
 
-@router.get("/customers/{customerIdOrKey}", response_class=Response)
+@router.get("/customers/{customerIdOrKey}", response_class=Response, responses=responses(CustomerBillingProfile, 404))
 async def get_customer_profile(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
@@ -209,7 +222,12 @@ async def get_customer_profile(
     return _json(customer_profile_json(found))
 
 
-@router.put("/customers/{customerIdOrKey}", response_class=Response, openapi_extra=_OVERRIDE_DOC)
+@router.put(
+    "/customers/{customerIdOrKey}",
+    response_class=Response,
+    openapi_extra=_OVERRIDE_DOC,
+    responses=responses(CustomerBillingProfile, 404, 413, 415),
+)
 async def put_customer_profile(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -220,7 +238,7 @@ async def put_customer_profile(
     return _json(customer_profile_json(found))
 
 
-@router.delete("/customers/{customerIdOrKey}", status_code=204, response_class=Response)
+@router.delete("/customers/{customerIdOrKey}", status_code=204, response_class=Response, responses=responses(None, 404))
 async def delete_customer_profile(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:

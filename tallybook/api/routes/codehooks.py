@@ -16,8 +16,10 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, read_limited_body
 from tallybook.api.ingesting import commit, reject, runtime_of
+from tallybook.api.openapi import json_body, responses
 from tallybook.api.params import instant_micros
 from tallybook.api.security import require
+from tallybook.api.wire.events import UsageBatchCaptured, UsageBatchRecord, UsageCaptured, UsageEvent, UsageRecord
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.ingest.events import (
     BatchTooLarge,
@@ -36,7 +38,12 @@ def _accepted(body: dict[str, Any]) -> Response:
     return Response(jsonutil.dumpb(body), status_code=202, media_type="application/json")
 
 
-@router.post("/usage/{eventType}")
+@router.post(
+    "/usage/{eventType}",
+    status_code=202,
+    responses=responses(UsageCaptured, 413, 503, status=202),
+    openapi_extra=json_body(("application/json", UsageRecord)),
+)
 async def capture_usage(
     eventType: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]
 ) -> Response:
@@ -52,7 +59,12 @@ async def capture_usage(
     return _accepted({"message": "Event captured", "eventType": eventType, "customerId": event.subject, "id": event.id})
 
 
-@router.post("/usagebatch")
+@router.post(
+    "/usagebatch",
+    status_code=202,
+    responses=responses(UsageBatchCaptured, 413, 503, status=202),
+    openapi_extra=json_body(("application/json", list[UsageBatchRecord])),
+)
 async def capture_usage_batch(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]) -> Response:
     runtime = runtime_of(request)
     limits = runtime.settings.ingest
@@ -85,7 +97,7 @@ async def capture_usage_batch(request: Request, _key: Annotated[ApiKeyRecord, De
     )
 
 
-@router.get("/events")
+@router.get("/events", response_model=list[UsageEvent])
 async def list_usage_events(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],

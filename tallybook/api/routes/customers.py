@@ -10,8 +10,11 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
+from tallybook.api.wire.customers import Customer as CustomerShape
+from tallybook.api.wire.customers import CustomerPage
 from tallybook.clock import format_rfc3339
 from tallybook.customers import (
     ConcurrentChange,
@@ -114,7 +117,13 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(jsonutil.dumpb(body), status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers)
 
 
-@router.post("/customers", status_code=201, response_class=Response, openapi_extra=_BODY_DOC)
+@router.post(
+    "/customers",
+    status_code=201,
+    response_class=Response,
+    openapi_extra=_BODY_DOC,
+    responses=responses(CustomerShape, 409, 413, 415, status=201),
+)
 async def create_customer(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]) -> Response:
     """Create a customer. Its key and usageAttribution.subjectKeys become its subjects (409 if taken)."""
     payload = await _customer_body(request)
@@ -126,7 +135,7 @@ async def create_customer(request: Request, _key: Annotated[ApiKeyRecord, Depend
     return _json(customer_json(customer), 201, headers={"Location": f"/api/v1/customers/{customer.id}"})
 
 
-@router.get("/customers", response_class=Response)
+@router.get("/customers", response_class=Response, responses=responses(CustomerPage))
 async def list_customers(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
@@ -177,7 +186,7 @@ async def list_customers(
     )
 
 
-@router.get("/customers/{customerIdOrKey}", response_class=Response)
+@router.get("/customers/{customerIdOrKey}", response_class=Response, responses=responses(CustomerShape, 404))
 async def get_customer(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
@@ -189,7 +198,12 @@ async def get_customer(
     return _json(customer_json(customer))
 
 
-@router.put("/customers/{customerIdOrKey}", response_class=Response, openapi_extra=_BODY_DOC)
+@router.put(
+    "/customers/{customerIdOrKey}",
+    response_class=Response,
+    openapi_extra=_BODY_DOC,
+    responses=responses(CustomerShape, 404, 409, 413, 415),
+)
 async def replace_customer(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -203,7 +217,9 @@ async def replace_customer(
     return _json(customer_json(customer))
 
 
-@router.delete("/customers/{customerIdOrKey}", status_code=204, response_class=Response)
+@router.delete(
+    "/customers/{customerIdOrKey}", status_code=204, response_class=Response, responses=responses(None, 404, 409)
+)
 async def delete_customer(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:

@@ -11,9 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import commit, reject, runtime_of
+from tallybook.api.openapi import json_body, responses
 from tallybook.api.params import instant_micros
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
+from tallybook.api.wire.events import CloudEvent, IngestedEvent
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.ingest.events import (
     BatchTooLarge,
@@ -31,6 +33,12 @@ router = APIRouter(prefix="/api/v1", tags=["events"])
 SINGLE = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 PLAIN = "application/json"
+_INGEST_BODY = json_body(
+    (SINGLE, CloudEvent),
+    (BATCH, list[CloudEvent]),
+    (PLAIN, CloudEvent | list[CloudEvent]),
+    description="One event, or a batch (a JSON array). All events of a request are stored, or none.",
+)
 
 
 def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int, text_checked: bool = True) -> list[Event]:
@@ -53,7 +61,13 @@ def parse_cloudevents(payload: Any, kind: str, now_us: int, max_events: int, tex
     return [e for e in events if e is not None]
 
 
-@router.post("/events", status_code=204, response_class=Response)
+@router.post(
+    "/events",
+    status_code=204,
+    response_class=Response,
+    responses=responses(None, 413, 415, 503),
+    openapi_extra=_INGEST_BODY,
+)
 async def ingest_events(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("ingest"))]) -> Response:
     """Ingest one CloudEvent or a batch. 204 means every event is committed to the store."""
     runtime = runtime_of(request)
@@ -100,7 +114,7 @@ def ingested_event_json(event: Event) -> dict[str, Any]:
     return {"event": event_json(event), "ingestedAt": ingested, "storedAt": ingested}
 
 
-@router.get("/events")
+@router.get("/events", response_model=list[IngestedEvent])
 async def list_events(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],

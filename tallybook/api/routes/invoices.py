@@ -10,8 +10,11 @@ from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
+from tallybook.api.wire.billing import CustomerUsage, InvoiceList, InvoicePage
+from tallybook.api.wire.billing import Invoice as InvoiceShape
 from tallybook.billing.export import invoice_html, invoice_json
 from tallybook.billing.invoicing import STATUSES, Invoice, InvoiceError
 from tallybook.billing.subscriptions import SubscriptionError
@@ -50,7 +53,7 @@ async def _invoice_response(request: Request, invoice: Invoice, html: bool) -> R
     return _json(invoice_json(invoice, external))
 
 
-@router.get("/invoices", response_class=Response)
+@router.get("/invoices", response_class=Response, responses=responses(InvoicePage, 404))
 async def list_invoices(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
@@ -73,7 +76,11 @@ async def list_invoices(
     return _json({"totalCount": total, "limit": limit, "offset": offset, "items": items})
 
 
-@router.get("/invoices/{invoiceId}", response_class=Response)
+@router.get(
+    "/invoices/{invoiceId}",
+    response_class=Response,
+    responses=responses(InvoiceShape, 404, content={"text/html": {"schema": {"type": "string"}}}),
+)
 async def get_invoice(
     request: Request,
     invoiceId: str,
@@ -88,7 +95,11 @@ async def get_invoice(
     return await _invoice_response(request, invoice, _wants_html(request, format))
 
 
-@router.get("/invoices/{invoiceId}/html", response_class=Response)
+@router.get(
+    "/invoices/{invoiceId}/html",
+    response_class=Response,
+    responses=responses(None, 404, content={"text/html": {"schema": {"type": "string"}}}),
+)
 async def get_invoice_html(
     request: Request, invoiceId: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
@@ -116,7 +127,7 @@ async def _transition(request: Request, invoice_id: str, action: str) -> Respons
     return await _invoice_response(request, invoice, False)
 
 
-@router.post("/invoices/{invoiceId}/advance", response_class=Response)
+@router.post("/invoices/{invoiceId}/advance", response_class=Response, responses=responses(InvoiceShape, 404, 409))
 async def advance_invoice(
     request: Request, invoiceId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -124,7 +135,7 @@ async def advance_invoice(
     return await _transition(request, invoiceId, "advance")
 
 
-@router.post("/invoices/{invoiceId}/approve", response_class=Response)
+@router.post("/invoices/{invoiceId}/approve", response_class=Response, responses=responses(InvoiceShape, 404, 409))
 async def approve_invoice(
     request: Request, invoiceId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -132,7 +143,7 @@ async def approve_invoice(
     return await _transition(request, invoiceId, "approve")
 
 
-@router.post("/invoices/{invoiceId}/void", response_class=Response)
+@router.post("/invoices/{invoiceId}/void", response_class=Response, responses=responses(InvoiceShape, 404, 409))
 async def void_invoice(
     request: Request, invoiceId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -140,21 +151,23 @@ async def void_invoice(
     return await _transition(request, invoiceId, "void")
 
 
-@router.post("/invoices/{invoiceId}/mark-paid", response_class=Response)
+@router.post("/invoices/{invoiceId}/mark-paid", response_class=Response, responses=responses(InvoiceShape, 404, 409))
 async def mark_invoice_paid(
     request: Request, invoiceId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
     return await _transition(request, invoiceId, "mark-paid")
 
 
-@router.post("/invoices/{invoiceId}/mark-uncollectible", response_class=Response)
+@router.post(
+    "/invoices/{invoiceId}/mark-uncollectible", response_class=Response, responses=responses(InvoiceShape, 404, 409)
+)
 async def mark_invoice_uncollectible(
     request: Request, invoiceId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
     return await _transition(request, invoiceId, "mark-uncollectible")
 
 
-@router.post("/invoices/{invoiceId}/sync", response_class=Response)
+@router.post("/invoices/{invoiceId}/sync", response_class=Response, responses=responses(InvoiceShape, 404, 409))
 async def sync_invoice(
     request: Request, invoiceId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -174,7 +187,11 @@ def _at(value: datetime | None) -> datetime | None:
     return value
 
 
-@router.get("/customers/{customerId}/invoices/simulate", response_class=Response)
+@router.get(
+    "/customers/{customerId}/invoices/simulate",
+    response_class=Response,
+    responses=responses(InvoiceList, 404, content={"text/html": {"schema": {"type": "string"}}}),
+)
 async def simulate_invoices(
     request: Request,
     customerId: str,
@@ -193,7 +210,7 @@ async def simulate_invoices(
     return _json({"items": [invoice_json(p) for p in previews]})
 
 
-@router.get("/customers/{customerId}/usage", response_class=Response)
+@router.get("/customers/{customerId}/usage", response_class=Response, responses=responses(CustomerUsage, 404))
 async def current_usage(
     request: Request,
     customerId: str,

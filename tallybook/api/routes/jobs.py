@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.security import require
+from tallybook.api.wire.jobs import JobList, JobRunReport
 from tallybook.clock import format_rfc3339, from_micros
 from tallybook.store.base import ApiKeyRecord
 
@@ -22,7 +23,7 @@ def _time(micros: int | None) -> str | None:
     return format_rfc3339(from_micros(micros)) if micros is not None else None
 
 
-@router.post("/run")
+@router.post("/run", response_model=JobRunReport)
 async def run_jobs(request: Request, _key: Admin) -> Response:
     """Run every job once now: close finished periods, send reports, deliver what is due.
 
@@ -34,7 +35,7 @@ async def run_jobs(request: Request, _key: Admin) -> Response:
     return Response(jsonutil.dumpb(body), media_type="application/json")
 
 
-@router.get("")
+@router.get("", response_model=JobList)
 async def list_jobs(request: Request, _key: Admin) -> Response:
     runtime = runtime_of(request)
     runs = {r.name: r for r in await run_in_threadpool(runtime.jobs.jobs_store.list_runs)}

@@ -14,8 +14,18 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, read_limited_body
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import json_body, query_parameters, responses
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
+from tallybook.api.wire.meters import (
+    CSV_CONTENT,
+    METER_QUERY_PARAMETERS,
+    SUBJECT_PARAMETERS,
+    MeterQueryResult,
+)
+from tallybook.api.wire.meters import (
+    Meter as MeterShape,
+)
 from tallybook.clock import format_rfc3339
 from tallybook.ingest.events import parse_time
 from tallybook.meters.models import Aggregation, Meter, MeterError, MeterSpec, UsageQuery, UsageResult
@@ -123,13 +133,18 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(jsonutil.dumpb(value), status_code=status, media_type="application/json")
 
 
-@router.get("/meters")
+@router.get("/meters", response_model=list[MeterShape])
 async def list_meters(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]) -> Response:
     meters = await run_in_threadpool(runtime_of(request).meters.list)
     return _json([meter_json(m) for m in meters])
 
 
-@router.post("/meters")
+@router.post(
+    "/meters",
+    status_code=201,
+    responses=responses(MeterShape, 409, 413, status=201),
+    openapi_extra=json_body(("application/json", MeterCreateBody)),
+)
 async def create_meter(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]) -> Response:
     body: MeterCreateBody = await _json_body(request, MeterCreateBody)
     spec = MeterSpec(
@@ -150,7 +165,7 @@ async def create_meter(request: Request, _key: Annotated[ApiKeyRecord, Depends(r
     return _json(meter_json(meter), status=201)
 
 
-@router.get("/meters/{meterIdOrSlug}")
+@router.get("/meters/{meterIdOrSlug}", responses=responses(MeterShape, 404))
 async def get_meter(
     meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
@@ -161,7 +176,11 @@ async def get_meter(
     return _json(meter_json(meter))
 
 
-@router.put("/meters/{meterIdOrSlug}")
+@router.put(
+    "/meters/{meterIdOrSlug}",
+    responses=responses(MeterShape, 404, 409, 413),
+    openapi_extra=json_body(("application/json", MeterUpdateBody)),
+)
 async def update_meter(
     meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -191,7 +210,7 @@ async def update_meter(
     return _json(meter_json(meter))
 
 
-@router.delete("/meters/{meterIdOrSlug}", status_code=204, response_class=Response)
+@router.delete("/meters/{meterIdOrSlug}", status_code=204, response_class=Response, responses=responses(None, 404, 409))
 async def delete_meter(
     meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -313,7 +332,11 @@ async def _run_query(request: Request, q: UsageQuery) -> Response:
     return _result_response(request, result, q)
 
 
-@router.get("/meters/{meterIdOrSlug}/query")
+@router.get(
+    "/meters/{meterIdOrSlug}/query",
+    responses=responses(MeterQueryResult, 404, content=CSV_CONTENT),
+    openapi_extra=query_parameters(METER_QUERY_PARAMETERS),
+)
 async def query_meter(
     meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
@@ -321,7 +344,11 @@ async def query_meter(
     return await _run_query(request, _query_from_params(meterIdOrSlug, request))
 
 
-@router.post("/meters/{meterIdOrSlug}/query")
+@router.post(
+    "/meters/{meterIdOrSlug}/query",
+    responses=responses(MeterQueryResult, 404, 413, content=CSV_CONTENT),
+    openapi_extra=json_body(("application/json", MeterQueryBody)),
+)
 async def query_meter_post(
     meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
@@ -329,7 +356,11 @@ async def query_meter_post(
     return await _run_query(request, _query_from_body(meterIdOrSlug, body))
 
 
-@router.get("/meters/{meterIdOrSlug}/subjects")
+@router.get(
+    "/meters/{meterIdOrSlug}/subjects",
+    responses=responses(list[str], 404),
+    openapi_extra=query_parameters(SUBJECT_PARAMETERS),
+)
 async def meter_subjects(
     meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:

@@ -18,9 +18,18 @@ from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import responses
 from tallybook.api.params import instant_micros
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
+from tallybook.api.wire.notifications import (
+    Channel,
+    ChannelPage,
+    NotificationEvent,
+    NotificationEventPage,
+    Rule,
+    RulePage,
+)
 from tallybook.clock import format_rfc3339, from_micros
 from tallybook.store.base import ApiKeyRecord
 from tallybook.store.webhooks import AttemptRow, ChannelRow, DeliveryRow, EventFilter, EventRow, RuleRow
@@ -160,7 +169,7 @@ def _page_of(rows: list[Any], page: int, page_size: int, order: str, order_by: s
 
 
 # -- channels ---------------------------------------------------------------------------------------
-@router.get("/channels")
+@router.get("/channels", responses=responses(ChannelPage))
 async def list_channels(
     request: Request,
     _key: Admin,
@@ -187,26 +196,26 @@ def _channel_input(body: ChannelBody) -> ChannelInput:
     )
 
 
-@router.post("/channels")
+@router.post("/channels", status_code=201, responses=responses(Channel, status=201))
 async def create_channel(request: Request, body: ChannelBody, _key: Admin) -> Response:
     """Create a webhook channel. Without `signingSecret` a `whsec_...` secret is generated."""
     channel = await _call(_service(request).create_channel, _channel_input(body))
     return _json(channel_json(channel), status=201)
 
 
-@router.get("/channels/{channelId}")
+@router.get("/channels/{channelId}", responses=responses(Channel, 404))
 async def get_channel(request: Request, channelId: str, _key: Admin) -> Response:
     return _json(channel_json(await _call(_service(request).get_channel, channelId)))
 
 
-@router.put("/channels/{channelId}")
+@router.put("/channels/{channelId}", responses=responses(Channel, 404))
 async def update_channel(request: Request, channelId: str, body: ChannelBody, _key: Admin) -> Response:
     """Replace a channel's settings. Re-enabling (disabled: false) clears a 410 Gone disablement."""
     channel = await _call(_service(request).update_channel, channelId, _channel_input(body))
     return _json(channel_json(channel))
 
 
-@router.delete("/channels/{channelId}", status_code=204, response_class=Response)
+@router.delete("/channels/{channelId}", status_code=204, response_class=Response, responses=responses(None, 404))
 async def delete_channel(request: Request, channelId: str, _key: Admin) -> Response:
     await _call(_service(request).delete_channel, channelId)
     return Response(status_code=204)
@@ -219,7 +228,7 @@ def _rule_input(body: RuleBody) -> RuleInput:
     )
 
 
-@router.get("/rules")
+@router.get("/rules", responses=responses(RulePage))
 async def list_rules(
     request: Request,
     _key: Admin,
@@ -238,23 +247,23 @@ async def list_rules(
     return _json(_paginate([rule_json(r) for r in selected], page, pageSize, total))
 
 
-@router.post("/rules")
+@router.post("/rules", status_code=201, responses=responses(Rule, status=201))
 async def create_rule(request: Request, body: RuleBody, _key: Admin) -> Response:
     rule = await _call(_service(request).create_rule, _rule_input(body))
     return _json(rule_json(rule), status=201)
 
 
-@router.get("/rules/{ruleId}")
+@router.get("/rules/{ruleId}", responses=responses(Rule, 404))
 async def get_rule(request: Request, ruleId: str, _key: Admin) -> Response:
     return _json(rule_json(await _call(_service(request).get_rule, ruleId)))
 
 
-@router.put("/rules/{ruleId}")
+@router.put("/rules/{ruleId}", responses=responses(Rule, 404))
 async def update_rule(request: Request, ruleId: str, body: RuleBody, _key: Admin) -> Response:
     return _json(rule_json(await _call(_service(request).update_rule, ruleId, _rule_input(body))))
 
 
-@router.delete("/rules/{ruleId}", status_code=204, response_class=Response)
+@router.delete("/rules/{ruleId}", status_code=204, response_class=Response, responses=responses(None, 404))
 async def delete_rule(request: Request, ruleId: str, _key: Admin) -> Response:
     await _call(_service(request).delete_rule, ruleId)
     return Response(status_code=204)
@@ -310,7 +319,7 @@ def _events_json(service: WebhookService, events: list[EventRow]) -> list[dict[s
     return items
 
 
-@router.get("/events")
+@router.get("/events", responses=responses(NotificationEventPage))
 async def list_events(
     request: Request,
     _key: Reader,
@@ -347,7 +356,7 @@ async def list_events(
     return _json(await _call(load))
 
 
-@router.get("/events/{eventId}")
+@router.get("/events/{eventId}", responses=responses(NotificationEvent, 404))
 async def get_event(request: Request, eventId: str, _key: Reader) -> Response:
     service = _service(request)
 
@@ -357,7 +366,12 @@ async def get_event(request: Request, eventId: str, _key: Reader) -> Response:
     return _json(await _call(load))
 
 
-@router.post("/events/{eventId}/resend", status_code=202, response_class=Response)
+@router.post(
+    "/events/{eventId}/resend",
+    status_code=202,
+    response_class=Response,
+    responses=responses(None, 404, status=202, description="Accepted (no body): the worker sends it again"),
+)
 async def resend_event(request: Request, eventId: str, _key: Admin, body: ResendBody | None = None) -> Response:
     """Send the event again to its channels (or to the listed ones); the worker picks it up."""
     channels = tuple(body.channels or ()) if body else ()

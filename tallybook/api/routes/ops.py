@@ -8,17 +8,23 @@ from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import responses
+from tallybook.api.wire.ops import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
     """The process is up and serving HTTP."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: a check failed"}},
+)
 async def readyz(request: Request) -> Response:
     """The store answers and the ingest writer runs: safe to send traffic."""
     runtime = runtime_of(request)
@@ -34,6 +40,12 @@ async def readyz(request: Request) -> Response:
     return Response(jsonutil.dumpb(body), status_code=200 if ready else 503, media_type="application/json")
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses=responses(
+        content={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, description="Prometheus text exposition"
+    ),
+)
 async def metrics(request: Request) -> Response:
     return Response(runtime_of(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.security import require
+from tallybook.api.wire.overview import Overview
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.observability.metrics import Metrics
 from tallybook.runtime import Runtime
@@ -64,7 +65,7 @@ def overview(runtime: Runtime, minutes: int) -> dict[str, Any]:
     }
 
 
-@router.get("/overview")
+@router.get("/overview", response_model=Overview)
 async def get_overview(request: Request, _key: Reader, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> Response:
     """Events stored per minute (last `minutes`), ingest counters, invalid events, webhook delivery states."""
     body = await run_in_threadpool(overview, runtime_of(request), minutes)

@@ -10,8 +10,10 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
+from tallybook.api.wire.billing import Plan, PlanPage
 from tallybook.billing.catalog import (
     CatalogError,
     InvalidPlan,
@@ -107,7 +109,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(jsonutil.dumpb(body), status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers)
 
 
-@router.get("/plans", response_class=Response)
+@router.get("/plans", response_class=Response, responses=responses(PlanPage))
 async def list_plans(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
@@ -154,7 +156,13 @@ async def list_plans(
     )
 
 
-@router.post("/plans", status_code=201, response_class=Response, openapi_extra=_BODY_DOC)
+@router.post(
+    "/plans",
+    status_code=201,
+    response_class=Response,
+    openapi_extra=_BODY_DOC,
+    responses=responses(Plan, 409, 413, 415, status=201),
+)
 async def create_plan(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]) -> Response:
     """Create a new plan key as a draft, version 1. Rate cards come in a single phase."""
     payload = await _plan_body(request)
@@ -166,7 +174,7 @@ async def create_plan(request: Request, _key: Annotated[ApiKeyRecord, Depends(re
     return _json(plan_json(plan), 201, headers={"Location": f"/api/v1/plans/{plan.id}"})
 
 
-@router.get("/plans/{planId}", response_class=Response)
+@router.get("/plans/{planId}", response_class=Response, responses=responses(Plan, 404))
 async def get_plan(
     request: Request,
     planId: str,
@@ -184,7 +192,9 @@ async def get_plan(
     return _json(plan_json(plan))
 
 
-@router.put("/plans/{planId}", response_class=Response, openapi_extra=_BODY_DOC)
+@router.put(
+    "/plans/{planId}", response_class=Response, openapi_extra=_BODY_DOC, responses=responses(Plan, 404, 409, 413, 415)
+)
 async def update_plan(
     request: Request, planId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -203,7 +213,7 @@ async def update_plan(
     return _json(plan_json(plan))
 
 
-@router.delete("/plans/{planId}", status_code=204, response_class=Response)
+@router.delete("/plans/{planId}", status_code=204, response_class=Response, responses=responses(None, 404, 409))
 async def delete_plan(
     request: Request, planId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -215,7 +225,7 @@ async def delete_plan(
     return Response(status_code=204)
 
 
-@router.post("/plans/{planId}/publish", response_class=Response)
+@router.post("/plans/{planId}/publish", response_class=Response, responses=responses(Plan, 404, 409))
 async def publish_plan(
     request: Request, planId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -227,7 +237,7 @@ async def publish_plan(
     return _json(plan_json(plan))
 
 
-@router.post("/plans/{planId}/archive", response_class=Response)
+@router.post("/plans/{planId}/archive", response_class=Response, responses=responses(Plan, 404, 409))
 async def archive_plan(
     request: Request, planId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -239,7 +249,12 @@ async def archive_plan(
     return _json(plan_json(plan))
 
 
-@router.post("/plans/{planIdOrKey}/next", status_code=201, response_class=Response)
+@router.post(
+    "/plans/{planIdOrKey}/next",
+    status_code=201,
+    response_class=Response,
+    responses=responses(Plan, 404, 409, status=201),
+)
 async def next_plan_version(
     request: Request, planIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:

@@ -18,9 +18,13 @@ from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import json_body, query_parameters, responses
 from tallybook.api.problems import Problem
 from tallybook.api.routes.meters import _json_body, _query_from_params, _run_query
 from tallybook.api.security import presented_key, require
+from tallybook.api.wire.meters import CSV_CONTENT, METER_QUERY_PARAMETERS, MeterQueryResult
+from tallybook.api.wire.portal import InvoiceEstimate, PortalHolderInfo
+from tallybook.api.wire.portal import PortalToken as PortalTokenShape
 from tallybook.clock import format_rfc3339
 from tallybook.portal import PortalError, PortalToken
 from tallybook.portal.service import PortalHolder
@@ -92,7 +96,9 @@ Holder = Annotated[PortalHolder, Depends(portal_holder)]
 
 
 # -- admin: issuing tokens --------------------------------------------------------------------------
-@router.post("/tokens")
+@router.post(
+    "/tokens", responses=responses(PortalTokenShape, 404, 413), openapi_extra=json_body(("application/json", TokenBody))
+)
 async def create_token(request: Request, _key: Admin) -> Response:
     """Issue a token for one customer (`customerId`, id or key) or one `subject`. The token is shown once."""
     body: TokenBody = await _json_body(request, TokenBody)
@@ -111,7 +117,7 @@ async def create_token(request: Request, _key: Admin) -> Response:
     return _json(token_json(created.token, runtime.clock.now(), created.plaintext))
 
 
-@router.get("/tokens")
+@router.get("/tokens", response_model=list[PortalTokenShape])
 async def list_tokens(request: Request, _key: Admin, limit: Annotated[int, Query(ge=1, le=100)] = 25) -> Response:
     """The newest tokens (never their secrets)."""
     runtime = runtime_of(request)
@@ -120,7 +126,13 @@ async def list_tokens(request: Request, _key: Admin, limit: Annotated[int, Query
     return _json([token_json(t, now) for t in tokens])
 
 
-@router.post("/tokens/invalidate", status_code=204, response_class=Response)
+@router.post(
+    "/tokens/invalidate",
+    status_code=204,
+    response_class=Response,
+    responses=responses(None, 404, 413),
+    openapi_extra=json_body(("application/json", InvalidateBody)),
+)
 async def invalidate_tokens(request: Request, _key: Admin) -> Response:
     """Invalidate a token by `id`, every token of a `subject`, or every token of a `customerId`."""
     body: InvalidateBody = await _json_body(request, InvalidateBody)
@@ -133,7 +145,11 @@ async def invalidate_tokens(request: Request, _key: Admin) -> Response:
 
 
 # -- token holders ----------------------------------------------------------------------------------
-@router.get("/meters/{meterSlug}/query")
+@router.get(
+    "/meters/{meterSlug}/query",
+    responses=responses(MeterQueryResult, 403, 404, content=CSV_CONTENT),
+    openapi_extra=query_parameters(METER_QUERY_PARAMETERS),
+)
 async def query_portal_meter(meterSlug: str, request: Request, holder: Holder) -> Response:
     """The holder's usage of one meter; same parameters and answer as `GET /api/v1/meters/{slug}/query`."""
     portal = runtime_of(request).portal
@@ -165,7 +181,7 @@ def _current_month(zone_name: str, now: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
-@router.get("/me")
+@router.get("/me", response_model=PortalHolderInfo)
 async def portal_me(request: Request, holder: Holder) -> Response:
     """Tallybook extension for the portal page: whose usage this is, the meters it may read, the period."""
     runtime = runtime_of(request)
@@ -223,7 +239,7 @@ def _estimate(runtime: Any, holder: PortalHolder) -> list[dict[str, Any]]:
     return items
 
 
-@router.get("/invoice-estimate")
+@router.get("/invoice-estimate", responses=responses(InvoiceEstimate, 404))
 async def portal_invoice_estimate(request: Request, holder: Holder) -> Response:
     """Tallybook extension: the holder's upcoming invoice(s) for the current period, as they stand now.
 

@@ -12,9 +12,12 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
 from tallybook.api.routes.customers import customer_problem
 from tallybook.api.security import require
+from tallybook.api.wire.customers import CustomerAppDataPage, StripeCustomerLink
+from tallybook.api.wire.stripe import CheckoutSession, StripeReportPage, WebhookReceipt
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.customers import CustomerError
 from tallybook.store.base import ApiKeyRecord
@@ -46,6 +49,20 @@ _APPS_BODY_SCHEMA: dict[str, Any] = {
 
 def _doc(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_STRIPE_WEBHOOK_DOC: dict[str, Any] = {
+    **_doc({"type": "object", "description": "A Stripe event, exactly as Stripe sends it"}),
+    "parameters": [
+        {
+            "name": "Stripe-Signature",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "Stripe's signature of the body with the webhook secret",
+        }
+    ],
+}
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -112,7 +129,12 @@ async def _json_body(request: Request) -> Any:
     return decode_json(await read_limited_body(request, MAX_BODY_BYTES))
 
 
-@router.put("/customers/{customerIdOrKey}/stripe", response_class=Response, openapi_extra=_doc(_STRIPE_BODY_SCHEMA))
+@router.put(
+    "/customers/{customerIdOrKey}/stripe",
+    response_class=Response,
+    openapi_extra=_doc(_STRIPE_BODY_SCHEMA),
+    responses=responses(StripeCustomerLink, 404, 409, 413, 415),
+)
 async def put_customer_stripe(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -122,7 +144,9 @@ async def put_customer_stripe(
     return _json(link_json(link))
 
 
-@router.get("/customers/{customerIdOrKey}/stripe", response_class=Response)
+@router.get(
+    "/customers/{customerIdOrKey}/stripe", response_class=Response, responses=responses(StripeCustomerLink, 404)
+)
 async def get_customer_stripe(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
@@ -130,7 +154,12 @@ async def get_customer_stripe(
     return _json(link_json(link))
 
 
-@router.put("/customers/{customerIdOrKey}/apps", response_class=Response, openapi_extra=_doc(_APPS_BODY_SCHEMA))
+@router.put(
+    "/customers/{customerIdOrKey}/apps",
+    response_class=Response,
+    openapi_extra=_doc(_APPS_BODY_SCHEMA),
+    responses=responses(list[StripeCustomerLink], 404, 409, 413, 415),
+)
 async def put_customer_apps(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -140,7 +169,7 @@ async def put_customer_apps(
     return _json([link_json(link) for link in links])
 
 
-@router.get("/customers/{customerIdOrKey}/apps", response_class=Response)
+@router.get("/customers/{customerIdOrKey}/apps", response_class=Response, responses=responses(CustomerAppDataPage, 404))
 async def list_customer_apps(
     request: Request,
     customerIdOrKey: str,
@@ -156,7 +185,12 @@ async def list_customer_apps(
     return _json({"items": shown, "page": page, "pageSize": pageSize, "totalCount": len(items)})
 
 
-@router.post("/stripe/webhook", response_class=Response)
+@router.post(
+    "/stripe/webhook",
+    response_class=Response,
+    responses=responses(WebhookReceipt, 404, 409, 413),
+    openapi_extra=_STRIPE_WEBHOOK_DOC,
+)
 async def stripe_webhook(request: Request) -> Response:
     """Stripe's webhook target: authenticated by the Stripe-Signature header, not by an API key."""
     payload = await read_limited_body(request, WEBHOOK_MAX_BYTES)
@@ -165,7 +199,7 @@ async def stripe_webhook(request: Request) -> Response:
     return _json(result)
 
 
-@router.get("/stripe/reports", response_class=Response)
+@router.get("/stripe/reports", response_class=Response, responses=responses(StripeReportPage))
 async def list_reports(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
@@ -243,6 +277,7 @@ _CHECKOUT_BODY_SCHEMA: dict[str, Any] = {
     status_code=201,
     response_class=Response,
     openapi_extra=_doc(_CHECKOUT_BODY_SCHEMA),
+    responses=responses(CheckoutSession, 404, 409, 413, 415, status=201),
 )
 async def create_checkout_session(
     request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]

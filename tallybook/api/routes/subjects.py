@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.security import require
+from tallybook.api.wire.customers import Subject
 from tallybook.customers import SeenSubject
 from tallybook.store.base import ApiKeyRecord
 
@@ -28,7 +29,7 @@ def subject_json(subject: SeenSubject) -> dict[str, Any]:
     return body
 
 
-@router.get("/subjects", response_class=Response)
+@router.get("/subjects", response_model=list[Subject])
 async def list_subjects(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]) -> Response:
     """Every distinct subject of stored events, sorted by key. It scans the events table."""
     found = await run_in_threadpool(runtime_of(request).customers.seen_subjects)

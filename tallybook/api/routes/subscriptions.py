@@ -11,8 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
+from tallybook.api.wire.billing import Subscription as SubscriptionShape
+from tallybook.api.wire.billing import SubscriptionChange, SubscriptionList
 from tallybook.billing.catalog import format_cadence
 from tallybook.billing.periods import Alignment
 from tallybook.billing.subscriptions import Subscription, SubscriptionError, SubscriptionInput, Timing
@@ -182,7 +185,13 @@ def _str_map(value: Any, name: str) -> dict[str, str] | None:
     return value
 
 
-@router.post("/subscriptions", status_code=201, response_class=Response, openapi_extra=_CREATE_DOC)
+@router.post(
+    "/subscriptions",
+    status_code=201,
+    response_class=Response,
+    openapi_extra=_CREATE_DOC,
+    responses=responses(SubscriptionShape, 404, 409, 413, 415, status=201),
+)
 async def create_subscription(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]) -> Response:
     """Subscribe a customer to a plan version (the published one unless `plan.version` is given)."""
     body = await _body(request, required=True)
@@ -215,7 +224,7 @@ async def create_subscription(request: Request, _key: Annotated[ApiKeyRecord, De
     return _json(subscription_json(sub, runtime.clock.now()), 201, {"Location": f"/api/v1/subscriptions/{sub.id}"})
 
 
-@router.get("/subscriptions", response_class=Response)
+@router.get("/subscriptions", response_class=Response, responses=responses(SubscriptionList, 404))
 async def list_subscriptions(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("read"))],
@@ -233,7 +242,7 @@ async def list_subscriptions(
     return _json({"items": [subscription_json(s, now) for s in subs], "limit": limit, "offset": offset})
 
 
-@router.get("/subscriptions/{subscriptionId}", response_class=Response)
+@router.get("/subscriptions/{subscriptionId}", response_class=Response, responses=responses(SubscriptionShape, 404))
 async def get_subscription(
     request: Request, subscriptionId: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
@@ -245,7 +254,12 @@ async def get_subscription(
     return _json(subscription_json(sub, runtime.clock.now()))
 
 
-@router.post("/subscriptions/{subscriptionId}/cancel", response_class=Response, openapi_extra=_CANCEL_DOC)
+@router.post(
+    "/subscriptions/{subscriptionId}/cancel",
+    response_class=Response,
+    openapi_extra=_CANCEL_DOC,
+    responses=responses(SubscriptionShape, 404, 409, 413, 415),
+)
 async def cancel_subscription(
     request: Request, subscriptionId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
@@ -260,7 +274,12 @@ async def cancel_subscription(
     return _json(subscription_json(sub, runtime.clock.now()))
 
 
-@router.post("/subscriptions/{subscriptionId}/change", response_class=Response, openapi_extra=_CHANGE_DOC)
+@router.post(
+    "/subscriptions/{subscriptionId}/change",
+    response_class=Response,
+    openapi_extra=_CHANGE_DOC,
+    responses=responses(SubscriptionChange, 404, 409, 413, 415),
+)
 async def change_subscription(
     request: Request, subscriptionId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:

@@ -1,0 +1,86 @@
+"""Meters and their usage (OpenMeter's Meter, MeterQueryResult, MeterQueryRow)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from tallybook.api.wire.base import DATE_TIME, StringMap, Wire
+from tallybook.meters.models import Aggregation
+from tallybook.meters.windows import WindowSize
+
+
+class MeterAnnotations(Wire):
+    managedBy: str = Field(alias="tallybook.managedBy", description="`config` (tallybook.yaml) or `api`")
+    invalidEvents: int = Field(alias="tallybook.invalidEvents", description="events this meter cannot count")
+    billedAt: str | None = Field(
+        alias="tallybook.billedAt", json_schema_extra=DATE_TIME, description="locked since it was first billed"
+    )
+
+
+class Meter(Wire):
+    id: str
+    slug: str
+    name: str | None
+    description: str | None = None
+    aggregation: Aggregation
+    eventType: str
+    eventFrom: str | None = Field(None, json_schema_extra=DATE_TIME)
+    valueProperty: str | None = None
+    groupBy: StringMap
+    metadata: StringMap | None = None
+    createdAt: str = Field(json_schema_extra=DATE_TIME)
+    updatedAt: str = Field(json_schema_extra=DATE_TIME)
+    annotations: MeterAnnotations
+
+
+class MeterQueryRow(Wire):
+    value: float
+    windowStart: str = Field(json_schema_extra=DATE_TIME)
+    windowEnd: str = Field(json_schema_extra=DATE_TIME)
+    subject: str | None
+    customerId: str | None
+    groupBy: dict[str, str | None]
+
+
+class MeterQueryResult(Wire):
+    from_: str | None = Field(alias="from", json_schema_extra=DATE_TIME)
+    to: str = Field(json_schema_extra=DATE_TIME)
+    windowSize: WindowSize | None
+    data: list[MeterQueryRow]
+
+
+CSV_CONTENT: dict[str, Any] = {
+    "text/csv": {
+        "schema": {
+            "type": "string",
+            "description": "with `Accept: text/csv`: window_start,window_end,subject,customer_id,<groupBy...>,value",
+        }
+    }
+}
+
+
+_INSTANT = {"type": "string", "description": "RFC 3339 date-time with an offset, e.g. 2026-01-05T00:00:00Z"}
+_STRINGS = {"type": "array", "items": {"type": "string"}, "explode": True}
+METER_QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
+    "from": {**_INSTANT, "description": "start (inclusive), on a window boundary"},
+    "to": {**_INSTANT, "description": "end (exclusive), on a window boundary"},
+    "windowSize": {"type": "string", "enum": [w.value for w in WindowSize]},
+    "windowTimeZone": {"type": "string", "description": "IANA time zone of the windows (default UTC)"},
+    "subject": _STRINGS,
+    "filterCustomerId": _STRINGS,
+    "groupBy": _STRINGS,
+    "filterGroupBy": {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "style": "deepObject",
+        "explode": True,
+        "description": "filterGroupBy[key]=value, repeatable",
+    },
+    "asOf": {**_INSTANT, "description": "the figures as they were at this instant"},
+}
+SUBJECT_PARAMETERS: dict[str, dict[str, Any]] = {
+    "from": {**_INSTANT, "description": "event time from (inclusive)"},
+    "to": {**_INSTANT, "description": "event time to (exclusive)"},
+}
