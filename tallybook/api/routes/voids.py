@@ -5,105 +5,27 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, read_limited_body
 from tallybook.api.ingesting import runtime_of
+from tallybook.api.openapi import json_body, responses
 from tallybook.api.problems import Problem
 from tallybook.api.routes.events import SINGLE, parse_cloudevents
 from tallybook.api.security import require
+from tallybook.api.wire.voids import AmendBody, VoidBody, VoidPage, VoidPreview, VoidRecord
 from tallybook.clock import format_rfc3339, to_micros
 from tallybook.ingest.events import BatchTooLarge, InvalidEvents, may_hold_surrogates, parse_time
 from tallybook.store.base import ApiKeyRecord
-from tallybook.voids.model import (
-    MAX_KEYS,
-    Actor,
-    AmendRequest,
-    EventKey,
-    VoidFilter,
-    VoidPreview,
-    VoidRecord,
-    VoidRequest,
-)
+from tallybook.voids import model
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 
 
-class EventKeyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    source: str = Field(min_length=1)
-    id: str = Field(min_length=1)
-
-
-class VoidFilterBody(BaseModel):
-    """Events by subject, type and/or source, with event time in [from, to)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    subject: str | None = None
-    type: str | None = None
-    source: str | None = None
-    from_: str | None = Field(default=None, alias="from", description="RFC 3339, inclusive")
-    to: str | None = Field(default=None, description="RFC 3339, exclusive")
-
-
-class VoidBody(BaseModel):
-    """Either `events` or `filter`; `reason` is required and kept in the audit trail."""
-
-    model_config = ConfigDict(extra="forbid")
-    events: list[EventKeyBody] | None = Field(default=None, max_length=MAX_KEYS)
-    filter: VoidFilterBody | None = None
-    reason: str
-    dryRun: bool = False
-
-
-class AmendBody(BaseModel):
-    """The event to void (`source`, `id`) and its corrected version (`event`, a CloudEvent with a new id)."""
-
-    model_config = ConfigDict(extra="forbid")
-    source: str = Field(min_length=1)
-    id: str = Field(min_length=1)
-    reason: str
-    event: dict[str, Any]
-
-
-# -- response shapes (documentation of what the routes render) ---------------------------------------
-class ActorOut(BaseModel):
-    type: str = Field(description="apiKey or cli")
-    id: str | None = Field(description="the API key's id (apiKey)")
-    name: str | None = Field(description="the API key's name, or the CLI's operating-system user")
-
-
-class VoidRecordOut(BaseModel):
-    id: str
-    kind: str = Field(description="void or amend")
-    createdAt: str = Field(description="when the events stopped counting (RFC 3339)")
-    reason: str
-    actor: ActorOut
-    selection: dict[str, Any] = Field(description='what was asked: {"events": [...]} or {"filter": {...}}')
-    eventCount: int
-    events: list[EventKeyBody] | None = Field(
-        default=None, description="the first 1,000 voided events (left out of list items)"
-    )
-    replacement: EventKeyBody | None = Field(description="amend: the corrected event's key")
-
-
-class VoidPreviewOut(BaseModel):
-    dryRun: bool
-    eventCount: int
-    events: list[EventKeyBody] = Field(description="the first 1,000 events a void would take out")
-
-
-class VoidPageOut(BaseModel):
-    totalCount: int
-    page: int
-    pageSize: int
-    items: list[VoidRecordOut]
-
-
-def actor_of(key: ApiKeyRecord) -> Actor:
-    return Actor("apiKey", key.id, key.name)
+def actor_of(key: ApiKeyRecord) -> model.Actor:
+    return model.Actor("apiKey", key.id, key.name)
 
 
 def _instant(value: str | None, name: str) -> Any:
@@ -115,7 +37,7 @@ def _instant(value: str | None, name: str) -> Any:
         raise Problem(400, "invalid-void", f"filter.{name}: {exc}") from None
 
 
-def record_json(record: VoidRecord, with_events: bool = True) -> dict[str, Any]:
+def record_json(record: model.VoidRecord, with_events: bool = True) -> dict[str, Any]:
     body = {
         "id": record.id,
         "kind": record.kind,
@@ -131,7 +53,7 @@ def record_json(record: VoidRecord, with_events: bool = True) -> dict[str, Any]:
     return body
 
 
-def preview_json(preview: VoidPreview) -> dict[str, Any]:
+def preview_json(preview: model.VoidPreview) -> dict[str, Any]:
     return {"dryRun": True, "eventCount": preview.event_count, "events": [k.as_dict() for k in preview.events]}
 
 
@@ -142,9 +64,10 @@ def _json(body: Any, status: int = 200) -> Response:
 @router.post(
     "/void",
     status_code=201,
+    response_class=Response,
     responses={
-        201: {"model": VoidRecordOut, "description": "voided: the audit record"},
-        200: {"model": VoidPreviewOut, "description": "dryRun: what would be voided"},
+        **responses(VoidRecord, 404, 409, status=201, description="voided: the audit record"),
+        200: {"model": VoidPreview, "description": "dryRun: what would be voided, nothing changed"},
     },
 )
 async def void_events(
@@ -155,11 +78,11 @@ async def void_events(
     flt = None
     if body.filter is not None:
         f = body.filter
-        flt = VoidFilter(f.subject, f.type, f.source, _instant(f.from_, "from"), _instant(f.to, "to"))
-    void = VoidRequest(
+        flt = model.VoidFilter(f.subject, f.type, f.source, _instant(f.from_, "from"), _instant(f.to, "to"))
+    void = model.VoidRequest(
         reason=body.reason,
         actor=actor_of(key),
-        events=tuple(EventKey(k.source, k.id) for k in body.events or ()),
+        events=tuple(model.EventKey(k.source, k.id) for k in body.events or ()),
         filter=flt,
         dry_run=body.dryRun,
     )
@@ -171,13 +94,9 @@ async def void_events(
 @router.post(
     "/amend",
     status_code=201,
-    responses={201: {"model": VoidRecordOut, "description": "amended: the audit record"}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": AmendBody.model_json_schema()}},
-        }
-    },
+    response_class=Response,
+    responses=responses(VoidRecord, 404, 409, 413, status=201, description="amended: the audit record"),
+    openapi_extra=json_body(("application/json", AmendBody)),
 )
 async def amend_event(request: Request, key: Annotated[ApiKeyRecord, Depends(require("admin"))]) -> Response:
     """Void one event and store its corrected version (validated like any ingested event), atomically."""
@@ -205,11 +124,11 @@ async def amend_event(request: Request, key: Annotated[ApiKeyRecord, Depends(req
         raise Problem(
             400, "invalid-events", f"the corrected event is invalid; nothing changed. {detail}", errors=errors
         ) from None
-    amend = AmendRequest(EventKey(body.source, body.id), event, body.reason, actor_of(key))
+    amend = model.AmendRequest(model.EventKey(body.source, body.id), event, body.reason, actor_of(key))
     return _json(record_json(await run_in_threadpool(runtime.voids.amend, amend)), 201)
 
 
-@router.get("/voids", responses={200: {"model": VoidPageOut, "description": "the audit trail, newest first"}})
+@router.get("/voids", response_class=Response, responses=responses(VoidPage))
 async def list_voids(
     request: Request,
     _key: Annotated[ApiKeyRecord, Depends(require("admin"))],
@@ -229,7 +148,7 @@ async def list_voids(
     )
 
 
-@router.get("/voids/{void_id}", responses={200: {"model": VoidRecordOut, "description": "one void or amend"}})
+@router.get("/voids/{void_id}", response_class=Response, responses=responses(VoidRecord, 404))
 async def get_void(
     request: Request, void_id: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
