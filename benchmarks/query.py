@@ -52,7 +52,7 @@ from tallybook.store.meters import StoredEvent, to_store_value
 PG_ADMIN_URL = os.environ.get("TALLYBOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 # Part of the cache names: bump it whenever the loaded schema or data changes.
-DATA_VERSION = 2
+DATA_VERSION = 3
 CUSTOMERS = 1000
 YEAR_START = datetime(2025, 1, 1, tzinfo=UTC)
 YEAR_END = datetime(2026, 1, 1, tzinfo=UTC)
@@ -150,7 +150,7 @@ def _usage_rows(gen: Generator, projectors: list[Projector], dialect: str) -> It
 
 USAGE_COLUMNS = "meter_key, subject, time_us, event_seq, ingested_us, num, ukey, groups, error"
 EVENT_COLUMNS = "seq, source, event_id, type, subject, time_us, ingested_us, data"
-TIME_INDEX = "CREATE INDEX ix_meter_usage_time ON meter_usage (meter_key, time_us, ingested_us, num, ukey)"
+TIME_INDEX = "CREATE INDEX ix_meter_usage_time ON meter_usage (meter_key, time_us, ingested_us, num, ukey, voided_us)"
 
 
 def _prepare(url: str) -> tuple[SqlStore, MeterService, list[Projector]]:

@@ -29,6 +29,7 @@ from tallybook.store import SqlStore, open_store
 from tallybook.stripe.checkout import CHECKOUT_EVENTS, CheckoutService
 from tallybook.stripe.invoices import INVOICE_EVENTS, SYNC_JOB, InvoiceSyncService
 from tallybook.stripe.service import REPORT_JOB, StripeService
+from tallybook.voids.service import VoidService
 from tallybook.webhooks.service import WebhookService
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Runtime:
     checkout: CheckoutService = field(init=False)
     invoice_sync: InvoiceSyncService = field(init=False)
     portal: PortalService = field(init=False)
+    voids: VoidService = field(init=False)
 
     @classmethod
     def build(
@@ -78,6 +80,7 @@ class Runtime:
         runtime.meters = MeterService(store, clock, settings.meters)
         if sync_meters:
             runtime.meters.sync_config()
+        runtime.voids = VoidService(store, clock)
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
         runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters, metrics)

@@ -25,6 +25,7 @@ from tallybook.api.routes import (
     overview,
     portal,
     subjects,
+    voids,
 )
 from tallybook.api.routes import billing_profiles as profile_routes
 from tallybook.api.routes import invoices as invoice_routes
@@ -92,6 +93,7 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.state.runtime = runtime
     install_problem_handlers(app)
     app.include_router(ops.router)
+    app.include_router(voids.router)
     app.include_router(events.router)
     app.include_router(codehooks.router)
     app.include_router(meters.router)

@@ -118,6 +118,7 @@ class Projector:
             ukey=ukey,
             groups=groups,
             error=error,
+            voided_us=event.voided_us,
         )
 
     def project_safely(self, event: StoredEvent) -> UsageRecord | None:

@@ -484,6 +484,7 @@ def _distinct_events(
         u.c.time_us >= to_micros(start),
         u.c.time_us < to_micros(end),
         u.c.error.is_(None),
+        meter_store.counts_as_of(_opt_micros(as_of)),
     ]
     if as_of is not None:
         conditions.append(u.c.ingested_us <= to_micros(as_of))

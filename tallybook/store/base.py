@@ -32,6 +32,7 @@ class EventFilter:
     ingested_to_us: int | None = None  # inclusive
     limit: int = 100
     order_by_ingested: bool = False  # codehooks lists by receive time; OpenMeter by event time
+    include_voided: bool = False  # voided events (tallybook/voids) are left out unless asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,8 @@ class SqlStore(ABC):
             conditions.append(events.c.ingested_us >= flt.ingested_from_us)
         if flt.ingested_to_us is not None:
             conditions.append(events.c.ingested_us <= flt.ingested_to_us)
+        if not flt.include_voided:
+            conditions.append(events.c.voided_us.is_(None))
         if conditions:
             query = query.where(*conditions)
         if flt.order_by_ingested:

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from tallybook.store.customers import customers
 from tallybook.store.schema import events, metadata
+from tallybook.voids.sql import latest_void_us
 
 JSON_TYPE = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 PAGE = 500
@@ -388,9 +389,12 @@ def customer_rows(conn: Connection, customer_ids: Sequence[str]) -> dict[str, di
 
 
 def latest_ingest_us(conn: Connection) -> int | None:
-    """When the newest stored event was ingested (None when there are none); uses its index."""
+    """When usage last changed: the newest event's ingest or the newest void (None when neither
+    happened). Both reads use an index."""
     value = conn.execute(select(func.max(events.c.ingested_us))).scalar_one()
-    return None if value is None else int(value)
+    voided = latest_void_us(conn)
+    changes = [int(v) for v in (value, voided) if v is not None]
+    return max(changes) if changes else None
 
 
 def live_customer_ids(conn: Connection, customer_ids: Sequence[str]) -> set[str]:

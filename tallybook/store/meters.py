@@ -113,11 +113,14 @@ meter_usage = Table(
     Column("ukey", Text, nullable=True),  # UNIQUE_COUNT meters: the value as text
     Column("groups", JSON_TYPE, nullable=True),  # {groupBy key: string value}
     Column("error", Text, nullable=True),  # why the event is not counted
+    # When the event was voided (tallybook/voids), copied here so queries skip it without a join:
+    # a row counts for a query as of T unless it was voided at or before T.
+    Column("voided_us", BigInteger, nullable=True),
     sqlite_with_rowid=False,
 )
 # The primary key clusters rows per (meter, subject, time): one customer's month is one range.
 # This index serves whole-period scans over every subject (the billing run); it carries the value,
-# the UNIQUE_COUNT key and the ingest time, so those scans never touch the table.
+# the UNIQUE_COUNT key, the ingest and the void time, so those scans never touch the table.
 Index(
     "ix_meter_usage_time",
     meter_usage.c.meter_key,
@@ -125,6 +128,7 @@ Index(
     meter_usage.c.ingested_us,
     meter_usage.c.num,
     meter_usage.c.ukey,
+    meter_usage.c.voided_us,
 )
 # Events a meter could not count are rare: two small partial indexes find them by event (for the
 # event list) and by meter (for the per-meter counter) without scanning the projection.
@@ -159,6 +163,7 @@ class UsageRecord:
     ukey: str | None
     groups: dict[str, str] | None
     error: str | None
+    voided_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +174,7 @@ class StoredEvent:
     time_us: int
     ingested_us: int
     data: Any
+    voided_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +303,7 @@ def invalid_counts(conn: Connection, keys: Sequence[int]) -> dict[int, int]:
         return {}
     rows = conn.execute(
         select(meter_usage.c.meter_key, func.count())
-        .where(meter_usage.c.error.isnot(None), meter_usage.c.meter_key.in_(list(keys)))
+        .where(meter_usage.c.error.isnot(None), meter_usage.c.meter_key.in_(list(keys)), counts_as_of(None))
         .group_by(meter_usage.c.meter_key)
     )
     return {int(k): int(n) for k, n in rows}
@@ -387,6 +393,7 @@ def events_after(
                 events.c.time_us,
                 events.c.ingested_us,
                 data,
+                events.c.voided_us,
             )
             .where(events.c.seq > cursor, events.c.seq <= up_to_seq, events.c.type.in_(wanted))
             .order_by(events.c.seq)
@@ -394,13 +401,24 @@ def events_after(
         ).all()
         if not rows:
             return
-        yield [StoredEvent(r[0], r[1], r[2], r[3], r[4], _decode_data(r[5])) for r in rows]
+        yield [StoredEvent(r[0], r[1], r[2], r[3], r[4], _decode_data(r[5]), r[6]) for r in rows]
         cursor = int(rows[-1][0])
         if len(rows) < page:
             return
 
 
-_USAGE_COLUMNS = ("meter_key", "subject", "time_us", "event_seq", "ingested_us", "num", "ukey", "groups", "error")
+_USAGE_COLUMNS = (
+    "meter_key",
+    "subject",
+    "time_us",
+    "event_seq",
+    "ingested_us",
+    "num",
+    "ukey",
+    "groups",
+    "error",
+    "voided_us",
+)
 
 
 def insert_usage(conn: Connection, records: Sequence[UsageRecord]) -> None:
@@ -421,11 +439,47 @@ def insert_usage(conn: Connection, records: Sequence[UsageRecord]) -> None:
             r.ukey,
             None if r.groups is None else jsonutil.dumps(r.groups),
             r.error,
+            r.voided_us,
         )
         for r in records
     ]
     for start in range(0, len(rows), 5_000):
         conn.exec_driver_sql(sql, rows[start : start + 5_000])
+
+
+def mark_usage_voided(conn: Connection, voided: Sequence[tuple[int, str, str, int]], voided_us: int) -> int:
+    """Stamp the projected rows of voided events, given as (seq, type, subject, time_us).
+
+    Each row is found by its primary key (meter, subject, time, seq), one lookup per live meter of
+    the event's type. Events not projected yet get the stamp from `events` when the materializer
+    reaches them; callers hold the materializer lock so the two cannot interleave.
+    """
+    if not voided:
+        return 0
+    by_type: dict[str, list[int]] = {}
+    for key, event_type in conn.execute(select(meters.c.key, meters.c.event_type).where(meters.c.deleted_us.is_(None))):
+        by_type.setdefault(event_type, []).append(int(key))
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"UPDATE meter_usage SET voided_us = {marker} WHERE meter_key = {marker} AND subject = {marker} "
+        f"AND time_us = {marker} AND event_seq = {marker}"
+    )
+    rows = [
+        (voided_us, key, subject, time_us, seq)
+        for seq, event_type, subject, time_us in voided
+        for key in by_type.get(event_type, ())
+    ]
+    for start in range(0, len(rows), 5_000):
+        conn.exec_driver_sql(sql, rows[start : start + 5_000])
+    return len(rows)
+
+
+def counts_as_of(as_of_us: int | None) -> ColumnElement[bool]:
+    """Rows that count for a query as of `as_of_us` (None: now): not voided by then."""
+    voided = meter_usage.c.voided_us
+    if as_of_us is None:
+        return voided.is_(None)
+    return or_(voided.is_(None), voided > as_of_us)
 
 
 def set_cursor(conn: Connection, keys: Sequence[int], seq: int) -> None:
@@ -495,6 +549,7 @@ def aggregate(conn: Connection, spec: AggregateSpec) -> list[AggregateRow]:
         conditions.append(u.c.time_us < spec.end_us)
     if spec.as_of_us is not None:
         conditions.append(u.c.ingested_us <= spec.as_of_us)
+    conditions.append(counts_as_of(spec.as_of_us))
     if spec.subjects is not None:
         conditions.append(u.c.subject.in_(list(spec.subjects)))
     for key, wanted in spec.group_filters.items():
@@ -639,7 +694,7 @@ def subjects_in(conn: Connection, meter_keys: Sequence[int], start_us: int | Non
     if not meter_keys:
         return []
     u = meter_usage
-    conditions: list[Any] = [u.c.meter_key.in_(list(meter_keys))]
+    conditions: list[Any] = [u.c.meter_key.in_(list(meter_keys)), counts_as_of(None)]
     if start_us is not None:
         conditions.append(u.c.time_us >= start_us)
     if end_us is not None:

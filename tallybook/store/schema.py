@@ -39,6 +39,10 @@ events = Table(
     Column("ingested_us", BigInteger, nullable=False),
     Column("data", EVENT_DATA_TYPE, nullable=True),
     Column("datacontenttype", Text, nullable=True),
+    # Set once when an operator voids the event (tallybook/voids): it stops counting from that
+    # instant on; as-of queries before it still count it. Ingest never writes these columns.
+    Column("voided_us", BigInteger, nullable=True),
+    Column("void_id", Text, nullable=True),
     # The idempotency key: a retried event is stored once.
     UniqueConstraint("source", "event_id", name="uq_events_source_id"),
 )
@@ -46,6 +50,13 @@ events = Table(
 # they cost little at ingest; they serve the event list, newest first, and ingested-at filters.
 Index("ix_events_time", events.c.time_us)
 Index("ix_events_ingested", events.c.ingested_us)
+# Voided events are few: a partial index finds a void's events without costing ingest an entry.
+Index(
+    "ix_events_void",
+    events.c.void_id,
+    sqlite_where=events.c.void_id.isnot(None),
+    postgresql_where=events.c.void_id.isnot(None),
+)
 
 api_keys = Table(
     "api_keys",

@@ -38,6 +38,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from tallybook.store.base import SqlStore
 from tallybook.store.schema import SEQUENCE_TYPE, events, metadata
+from tallybook.voids.sql import voided_subjects
 
 JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
 
@@ -629,11 +630,18 @@ class WebhookStore:
     def late_subjects(
         self, conn: Connection, ingested_after_us: int, ingested_through_us: int
     ) -> list[tuple[str, int, int]]:
-        """(subject, earliest, latest event time) of events ingested in (after, through]."""
+        """(subject, earliest, latest event time) of events ingested or voided in (after, through].
+
+        A void changes a period's figures just as a late event does, so both trigger corrections.
+        """
         query = (
             select(events.c.subject, func.min(events.c.time_us), func.max(events.c.time_us))
             .where(events.c.ingested_us > ingested_after_us, events.c.ingested_us <= ingested_through_us)
             .group_by(events.c.subject)
-            .order_by(events.c.subject)
         )
-        return [(row[0], int(row[1]), int(row[2])) for row in conn.execute(query)]
+        spans: dict[str, tuple[int, int]] = {}
+        rows = [(r[0], int(r[1]), int(r[2])) for r in conn.execute(query)]
+        for subject, earliest, latest in rows + voided_subjects(conn, ingested_after_us, ingested_through_us):
+            low, high = spans.get(subject, (earliest, latest))
+            spans[subject] = (min(low, earliest), max(high, latest))
+        return [(subject, low, high) for subject, (low, high) in sorted(spans.items())]

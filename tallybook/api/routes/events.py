@@ -120,8 +120,11 @@ async def list_events(
     ingestedAtFrom: Instant | None = None,
     ingestedAtTo: Instant | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    includeVoided: bool = False,
 ) -> Response:
-    """Stored events, newest event time first. `from`/`to` and the ingested-at bounds are inclusive."""
+    """Stored events, newest event time first. `from`/`to` and the ingested-at bounds are inclusive.
+
+    Voided events are left out unless `includeVoided=true`; then they carry `voidedAt` and `voidId`."""
     runtime = runtime_of(request)
     flt = EventFilter(
         subject=subject,
@@ -133,6 +136,7 @@ async def list_events(
         ingested_from_us=instant_micros(ingestedAtFrom, "ingestedAtFrom"),
         ingested_to_us=instant_micros(ingestedAtTo, "ingestedAtTo"),
         limit=limit,
+        include_voided=includeVoided,
     )
     found = await run_in_threadpool(runtime.store.list_events, flt)
     invalid = await run_in_threadpool(runtime.meters.validation_errors, [e.key for e in found])
@@ -140,4 +144,16 @@ async def list_events(
     for item, event in zip(items, found, strict=True):
         if event.key in invalid:
             item["validationError"] = invalid[event.key]
+    if includeVoided:
+        add_void_stamps(runtime, items, found)
     return Response(jsonutil.dumpb(items), media_type="application/json")
+
+
+def add_void_stamps(runtime: Any, items: list[dict[str, Any]], found: list[Event]) -> None:
+    """`voidedAt` and `voidId` on the listed events that are voided (tallybook/voids)."""
+    stamps = runtime.voids.stamps([e.key for e in found])
+    for item, event in zip(items, found, strict=True):
+        if event.key in stamps:
+            voided_at, void_id = stamps[event.key]
+            item["voidedAt"] = format_rfc3339(voided_at)
+            item["voidId"] = void_id

@@ -45,6 +45,10 @@ class IngestedEvent(Wire):
     ingestedAt: str = Field(json_schema_extra=DATE_TIME)
     storedAt: str = Field(json_schema_extra=DATE_TIME)
     validationError: str | None = None
+    voidedAt: str | None = Field(
+        None, json_schema_extra=DATE_TIME, description="with includeVoided=true: when the event was voided"
+    )
+    voidId: str | None = Field(None, description="with includeVoided=true: the void that took the event out")
 
 
 class UsageRecord(Wire):

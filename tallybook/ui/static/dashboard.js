@@ -453,7 +453,7 @@
     return localValue ? new Date(localValue).toISOString() : "";
   }
 
-  async function eventsPage(params) {
+  async function eventsPage(params, notice) {
     await loadCustomerNames();
     const customers = [...customerNames.entries()].sort((a, b) => a[1].localeCompare(b[1]));
     const form = el("form", { class: "controls", id: "event-filters" },
@@ -463,6 +463,7 @@
       el("span", {}, el("label", { for: "f-type" }, "Type"), el("input", { id: "f-type", name: "type", value: params.get("type") || "", size: 12 })),
       el("span", {}, el("label", { for: "f-from" }, "From"), el("input", { id: "f-from", name: "from", type: "datetime-local", value: params.get("from") || "" })),
       el("span", {}, el("label", { for: "f-to" }, "To"), el("input", { id: "f-to", name: "to", type: "datetime-local", value: params.get("to") || "" })),
+      el("span", {}, el("input", { id: "f-voided", name: "voided", type: "checkbox", value: "1", checked: params.get("voided") === "1" }), el("label", { for: "f-voided" }, "Show voided")),
       el("button", { type: "submit" }, "Filter"));
     form.addEventListener("submit", (e) => {
       e.preventDefault();
@@ -471,9 +472,12 @@
     });
     const detail = el("div", { class: "card", id: "event-detail", hidden: true });
     const listing = el("div", { class: "card" });
-    page.replaceChildren(el("h1", {}, "Events"), form, el("div", { class: "row" }, listing, detail));
+    page.replaceChildren(el("h1", {}, "Events"), form, notice ? el("p", { id: "events-notice" }, notice) : "", el("div", { class: "row" }, listing, detail));
 
-    const filters = { type: params.get("type"), from: isoOrEmpty(params.get("from")), to: isoOrEmpty(params.get("to")), limit: 100 };
+    const filters = {
+      type: params.get("type"), from: isoOrEmpty(params.get("from")), to: isoOrEmpty(params.get("to")), limit: 100,
+      includeVoided: params.get("voided") === "1" ? "true" : "",
+    };
     let subjects = [params.get("subject") || null];
     if (params.get("customer")) {
       const customer = await call("GET", `/api/v1/customers/${encodeURIComponent(params.get("customer"))}`);
@@ -490,16 +494,48 @@
         el("h2", {}, `Event ${item.event.id}`),
         item.validationError ? el("p", { class: "error", id: "validation-error" }, `Validation error: ${item.validationError}`) : el("p", { class: "muted" }, "Every meter could use this event."),
         el("p", { class: "muted" }, `Ingested ${formatTime(item.ingestedAt, localZone)}`),
+        item.voidedAt
+          ? el("p", { class: "error", id: "voided-note" }, `Voided ${formatTime(item.voidedAt, localZone)} (void ${item.voidId}): it no longer counts.`)
+          : voidForm(item),
         el("pre", { id: "event-json" }, JSON.stringify(item.event, null, 2)));
     }
+    // Voiding takes the event out of every meter from now on (queries as of earlier still count it);
+    // the reason goes into the audit trail, so it is required.
+    function voidForm(item) {
+      const reason = el("input", { id: "void-reason", name: "reason", required: true, size: 30, placeholder: "why (kept in the audit trail)" });
+      const message = el("p", { id: "void-message" });
+      const form = el("form", { id: "void-form", class: "controls" },
+        el("span", {}, el("label", { for: "void-reason" }, "Reason"), reason),
+        el("button", { type: "submit", class: "secondary" }, "Void event"), message);
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        if (!reason.value.trim()) {
+          message.replaceChildren(el("span", { class: "error" }, "Say why this event is voided."));
+          return;
+        }
+        const body = { events: [{ source: item.event.source, id: item.event.id }], reason: reason.value.trim() };
+        try {
+          const record = await call("POST", "/api/v1/events/void", body);
+          await eventsPage(params, `Event ${item.event.id} voided (void ${record.id}); it no longer counts in any meter.`);
+        } catch (error) {
+          if (error instanceof Stale) return;
+          message.replaceChildren(el("span", { class: "error" }, error.message));
+        }
+      });
+      return form;
+    }
     listing.replaceChildren(found.length
-      ? table(["Time", "Type", "Subject", "Id", ""], found.map((item) => {
-        const row = el("tr", { class: "clickable" },
+      ? table(["Time", "Type", "Subject", "Id", "", ""], found.map((item) => {
+        const row = el("tr", { class: item.voidedAt ? "clickable voided" : "clickable", "data-event-id": item.event.id },
           el("td", {}, formatTime(item.event.time, localZone)),
           el("td", {}, item.event.type),
           el("td", {}, item.event.subject),
           el("td", {}, el("code", {}, item.event.id)),
-          el("td", {}, item.validationError ? el("span", { class: "badge invalid" }, "invalid") : ""));
+          el("td", {}, item.voidedAt ? el("span", { class: "badge void" }, "voided") : item.validationError ? el("span", { class: "badge invalid" }, "invalid") : ""),
+          el("td", {}, item.voidedAt ? "" : el("button", {
+            type: "button", class: "secondary void-event",
+            onclick: (e) => { e.stopPropagation(); show(item, row); document.getElementById("void-reason").focus(); },
+          }, "Void…")));
         row.addEventListener("click", () => show(item, row));
         return row;
       }))

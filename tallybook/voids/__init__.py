@@ -1,0 +1,1 @@
+"""Voiding and amending stored events, with an audit trail (see README.md)."""

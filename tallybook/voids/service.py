@@ -1,0 +1,232 @@
+"""Void and amend events; read the audit trail.
+
+A void runs in one write transaction that also holds the materializer lock: it stamps the events
+and their already projected meter usage rows with the void's instant, and records who, when, why
+and what. Events the materializer has not reached yet carry the stamp on `events`, which the
+materializer copies, so a void can never be missed or half applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from tallybook.clock import Clock, SystemClock, from_micros, to_micros
+from tallybook.ids import looks_like_ulid, new_ulid
+from tallybook.store import meters as meter_store
+from tallybook.voids import sql
+from tallybook.voids.model import (
+    AMEND,
+    SHOWN_KEYS,
+    VOID,
+    Actor,
+    AlreadyVoided,
+    AmendRequest,
+    EventKey,
+    EventsNotFound,
+    ReplacementConflict,
+    VoidNotFound,
+    VoidPreview,
+    VoidRecord,
+    VoidRequest,
+)
+from tallybook.voids.ports import EventStore
+from tallybook.voids.sql import Target
+
+log = logging.getLogger(__name__)
+
+SHOWN_IN_ERRORS = 20
+
+
+class VoidService:
+    def __init__(self, store: EventStore, clock: Clock | None = None) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+
+    # -- void -------------------------------------------------------------------------------------------
+    def preview(self, request: VoidRequest) -> VoidPreview:
+        """What `void` would take out, without changing anything (a dry run)."""
+        request.check()
+        with self.store.read() as conn:
+            if request.filter is not None:
+                count = sql.count_by_filter(conn, request.filter)
+                shown = sql.targets_by_filter(conn, request.filter, limit=SHOWN_KEYS)
+                return VoidPreview(count, tuple(t.key for t in shown))
+            targets = self._named(conn, request.events)
+        return VoidPreview(len(targets), tuple(t.key for t in targets[:SHOWN_KEYS]))
+
+    def void(self, request: VoidRequest) -> VoidRecord:
+        """Void the named events (all or nothing) or every unvoided event the filter selects."""
+        reason = request.check()
+        now = self.clock.now()
+        with self.store.write() as conn:
+            meter_store.lock_materializer(conn)
+            if request.filter is not None:
+                targets = sql.targets_by_filter(conn, request.filter)
+                if not targets:
+                    raise EventsNotFound(
+                        "no event that is not voided already matches the filter; nothing was voided",
+                        filter=request.filter.as_dict(),
+                    )
+            else:
+                targets = self._named(conn, request.events)
+            record = self._void(conn, VOID, reason, request.actor, request.selection(), targets, now)
+        log.info(
+            "events voided",
+            extra={"void_id": record.id, "events": record.event_count, "actor": request.actor.as_dict()},
+        )
+        return record
+
+    def amend(self, request: AmendRequest) -> VoidRecord:
+        """Void one event and store its corrected version, atomically.
+
+        The corrected event needs a new id: (source, id) is the idempotency key, so a client that
+        retries the original send after the amend must not bring the old figures back (it is a
+        duplicate of the voided event), and the corrected one must not be mistaken for a retry.
+        """
+        reason = request.check()
+        replacement = request.replacement
+        new_key = EventKey(replacement.source, replacement.id)
+        if new_key == request.original:
+            raise ReplacementConflict(
+                f"the corrected event needs a new id (e.g. {request.original.id}-v2): (source, id) identifies an "
+                "event for idempotency, and the voided event keeps its id",
+                field="event.id",
+            )
+        now = self.clock.now()
+        now_us = to_micros(now)
+        with self.store.write() as conn:
+            meter_store.lock_materializer(conn)
+            targets = self._named(conn, [request.original])
+            selection = {"events": [request.original.as_dict()]}
+            record = self._void(conn, AMEND, reason, request.actor, selection, targets, now, replacement=new_key)
+            # The corrected event is stored like any ingested one, in the void's transaction and
+            # with the void's instant as its ingest time: an as-of query sees exactly one of the two.
+            if not self.store.insert_events(conn, [replacement], now_us):
+                raise ReplacementConflict(
+                    f"an event with source {new_key.source!r} and id {new_key.id!r} is already stored; "
+                    "give the corrected event an id not used before",
+                    field="event.id",
+                )
+        log.info(
+            "event amended",
+            extra={
+                "void_id": record.id,
+                "original": request.original.as_dict(),
+                "replacement": new_key.as_dict(),
+                "actor": request.actor.as_dict(),
+            },
+        )
+        return record
+
+    def _named(self, conn: Connection, keys: Sequence[EventKey]) -> list[Target]:
+        wanted = list(dict.fromkeys(keys))
+        found = sql.targets_by_keys(conn, wanted)
+        missing = [k for k in wanted if k not in found]
+        if missing:
+            shown = ", ".join(f"{k.source}/{k.id}" for k in missing[:SHOWN_IN_ERRORS])
+            raise EventsNotFound(
+                f"{len(missing)} event(s) not found (source/id): {shown}; nothing was voided",
+                missing=[k.as_dict() for k in missing[:SHOWN_IN_ERRORS]],
+            )
+        voided = [found[k] for k in wanted if found[k].voided_us is not None]
+        if voided:
+            shown = ", ".join(f"{t.source}/{t.id} (void {t.void_id})" for t in voided[:SHOWN_IN_ERRORS])
+            raise AlreadyVoided(
+                f"{len(voided)} event(s) are voided already: {shown}; nothing was voided",
+                voided=[{**t.key.as_dict(), "voidId": t.void_id} for t in voided[:SHOWN_IN_ERRORS]],
+            )
+        return [found[k] for k in wanted]
+
+    def _void(
+        self,
+        conn: Connection,
+        kind: str,
+        reason: str,
+        actor: Actor,
+        selection: dict[str, Any],
+        targets: Sequence[Target],
+        now: datetime,
+        replacement: EventKey | None = None,
+    ) -> VoidRecord:
+        void_id = new_ulid(now)
+        now_us = to_micros(now)
+        stamped = sql.stamp_events(conn, [t.seq for t in targets], void_id, now_us)
+        if stamped != len(targets):
+            # Only possible if another void took some of them first: start over with fresh rows.
+            raise AlreadyVoided("some of these events were voided meanwhile by another request; retry")
+        meter_store.mark_usage_voided(conn, [(t.seq, t.type, t.subject, t.time_us) for t in targets], now_us)
+        record = VoidRecord(
+            id=void_id,
+            kind=kind,
+            created_at=from_micros(now_us),
+            reason=reason,
+            actor=actor,
+            selection=selection,
+            event_count=len(targets),
+            replacement=replacement,
+            events=tuple(t.key for t in targets[:SHOWN_KEYS]),
+        )
+        sql.insert_record(
+            conn,
+            {
+                "id": void_id,
+                "kind": kind,
+                "created_us": now_us,
+                "reason": reason,
+                "actor_type": actor.type,
+                "actor_id": actor.id,
+                "actor_name": actor.name,
+                "selection": selection,
+                "event_count": len(targets),
+                "replacement_source": None if replacement is None else replacement.source,
+                "replacement_id": None if replacement is None else replacement.id,
+            },
+        )
+        return record
+
+    # -- audit trail ------------------------------------------------------------------------------------
+    def get(self, void_id: str) -> VoidRecord:
+        if not looks_like_ulid(void_id):  # no stored id looks otherwise (and PostgreSQL refuses U+0000)
+            raise VoidNotFound(f"no void has the id {void_id!r}; void ids are 26-character ULIDs")
+        with self.store.read() as conn:
+            row = sql.record_row(conn, void_id)
+            if row is None:
+                raise VoidNotFound(f"no void has the id {void_id!r}")
+            keys = sql.voided_keys(conn, void_id, SHOWN_KEYS)
+        return _record_from_row(row, tuple(keys))
+
+    def list(self, page: int = 1, page_size: int = 100) -> tuple[int, list[VoidRecord]]:
+        """The audit trail, newest first (records without their event keys: see `get`)."""
+        with self.store.read() as conn:
+            total, rows = sql.record_rows(conn, (page - 1) * page_size, page_size)
+        return total, [_record_from_row(r, ()) for r in rows]
+
+    def stamps(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[datetime, str]]:
+        """{(source, id): (voided at, void id)} for those of these events that are voided."""
+        if not keys:
+            return {}
+        with self.store.read() as conn:
+            found = sql.void_stamps(conn, keys)
+        return {key: (from_micros(us), void_id) for key, (us, void_id) in found.items()}
+
+
+def _record_from_row(row: dict[str, Any], keys: tuple[EventKey, ...]) -> VoidRecord:
+    replacement = None
+    if row["replacement_id"] is not None:
+        replacement = EventKey(row["replacement_source"], row["replacement_id"])
+    return VoidRecord(
+        id=row["id"],
+        kind=row["kind"],
+        created_at=from_micros(int(row["created_us"])),
+        reason=row["reason"],
+        actor=Actor(row["actor_type"], row["actor_id"], row["actor_name"]),
+        selection=dict(row["selection"]),
+        event_count=int(row["event_count"]),
+        replacement=replacement,
+        events=keys,
+    )
