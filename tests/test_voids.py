@@ -297,15 +297,26 @@ def test_amend_replaces_an_event_atomically(rt: Runtime, admin: httpx.Client, cl
     deep = admin.post("/api/v1/events/amend", content=b"[" * 100_000, headers={"Content-Type": "application/json"})
     problem(deep, 400)
 
-    # Exact numbers survive the amend as they survive ingest.
-    admin.post(
+    # The corrected event meets ingest's value domain: a metered value with more digits than meters
+    # count exactly is refused, naming the field, and nothing changes.
+    too_precise = admin.post(
         "/api/v1/events/amend",
         content=b'{"source":"app","id":"e1","reason":"precision","event":'
         b'{"specversion":"1.0","id":"e1-v2","source":"app","type":"api.calls","subject":"acme",'
         b'"time":"2026-03-10T09:00:00Z","data":{"value":0.1000000000000000000001}}}',
         headers={"Content-Type": "application/json"},
+    )
+    assert problem(too_precise, 400)["errors"][0]["field"] == "event.data.value"
+    assert total(admin) == "15"
+    # Exact numbers within it survive the amend as they survive ingest.
+    admin.post(
+        "/api/v1/events/amend",
+        content=b'{"source":"app","id":"e1","reason":"precision","event":'
+        b'{"specversion":"1.0","id":"e1-v2","source":"app","type":"api.calls","subject":"acme",'
+        b'"time":"2026-03-10T09:00:00Z","data":{"value":0.100001}}}',
+        headers={"Content-Type": "application/json"},
     ).raise_for_status()
-    assert total(admin) == "10.1000000000000000000001"
+    assert total(admin) == "10.100001"
 
 
 def test_meters_created_after_a_void_never_count_the_voided_events(

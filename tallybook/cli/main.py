@@ -872,23 +872,24 @@ def events_amend(
     from tallybook import jsonutil
     from tallybook.clock import SystemClock
     from tallybook.errors import DomainError
-    from tallybook.ingest.events import FieldError, cloudevent_from_json, may_hold_surrogates
+    from tallybook.ingest.events import FieldError, cloudevent_from_json
+    from tallybook.ingest.limits import MAX_JSON_DEPTH
     from tallybook.voids.model import AmendRequest, EventKey
     from tallybook.voids.service import VoidService
 
     raw = Path(event[1:]).read_bytes() if event.startswith("@") else event.encode()
+    errors: list[FieldError] = []
     try:
-        payload = jsonutil.loads(raw)
+        # Decoded as an ingest body is: exact numbers, the value domain, nesting, U+0000.
+        payload = jsonutil.loads_request(raw, MAX_JSON_DEPTH)
+    except jsonutil.JsonRefused as exc:
+        errors = [FieldError(None, jsonutil.show_path(path)[1:] or "(event)", why) for path, why in exc.problems]
+        payload = None
     except ValueError as exc:
         err_console.print(f"[red]--event is not valid JSON: {escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
-    errors: list[FieldError] = []
     now_us = to_micros(SystemClock().now())
-    corrected = (
-        cloudevent_from_json(payload, None, now_us, errors, not may_hold_surrogates(raw))
-        if isinstance(payload, dict)
-        else None
-    )
+    corrected = cloudevent_from_json(payload, None, now_us, errors) if isinstance(payload, dict) else None
     if corrected is None or errors:
         shown = "; ".join(f"{e.field}: {e.message}" for e in errors) or "send one CloudEvent object"
         err_console.print(f"[red]the corrected event is invalid: {escape(shown)}[/red]", highlight=False)

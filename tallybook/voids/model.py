@@ -14,7 +14,7 @@ from typing import Any
 
 from tallybook.clock import format_rfc3339
 from tallybook.errors import DomainError
-from tallybook.ingest.events import MAX_KEY_LENGTH, Event
+from tallybook.ingest.events import Event, key_problem
 
 VOID, AMEND = "void", "amend"
 MAX_KEYS = 1_000  # event keys named in one void request
@@ -25,9 +25,9 @@ SHOWN_KEYS = 1_000  # event keys returned with a void record or a dry run
 NUL = "\x00"
 
 
-def _bad_key_text(value: str) -> bool:
-    # PostgreSQL text cannot hold U+0000, so no stored event has it: refuse it on both engines alike.
-    return not value or len(value) > MAX_KEY_LENGTH or NUL in value
+def _key_text_problem(value: str) -> str | None:
+    # The limits ingest declares for keys (length, U+0000, valid text): no stored event breaks them.
+    return "must be a non-empty string" if not value else key_problem(value)
 
 
 class VoidError(DomainError):
@@ -48,6 +48,12 @@ class AlreadyVoided(VoidError):
 class ReplacementConflict(VoidError):
     status = 409
     code = "replacement-conflict"
+
+
+class InvalidReplacement(VoidError):
+    """The corrected event breaks a rule ingest applies (e.g. a metered value out of the domain)."""
+
+    code = "invalid-events"
 
 
 class VoidNotFound(VoidError):
@@ -93,10 +99,9 @@ class VoidFilter:
                 "every event); to void specific events, send `events` instead"
             )
         for name, value in (("subject", self.subject), ("type", self.type), ("source", self.source)):
-            if value is not None and _bad_key_text(value):
-                raise VoidError(
-                    f"filter.{name} must be a non-empty string of at most {MAX_KEY_LENGTH} characters without U+0000"
-                )
+            problem = None if value is None else _key_text_problem(value)
+            if problem is not None:
+                raise VoidError(f"filter.{name} {problem}")
         for name, when in (("from", self.time_from), ("to", self.time_to)):
             if when is not None and when.tzinfo is None:
                 raise VoidError(f"filter.{name} needs a time zone offset, e.g. 2026-01-05T00:00:00Z")
@@ -117,10 +122,9 @@ class VoidFilter:
 
 def check_key(key: EventKey, label: str) -> None:
     for name, value in (("source", key.source), ("id", key.id)):
-        if _bad_key_text(value):
-            raise VoidError(
-                f"{label}{name} must be a non-empty string of at most {MAX_KEY_LENGTH} characters without U+0000"
-            )
+        problem = _key_text_problem(value)
+        if problem is not None:
+            raise VoidError(f"{label}{name} {problem}")
 
 
 def check_reason(reason: str) -> str:

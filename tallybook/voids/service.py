@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 
 from tallybook.clock import Clock, SystemClock, from_micros, to_micros
 from tallybook.ids import looks_like_ulid, new_ulid
+from tallybook.ingest.metered import check_metered, metered_fields
 from tallybook.store import meters as meter_store
 from tallybook.voids import sql
 from tallybook.voids.model import (
@@ -28,6 +29,7 @@ from tallybook.voids.model import (
     AmendRequest,
     EventKey,
     EventsNotFound,
+    InvalidReplacement,
     ReplacementConflict,
     VoidNotFound,
     VoidPreview,
@@ -101,6 +103,14 @@ class VoidService:
         now_us = to_micros(now)
         with self.store.write() as conn:
             meter_store.lock_materializer(conn)
+            # The values meters read are checked as ingest checks them, against the live meters.
+            problems = check_metered([replacement], metered_fields(conn), indexed=False)
+            if problems:
+                detail = "; ".join(f"event.{e.field}: {e.message}" for e in problems)
+                raise InvalidReplacement(
+                    f"the corrected event is invalid; nothing changed. {detail}",
+                    errors=[{"field": f"event.{e.field}", "message": e.message} for e in problems],
+                )
             targets = self._named(conn, [request.original])
             selection = {"events": [request.original.as_dict()]}
             record = self._void(conn, AMEND, reason, request.actor, selection, targets, now, replacement=new_key)

@@ -9,15 +9,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
-from tallybook.api.body import decode_json, read_limited_body
-from tallybook.api.ingesting import runtime_of
+from tallybook.api.body import read_limited_body
+from tallybook.api.ingesting import decode_events, runtime_of
 from tallybook.api.openapi import json_body, responses
 from tallybook.api.problems import Problem
 from tallybook.api.routes.events import SINGLE, parse_cloudevents
 from tallybook.api.security import require
 from tallybook.api.wire.voids import AmendBody, VoidBody, VoidPage, VoidPreview, VoidRecord
 from tallybook.clock import format_rfc3339, to_micros
-from tallybook.ingest.events import BatchTooLarge, InvalidEvents, may_hold_surrogates, parse_time
+from tallybook.ingest.events import BatchTooLarge, InvalidEvents, parse_time
 from tallybook.store.base import ApiKeyRecord
 from tallybook.voids import model
 
@@ -102,10 +102,9 @@ async def amend_event(request: Request, key: Annotated[ApiKeyRecord, Depends(req
     """Void one event and store its corrected version (validated like any ingested event), atomically."""
     runtime = runtime_of(request)
     raw = await read_limited_body(request, runtime.settings.ingest.max_batch_bytes)
-    try:
-        payload = decode_json(raw)  # exact numbers, as ingest reads them
-    except RecursionError:
-        raise Problem(400, "malformed-json", "the body nests too deeply; send a flat amend request") from None
+    # Decoded as an ingest body is (exact numbers, the value domain, nesting, U+0000): the corrected
+    # event must be one ingest would accept.
+    payload = decode_events(runtime, raw, "event")
     try:
         body = AmendBody.model_validate(payload)
     except ValidationError as exc:
@@ -116,7 +115,7 @@ async def amend_event(request: Request, key: Annotated[ApiKeyRecord, Depends(req
             400, "invalid-parameters", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
         ) from None
     try:
-        [event] = parse_cloudevents(body.event, SINGLE, to_micros(runtime.clock.now()), 1, not may_hold_surrogates(raw))
+        [event] = parse_cloudevents(body.event, SINGLE, to_micros(runtime.clock.now()), 1)
     except (InvalidEvents, BatchTooLarge) as exc:
         problems = exc.errors if isinstance(exc, InvalidEvents) else []
         errors = [{"field": f"event.{e.field}", "message": e.message} for e in problems]
