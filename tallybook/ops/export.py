@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -298,12 +299,14 @@ def _with_lines(conn: Any, batch: Sequence[Any]) -> list[Row]:
 
 
 # -- writers ----------------------------------------------------------------------------------------
-class _Writer:
+class _Writer(ABC):
+    """One output format: a header, rows a batch at a time, a trailer."""
+
     def start(self) -> bytes:
         return b""
 
-    def write(self, rows: list[Row]) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def write(self, rows: list[Row]) -> bytes: ...
 
     def finish(self) -> bytes:
         return b""
