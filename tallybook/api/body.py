@@ -1,8 +1,15 @@
-"""Reading request bodies within the configured size limit, and decoding exact JSON."""
+"""Reading request bodies within the configured size limit, and decoding exact JSON.
+
+A body may come gzip-compressed (`Content-Encoding: gzip`, as batching clients send it). The limit
+then holds for the compressed bytes and for what they decompress to, checked as it decompresses,
+so a small body that expands to gigabytes is refused after `limit` bytes of output, not after
+filling memory.
+"""
 
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 from fastapi import Request
@@ -16,13 +23,34 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise Problem(413, "too-large", f"the body is {declared} bytes; the limit is {limit} bytes per request")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise Problem(
+            415, "unsupported-content-encoding", f"Content-Encoding {encoding!r} is not supported; send gzip or none"
+        )
+    # wbits 16 + MAX_WBITS: the gzip container, as Content-Encoding: gzip means.
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
     chunks: list[bytes] = []
     size = 0
+    received = 0
     async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise Problem(413, "too-large", f"the body exceeds the limit of {limit} bytes per request")
+        if inflater is not None:
+            try:
+                chunk = inflater.decompress(chunk, limit - size + 1)
+            except zlib.error as exc:
+                raise Problem(400, "malformed-body", f"the body is not valid gzip: {exc}") from None
+            if inflater.unconsumed_tail:
+                chunk = b""
+                size = limit + 1  # more output than the limit allows is waiting
         size += len(chunk)
         if size > limit:
-            raise Problem(413, "too-large", f"the body exceeds the limit of {limit} bytes per request")
+            raise Problem(413, "too-large", f"the body decompresses to more than {limit} bytes, the limit per request")
         chunks.append(chunk)
+    if inflater is not None and not inflater.eof:
+        raise Problem(400, "malformed-body", "the gzip body ends before its end marker; send the whole stream")
     return b"".join(chunks)
 
 

@@ -181,9 +181,10 @@ def test_server_killed_mid_batch_then_restarted_stores_every_event_exactly_once(
 
 
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # the engine plays no part
-def test_gzip_against_this_server_falls_back_to_plain_json(running_server, event_type):
-    """Tallybook's server does not decode Content-Encoding: gzip yet; the client notices and
-    stops compressing instead of dead-lettering good events."""
+def test_gzip_against_this_server(running_server, event_type):
+    """The server decodes Content-Encoding: gzip: compressed batches are stored exactly once.
+    (Against a server that can't read them, the client falls back to plain JSON: see
+    test_client_batching.py.)"""
     server = running_server
     tb = Tallybook(server.url, server.key, gzip=True, sync_mode=True)
     tracked = [tb.track(event_type, "acme", {"n": n}) for n in range(3)]
