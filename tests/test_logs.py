@@ -41,9 +41,13 @@ def test_a_uvicorn_access_record_is_redacted_before_formatting():
 
 
 @pytest.mark.slow
-def test_access_log_of_a_served_portal_link_holds_no_token(tmp_path, sqlite_url):
+def test_access_log_of_a_served_portal_link_holds_no_token(tmp_path, database_url):
     """`serve --access-log` once logged `GET /portal?token=tbp_…` in clear."""
-    server = ServerProcess(tmp_path, sqlite_url, extra_args=("--access-log",))
+    if database_url.startswith("postgresql"):
+        from tests.test_webhook_helpers import reset_database
+
+        reset_database(database_url)  # this process's PostgreSQL database is shared between tests
+    server = ServerProcess(tmp_path, database_url, extra_args=("--access-log",))
     # The config's WARNING level would hide access lines; this server logs at INFO.
     server.config.write_text(server.config.read_text().replace("level: WARNING", "level: INFO"))
     server.start()
