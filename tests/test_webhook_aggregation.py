@@ -325,3 +325,31 @@ def test_periods_follow_the_configured_time_zone(database_url, clock, receiver):
     finally:
         client.close()
         runtime.stop()
+
+
+def test_a_backfill_into_closed_periods_is_sent_on_the_next_run(database_url, clock, receiver):
+    """Corrections follow the commit watermark, not a wall-clock margin: events backfilled into
+    periods that closed before they arrived (a new install, an import) are reported by the very next
+    run. It used to wait a fixed two minutes of ingest settle."""
+    runtime = make(database_url, clock, receiver, periods=["hourly"])
+    client = api(runtime)
+    try:
+        clock.set(datetime(2026, 1, 12, 12, 0, tzinfo=UTC))
+        assert run_jobs(client)["aggregation.close"]["result"]["completed"] == 0  # hours close, empty
+        late_event(client, "old-1", "api.calls", "cust_1", "2026-01-12T08:10:00Z", 4)
+        late_event(client, "old-2", "api.calls", "cust_1", "2026-01-12T09:20:00Z", 6)
+        clock.advance(timedelta(seconds=5))
+        jobs = run_jobs(client)
+        assert jobs["aggregation.close"]["result"]["completed"] == 2
+        sent = sorted(
+            (body["data"]["periodStart"], body["data"]["events"]["api.calls"])
+            for body in (jsonutil.loads(r.body) for r in receiver.wait_for(2))
+        )
+        assert sent == [("2026-01-12T08:00:00.000Z", 4), ("2026-01-12T09:00:00.000Z", 6)]
+        # Sent once: the next runs find nothing new.
+        clock.advance(timedelta(minutes=5))
+        run_jobs(client)
+        assert len(receiver.requests) == 2
+    finally:
+        client.close()
+        runtime.stop()

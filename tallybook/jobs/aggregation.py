@@ -7,10 +7,14 @@ meters and, in one transaction per subject, the event goes into the outbox and e
 channel's figures go into `aggregation_sent`. That table's primary key (subject, period, start,
 channel) is what makes the event exactly once, whatever runs the job and however often.
 
-Corrections: a second cursor follows events' ingest time. Events ingested since the last run whose
-event time falls into an already closed period make the job recompute that period for their
-subject; channels whose stored figures differ get `aggregation.corrected` (new and previous
-figures), and the stored figures move on.
+Corrections: a second cursor follows the events table's commit watermark (the highest seq below
+which every insert has committed, as the materializer uses it). Events stored since the last run
+whose event time falls into an already closed period make the job recompute that period for their
+subject: a backfill into closed periods is reported on the next run, not after a wall-clock margin.
+Channels whose stored figures differ get `aggregation.corrected` (new and previous figures), or
+`aggregation.completed` when nothing was sent for that subject and period yet, and the stored
+figures move on. Voids are stamped with the clock inside their transaction, so they are followed by
+time, a settle margin behind the clock.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Protocol
 from tallybook import jsonutil
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.jobs.failures import FailureLog, JobRun
+from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
 from tallybook.store.jobs import JobStore
 from tallybook.store.webhooks import SentFigures, WebhookStore
@@ -41,10 +46,11 @@ FIRST_RUN_LOOKBACK = {
     "monthly": timedelta(days=90),
     "yearly": timedelta(days=365),
 }
-# Ingest stamps events just before their transaction commits; the corrections scan stays this far
-# behind the clock so a transaction still committing is never skipped.
-INGEST_SETTLE = timedelta(minutes=2)
-CORRECTIONS_CURSOR = "aggregation.corrections"
+# A void stamps its events with the clock just before its transaction commits; the scan of voids
+# stays this far behind the clock so a void still committing is never skipped.
+VOID_SETTLE = timedelta(minutes=2)
+CORRECTIONS_CURSOR = "aggregation.corrections"  # voids: by void time
+CORRECTIONS_SEQ_CURSOR = "aggregation.corrections.seq"  # late events: by the commit watermark
 SUBJECT_PERIOD = "subject_period"  # the item kind of a failed subject's period
 
 
@@ -352,16 +358,23 @@ class PeriodCloseJob:
 
     # -- corrections ------------------------------------------------------------------------------
     def _corrections(self, now: datetime, active: bool, counts: dict[str, int], run: JobRun) -> None:
-        through_us = to_micros(now - INGEST_SETTLE)
+        through_us = to_micros(now - VOID_SETTLE)
+        with self.store.read() as conn:  # its own short transaction: it may wait for inserts to commit
+            horizon = meter_store.settled_horizon(conn)
         with self.store.read() as conn:
             cursor_us = self.cursors.get_cursor(conn, CORRECTIONS_CURSOR)
+            seq = self.cursors.get_cursor(conn, CORRECTIONS_SEQ_CURSOR)
+            if seq is None and cursor_us is not None:
+                # An install that followed ingest time: continue by seq from where that scan stood.
+                seq = self.db.seq_ingested_through(conn, cursor_us)
             closed = {p: self.cursors.get_cursor(conn, self._cursor_name(p)) for p in self.settings.periods}
+            moved = cursor_us is None or seq is None or through_us > cursor_us or horizon > seq
             late = (
-                self.db.late_subjects(conn, cursor_us, through_us)
-                if cursor_us is not None and through_us > cursor_us and active
+                self.db.late_subjects(conn, seq, horizon, cursor_us, through_us)
+                if cursor_us is not None and seq is not None and moved and active
                 else []
             )
-        if cursor_us is not None and through_us <= cursor_us:
+        if not moved:
             return
         zone = self.settings.zone
         for subject, earliest_us, latest_us in late:
@@ -374,4 +387,5 @@ class PeriodCloseJob:
                     self._publish_isolated(run, subject, period, start, end, now, counts, first_close=False)
                     start, end = self.period_bounds(period, end, zone)
         with self.store.write() as conn:
-            self.cursors.set_cursor(conn, CORRECTIONS_CURSOR, through_us)
+            self.cursors.set_cursor(conn, CORRECTIONS_CURSOR, max(through_us, cursor_us or through_us))
+            self.cursors.set_cursor(conn, CORRECTIONS_SEQ_CURSOR, max(horizon, seq or horizon))

@@ -628,20 +628,30 @@ class WebhookStore:
         return result.rowcount > 0
 
     def late_subjects(
-        self, conn: Connection, ingested_after_us: int, ingested_through_us: int
+        self, conn: Connection, after_seq: int, through_seq: int, voided_after_us: int, voided_through_us: int
     ) -> list[tuple[str, int, int]]:
-        """(subject, earliest, latest event time) of events ingested or voided in (after, through].
+        """(subject, earliest, latest event time) of events stored with a seq in (after, through]
+        or voided in (voided_after, voided_through].
 
         A void changes a period's figures just as a late event does, so both trigger corrections.
         """
         query = (
             select(events.c.subject, func.min(events.c.time_us), func.max(events.c.time_us))
-            .where(events.c.ingested_us > ingested_after_us, events.c.ingested_us <= ingested_through_us)
+            .where(events.c.seq > after_seq, events.c.seq <= through_seq)
             .group_by(events.c.subject)
         )
         spans: dict[str, tuple[int, int]] = {}
-        rows = [(r[0], int(r[1]), int(r[2])) for r in conn.execute(query)]
-        for subject, earliest, latest in rows + voided_subjects(conn, ingested_after_us, ingested_through_us):
+        rows = [(r[0], int(r[1]), int(r[2])) for r in conn.execute(query)] if through_seq > after_seq else []
+        voided = (
+            voided_subjects(conn, voided_after_us, voided_through_us) if voided_through_us > voided_after_us else []
+        )
+        for subject, earliest, latest in rows + voided:
             low, high = spans.get(subject, (earliest, latest))
             spans[subject] = (min(low, earliest), max(high, latest))
         return [(subject, low, high) for subject, (low, high) in sorted(spans.items())]
+
+    def seq_ingested_through(self, conn: Connection, ingested_through_us: int) -> int:
+        """The highest seq of an event ingested at or before that instant (0 if none): where a
+        corrections scan that followed ingest time continues by seq."""
+        value = conn.execute(select(func.max(events.c.seq)).where(events.c.ingested_us <= ingested_through_us))
+        return int(value.scalar_one() or 0)
