@@ -353,3 +353,29 @@ def test_a_backfill_into_closed_periods_is_sent_on_the_next_run(database_url, cl
     finally:
         client.close()
         runtime.stop()
+
+
+def test_an_install_that_followed_ingest_time_continues_by_seq(database_url, clock, receiver):
+    """Upgrading from the ingest-time cursor: the commit-watermark cursor starts where that one stood,
+    so nothing is sent twice and nothing after it is missed."""
+    from tallybook.store.jobs import job_cursors
+
+    runtime = make(database_url, clock, receiver, periods=["hourly"])
+    client = api(runtime)
+    try:
+        clock.set(datetime(2026, 1, 12, 12, 0, tzinfo=UTC))
+        late_event(client, "before", "api.calls", "cust_1", "2026-01-12T08:10:00Z", 4)
+        run_jobs(client)
+        assert len(receiver.wait_for(1)) == 1
+        # As an older version left it: only the time cursor, at this instant.
+        with runtime.store.write() as conn:
+            conn.execute(job_cursors.delete().where(job_cursors.c.name == "aggregation.corrections.seq"))
+        clock.advance(timedelta(minutes=3))
+        late_event(client, "after", "api.calls", "cust_1", "2026-01-12T09:20:00Z", 6)
+        clock.advance(timedelta(seconds=5))
+        assert run_jobs(client)["aggregation.close"]["result"]["completed"] == 1
+        hours = [jsonutil.loads(r.body)["data"]["periodStart"] for r in receiver.wait_for(2)]
+        assert hours == ["2026-01-12T08:00:00.000Z", "2026-01-12T09:00:00.000Z"]
+    finally:
+        client.close()
+        runtime.stop()
