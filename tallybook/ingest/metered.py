@@ -13,10 +13,9 @@ ordinary "not counted" case, reported on the event (validationError) as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from sqlalchemy import Connection, select
+from typing import Any
 
 from tallybook.ingest.events import CODEHOOKS_SOURCE, Event, FieldError
 from tallybook.ingest.limits import METERED_INTEGER_DIGITS
@@ -31,7 +30,6 @@ from tallybook.meters.extract import (
     missing,
     show_number,
 )
-from tallybook.store.meters import meters
 
 NUMERIC = frozenset({"SUM", "AVG", "MIN", "MAX", "LATEST", "FIRST"})
 IN_DOMAIN_INT = 10**METERED_INTEGER_DIGITS
@@ -49,15 +47,11 @@ class MeteredField:
 MeteredFields = dict[str, list[MeteredField]]  # by event type
 
 
-def metered_fields(conn: Connection) -> MeteredFields:
-    """What each event type's live meters read, from the meters table in `conn`'s transaction."""
-    rows = conn.execute(
-        select(
-            meters.c.slug, meters.c.event_type, meters.c.aggregation, meters.c.value_property, meters.c.group_by
-        ).where(meters.c.deleted_us.is_(None))
-    )
+def metered_fields(definitions: Iterable[tuple[str, str, str, str | None, Any]]) -> MeteredFields:
+    """What each event type's live meters read, from their definitions: (slug, event type,
+    aggregation, valueProperty, groupBy) rows as `store.meters.live_meter_reads` returns them."""
     fields: MeteredFields = {}
-    for slug, event_type, aggregation, value_property, group_by in rows:
+    for slug, event_type, aggregation, value_property, group_by in definitions:
         found = fields.setdefault(event_type, [])
         paths: list[tuple[str, str, str | None]] = []
         if value_property and aggregation in NUMERIC:

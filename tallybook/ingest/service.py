@@ -24,6 +24,7 @@ from tallybook.clock import Clock, SystemClock, to_micros
 from tallybook.ingest.events import Event, FieldError, InvalidEvents
 from tallybook.ingest.metered import check_metered, metered_fields
 from tallybook.observability.metrics import Metrics
+from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class IngestService:
         ingested_us = to_micros(self.clock.now())
         refused: dict[int, InvalidEvents] = {}
         with self.store.write() as conn:
-            fields = metered_fields(conn)
+            fields = metered_fields(meter_store.live_meter_reads(conn))
             if fields:
                 for request in group:
                     errors = check_metered(request.events, fields, request.indexed)

@@ -323,6 +323,15 @@ def lock_materializer(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MATERIALIZER_LOCK})
 
 
+def live_meter_reads(conn: Connection) -> list[tuple[str, str, str, str | None, Any]]:
+    """(slug, event type, aggregation, valueProperty, groupBy) of every live meter, in `conn`'s
+    transaction: what ingest checks the values of (tallybook.ingest.metered)."""
+    query = select(
+        meters.c.slug, meters.c.event_type, meters.c.aggregation, meters.c.value_property, meters.c.group_by
+    ).where(meters.c.deleted_us.is_(None))
+    return [tuple(row) for row in conn.execute(query)]
+
+
 def visible_max_seq(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())
 

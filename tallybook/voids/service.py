@@ -104,7 +104,7 @@ class VoidService:
         with self.store.write() as conn:
             meter_store.lock_materializer(conn)
             # The values meters read are checked as ingest checks them, against the live meters.
-            problems = check_metered([replacement], metered_fields(conn), indexed=False)
+            problems = check_metered([replacement], metered_fields(meter_store.live_meter_reads(conn)), indexed=False)
             if problems:
                 detail = "; ".join(f"event.{e.field}: {e.message}" for e in problems)
                 raise InvalidReplacement(
