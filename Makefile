@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench install fuzz
+.PHONY: serve test lint bench install fuzz node-sdk
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,20 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml clients/python/pyproject.toml
 
 install: $(VENV)/.installed
 
+# OpenMeter's Node SDK for tests/sdk/test_openmeter_node.py, from the npm registry at the version
+# package-lock.json pins; installed again only when the lock changes. `make test` installs it when npm
+# is there (without npm that test skips, and fails under CI).
+NODE_SDK := tests/sdk/node
+$(NODE_SDK)/node_modules/.installed: $(NODE_SDK)/package.json $(NODE_SDK)/package-lock.json
+	cd $(NODE_SDK) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-sdk: $(NODE_SDK)/node_modules/.installed
+
 serve: install
 	$(BIN)/tallybook serve --demo
 
-test: install
+test: install $(if $(shell command -v npm),node-sdk)
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: install

@@ -20,29 +20,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(directory: Path, database_url: str, bootstrap: bool = True) -> Path:
+def write_config(directory: Path, database_url: str, bootstrap: bool = True, extra: str = "") -> Path:
     config = directory / "tallybook.yaml"
     text = f"database:\n  url: {database_url}\n"
     if bootstrap:
         text += 'auth:\n  bootstrap_keys:\n    - {name: test, scope: admin, key: "${TB_TEST_ADMIN_KEY}"}\n'
         text += "logging:\n  level: WARNING\n"
-    config.write_text(text)
+    config.write_text(text + extra)
     return config
 
 
 class ServerProcess:
     def __init__(
-        self, directory: Path, database_url: str, bootstrap: bool = True, extra_args: tuple[str, ...] = ()
+        self,
+        directory: Path,
+        database_url: str,
+        bootstrap: bool = True,
+        extra_args: tuple[str, ...] = (),
+        extra_config: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
+        """extra_config: YAML sections appended to the config file; env: variables added for the server."""
         self.directory = directory
         self.extra_args = extra_args
-        self.config = write_config(directory, database_url, bootstrap)
+        self.extra_env = env or {}
+        self.config = write_config(directory, database_url, bootstrap, extra_config)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> ServerProcess:
-        env = {**os.environ, "TB_TEST_ADMIN_KEY": ADMIN_KEY}
+        env = {**os.environ, "TB_TEST_ADMIN_KEY": ADMIN_KEY, **self.extra_env}
         self.proc = subprocess.Popen(
             [
                 sys.executable,
