@@ -298,7 +298,11 @@ class StripeService:
         return {"received": True, "type": event.type, **handler(event)}
 
     def _on_subscription_updated(self, event: stripe.Event) -> dict[str, Any]:
-        """A subscription entered a new period: report the finished one at once."""
+        """A subscription entered a new period: report the finished one at once (settle 0).
+
+        Billing meters take events for the finished period during Stripe's grace hour. Legacy usage
+        records cannot reach a renewed period, so the finished period's tail (after its last whole
+        window) is carried into the new period's quantity, at once."""
         data = event.data.to_dict()
         subscription = data.get("object") or {}
         finished = _finished_period(subscription, data.get("previous_attributes"))

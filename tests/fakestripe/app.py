@@ -371,8 +371,7 @@ def _in_progress(idem_key: str) -> StripeAPIError:
     return StripeAPIError(
         409,
         "idempotency_error",
-        f"There is currently another in-progress request using the idempotency key '{idem_key}'. "
-        "Try again later.",
+        f"There is currently another in-progress request using the idempotency key '{idem_key}'. Try again later.",
         saved=False,
     )
 
