@@ -129,6 +129,20 @@ def make_identifier(prefix: str, meter: str, customer_id: str, start_us: int, ve
     return f"tb-{prefix}-{digest}-{start_us // 1_000_000}-v{version}"
 
 
+@dataclass(frozen=True, slots=True)
+class ReportedRange:
+    """What one run reported of one mapped meter, rounded to its windows, and why those bounds."""
+
+    meter: str
+    mode: str  # billing_meter | usage_record
+    formula: str  # sum | last
+    window: WindowSize
+    start: datetime | None  # first window (None for usage records: each item's billing period)
+    end: datetime  # end of the last whole window that ended `settle_delay` ago (or at --to)
+    start_reason: str  # "from": --from rounded down; "first": no run before, end - backfill; "lookback"
+    end_reason: str  # "settle": now - settle_delay rounded down; "to": --to rounded down
+
+
 @dataclass
 class RunSummary:
     sent: int = 0
@@ -140,6 +154,7 @@ class RunSummary:
     halted: str | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
     failed_items: int = 0  # meters or subscription items skipped because they failed
+    ranges: list[ReportedRange] = field(default_factory=list)  # per mapped meter reported
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -222,6 +237,9 @@ class Reporter:
                 found[link.meter] = StripeMeterMapping(meter=link.meter, event_name=link.event_name)
         return list(found.values())
 
+    def target(self, mapping: StripeMeterMapping, formula: str) -> Target:
+        return Target(mapping, formula)
+
     def _targets(self, run: JobRun | None = None) -> list[Target]:
         """The mappings whose meter exists; with `run`, a mapping whose meter cannot be read (it was
         deleted) is recorded as a failed `meter` item and left out."""
@@ -295,20 +313,40 @@ class Reporter:
             limit = min(limit, to)
         return window_start(target.size, limit, UTC_ZONE)
 
-    def _start(self, target: Target, horizon: datetime, from_: datetime | None) -> datetime:
+    def _range(
+        self, target: Target, now: datetime, from_: datetime | None, to: datetime | None, summary: RunSummary
+    ) -> tuple[datetime, datetime]:
+        """[first window, end of the last whole settled window) for this run, recorded with why."""
+        horizon = self._horizon(target, now, to)
+        end_reason = "to" if to is not None and to < now - self._settle else "settle"
         if from_ is not None:
-            return window_start(target.size, from_, UTC_ZONE)
-        with self.store.read() as conn:
-            cursor = self.jobs.get_cursor(conn, _cursor_name(target.meter))
-        begin = horizon - self.settings.backfill if cursor is None else from_micros(cursor) - self.settings.lookback
-        return window_start(target.size, min(begin, horizon), UTC_ZONE)
+            start, reason = window_start(target.size, from_, UTC_ZONE), "from"
+        else:
+            with self.store.read() as conn:
+                cursor = self.jobs.get_cursor(conn, _cursor_name(target.meter))
+            if cursor is None:
+                begin, reason = horizon - self.settings.backfill, "first"
+            else:
+                begin, reason = from_micros(cursor) - self.settings.lookback, "lookback"
+            start = window_start(target.size, min(begin, horizon), UTC_ZONE)
+        summary.ranges.append(
+            ReportedRange(
+                target.meter, target.mapping.mode, target.formula, target.size, start, horizon, reason, end_reason
+            )
+        )
+        return start, horizon
 
-    def _advance_cursor(self, target: Target, until: datetime) -> None:
+    def _advance_cursor(self, target: Target, start: datetime, until: datetime) -> None:
+        """The meter is reported up to `until`; and from `start` on, when that reaches further back
+        without a gap (`stripe.reported_from:`, what reconcile calls "reporting started")."""
         name = _cursor_name(target.meter)
         with self.store.write() as conn:
             current = self.jobs.get_cursor(conn, name)
             if current is None or current < to_micros(until):
                 self.jobs.set_cursor(conn, name, to_micros(until))
+            first = self.jobs.get_cursor(conn, reported_from_cursor(target.meter))
+            if first is None or (to_micros(start) < first <= to_micros(until)):
+                self.jobs.set_cursor(conn, reported_from_cursor(target.meter), to_micros(start))
 
     def _linked(self, customer_ids: Sequence[str] | None) -> dict[str, CustomerLink]:
         return self.db.customers(customer_ids)
@@ -323,8 +361,7 @@ class Reporter:
         customer_ids: Sequence[str] | None,
         summary: RunSummary,
     ) -> None:
-        horizon = self._horizon(target, now, to)
-        start = self._start(target, horizon, from_)
+        start, horizon = self._range(target, now, from_, to, summary)
         links = self._linked(customer_ids)
         if start >= horizon or not links:
             return
@@ -363,7 +400,7 @@ class Reporter:
             fresh = self.db.latest_per_window(target.meter, to_micros(start), to_micros(horizon), customer_ids)
             ledger = {k: fresh.get(k, []) for k in touched}
             figures = {k: figures[k] for k in touched}
-        self._advance_cursor(target, horizon)
+        self._advance_cursor(target, start, horizon)
         summary.items.append(
             {"meter": target.meter, "from": start, "to": horizon, "windows": len(figures), "formula": "sum"}
         )
@@ -383,9 +420,8 @@ class Reporter:
         doubt = _doubt_id(history)
         if doubt and any(r.id == doubt and r.response.get("stripeWindowTotal") is None for r in history):
             return None  # Stripe's figure for the window is unknown: a person decides (see reports)
-        # What Stripe holds: the ledger's live events, after Stripe's own figure when a row was in doubt.
         live = [r for r in history if r.kind == EVENT and r.status == SENT and not r.cancelled and r.id > doubt]
-        held = _doubt_base(history) + sum((r.value for r in live), Decimal(0))
+        held = held_in_window(history)
         if figure == held:
             return None
         last = history[-1] if history else None
@@ -446,8 +482,7 @@ class Reporter:
         customer_ids: Sequence[str] | None,
         summary: RunSummary,
     ) -> None:
-        horizon = self._horizon(target, now, to)
-        start = self._start(target, horizon, from_)
+        start, horizon = self._range(target, now, from_, to, summary)
         links = self._linked(customer_ids)
         if start >= horizon or not links:
             return
@@ -496,7 +531,7 @@ class Reporter:
             if plans:
                 self._persist_and_send(target, plans, now, summary)
             period = period_end
-        self._advance_cursor(target, horizon)
+        self._advance_cursor(target, start, horizon)
         summary.items.append({"meter": target.meter, "from": start, "to": horizon, "formula": "last"})
 
     # -- legacy usage records -------------------------------------------------------------------------
@@ -511,6 +546,9 @@ class Reporter:
         price = target.mapping.price
         assert price is not None
         horizon = self._horizon(target, now, None)
+        summary.ranges.append(
+            ReportedRange(target.meter, "usage_record", target.formula, target.size, None, horizon, "period", "settle")
+        )
         subscriptions = self._call(
             lambda: self.client.v1.subscriptions.list(
                 {"price": price, "status": "active", "limit": 100},
@@ -827,7 +865,7 @@ class Reporter:
         if target.formula == "last":
             held = live[-1].value if live else Decimal(0)
         else:
-            held = _doubt_base(history) + sum((r.value for r in live if r.id > _doubt_id(history)), Decimal(0))
+            held = held_in_window([r for r in history if r.id != row.id])
         total = self.stripe_window_total(target, row.stripe_customer_id, row.window_start_us, row.window_end_us)
         return held, total
 
@@ -857,10 +895,10 @@ class Reporter:
             linked = {m.event_name: m.stripe_meter_id for m in self.db.meter_links() if m.stripe_meter_id}
             found = linked.get(event_name)
             if found is None:
-                for meter in self._call(lambda: self.client.v1.billing.meters.list({"limit": 100})).auto_paging_iter():
-                    if meter.event_name == event_name and meter.status == "active":
-                        found = str(meter.id)
-                        break
+                listed = self._call(lambda: self.client.v1.billing.meters.list({"limit": 100})).auto_paging_iter()
+                named = [m for m in listed if m.event_name == event_name]
+                active = [m for m in named if m.status == "active"]
+                found = str((active or named)[0].id) if named else None
             if found is None:
                 return None
             self._meter_ids[event_name] = found
@@ -1075,6 +1113,14 @@ class Reporter:
             raise Halt(f"Stripe refused the credentials: {info['message']}")
 
 
+def held_in_window(history: list[ReportRow]) -> Decimal:
+    """What Stripe holds for a sum meter's window, by its ledger rows: the live (sent, not cancelled)
+    events; after Stripe's own figure when a row of the window was settled in doubt."""
+    doubt = _doubt_id(history)
+    live = [r for r in history if r.kind == EVENT and r.status == SENT and not r.cancelled and r.id > doubt]
+    return _doubt_base(history) + sum((r.value for r in live), Decimal(0))
+
+
 def _refused(row: ReportRow) -> bool:
     """Stripe refused the row, or it was out of range (not: settled by event summaries, see _settle_stale)."""
     if row.status == OUT_OF_RANGE:
@@ -1129,6 +1175,16 @@ def _http_status(response: dict[str, Any]) -> int | None:
 
 def _cursor_name(meter: str) -> str:
     return f"stripe.reported:{meter}"
+
+
+def reported_cursor(meter: str) -> str:
+    """The job cursor holding the end of what was reported of `meter` (the last run's end)."""
+    return _cursor_name(meter)
+
+
+def reported_from_cursor(meter: str) -> str:
+    """The job cursor holding where reporting of `meter` started (the first run's first window)."""
+    return f"stripe.reported_from:{meter}"
 
 
 def _jsonable(value: Any) -> Any:
