@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.store.stripe import PENDING, REJECTED, SENT
@@ -413,3 +414,28 @@ def test_unconfirmed_for_a_day_stripes_event_summaries_decide(stripe_env: Stripe
     env.events("api_calls", "alice", (hour(9, 50), 5))
     env.service.report(from_=hour(9))
     assert env.stripe_total("api_calls", stripe_id, hour(9), hour(10)) == Decimal(3005)
+
+
+def test_a_restored_ledger_meets_its_own_keys_and_stripes_summaries_decide(stripe_env: StripeEnv) -> None:
+    env = stripe_env
+    env.meter("api_calls")
+    _, stripe_id = env.customer("alice")
+    env.events("api_calls", "alice", (hour(9, 5), 2))
+    env.service.report()
+    # The database is restored from a backup taken before that send: the ledger forgot it.
+    with env.runtime.store.write() as conn:
+        conn.execute(text("DELETE FROM stripe_report_attempts"))
+        conn.execute(text("DELETE FROM stripe_reports"))
+    env.events("api_calls", "alice", (hour(9, 40), 3))
+    env.advance(timedelta(minutes=10))
+    summary = env.service.report()
+    # Same window and version, so the same key, with another value: Stripe refuses the key.
+    [row] = env.ledger()
+    assert row.status == REJECTED and row.response["inDoubt"] and row.response["stripeWindowTotal"] == "2"
+    assert "idempotency key" in (row.error or "") and summary.rejected == 1
+    assert env.stripe_total("api_calls", stripe_id, hour(9), hour(10)) == Decimal(2)
+    # The window goes on from Stripe's figure: 3 more, not 5.
+    env.advance(timedelta(minutes=10))
+    env.service.report()
+    assert env.stripe_total("api_calls", stripe_id, hour(9), hour(10)) == Decimal(5)
+    assert env.service.report().sent == 0

@@ -113,7 +113,13 @@ def test_the_period_end_webhook_bills_the_ended_periods_tail(legacy: Legacy) -> 
     env.service.report()
     assert legacy.billed() == [30, 60]  # 90 of 90 units billed across the two periods
     assert sum(legacy.billed()) == 90
-    assert env.service.report().sent == 0  # nothing changed: nothing resent
+    now = env.clock.now()
+    summary = env.service.report(now=now)
+    assert summary.sent == 0  # nothing changed: nothing resent
+    [line] = env.service.explain_report(summary, now)  # what `tallybook stripe report` prints
+    assert (line.mode, line.price, line.period_from) == ("usage_record", env.settings.meters[0].price, end)
+    assert (line.sent, line.carried, line.held_back, line.not_sent) == (60, 30, 0, 0)
+    assert (line.sent_from, line.sent_to, line.held_back_to) == (end, end + timedelta(hours=1), now)
 
 
 def test_the_hourly_job_alone_carries_the_tail_and_late_events(legacy: Legacy) -> None:

@@ -85,6 +85,8 @@ IDENTIFIER_MAX = 100
 # event endpoint names a duplicate identifier only in the message ("An event already exists with
 # identifier …", no code), so any "already …" answer counts.
 ALREADY_DONE_CODES = frozenset({"duplicate_meter_event", "meter_event_already_cancelled"})
+UNCONFIRMED = "not confirmed within Stripe's 24 h identifier window"
+KEY_TAKEN = "Stripe refused its idempotency key as used before with other parameters (a restored database?)"
 ALREADY_DONE_MESSAGE = re.compile(r"\balready (exists|been|received|cancell?ed|canceled)\b", re.IGNORECASE)
 LAST_AGGREGATIONS = frozenset(
     {
@@ -289,6 +291,7 @@ class Reporter:
     ) -> RunSummary:
         now = now or self.clock.now()
         self._settle = self.settings.settle_delay if settle is None else settle
+        self.forget_meter_ids()
         summary = RunSummary()
         targets = [t for t in self._targets(run) if meters is None or t.meter in meters]
         by_meter = {t.meter: t for t in targets}
@@ -779,14 +782,17 @@ class Reporter:
             # Stripe dedups identifiers for 24 h only. An intent unconfirmed for that long may or
             # may not have arrived, so resending it could bill twice: Stripe's event summaries decide.
             with run.item("meter", row.meter, passthrough=(Halt,), meter=row.meter):
-                self._settle_stale(by_meter[row.meter], row, now, summary)
+                self._settle_by_summaries(by_meter[row.meter], row, now, summary, UNCONFIRMED)
         for meter, rows in grouped.items():
             with run.item("meter", meter, passthrough=(Halt,), meter=meter):
                 self._send(by_meter[meter], rows, now, summary)
 
-    def _settle_stale(self, target: Target, row: ReportRow, now: datetime, summary: RunSummary) -> None:
-        """Decide a row unconfirmed for 23 h by what Stripe holds for its window (event summaries;
-        Stripe processes meter events asynchronously, but not for a day).
+    def _settle_by_summaries(
+        self, target: Target, row: ReportRow, now: datetime, summary: RunSummary, why: str
+    ) -> None:
+        """Decide a row in doubt (`why`: unconfirmed for 23 h, or its idempotency key taken by other
+        parameters) by what Stripe holds for its window: its event summaries (Stripe processes meter
+        events asynchronously, but not for a day).
 
         Stripe's window total equal to the ledger's with the row: it arrived (SENT, `confirmed`).
         Equal to the ledger's without it: it did not (REJECTED with `verifiedAbsent`; the window is
@@ -832,9 +838,9 @@ class Reporter:
             response = {"inDoubt": True, "stripeWindowTotal": None if total is None else str(total)}
             seen = "could not be read" if total is None else f"hold {total}"
             error = (
-                f"not confirmed within Stripe's 24 h identifier window, and Stripe's event summaries for the "
-                f"window {seen} (the ledger: {held} without it, {held + row.value} with it); the window's "
-                "next correction starts from Stripe's figure. Compare with `tallybook stripe reconcile`"
+                f"{why}, and Stripe's event summaries for the window {seen} (the ledger: {held} without it, "
+                f"{held + row.value} with it); the window's next correction starts from Stripe's figure. "
+                "Compare with `tallybook stripe reconcile`"
             )
             summary.rejected += 1
         with self.store.write() as conn:
@@ -887,6 +893,10 @@ class Reporter:
             return values[-1] if values else Decimal(0)
         return sum(values, Decimal(0))
 
+    def forget_meter_ids(self) -> None:
+        """Look Stripe meters up afresh (each run and each reconcile: a meter may have been replaced)."""
+        self._meter_ids.clear()
+
     def stripe_meter_id(self, event_name: str | None) -> str | None:
         """The Stripe meter of an event name: linked by `tallybook stripe setup`, else looked up once."""
         if event_name is None:
@@ -914,7 +924,9 @@ class Reporter:
         try:
             for row in single:
                 response = self._send_one(row, now, summary)
-                if response is not None:
+                if response is not None and "keyTaken" in response:
+                    self._settle_by_summaries(target, row, now, summary, KEY_TAKEN)
+                elif response is not None:
                     done.append((row, response))
                 if len(done) >= OUTCOME_BATCH:
                     self._succeeded(done, now, summary)
@@ -955,6 +967,8 @@ class Reporter:
             info = error_info(exc)
             if row.kind != USAGE_RECORD and already_done(info):
                 return {"alreadyReceived": info}  # the first send arrived
+            if row.kind != USAGE_RECORD and isinstance(exc, stripe.IdempotencyError) and exc.http_status == 400:
+                return {"keyTaken": info}  # the identifier was sent before with other parameters
             self._failed([row], exc, now, summary)
             return None
         return dict(response)
@@ -1064,7 +1078,7 @@ class Reporter:
 
     def _failed(self, rows: list[ReportRow], exc: stripe.StripeError, now: datetime, summary: RunSummary) -> None:
         info = error_info(exc)
-        if rows[0].kind != USAGE_RECORD and already_done(info):
+        if len(rows) == 1 and rows[0].kind != USAGE_RECORD and already_done(info):
             # The first send arrived (we crashed or timed out before recording it).
             self._succeeded([(row, {"alreadyReceived": info}) for row in rows], now, summary)
             return

@@ -323,6 +323,7 @@ class StripeService:
         links = self.db.customers()
         drifts = []
         reporter = self.reporter()
+        reporter.forget_meter_ids()
         explainer = self.explainer()
         for mapping in reporter.mappings():
             if mapping.mode != "billing_meter":
