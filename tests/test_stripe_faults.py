@@ -439,3 +439,27 @@ def test_a_restored_ledger_meets_its_own_keys_and_stripes_summaries_decide(strip
     env.service.report()
     assert env.stripe_total("api_calls", stripe_id, hour(9), hour(10)) == Decimal(5)
     assert env.service.report().sent == 0
+
+
+def test_a_last_meter_row_unconfirmed_for_a_day_is_decided_by_its_last_value(
+    database_url: str, fake: FakeStripeServer
+) -> None:
+    env = build_env(database_url, fake, [StripeMeterMapping(meter="seats", event_name="seats")])
+    try:
+        env.meter("seats", Aggregation.MAX, formula="last")
+        _, stripe_id = env.customer("alice")
+        env.events("seats", "alice", (hour(9, 5), 5))
+        assert env.service.report().sent == 1
+        env.advance(timedelta(hours=2))
+        env.events("seats", "alice", (hour(10, 30), 8))
+        env.fake.faults.drop(EVENTS, after_processing=True)
+        assert env.service.report().pending == 1
+        env.advance(timedelta(hours=30))
+        assert env.service.report().rejected == 0
+        first, second = env.ledger()
+        assert (first.value, first.status, second.value) == (5, SENT, 8)
+        # Stripe bills the last value, 8: the row arrived (5 + 8 would be a sum meter's figure).
+        assert second.status == SENT and "hold 8: it arrived" in second.response["confirmed"]
+        assert env.stripe_total("seats", stripe_id, hour(0, day=1), env.clock.now()) == Decimal(8)
+    finally:
+        env.runtime.stop()

@@ -671,10 +671,11 @@ class Reporter:
             billed_own = final.target - (final.carried or Decimal(0))
             return self._usage(target, link, from_micros(period), from_micros(start_us)) - billed_own
         name = f"stripe.usage_record:{item_id}"  # where Tallybook started billing the item
-        with self.store.write() as conn:
+        with self.store.read() as conn:
             anchor = self.jobs.get_cursor(conn, name)
-            if anchor is None:
-                anchor = start_us
+        if anchor is None:
+            anchor = start_us
+            with self.store.write() as conn:
                 self.jobs.set_cursor(conn, name, anchor)
         return self._usage(target, link, from_micros(anchor), from_micros(start_us))
 
@@ -820,12 +821,11 @@ class Reporter:
                 )
             summary.pending += 1
             return
-        if total is not None and row.kind == EVENT and (total == held + row.value or row.value == 0):
-            confirmed = f"Stripe's event summaries for the window hold {total}: it arrived"
-            self._succeeded([(row, {"confirmed": confirmed, "stripeWindowTotal": str(total)})], now, summary)
-            return
-        if total is not None and row.kind == CANCEL and total == held + row.value:
-            confirmed = f"Stripe's event summaries for the window hold {total}: the cancel was applied"
+        # What Stripe holds with the row and without it (a `last` meter holds its latest value).
+        with_row = row.value if target.formula == "last" and row.kind == EVENT else held + row.value
+        if total is not None and (total == with_row or (row.kind == EVENT and row.value == 0)):
+            done = "it arrived" if row.kind == EVENT else "the cancel was applied"
+            confirmed = f"Stripe's event summaries for the window hold {total}: {done}"
             self._succeeded([(row, {"confirmed": confirmed, "stripeWindowTotal": str(total)})], now, summary)
             return
         if total is not None and total == held:
@@ -839,7 +839,7 @@ class Reporter:
             seen = "could not be read" if total is None else f"hold {total}"
             error = (
                 f"{why}, and Stripe's event summaries for the window {seen} (the ledger: {held} without it, "
-                f"{held + row.value} with it); the window's next correction starts from Stripe's figure. "
+                f"{with_row} with it); the window's next correction starts from Stripe's figure. "
                 "Compare with `tallybook stripe reconcile`"
             )
             summary.rejected += 1
