@@ -13,7 +13,7 @@ import pytest
 import stripe
 
 from tests.fakestripe import FakeStripeServer
-from tests.fakestripe.testing import metered_setup
+from tests.fakestripe.testing import error_body, metered_setup
 
 T0 = int(datetime(2026, 3, 10, 0, 0, tzinfo=UTC).timestamp())  # midnight UTC
 DAY = 86_400
@@ -103,13 +103,25 @@ def test_meter_event_validation(fake: FakeStripeServer, client: stripe.StripeCli
           "timestamp": now - 35 * DAY - 1}, "timestamp_too_far_in_past"),
         ({"event_name": "api_call", "payload": {"stripe_customer_id": cus, "value": "1"},
           "timestamp": now + 301}, "timestamp_in_future"),
-        ({"event_name": "api_call", "payload": {"stripe_customer_id": cus, "value": "1"}, "identifier": "e-1"},
-         "duplicate_meter_event"),
     ]  # fmt: skip
     for params, code in cases:
         with pytest.raises(stripe.InvalidRequestError) as err:
             client.v1.billing.meter_events.create(params)  # type: ignore[arg-type]
         assert err.value.http_status == 400 and err.value.code == code, params
+    # A duplicate identifier: Stripe's v1 answer names it in the message, without a code, not retryable.
+    again = {"event_name": "api_call", "payload": {"stripe_customer_id": cus, "value": "1"}, "identifier": "e-1"}
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        client.v1.billing.meter_events.create(again)  # type: ignore[arg-type]
+    assert err.value.http_status == 400 and err.value.code is None
+    assert error_body(err.value) == {
+        "type": "invalid_request_error",
+        "message": "An event already exists with identifier e-1.",
+    }
+    assert err.value.headers is not None and err.value.headers.get("Stripe-Should-Retry") == "false"
+    fake.state.duplicate_identifier_code = "duplicate_meter_event"  # the coded variant, when a test wants it
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        client.v1.billing.meter_events.create(again)  # type: ignore[arg-type]
+    assert err.value.code == "duplicate_meter_event" and "already exists" in str(err.value)
     # the edges of the timestamp window are accepted
     _event(client, cus, "1", now - 35 * DAY, "edge-past")
     _event(client, cus, "1", now + 300, "edge-future")
@@ -347,6 +359,13 @@ def test_legacy_usage_records_through_raw_request(fake: FakeStripeServer, client
         with pytest.raises(stripe.InvalidRequestError) as err:
             client.raw_request("post", url, quantity=1, timestamp=ts, stripe_version=LEGACY)
         assert err.value.param == "timestamp"
+    # Once the period renewed, the ended one takes no more usage (Stripe's own wording).
+    sub_id = fake.state.get("subscription_item", item_id)["subscription"]
+    fake.advance_subscription(sub_id, move_clock=True)
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        client.raw_request("post", url, quantity=1, timestamp=end - 60, stripe_version=LEGACY)
+    assert "must be after the subscription's last invoice period (or current period start time)" in str(err.value)
+    client.raw_request("post", url, quantity=4, timestamp=end, stripe_version=LEGACY)
     with pytest.raises(stripe.InvalidRequestError) as err:
         client.raw_request("post", url, quantity=1, action="decrement", stripe_version=LEGACY)
     assert err.value.param == "action"

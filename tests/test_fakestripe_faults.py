@@ -13,7 +13,7 @@ import stripe
 from tests.fakestripe import FakeStripeServer, FastRetryRequestsClient
 from tests.fakestripe.faults import Faults
 from tests.fakestripe.routes import ROUTER, Ctx, Router
-from tests.fakestripe.testing import error_body
+from tests.fakestripe.testing import error_body, metered_setup
 
 
 @pytest.fixture
@@ -159,6 +159,31 @@ def test_dropped_connection_after_processing_is_replayed_with_the_same_key(fake:
     assert again.id == made["id"]
     assert [r.outcome for r in _customer_posts(fake)] == ["fault:drop_after", "replayed"]
     assert len(fake.state.events_of_type("customer.created")) == 1
+
+
+def test_a_request_still_running_answers_retries_409_then_replays(fake: FakeStripeServer) -> None:
+    client = fake.client(max_network_retries=2)
+    setup = metered_setup(client)
+    fake.faults.still_running("/v1/billing/meter_events", conflicts=3)
+    event = {"event_name": "api_call", "payload": {"stripe_customer_id": setup.customer.id, "value": "5"},
+             "identifier": "w-1"}  # fmt: skip
+    with pytest.raises(stripe.APIConnectionError):
+        client.v1.billing.meter_events.create(event, {"idempotency_key": "k-1"})  # type: ignore[arg-type]
+    assert len(fake.state.meter_events) == 1  # Stripe ran it; the answer never arrived
+    # The same key while it is "still running": 409, which the SDK retries (2 retries here), then gives up.
+    with pytest.raises(stripe.APIError) as err:
+        client.v1.billing.meter_events.create(event, {"idempotency_key": "k-1"})  # type: ignore[arg-type]
+    assert err.value.http_status == 409 and error_body(err.value)["type"] == "idempotency_error"
+    assert "in-progress request" in str(err.value)
+    posts = fake.state.requests_to("POST", "/v1/billing/meter_events")
+    assert [r.status for r in posts[1:]] == [409, 409, 409]
+    # Once it finished, the same key replays its answer; another key meets the identifier.
+    replay = client.v1.billing.meter_events.create(event, {"idempotency_key": "k-1"})  # type: ignore[arg-type]
+    assert replay.identifier == "w-1" and fake.state.requests[-1].outcome == "replayed"
+    with pytest.raises(stripe.InvalidRequestError) as dup:
+        client.v1.billing.meter_events.create(event, {"idempotency_key": "k-2"})  # type: ignore[arg-type]
+    assert "An event already exists with identifier w-1" in str(dup.value)
+    assert len(fake.state.meter_events) == 1
 
 
 def test_fault_patterns_and_counts(fake: FakeStripeServer) -> None:

@@ -174,15 +174,15 @@ def test_cli_setup_report_reconcile_and_reports(
     report = runner.invoke(cli, ["stripe", "report", "--from", start, "--to", end, "-c", str(config)])
     assert report.exit_code == 0, report.output
     line = next(x for x in report.output.splitlines() if x.startswith("cus_"))
-    customer, price_id, meter, usage, start_at, end_at = line.split()
-    assert (price_id, meter, usage) == (price["id"], "api_calls", "4")
-    assert start_at.endswith("Z") and end_at > start_at
+    customer, price_id, meter, sent, held_back, not_sent, not_reported, sent_from, sent_to, _ = line.split()
+    assert (price_id, meter, sent, held_back, not_sent, not_reported) == (price["id"], "api_calls", "4", "0", "0", "0")
+    assert sent_from.endswith("Z") and sent_to > sent_from
     assert "sent=1" in report.output
 
     reconcile = runner.invoke(cli, ["stripe", "reconcile", "--from", start, "--to", end, "-c", str(config)])
     assert reconcile.exit_code == 0, reconcile.output
-    row = next(x for x in reconcile.output.splitlines() if x.startswith("api_calls"))
-    assert row.split()[2:] == [customer, "4", "4", "0"]
+    row = next(x for x in reconcile.output.splitlines() if x.startswith("api_calls ") and customer in x)
+    assert row.split()[2:7] == [customer, "4", "4", "0", "4"]
 
     reports = runner.invoke(cli, ["stripe", "reports", "-c", str(config)])
     assert reports.exit_code == 0 and "SENT" in reports.output and "1 report(s)" in reports.output

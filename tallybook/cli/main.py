@@ -496,27 +496,21 @@ def stripe_report(
     config: ConfigOption = None,
     database: DatabaseOption = None,
 ) -> None:
-    """Report usage now, then print one line per subscription item: customer, price, meter, usage."""
+    """Report usage now, then explain it: per meter the window-rounded range reported and why; per
+    subscription item what was sent, what is held back (windows not yet whole and settled) and what
+    is not sent. Exits 1 when something was refused or is out of Stripe's range."""
+    from tallybook.stripe.explain import report_text
+
     start, end = _parse_instant(from_, "from"), _parse_instant(to, "to")
     runtime = _stripe_runtime(config, database)
     try:
-        summary = runtime.stripe.report(from_=start, to=end)
-        items = runtime.stripe.active_subscription_items()
-        lines = []
-        for item in items:
-            # The reported range when given, else the item's current billing period.
-            item["from"], item["to"] = start or item["from"], end or item["to"]
-            usage = runtime.stripe.usage_total(item["meter"], item["customer_id"], item["from"], item["to"])
-            lines.append((item, usage))
+        now = runtime.clock.now()
+        summary = runtime.stripe.report(from_=start, to=end, now=now)
+        lines = runtime.stripe.explain_report(summary, now, start, end)
     finally:
         runtime.stop()
-    # One plain line per item (easy to grep and paste): customer, price, meter, total usage, from, to.
-    console.print("customer  price  meter  total_usage  from  to", highlight=False)
-    for item, usage in lines:
-        fields = (item["stripe_customer_id"], item["price"], item["meter"], str(usage))
-        period = (format_rfc3339(item["from"]), format_rfc3339(item["to"]))
-        console.print("  ".join((*fields, *period)), highlight=False)
-    console.print(", ".join(f"{k}={v}" for k, v in summary.as_dict().items()), highlight=False)
+    for text in report_text(summary, lines, runtime.settings.stripe):
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
     if summary.rejected or summary.out_of_range:
         raise typer.Exit(1)
 
@@ -528,7 +522,12 @@ def stripe_reconcile(
     config: ConfigOption = None,
     database: DatabaseOption = None,
 ) -> None:
-    """Compare Stripe's meter event summaries with Tallybook's figures; print the drift."""
+    """Compare Stripe's meter event summaries with Tallybook's figures over --from/--to (rounded down
+    to whole windows) and explain each drift: never reported (before reporting started, see
+    stripe.backfill), not sent, held back (not yet due) or held by Stripe beyond what was sent.
+    Exits 1 when something needs action (held-back usage does not: the next run sends it)."""
+    from tallybook.stripe.explain import reconcile_text
+
     start, end = _parse_instant(from_, "from"), _parse_instant(to, "to")
     assert start is not None and end is not None
     runtime = _stripe_runtime(config, database)
@@ -536,11 +535,9 @@ def stripe_reconcile(
         drifts = runtime.stripe.reconcile(start, end)
     finally:
         runtime.stop()
-    console.print("meter  customer  stripe_customer  tallybook  stripe  drift", highlight=False)
-    for d in drifts:
-        values = (d.meter, d.customer_id, d.stripe_customer_id, str(d.tallybook), str(d.stripe), str(d.drift))
-        console.print("  ".join(values), highlight=False)
-    if any(d.drift for d in drifts):
+    for text in reconcile_text(drifts, runtime.settings.stripe):
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+    if any(d.needs_action for d in drifts):
         raise typer.Exit(1)
 
 

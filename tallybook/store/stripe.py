@@ -99,6 +99,8 @@ stripe_reports = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("updated_us", BigInteger, nullable=False),
     Column("sent_us", BigInteger, nullable=True),  # when Stripe accepted it (cancel window)
+    # Usage records: the part of `value` that is usage of earlier periods (exact decimal text).
+    Column("carried", Text, nullable=True),
 )
 Index(
     "ix_stripe_reports_key",
@@ -172,6 +174,7 @@ class ReportRow:
     created_us: int
     updated_us: int
     sent_us: int | None
+    carried: Decimal | None = None  # usage records: usage of earlier periods included in `value`
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +190,8 @@ class ReportFilter:
 
 def _report(row: Any) -> ReportRow:
     m = row._mapping
-    return ReportRow(**{**m, "value": Decimal(m["value"]), "target": Decimal(m["target"])})
+    carried = None if m["carried"] is None else Decimal(m["carried"])
+    return ReportRow(**{**m, "value": Decimal(m["value"]), "target": Decimal(m["target"]), "carried": carried})
 
 
 def _upsert(dialect: str, table: Table, values: dict[str, Any], keys: list[str]) -> Any:
@@ -338,6 +342,21 @@ class StripeStore:
                 report = _report(row)
                 found.setdefault((report.customer_id, report.window_start_us), []).append(report)
         return found
+
+    def item_rows(self, meter: str, customer_id: str, item_key: str) -> list[ReportRow]:
+        """Every usage-record row of one subscription item (`cancels` = "ur:<item>"), all periods,
+        oldest first."""
+        query = (
+            select(stripe_reports)
+            .where(
+                stripe_reports.c.meter == meter,
+                stripe_reports.c.customer_id == customer_id,
+                stripe_reports.c.cancels == item_key,
+            )
+            .order_by(stripe_reports.c.id)
+        )
+        with self.store.read() as conn:
+            return [_report(r) for r in conn.execute(query)]
 
     def list_reports(self, flt: ReportFilter) -> tuple[int, list[ReportRow]]:
         conditions: list[Any] = []

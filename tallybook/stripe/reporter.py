@@ -6,8 +6,11 @@ For every (meter, customer, window) the reporter
 3. writes the difference as PENDING intents (one transaction) with deterministic identifiers,
 4. sends them and records Stripe's answer on the same rows.
 
-A crash after 3 leaves PENDING rows; the next run resends them with the same identifier, which
-Stripe dedups (a duplicate answer counts as sent). A figure that grows after a window was reported
+A crash after 3 leaves PENDING rows; the next run resends them with the same identifier and the
+same idempotency key (both fixed per window and version), so Stripe replays its saved answer or, when
+the key is gone, answers that the identifier already exists: any "already" answer counts as sent.
+A row unconfirmed for 23 h (Stripe keeps identifiers 24 h) is not resent blindly: Stripe's event
+summaries for its window say whether it arrived. A figure that grows after a window was reported
 (late events) produces a correction: inside Stripe's 24 h cancel window the sent event is cancelled
 and replaced by one carrying the new full figure; after it, an event carrying only the difference.
 The held figure is never sent a second time in full.
@@ -15,6 +18,10 @@ The held figure is never sent a second time in full.
 `sum` Stripe meters (Tallybook SUM/COUNT) get one amount per window, timestamped at the window
 start. `last` Stripe meters (MAX, AVG, UNIQUE_COUNT, LATEST, FIRST, MIN) get the period-to-date
 figure of the calendar month (UTC), timestamped at the end of the reported range.
+
+Legacy usage records `set` each subscription item's period total. Stripe closes a period to usage
+records when it renews, so usage after the period's last whole window (and late events of a closed
+period) is carried into the next period's quantity (`carried` on the row).
 
 Fault isolation: each mapped meter is one item (`meter`), and each legacy subscription item one
 (`subscription_item`). One that fails inside Tallybook (its meter was deleted, its query or a
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -73,8 +81,13 @@ SESSION_REFRESH = timedelta(minutes=1)  # renew the v2 session token this long b
 STREAM_BATCH = 100  # events per v2 stream request
 OUTCOME_BATCH = 200  # answers recorded per transaction
 IDENTIFIER_MAX = 100
-# Stripe answers these for a resent row whose first send did arrive: the row is done.
+# Stripe answers these for a resent row whose first send did arrive: the row is done. Its v1 meter
+# event endpoint names a duplicate identifier only in the message ("An event already exists with
+# identifier …", no code), so any "already …" answer counts.
 ALREADY_DONE_CODES = frozenset({"duplicate_meter_event", "meter_event_already_cancelled"})
+UNCONFIRMED = "not confirmed within Stripe's 24 h identifier window"
+KEY_TAKEN = "Stripe refused its idempotency key as used before with other parameters (a restored database?)"
+ALREADY_DONE_MESSAGE = re.compile(r"\balready (exists|been|received|cancell?ed|canceled)\b", re.IGNORECASE)
 LAST_AGGREGATIONS = frozenset(
     {
         Aggregation.MAX,
@@ -92,6 +105,23 @@ def stripe_formula(aggregation: Aggregation) -> str:
     return "last" if aggregation in LAST_AGGREGATIONS else "sum"
 
 
+def already_done(info: dict[str, Any]) -> bool:
+    """Whether Stripe's refusal says it holds this event (or cancel) already: the first send arrived."""
+    if info.get("code") in ALREADY_DONE_CODES:
+        return True
+    return info.get("http_status") == 400 and bool(ALREADY_DONE_MESSAGE.search(str(info.get("message") or "")))
+
+
+def idempotency_key(row: ReportRow) -> str:
+    """The row's identifier: every attempt for a window and version carries the same key, so a resend
+    after a lost answer gets Stripe's saved answer (or waits while the first request still runs).
+    Only after Stripe replayed a saved 5xx under it (the key is spent) do attempts get their own key."""
+    last = row.response if isinstance(row.response, dict) else {}
+    if last.get("replayed") and int(last.get("http_status") or 0) >= 500:
+        return f"{row.identifier}-a{row.attempts + 1}"
+    return row.identifier
+
+
 def make_identifier(prefix: str, meter: str, customer_id: str, start_us: int, version: int) -> str:
     """Deterministic: the same window and version always give the same identifier."""
     readable = f"tb-{prefix}-{meter}-{customer_id}-{start_us // 1_000_000}-v{version}"
@@ -99,6 +129,20 @@ def make_identifier(prefix: str, meter: str, customer_id: str, start_us: int, ve
         return readable
     digest = hashlib.sha256(f"{meter}|{customer_id}|{start_us}".encode()).hexdigest()[:32]
     return f"tb-{prefix}-{digest}-{start_us // 1_000_000}-v{version}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedRange:
+    """What one run reported of one mapped meter, rounded to its windows, and why those bounds."""
+
+    meter: str
+    mode: str  # billing_meter | usage_record
+    formula: str  # sum | last
+    window: WindowSize
+    start: datetime | None  # first window (None for usage records: each item's billing period)
+    end: datetime  # end of the last whole window that ended `settle_delay` ago (or at --to)
+    start_reason: str  # "from": --from rounded down; "first": no run before, end - backfill; "lookback"
+    end_reason: str  # "settle": now - settle_delay rounded down; "to": --to rounded down
 
 
 @dataclass
@@ -112,6 +156,7 @@ class RunSummary:
     halted: str | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
     failed_items: int = 0  # meters or subscription items skipped because they failed
+    ranges: list[ReportedRange] = field(default_factory=list)  # per mapped meter reported
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -179,6 +224,7 @@ class Reporter:
         self._stream_client: stripe.StripeClient | None = None
         self._settle = settings.settle_delay
         self._run_lock = threading.Lock()
+        self._meter_ids: dict[str, str] = {}  # event name -> Stripe meter id (for event summaries)
 
     # -- configuration ------------------------------------------------------------------------------
     def mappings(self) -> list[StripeMeterMapping]:
@@ -192,6 +238,9 @@ class Reporter:
             elif link.event_name:
                 found[link.meter] = StripeMeterMapping(meter=link.meter, event_name=link.event_name)
         return list(found.values())
+
+    def target(self, mapping: StripeMeterMapping, formula: str) -> Target:
+        return Target(mapping, formula)
 
     def _targets(self, run: JobRun | None = None) -> list[Target]:
         """The mappings whose meter exists; with `run`, a mapping whose meter cannot be read (it was
@@ -242,6 +291,7 @@ class Reporter:
     ) -> RunSummary:
         now = now or self.clock.now()
         self._settle = self.settings.settle_delay if settle is None else settle
+        self.forget_meter_ids()
         summary = RunSummary()
         targets = [t for t in self._targets(run) if meters is None or t.meter in meters]
         by_meter = {t.meter: t for t in targets}
@@ -266,20 +316,40 @@ class Reporter:
             limit = min(limit, to)
         return window_start(target.size, limit, UTC_ZONE)
 
-    def _start(self, target: Target, horizon: datetime, from_: datetime | None) -> datetime:
+    def _range(
+        self, target: Target, now: datetime, from_: datetime | None, to: datetime | None, summary: RunSummary
+    ) -> tuple[datetime, datetime]:
+        """[first window, end of the last whole settled window) for this run, recorded with why."""
+        horizon = self._horizon(target, now, to)
+        end_reason = "to" if to is not None and to < now - self._settle else "settle"
         if from_ is not None:
-            return window_start(target.size, from_, UTC_ZONE)
-        with self.store.read() as conn:
-            cursor = self.jobs.get_cursor(conn, _cursor_name(target.meter))
-        begin = horizon - self.settings.backfill if cursor is None else from_micros(cursor) - self.settings.lookback
-        return window_start(target.size, min(begin, horizon), UTC_ZONE)
+            start, reason = window_start(target.size, from_, UTC_ZONE), "from"
+        else:
+            with self.store.read() as conn:
+                cursor = self.jobs.get_cursor(conn, _cursor_name(target.meter))
+            if cursor is None:
+                begin, reason = horizon - self.settings.backfill, "first"
+            else:
+                begin, reason = from_micros(cursor) - self.settings.lookback, "lookback"
+            start = window_start(target.size, min(begin, horizon), UTC_ZONE)
+        summary.ranges.append(
+            ReportedRange(
+                target.meter, target.mapping.mode, target.formula, target.size, start, horizon, reason, end_reason
+            )
+        )
+        return start, horizon
 
-    def _advance_cursor(self, target: Target, until: datetime) -> None:
+    def _advance_cursor(self, target: Target, start: datetime, until: datetime) -> None:
+        """The meter is reported up to `until`; and from `start` on, when that reaches further back
+        without a gap (`stripe.reported_from:`, what reconcile calls "reporting started")."""
         name = _cursor_name(target.meter)
         with self.store.write() as conn:
             current = self.jobs.get_cursor(conn, name)
             if current is None or current < to_micros(until):
                 self.jobs.set_cursor(conn, name, to_micros(until))
+            first = self.jobs.get_cursor(conn, reported_from_cursor(target.meter))
+            if first is None or (to_micros(start) < first <= to_micros(until)):
+                self.jobs.set_cursor(conn, reported_from_cursor(target.meter), to_micros(start))
 
     def _linked(self, customer_ids: Sequence[str] | None) -> dict[str, CustomerLink]:
         return self.db.customers(customer_ids)
@@ -294,8 +364,7 @@ class Reporter:
         customer_ids: Sequence[str] | None,
         summary: RunSummary,
     ) -> None:
-        horizon = self._horizon(target, now, to)
-        start = self._start(target, horizon, from_)
+        start, horizon = self._range(target, now, from_, to, summary)
         links = self._linked(customer_ids)
         if start >= horizon or not links:
             return
@@ -334,7 +403,7 @@ class Reporter:
             fresh = self.db.latest_per_window(target.meter, to_micros(start), to_micros(horizon), customer_ids)
             ledger = {k: fresh.get(k, []) for k in touched}
             figures = {k: figures[k] for k in touched}
-        self._advance_cursor(target, horizon)
+        self._advance_cursor(target, start, horizon)
         summary.items.append(
             {"meter": target.meter, "from": start, "to": horizon, "windows": len(figures), "formula": "sum"}
         )
@@ -351,12 +420,15 @@ class Reporter:
     ) -> dict[str, Any] | None:
         if any(r.status == PENDING for r in history):
             return None  # an intent is in flight; it is resent first
-        live = [r for r in history if r.kind == EVENT and r.status == SENT and not r.cancelled]
-        held = sum((r.value for r in live), Decimal(0))
+        doubt = _doubt_id(history)
+        if doubt and any(r.id == doubt and r.response.get("stripeWindowTotal") is None for r in history):
+            return None  # Stripe's figure for the window is unknown: a person decides (see reports)
+        live = [r for r in history if r.kind == EVENT and r.status == SENT and not r.cancelled and r.id > doubt]
+        held = held_in_window(history)
         if figure == held:
             return None
         last = history[-1] if history else None
-        if last is not None and last.status in (REJECTED, OUT_OF_RANGE) and last.target == figure:
+        if last is not None and _refused(last) and last.target == figure:
             return None  # the same figure was refused already; it waits for a person (see reports)
         version = max((r.version for r in history), default=0) + 1
         timestamp_us = self._timestamp_for(link, start_us, end_us)
@@ -413,8 +485,7 @@ class Reporter:
         customer_ids: Sequence[str] | None,
         summary: RunSummary,
     ) -> None:
-        horizon = self._horizon(target, now, to)
-        start = self._start(target, horizon, from_)
+        start, horizon = self._range(target, now, from_, to, summary)
         links = self._linked(customer_ids)
         if start >= horizon or not links:
             return
@@ -435,7 +506,7 @@ class Reporter:
                     continue
                 sent = [r for r in history if r.kind == EVENT and r.status == SENT]
                 latest = history[-1] if history else None
-                if latest is not None and latest.status in (REJECTED, OUT_OF_RANGE) and latest.target == figure:
+                if latest is not None and _refused(latest) and latest.target == figure:
                     continue
                 if sent and sent[-1].target == figure:
                     continue  # same figure: a later timestamp would change nothing at Stripe
@@ -463,7 +534,7 @@ class Reporter:
             if plans:
                 self._persist_and_send(target, plans, now, summary)
             period = period_end
-        self._advance_cursor(target, horizon)
+        self._advance_cursor(target, start, horizon)
         summary.items.append({"meter": target.meter, "from": start, "to": horizon, "formula": "last"})
 
     # -- legacy usage records -------------------------------------------------------------------------
@@ -478,6 +549,9 @@ class Reporter:
         price = target.mapping.price
         assert price is not None
         horizon = self._horizon(target, now, None)
+        summary.ranges.append(
+            ReportedRange(target.meter, "usage_record", target.formula, target.size, None, horizon, "period", "settle")
+        )
         subscriptions = self._call(
             lambda: self.client.v1.subscriptions.list(
                 {"price": price, "status": "active", "limit": 100},
@@ -526,23 +600,24 @@ class Reporter:
         now: datetime,
         summary: RunSummary,
     ) -> None:
+        """`set` the period's quantity: its usage up to the last whole window, plus what earlier
+        periods did not bill (carried: Stripe takes no usage record for a period once it renewed)."""
         start_us = period_start * 1_000_000
-        # Whole windows only: what follows the last whole window is counted from the next report.
-        until = min(horizon, datetime.fromtimestamp(period_end, UTC))
+        start = from_micros(start_us)
+        # Whole windows only: what follows the last whole window is carried into the next period.
+        until = max(min(horizon, datetime.fromtimestamp(period_end, UTC)), start)
         ledger_key = f"ur:{item_id}"
-        history = self.db.latest_per_window(target.meter, start_us, start_us + 1, [link.customer_id]).get(
-            (link.customer_id, start_us), []
-        )
-        history = [r for r in history if r.cancels == ledger_key]
-        if any(r.status == PENDING for r in history) or until <= from_micros(start_us):
-            return
-        rows = self.meters.query(
-            UsageQuery(meter=target.meter, from_=from_micros(start_us), to=until, customer_ids=(link.customer_id,))
-        )
-        figure = sum((r.value for r in rows), Decimal(0))
-        quantity = figure.to_integral_value(rounding=ROUND_HALF_UP)
+        rows = self.db.item_rows(target.meter, link.customer_id, ledger_key)
+        history = [r for r in rows if r.window_start_us == start_us]
+        if any(r.status == PENDING for r in history) or now < from_micros(start_us + 1_000_000):
+            return  # in flight; or the period began less than a second ago (its timestamp is ahead)
+        own = self._usage(target, link, start, until)
+        carried = self._carried(target, link, item_id, rows, start_us)
+        quantity = max(own + carried, Decimal(0)).to_integral_value(rounding=ROUND_HALF_UP)
         sent = [r for r in history if r.status == SENT]
-        if (sent and sent[-1].target == quantity) or (not sent and quantity == 0):
+        if sent and sent[-1].target == quantity and sent[-1].carried == carried:
+            return
+        if not sent and quantity == 0:
             return
         version = max((r.version for r in history), default=0) + 1
         plan = {
@@ -559,6 +634,7 @@ class Reporter:
             "value": quantity,
             "target": quantity,
             "cancels": ledger_key,  # which subscription item (usage records have no cancels)
+            "carried": carried,
         }
         self._persist_and_send(target, [plan], now, summary, item_id=item_id)
         summary.items.append(
@@ -567,10 +643,41 @@ class Reporter:
                 "customer": link.stripe_customer_id,
                 "price": target.mapping.price,
                 "usage": quantity,
-                "from": from_micros(start_us),
+                "carried": carried,
+                "from": start,
                 "to": until,
             }
         )
+
+    def _usage(self, target: Target, link: CustomerLink, start: datetime, end: datetime) -> Decimal:
+        if end <= start:
+            return Decimal(0)
+        rows = self.meters.query(UsageQuery(meter=target.meter, from_=start, to=end, customer_ids=(link.customer_id,)))
+        return sum((r.value for r in rows), Decimal(0))
+
+    def _carried(
+        self, target: Target, link: CustomerLink, item_id: str, rows: list[ReportRow], start_us: int
+    ) -> Decimal:
+        """Usage before this period that no earlier period billed: the tail after a period's last
+        whole window, late events of closed periods, and the half units rounding left over.
+
+        The latest earlier period with a sent record billed `target - carried` of its own usage from
+        its start on; everything since its start not billed so is carried. Without one, the usage
+        since Tallybook first saw the item (its first period's start) is carried."""
+        earlier = [r for r in rows if r.window_start_us < start_us and r.status == SENT]
+        if earlier:
+            period = max(r.window_start_us for r in earlier)
+            final = [r for r in earlier if r.window_start_us == period][-1]  # what Stripe billed for it
+            billed_own = final.target - (final.carried or Decimal(0))
+            return self._usage(target, link, from_micros(period), from_micros(start_us)) - billed_own
+        name = f"stripe.usage_record:{item_id}"  # where Tallybook started billing the item
+        with self.store.read() as conn:
+            anchor = self.jobs.get_cursor(conn, name)
+        if anchor is None:
+            anchor = start_us
+            with self.store.write() as conn:
+                self.jobs.set_cursor(conn, name, anchor)
+        return self._usage(target, link, from_micros(anchor), from_micros(start_us))
 
     # -- persisting and sending ---------------------------------------------------------------------
     def _persist_and_send(
@@ -589,6 +696,7 @@ class Reporter:
                 **plan,
                 "value": str(plan["value"]),
                 "target": str(plan["target"]),
+                "carried": None if plan.get("carried") is None else str(plan["carried"]),
                 "cancelled": False,
                 "status": PENDING,
                 "attempts": 0,
@@ -620,6 +728,7 @@ class Reporter:
                     **values,
                     "value": Decimal(values["value"]),
                     "target": Decimal(values["target"]),
+                    "carried": None if values["carried"] is None else Decimal(values["carried"]),
                 },
             )
             for report_id, values in zip(ids, intents, strict=True)
@@ -670,26 +779,140 @@ class Reporter:
                 stale.append(row)
                 continue
             grouped.setdefault(row.meter, []).append(row)
-        if stale:
+        for row in stale:
             # Stripe dedups identifiers for 24 h only. An intent unconfirmed for that long may or
-            # may not have arrived; resending could bill twice, so a person decides (reconcile).
-            with self.store.write() as conn:
-                for row in stale:
-                    self.db.record_outcome(
-                        conn,
-                        row.id,
-                        {
-                            "status": REJECTED,
-                            "next_attempt_us": None,
-                            "error": "not confirmed within Stripe's 24 h identifier window; compare with "
-                            "`tallybook stripe reconcile` and resolve by hand",
-                            "updated_us": to_micros(now),
-                        },
-                    )
-            summary.rejected += len(stale)
+            # may not have arrived, so resending it could bill twice: Stripe's event summaries decide.
+            with run.item("meter", row.meter, passthrough=(Halt,), meter=row.meter):
+                self._settle_by_summaries(by_meter[row.meter], row, now, summary, UNCONFIRMED)
         for meter, rows in grouped.items():
             with run.item("meter", meter, passthrough=(Halt,), meter=meter):
                 self._send(by_meter[meter], rows, now, summary)
+
+    def _settle_by_summaries(
+        self, target: Target, row: ReportRow, now: datetime, summary: RunSummary, why: str
+    ) -> None:
+        """Decide a row in doubt (`why`: unconfirmed for 23 h, or its idempotency key taken by other
+        parameters) by what Stripe holds for its window: its event summaries (Stripe processes meter
+        events asynchronously, but not for a day).
+
+        Stripe's window total equal to the ledger's with the row: it arrived (SENT, `confirmed`).
+        Equal to the ledger's without it: it did not (REJECTED with `verifiedAbsent`; the window is
+        planned again under the next version). Neither: REJECTED `inDoubt`, holding Stripe's total,
+        which the window's next correction starts from (Stripe is the truth); counted as rejected.
+        """
+        now_us = to_micros(now)
+        try:
+            held, total = self._window_totals(target, row)
+        except stripe.StripeError as exc:
+            # Stripe's figure cannot be read now: the row stays PENDING and is decided at its next attempt.
+            info = error_info(exc)
+            delay = min(self.settings.retry_base * (2**row.attempts), self.settings.retry_max)
+            waiting = f"waiting for Stripe's event summaries to decide whether it arrived: {info['message']}"
+            with self.store.write() as conn:
+                self.db.record_outcome(
+                    conn,
+                    row.id,
+                    {
+                        "next_attempt_us": to_micros(now + delay),
+                        "response": info,
+                        "error": waiting,
+                        "updated_us": now_us,
+                    },
+                )
+            summary.pending += 1
+            return
+        # What Stripe holds with the row and without it (a `last` meter holds its latest value).
+        with_row = row.value if target.formula == "last" and row.kind == EVENT else held + row.value
+        if total is not None and (total == with_row or (row.kind == EVENT and row.value == 0)):
+            done = "it arrived" if row.kind == EVENT else "the cancel was applied"
+            confirmed = f"Stripe's event summaries for the window hold {total}: {done}"
+            self._succeeded([(row, {"confirmed": confirmed, "stripeWindowTotal": str(total)})], now, summary)
+            return
+        if total is not None and total == held:
+            response: dict[str, Any] = {"verifiedAbsent": True, "stripeWindowTotal": str(total)}
+            error = (
+                f"did not reach Stripe: its event summaries for the window hold {total}, what the ledger "
+                "holds without it; " + ("sent again under the next version" if row.kind == EVENT else "not retried")
+            )
+        else:
+            response = {"inDoubt": True, "stripeWindowTotal": None if total is None else str(total)}
+            seen = "could not be read" if total is None else f"hold {total}"
+            error = (
+                f"{why}, and Stripe's event summaries for the window {seen} (the ledger: {held} without it, "
+                f"{with_row} with it); the window's next correction starts from Stripe's figure. "
+                "Compare with `tallybook stripe reconcile`"
+            )
+            summary.rejected += 1
+        with self.store.write() as conn:
+            self.db.record_outcome(
+                conn,
+                row.id,
+                {
+                    "status": REJECTED,
+                    "next_attempt_us": None,
+                    "response": response,
+                    "error": error,
+                    "updated_us": now_us,
+                },
+            )
+            self.db.insert_attempts(
+                conn,
+                [{"report_id": row.id, "attempted_us": now_us, "outcome": REJECTED, "http_status": None,
+                  "response": response, "error": error}],
+            )  # fmt: skip
+
+    def _window_totals(self, target: Target, row: ReportRow) -> tuple[Decimal, Decimal | None]:
+        """What the ledger says Stripe holds for the row's window without the row, and what Stripe's
+        event summaries say it holds (None: no Stripe meter has the mapping's event name)."""
+        history = self.db.latest_per_window(
+            row.meter, row.window_start_us, row.window_start_us + 1, [row.customer_id]
+        ).get((row.customer_id, row.window_start_us), [])
+        live = [r for r in history if r.kind == EVENT and r.status == SENT and not r.cancelled and r.id != row.id]
+        if target.formula == "last":
+            held = live[-1].value if live else Decimal(0)
+        else:
+            held = held_in_window([r for r in history if r.id != row.id])
+        total = self.stripe_window_total(target, row.stripe_customer_id, row.window_start_us, row.window_end_us)
+        return held, total
+
+    def stripe_window_total(self, target: Target, stripe_customer: str, start_us: int, end_us: int) -> Decimal | None:
+        """Stripe's own figure for [start, end): the sum (or, for `last` meters, the last value) of its
+        event summaries; None when the Stripe meter for the event name is not found."""
+        meter_id = self.stripe_meter_id(target.mapping.event_name)
+        if meter_id is None:
+            return None
+        summaries = self._call(
+            lambda: self.client.v1.billing.meters.event_summaries.list(
+                meter_id,
+                {"customer": stripe_customer, "start_time": start_us // 1_000_000, "end_time": end_us // 1_000_000,
+                 "limit": 100},
+            )
+        )  # fmt: skip
+        values = [Decimal(str(s.aggregated_value)) for s in summaries.auto_paging_iter()]
+        if target.formula == "last":
+            return values[-1] if values else Decimal(0)
+        return sum(values, Decimal(0))
+
+    def forget_meter_ids(self) -> None:
+        """Look Stripe meters up afresh (each run and each reconcile: a meter may have been replaced)."""
+        self._meter_ids.clear()
+
+    def stripe_meter_id(self, event_name: str | None) -> str | None:
+        """The Stripe meter of an event name: linked by `tallybook stripe setup`, else looked up once."""
+        if event_name is None:
+            return None
+        if event_name not in self._meter_ids:
+            linked = {m.event_name: m.stripe_meter_id for m in self.db.meter_links() if m.stripe_meter_id}
+            found = linked.get(event_name)
+            if found is None:
+                listed = self._call(lambda: self.client.v1.billing.meters.list({"limit": 100})).auto_paging_iter()
+                named = [m for m in listed if m.event_name == event_name]
+                active = [m for m in named if m.status == "active"]
+                found = str((active or named)[0].id) if named else None
+            if found is None:
+                return None
+            self._meter_ids[event_name] = found
+        return self._meter_ids[event_name]
 
     def _send(self, target: Target, rows: list[ReportRow], now: datetime, summary: RunSummary) -> None:
         stream: list[ReportRow] = []
@@ -701,7 +924,9 @@ class Reporter:
         try:
             for row in single:
                 response = self._send_one(row, now, summary)
-                if response is not None:
+                if response is not None and "keyTaken" in response:
+                    self._settle_by_summaries(target, row, now, summary, KEY_TAKEN)
+                elif response is not None:
                     done.append((row, response))
                 if len(done) >= OUTCOME_BATCH:
                     self._succeeded(done, now, summary)
@@ -716,10 +941,7 @@ class Reporter:
     def _send_one(self, row: ReportRow, now: datetime, summary: RunSummary) -> dict[str, Any] | None:
         """Send one row; returns Stripe's answer, or None when the failure was recorded."""
         body = dict(row.request)
-        attempt = row.attempts + 1
-        # A fresh idempotency key per attempt: a saved 5xx must not be replayed forever. The
-        # identifier (or `set` semantics) is what makes a resend harmless at Stripe.
-        options: dict[str, Any] = {"idempotency_key": f"{row.identifier}-a{attempt}"}
+        options: dict[str, Any] = {"idempotency_key": idempotency_key(row)}
         try:
             if row.kind == USAGE_RECORD:
                 path = body.pop("path")
@@ -742,8 +964,11 @@ class Reporter:
                     summary,
                 ).to_dict()
         except stripe.StripeError as exc:
-            if error_json(exc)["code"] in ALREADY_DONE_CODES:
-                return {"alreadyReceived": error_json(exc)}  # the first send arrived
+            info = error_info(exc)
+            if row.kind != USAGE_RECORD and already_done(info):
+                return {"alreadyReceived": info}  # the first send arrived
+            if row.kind != USAGE_RECORD and isinstance(exc, stripe.IdempotencyError) and exc.http_status == 400:
+                return {"keyTaken": info}  # the identifier was sent before with other parameters
             self._failed([row], exc, now, summary)
             return None
         return dict(response)
@@ -816,17 +1041,20 @@ class Reporter:
         now_us = to_micros(now)
         with self.store.write() as conn:
             for row, response in done:
+                earlier = "alreadyReceived" in response or "confirmed" in response
                 self.db.record_outcome(
                     conn,
                     row.id,
                     {
                         "status": SENT,
-                        "attempts": row.attempts + 1,
+                        "attempts": row.attempts + (0 if "confirmed" in response else 1),
                         "next_attempt_us": None,
                         "response": _jsonable(response),
                         "error": None,
                         "updated_us": now_us,
-                        "sent_us": now_us,
+                        # Stripe received it at an earlier attempt: the earliest it can have is when
+                        # the intent was written (so the 24 h cancel window is never overestimated).
+                        "sent_us": row.created_us if earlier else now_us,
                     },
                 )
                 if row.kind == CANCEL and row.cancels:
@@ -837,8 +1065,8 @@ class Reporter:
                     {
                         "report_id": row.id,
                         "attempted_us": now_us,
-                        "outcome": "ALREADY_RECEIVED" if "alreadyReceived" in response else SENT,
-                        "http_status": None if "alreadyReceived" in response else 200,
+                        "outcome": _outcome(response),
+                        "http_status": _http_status(response),
                         "response": _jsonable(response),
                         "error": None,
                     }
@@ -849,8 +1077,8 @@ class Reporter:
         summary.corrections += sum(1 for r, _ in done if r.kind == CANCEL or r.version > 1)
 
     def _failed(self, rows: list[ReportRow], exc: stripe.StripeError, now: datetime, summary: RunSummary) -> None:
-        info = error_json(exc)
-        if info["code"] in ALREADY_DONE_CODES:
+        info = error_info(exc)
+        if len(rows) == 1 and rows[0].kind != USAGE_RECORD and already_done(info):
             # The first send arrived (we crashed or timed out before recording it).
             self._succeeded([(row, {"alreadyReceived": info}) for row in rows], now, summary)
             return
@@ -899,8 +1127,78 @@ class Reporter:
             raise Halt(f"Stripe refused the credentials: {info['message']}")
 
 
+def held_in_window(history: list[ReportRow]) -> Decimal:
+    """What Stripe holds for a sum meter's window, by its ledger rows: the live (sent, not cancelled)
+    events; after Stripe's own figure when a row of the window was settled in doubt."""
+    doubt = _doubt_id(history)
+    live = [r for r in history if r.kind == EVENT and r.status == SENT and not r.cancelled and r.id > doubt]
+    return _doubt_base(history) + sum((r.value for r in live), Decimal(0))
+
+
+def _refused(row: ReportRow) -> bool:
+    """Stripe refused the row, or it was out of range (not: settled by event summaries, see _settle_stale)."""
+    if row.status == OUT_OF_RANGE:
+        return True
+    settled = isinstance(row.response, dict) and (row.response.get("verifiedAbsent") or row.response.get("inDoubt"))
+    return row.status == REJECTED and not settled
+
+
+def _doubt_id(history: list[ReportRow]) -> int:
+    """The id of the window's latest row held in doubt (0: none): rows up to it are replaced by
+    Stripe's own figure for the window, stored on it."""
+    doubtful = [
+        r.id for r in history if r.status == REJECTED and isinstance(r.response, dict) and r.response.get("inDoubt")
+    ]
+    return max(doubtful, default=0)
+
+
+def _doubt_base(history: list[ReportRow]) -> Decimal:
+    """Stripe's figure for the window as read when its latest doubtful row was settled (0: none)."""
+    base = Decimal(0)
+    for r in history:
+        if r.status == REJECTED and isinstance(r.response, dict) and r.response.get("inDoubt"):
+            total = r.response.get("stripeWindowTotal")
+            base = Decimal(str(total)) if total is not None else base
+    return base
+
+
+def error_info(exc: stripe.StripeError) -> dict[str, Any]:
+    """Stripe's error as stored on the ledger; `replayed` when Stripe replayed a saved answer for
+    the idempotency key (a saved 5xx means the key is spent)."""
+    info = error_json(exc)
+    headers = exc.headers or {}
+    if str(headers.get("Idempotent-Replayed") or headers.get("idempotent-replayed") or "").lower() == "true":
+        info["replayed"] = True
+    return info
+
+
+def _outcome(response: dict[str, Any]) -> str:
+    if "alreadyReceived" in response:
+        return "ALREADY_RECEIVED"
+    if "confirmed" in response:
+        return "CONFIRMED"
+    return SENT
+
+
+def _http_status(response: dict[str, Any]) -> int | None:
+    if "alreadyReceived" in response:
+        status = response["alreadyReceived"].get("http_status")
+        return int(status) if status is not None else None
+    return None if "confirmed" in response else 200
+
+
 def _cursor_name(meter: str) -> str:
     return f"stripe.reported:{meter}"
+
+
+def reported_cursor(meter: str) -> str:
+    """The job cursor holding the end of what was reported of `meter` (the last run's end)."""
+    return _cursor_name(meter)
+
+
+def reported_from_cursor(meter: str) -> str:
+    """The job cursor holding where reporting of `meter` started (the first run's first window)."""
+    return f"stripe.reported_from:{meter}"
 
 
 def _jsonable(value: Any) -> Any:

@@ -18,7 +18,6 @@ from tallybook.customers import CustomerService
 from tallybook.customers.models import Customer
 from tallybook.errors import DomainError
 from tallybook.jobs.failures import FailureLog
-from tallybook.meters.models import UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, window_start
 from tallybook.store.base import SqlStore
@@ -31,6 +30,7 @@ from tallybook.store.stripe import (
     StripeStore,
 )
 from tallybook.stripe.client import TokenBucket, budget_for, build_client
+from tallybook.stripe.explain import Drift, Explainer, UsageLine
 from tallybook.stripe.reporter import REPORT_JOB, UTC_ZONE, Reporter, RunSummary, stripe_formula
 from tallybook.stripe.settings import StripeSettings
 
@@ -68,20 +68,6 @@ class WebhookRejected(StripeProblem):
 class StripeDisabled(StripeProblem):
     status = 409
     code = "stripe-not-configured"
-
-
-@dataclass(frozen=True, slots=True)
-class Drift:
-    meter: str
-    customer_id: str
-    stripe_customer_id: str
-    tallybook: Decimal
-    stripe: Decimal
-    ledger: Decimal
-
-    @property
-    def drift(self) -> Decimal:
-        return self.stripe - self.tallybook
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +284,11 @@ class StripeService:
         return {"received": True, "type": event.type, **handler(event)}
 
     def _on_subscription_updated(self, event: stripe.Event) -> dict[str, Any]:
-        """A subscription entered a new period: report the finished one at once."""
+        """A subscription entered a new period: report the finished one at once (settle 0).
+
+        Billing meters take events for the finished period during Stripe's grace hour. Legacy usage
+        records cannot reach a renewed period, so the finished period's tail (after its last whole
+        window) is carried into the new period's quantity, at once."""
         data = event.data.to_dict()
         subscription = data.get("object") or {}
         finished = _finished_period(subscription, data.get("previous_attributes"))
@@ -323,58 +313,49 @@ class StripeService:
         }
 
     # -- reconciliation -----------------------------------------------------------------------------
+    def explainer(self) -> Explainer:
+        return Explainer(self.store, self.meters, self.settings, self.reporter())
+
     def reconcile(self, from_: datetime, to: datetime) -> list[Drift]:
-        """Stripe's meter event summaries vs Tallybook's figures, per customer and meter."""
+        """Stripe's meter event summaries vs Tallybook's figures, per customer and meter, over
+        [from, to) rounded down to each meter's windows, with what each drift is made of."""
         self.require_enabled()
         links = self.db.customers()
-        meter_ids = {link.meter: link.stripe_meter_id for link in self.db.meter_links()}
         drifts = []
-        client = self.client()
-        for mapping in self.reporter().mappings():
+        reporter = self.reporter()
+        reporter.forget_meter_ids()
+        explainer = self.explainer()
+        for mapping in reporter.mappings():
             if mapping.mode != "billing_meter":
                 continue
             meter = self.meters.get(mapping.meter)
-            stripe_meter = meter_ids.get(mapping.meter) or self._find_meter(client, mapping.event_name)
-            if stripe_meter is None:
+            formula = stripe_formula(meter.aggregation)
+            target = reporter.target(mapping, formula)
+            if reporter.stripe_meter_id(mapping.event_name) is None:
                 continue
             start = window_start(mapping_window(mapping), from_, UTC_ZONE)
             end = window_start(mapping_window(mapping), to, UTC_ZONE)
-            rows = self.meters.query(UsageQuery(meter=mapping.meter, from_=start, to=end, group_by=("customer_id",)))
-            ours = {r.customer_id: r.value for r in rows}
-            ledger = self.db.latest_per_window(mapping.meter, to_micros(start), to_micros(end))
+            if end <= start:
+                continue
             for customer_id, link in sorted(links.items()):
-                summaries = client.v1.billing.meters.event_summaries.list(
-                    stripe_meter,
-                    {
-                        "customer": link.stripe_customer_id,
-                        "start_time": int(start.timestamp()),
-                        "end_time": int(end.timestamp()),
-                        "limit": 100,
-                    },
+                theirs = reporter.stripe_window_total(target, link.stripe_customer_id, to_micros(start), to_micros(end))
+                drifts.append(
+                    explainer.drift(
+                        mapping, formula, customer_id, link.stripe_customer_id, theirs or Decimal(0), start, end
+                    )
                 )
-                values = [Decimal(str(s.aggregated_value)) for s in summaries.auto_paging_iter()]
-                last = stripe_formula(meter.aggregation) == "last"
-                theirs = (values[-1] if values else Decimal(0)) if last else sum(values, Decimal(0))
-                held = sum(
-                    (
-                        r.value
-                        for (cid, _), history in ledger.items()
-                        if cid == customer_id
-                        for r in history
-                        if r.kind == "event" and r.status == "SENT" and not r.cancelled
-                    ),
-                    Decimal(0),
-                )
-                figure = ours.get(customer_id, Decimal(0))
-                drifts.append(Drift(mapping.meter, customer_id, link.stripe_customer_id, figure, theirs, held))
         return drifts
 
-    @staticmethod
-    def _find_meter(client: stripe.StripeClient, event_name: str | None) -> str | None:
-        for meter in client.v1.billing.meters.list({"limit": 100}).auto_paging_iter():
-            if meter.event_name == event_name:
-                return str(meter.id)
-        return None
+    def explain_report(
+        self,
+        summary: RunSummary,
+        now: datetime,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[UsageLine]:
+        """After `report`: per subscription item (or linked customer), what was sent of its period,
+        what is held back and what is not sent, with window-rounded bounds."""
+        return self.explainer().report_lines(summary, self.active_subscription_items(), now, start, end)
 
     # -- setup (mirrors OpenMeter's Go example) ----------------------------------------------------
     def setup(self, meter_slug: str, customer_id_or_key: str, event_name: str | None = None) -> SetupResult:
@@ -448,10 +429,12 @@ class StripeService:
         return not (self.settings.secret_key() or "").startswith(("sk_live_", "rk_live_"))
 
     def active_subscription_items(self) -> list[dict[str, Any]]:
-        """For `stripe report`: each linked customer's subscription items and their current period."""
+        """For `stripe report`: each linked customer's subscription items on a mapped price (linked
+        by `setup`, or a usage-record mapping's) and their current period."""
         client = self.client()
         links = {link.stripe_customer_id: link for link in self.db.customers().values()}
-        prices = {m.price_id: m for m in self.db.meter_links() if m.price_id}
+        prices: dict[str, Any] = {m.price_id: m for m in self.db.meter_links() if m.price_id}
+        prices.update({m.price: m for m in self.reporter().mappings() if m.price})
         found = []
         for subscription in client.v1.subscriptions.list({"status": "active", "limit": 100}).auto_paging_iter():
             link = links.get(str(subscription.customer))
@@ -465,6 +448,7 @@ class StripeService:
                     {
                         "customer_id": link.customer_id,
                         "stripe_customer_id": link.stripe_customer_id,
+                        "item_id": item.id,
                         "price": item.price.id,
                         "meter": meter_link.meter,
                         "from": datetime.fromtimestamp(int(item.current_period_start), UTC),
@@ -472,10 +456,6 @@ class StripeService:
                     }
                 )
         return found
-
-    def usage_total(self, meter: str, customer_id: str, start: datetime, end: datetime) -> Decimal:
-        rows = self.meters.query(UsageQuery(meter=meter, from_=start, to=end, customer_ids=(customer_id,)))
-        return sum((r.value for r in rows), Decimal(0))
 
 
 def stripe_address(customer: Customer) -> dict[str, str] | None:

@@ -58,7 +58,8 @@ class StripeSettings(_Section):
     settle_delay: timedelta = timedelta(minutes=5)
     # How far back each run re-checks reported windows for late events (corrections).
     lookback: timedelta = timedelta(days=2)
-    # First window reported for a meter that has no cursor yet.
+    # How far back a meter's first run reaches (it has no cursor yet); earlier usage is not sent
+    # unless reported with --from/--to (`stripe report` and `reconcile` show it as not_reported).
     backfill: timedelta = timedelta(days=1)
     retry_base: timedelta = timedelta(seconds=30)
     retry_max: timedelta = timedelta(hours=1)

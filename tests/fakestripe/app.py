@@ -14,6 +14,7 @@ import json
 import re
 import time
 import traceback
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
@@ -69,6 +70,8 @@ class FakeStripeApp:
         self.faults = faults
         self.router = router
         self._in_flight: set[tuple[str, str]] = set()  # idempotency keys whose request is executing
+        # Answers of "still running" requests (fault): 409s left to give, then the save to perform.
+        self._held: dict[tuple[str, str], _HeldAnswer] = {}
         self.asgi = Starlette(routes=[StarletteRoute("/{path:path}", self.handle, methods=["GET", "POST", "DELETE"])])
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -108,6 +111,10 @@ class FakeStripeApp:
         if fault is not None and fault.kind == "drop":
             record.outcome = "fault:drop"
             return _BrokenResponse(b"{}", status_code=200)
+        if fault is not None and fault.kind == "still_running":
+            record.outcome = "fault:still_running"
+            response = await self._run(record, request_id, body, hold=fault.conflicts)
+            return _BrokenResponse(status_code=response.status_code, headers=response.headers)
         response = await self._run(record, request_id, body)
         if fault is not None and fault.kind == "timeout_after":
             record.outcome = "fault:timeout_after"
@@ -128,6 +135,7 @@ class FakeStripeApp:
         request_id: str,
         body: bytes,
         forced_error: StripeAPIError | None = None,
+        hold: int = 0,
     ) -> Response:
         method, path = record.method, record.path
         headers = record.headers
@@ -148,6 +156,13 @@ class FakeStripeApp:
                     )
                 scope_key = credential or ""
                 fingerprint = _fingerprint(method, path, raw)
+                held = self._held.get((scope_key, idem_key))
+                if held is not None:
+                    if held.conflicts > 0:
+                        held.conflicts -= 1
+                        raise _in_progress(idem_key)
+                    del self._held[(scope_key, idem_key)]
+                    self._save(*held.save)  # the request "finished": its answer is replayed from now on
                 saved = self.state.idempotency.get((scope_key, idem_key))
                 if saved is not None and saved.created + IDEMPOTENCY_TTL <= self.state.now():
                     saved = None
@@ -168,13 +183,7 @@ class FakeStripeApp:
                     replay_headers["Request-Id"] = request_id
                     return Response(saved.body, status_code=saved.status, headers=replay_headers)
                 if (scope_key, idem_key) in self._in_flight:
-                    raise StripeAPIError(
-                        409,
-                        "idempotency_error",
-                        f"There is currently another in-progress request using the idempotency key '{idem_key}'. "
-                        "Try again later.",
-                        saved=False,
-                    )
+                    raise _in_progress(idem_key)
             spec = route.spec()
             params = validate(raw, spec, form=route.api == "v1") if spec is not None else raw
             if forced_error is not None:
@@ -200,7 +209,7 @@ class FakeStripeApp:
                 body_out = dumps(result)
                 response_headers = self._headers(request_id, api_version, idem_key)
                 if idem_key is not None:
-                    self._save(scope_key, idem_key, method, path, raw, status, body_out, response_headers)
+                    self._keep(hold, scope_key, idem_key, method, path, raw, status, body_out, response_headers)
             finally:
                 if in_flight is not None:
                     self._in_flight.discard(in_flight)
@@ -209,7 +218,7 @@ class FakeStripeApp:
             self.state.notify()
             return Response(body_out, status_code=status, headers=response_headers)
         except StripeAPIError as exc:
-            return self._stripe_error(record, request_id, exc, scope_key, idem_key, raw)
+            return self._stripe_error(record, request_id, exc, scope_key, idem_key, raw, hold)
         except Exception as exc:  # a bug in the fake: answer like Stripe's 500 and keep it for the test to see
             self.state.server_errors.append(f"{method} {path}: {traceback.format_exc()}")
             bug = StripeAPIError(500, "api_error", f"fake Stripe server error: {exc!r}", saved=False)
@@ -224,13 +233,14 @@ class FakeStripeApp:
         scope_key: str,
         idem_key: str | None,
         raw: dict[str, Any],
+        hold: int = 0,
     ) -> Response:
         method, path = record.method, record.path
         if idem_key is not None and exc.saved and method in ("POST", "DELETE"):
             body_out = dumps(exc.body())
             response_headers = self._headers(request_id, None, idem_key)
             response_headers.update(exc.headers)
-            self._save(scope_key, idem_key, method, path, raw, exc.status, body_out, response_headers)
+            self._keep(hold, scope_key, idem_key, method, path, raw, exc.status, body_out, response_headers)
         return self._error(record, request_id, exc, idem_key)
 
     # -- steps ------------------------------------------------------------------------------------
@@ -310,6 +320,15 @@ class FakeStripeApp:
             headers["Idempotency-Key"] = idem_key
         return headers
 
+    def _keep(self, hold: int, *save: Any) -> None:
+        """Save an answer under its idempotency key, or, for a request that is "still running"
+        (``hold`` > 0), keep it aside until ``hold`` retries have been answered 409."""
+        if hold > 0:
+            scope_key, idem_key = save[0], save[1]
+            self._held[(scope_key, idem_key)] = _HeldAnswer(conflicts=hold, save=save)
+        else:
+            self._save(*save)
+
     def _save(
         self,
         scope_key: str,
@@ -340,6 +359,21 @@ class FakeStripeApp:
         headers = self._headers(request_id, None, idem_key)
         headers.update(exc.headers)
         return Response(dumps(exc.body()), status_code=exc.status, headers=headers)
+
+
+@dataclass
+class _HeldAnswer:
+    conflicts: int  # requests with the key still to be answered 409 "in progress"
+    save: tuple[Any, ...]  # the arguments of FakeStripeApp._save once the request "finishes"
+
+
+def _in_progress(idem_key: str) -> StripeAPIError:
+    return StripeAPIError(
+        409,
+        "idempotency_error",
+        f"There is currently another in-progress request using the idempotency key '{idem_key}'. Try again later.",
+        saved=False,
+    )
 
 
 def _fingerprint(method: str, path: str, raw: dict[str, Any]) -> str:

@@ -19,7 +19,9 @@ class Fault:
     a timeout although the change was made, so a retry with the same key gets the replay),
     ``"drop"`` / ``"drop_after"`` (the connection breaks before the answer's body, without or after
     processing: the same lost answer as a timeout, but at once, so no test depends on how long a
-    request takes on a busy machine).
+    request takes on a busy machine), ``"still_running"`` (process the request and break the
+    connection, while Stripe still counts the request as executing: the next ``conflicts`` requests
+    with its idempotency key get 409 ``idempotency_error``; then its answer is saved and replayed).
     """
 
     kind: str
@@ -31,6 +33,7 @@ class Fault:
     hang_seconds: float = 30.0
     saved: bool = False  # server_error only: store the error under the idempotency key (replayed on retry)
     skip: int = 0  # let this many matching requests through first (a failure mid-way through a sequence)
+    conflicts: int = 0  # still_running only: retries with the same key answered 409 "in progress"
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method.upper() == method.upper()) and fnmatch.fnmatchcase(
@@ -107,6 +110,17 @@ class Faults:
         status line and headers, then end of stream). stripe-python raises ``APIConnectionError``
         with ``should_retry=False``: unlike a timeout, the SDK does not retry it by itself."""
         return self.add(Fault("drop_after" if after_processing else "drop", pattern, method, times))
+
+    def still_running(
+        self, pattern: str = "*", *, conflicts: int = 3, times: int = 1, method: str | None = None
+    ) -> Fault:
+        """Stripe runs the next ``times`` matching requests but the client never sees the answer (the
+        connection breaks), and each stays "in progress" for the next ``conflicts`` requests with
+        its idempotency key: they are answered 409 ``idempotency_error`` ("There is currently another
+        in-progress request using the idempotency key …"), which stripe-python retries. After that the
+        answer is saved under the key and replayed. A request with another key goes through at once
+        (for a meter event: the duplicate identifier answer)."""
+        return self.add(Fault("still_running", pattern, method, times, conflicts=conflicts))
 
     def take(self, method: str, path: str) -> Fault | None:
         with self._lock:

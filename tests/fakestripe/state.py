@@ -176,6 +176,9 @@ class FakeState:
     invoice_prefix: str = "TB"
     # Decline codes for the next invoice payments (consumed one per attempt; see fail_next_invoice_payment).
     invoice_payment_failures: list[str] = field(default_factory=list)
+    # v1 meter events: Stripe answers a duplicate identifier with 400 "An event already exists with
+    # identifier …" and no `code`; set this to answer with a code as well (e.g. "duplicate_meter_event").
+    duplicate_identifier_code: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)

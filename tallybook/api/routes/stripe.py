@@ -101,6 +101,7 @@ def report_json(row: ReportRow, attempts: list[dict[str, Any]] | None = None) ->
         "target": row.target,
         "cancels": row.cancels,
         "cancelled": row.cancelled,
+        "carried": row.carried,
         "timestamp": format_rfc3339(from_micros(row.timestamp_us)),
         "status": row.status,
         "attempts": row.attempts,

@@ -31,6 +31,7 @@ class StripeReport(Wire):
     target: Any = None
     cancels: Any = None
     cancelled: Any = None
+    carried: Any = Field(None, description="usage records: usage of earlier billing periods included in value")
     timestamp: str = Field(json_schema_extra=DATE_TIME)
     status: str
     attempts: int

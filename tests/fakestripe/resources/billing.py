@@ -216,6 +216,8 @@ def create_meter_event(ctx: Ctx) -> dict[str, Any]:
             source="v1",
         )
     except MeterEventInvalid as exc:
+        if exc.code == "duplicate_meter_event":
+            raise duplicate_identifier(ctx.state, identifier) from None
         raise StripeAPIError.business(exc.message, param=exc.param, code=exc.code) from None
     return {
         "object": "billing.meter_event",
@@ -226,6 +228,17 @@ def create_meter_event(ctx: Ctx) -> dict[str, Any]:
         "payload": record.payload,
         "timestamp": record.timestamp,
     }
+
+
+def duplicate_identifier(state: FakeState, identifier: str) -> StripeAPIError:
+    """Stripe's synchronous v1 answer to an identifier it already holds: a 400 whose message says so,
+    without the `duplicate_meter_event` code of the asynchronous error reports (unless the test set
+    `state.duplicate_identifier_code`), marked not retryable."""
+    error = StripeAPIError.business(
+        f"An event already exists with identifier {identifier}.", code=state.duplicate_identifier_code
+    )
+    error.headers["Stripe-Should-Retry"] = "false"
+    return error
 
 
 def cancel_meter_event(state: FakeState, event_name: str, identifier: str) -> MeterEventInvalid | None:

@@ -462,7 +462,14 @@ def create_usage_record(ctx: Ctx) -> dict[str, Any]:
     timestamp = now if timestamp == "now" else timestamp
     if timestamp > now:
         raise StripeAPIError.invalid("Cannot create usage records with a timestamp in the future.", param="timestamp")
-    if not item["current_period_start"] <= timestamp < item["current_period_end"]:
+    if timestamp < item["current_period_start"]:
+        # Stripe's wording: once a period has renewed (its invoice exists) it takes no more usage.
+        raise StripeAPIError.invalid(
+            "Cannot create the usage record with this timestamp because timestamps must be after the "
+            "subscription's last invoice period (or current period start time).",
+            param="timestamp",
+        )
+    if timestamp >= item["current_period_end"]:
         raise StripeAPIError.invalid(
             "Cannot create the usage record with this timestamp because timestamps must be after the subscription's "
             "current period start and before its current period end.",
