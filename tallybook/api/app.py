@@ -18,6 +18,7 @@ from tallybook.api.routes import (
     codehooks,
     customers,
     events,
+    events_v2,
     export,
     meters,
     notifications,
@@ -95,6 +96,7 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(voids.router)
     app.include_router(events.router)
+    app.include_router(events_v2.router)
     app.include_router(codehooks.router)
     app.include_router(meters.router)
     app.include_router(aggregations.router)
