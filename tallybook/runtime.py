@@ -84,7 +84,7 @@ class Runtime:
         if sync_meters:
             runtime.meters.sync_config()
         runtime.voids = VoidService(store, clock)
-        runtime.event_list = EventListService(SqlEventList(store), runtime.meters.validation_errors)
+        runtime.event_list = EventListService(SqlEventList(store), runtime.meters.catch_up)
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
         runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters, metrics)

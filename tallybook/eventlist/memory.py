@@ -16,6 +16,7 @@ class MemoryEventList:
     events: list[Event] = field(default_factory=list)
     voided: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
     customers: dict[str, tuple[str | None, frozenset[str]]] = field(default_factory=dict)
+    errors: dict[tuple[str, str], str] = field(default_factory=dict)  # validationError by event key
 
     def add(self, *new: Event) -> None:
         known = {e.key for e in self.events}
@@ -43,7 +44,8 @@ class MemoryEventList:
         found = []
         for position, event in enumerate(self.events):
             voided_us, void_id = self.voided.get(event.key, (None, None))
-            item = ListedEvent(event, position + 1, self._owner(event.subject), voided_us, void_id)
+            owner = self._owner(event.subject)
+            item = ListedEvent(event, position + 1, owner, voided_us, void_id, self.errors.get(event.key))
             checks = (
                 (flt.id, event.id),
                 (flt.source, event.source),

@@ -17,7 +17,8 @@ class EventListStore(Protocol):
 
     def page(self, query: EventListQuery, customer_ids: Sequence[str] | None) -> list[ListedEvent]:
         """Up to `query.limit` events matching the query, after `query.after`, in the list's order
-        (time desc, seq desc); with `customer_ids`, only events of those customers' subjects."""
+        (time desc, seq desc); with `customer_ids`, only events of those customers' subjects. Each
+        carries why live meters could not count it, as far as their projection has reached."""
         ...
 
 

@@ -11,15 +11,17 @@ deliberately no index on subject (see tallybook/store/customers.py `seen_subject
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import or_, select, tuple_
+from sqlalchemy import Connection, or_, select, tuple_
 
 from tallybook.eventlist.model import EventListQuery, ListedEvent
 from tallybook.filters.sql import string_condition, time_condition
 from tallybook.ingest.events import Event
 from tallybook.store.base import SqlStore
 from tallybook.store.customers import customer_subjects, customers
+from tallybook.store.meters import meter_usage, meters
 from tallybook.store.schema import events
 
 _LOOKUP_PAGE = 500
@@ -79,7 +81,26 @@ class SqlEventList:
             .limit(query.limit)
         )
         with self.store.read() as conn:
-            return [_listed(row._mapping) for row in conn.execute(statement)]
+            found = [_listed(row._mapping) for row in conn.execute(statement)]
+            errors = _validation_errors(conn, [item.seq for item in found])
+        return [replace(item, validation_error=errors.get(item.seq)) for item in found]
+
+
+def _validation_errors(conn: Connection, seqs: list[int]) -> dict[int, str]:
+    """Why live meters could not count these events, by seq: "meter <slug>: <reason>; ...". The
+    partial index on meter_usage.event_seq (rows with an error) answers it without a scan."""
+    if not seqs:
+        return {}
+    rows = conn.execute(
+        select(meter_usage.c.event_seq, meters.c.slug, meter_usage.c.error)
+        .select_from(meter_usage.join(meters, meters.c.key == meter_usage.c.meter_key))
+        .where(meter_usage.c.event_seq.in_(seqs), meter_usage.c.error.isnot(None), meters.c.deleted_us.is_(None))
+        .order_by(meter_usage.c.event_seq, meters.c.slug)
+    )
+    found: dict[int, list[str]] = {}
+    for seq, slug, error in rows:
+        found.setdefault(int(seq), []).append(f"meter {slug}: {error}")
+    return {seq: "; ".join(reasons) for seq, reasons in found.items()}
 
 
 def _listed(row: Any) -> ListedEvent:

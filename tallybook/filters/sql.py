@@ -70,7 +70,7 @@ def time_condition(column: ColumnElement[Any], flt: TimeFilter) -> ColumnElement
 
 def _like(column: ColumnElement[Any], pattern: str, dialect: str) -> ColumnElement[bool]:
     if dialect == "sqlite":
-        return column.op("GLOB")(literal(glob_pattern(pattern)))
+        return column.op("GLOB", is_comparison=True)(literal(glob_pattern(pattern)))
     return column.like(pattern)
 
 
