@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -11,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses, schema_of
-from tallybook.api.problems import Problem
+from tallybook.api.params import decode_json_parameter
 from tallybook.api.routes.events import ingested_event_json
 from tallybook.api.security import require
 from tallybook.api.wire.events import IngestedEventCursorPaginatedResponse
@@ -26,7 +25,6 @@ from tallybook.eventlist.model import (
     EventPage,
     parse_event_filter,
 )
-from tallybook.ingest.limits import MAX_JSON_DEPTH
 from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v2", tags=["events"])
@@ -37,19 +35,6 @@ _FILTER_PARAMETER = json_query_parameter(
     'The filter as JSON text, e.g. {"subject": {"$eq": "customer-1"}, "time": {"$gte": "2026-01-01T00:00:00Z"}}. '
     "One operator per object; `$and`/`$or` nest one level.",
 )
-
-
-def decode_json_parameter(name: str, raw: str) -> Any:
-    """A query parameter holding JSON text, decoded with the limits request bodies have."""
-    try:
-        return jsonutil.loads_request(raw, MAX_JSON_DEPTH)
-    except jsonutil.JsonRefused as exc:
-        where, why = exc.problems[0]
-        shown = jsonutil.show_path(where)
-        raise Problem(400, "invalid-filter", f"{name}: {why}" + (f" (at {shown})" if where else "")) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise Problem(400, "invalid-filter", f"{name}: not valid JSON ({reason}); send a JSON object") from None
 
 
 def listed_json(page: EventPage, include_voided: bool) -> dict[str, Any]:
