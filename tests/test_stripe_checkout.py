@@ -359,6 +359,14 @@ def test_embedded_session(env: StripeEnv, api: tuple[TestClient, dict[str, str]]
             {"customer": {"name": "No currency", "key": "nc"}, "options": {"successURL": SUCCESS}},
             ["options.currency: required"],
         ),
+        (  # two spellings of one field: OpenMeter would keep the last one silently
+            {"customer": {"key": "x"}, "options": {"currency": "USD", "successURL": SUCCESS, "successUrl": SUCCESS}},
+            ["options.successURL: given twice, as 'successURL' and 'successUrl'; send it once"],
+        ),
+        (
+            {"customer": {"key": "x"}, "options": {"currency": "USD", "successUrl": SUCCESS, "cancelUrl": "/x"}},
+            ["options.cancelURL: '/x' is not an absolute"],
+        ),
         (  # found by the fuzz job: an object here was a 500 (unhashable in the mode lookup)
             {"customer": {"name": "Odd mode", "key": "om"}, "options": {"currency": "USD", "uiMode": {}}},
             ["options.uiMode: {} is not one of"],
@@ -376,6 +384,35 @@ def test_invalid_requests_are_refused_before_anything_is_created(
         assert text in answer.json()["detail"], answer.json()["detail"]
     assert env.runtime.customers.list_customers(CustomerListQuery()).total_count == 0
     assert not [r for r in env.fake.requests if r.method == "POST"]
+
+
+def test_field_names_are_matched_without_case_as_openmeter_does(
+    env: StripeEnv, api: tuple[TestClient, dict[str, str]]
+) -> None:
+    """OpenMeter decodes with Go's encoding/json, which ignores case in field names: its docs send
+    `successUrl`, and `clientReferenceId`, `cancelUrl`, `StripeCustomerID` work there too."""
+    client, auth = api
+    env.runtime.customers.create(CustomerInput(name="Globex", key="globex"))
+    body = {
+        "Customer": {"key": "globex"},
+        "options": {
+            "currency": "USD",
+            "successUrl": SUCCESS,
+            "cancelUrl": "https://app.example.com/billing",
+            "clientReferenceId": "order-7",
+            "UIMode": "hosted",
+            "taxIdCollection": {"Enabled": True},
+        },
+    }
+    answer = client.post(URL, headers=auth, json=body)
+    assert answer.status_code == 201, answer.text
+    result = answer.json()
+    assert result["successURL"] == SUCCESS and result["cancelURL"] == "https://app.example.com/billing"
+    assert result["clientReferenceId"] == "order-7"
+    session = env.fake.state.get("checkout.session", result["sessionId"])
+    assert session["success_url"] == SUCCESS and session["client_reference_id"] == "order-7"
+    [request] = [r for r in env.fake.requests if r.path == "/v1/checkout/sessions"]
+    assert "tax_id_collection[enabled]=true" in request.body.decode()
 
 
 def test_request_envelope_and_auth(env: StripeEnv, api: tuple[TestClient, dict[str, str]]) -> None:

@@ -18,7 +18,10 @@ from tallybook.api.routes import (
     codehooks,
     customers,
     events,
+    events_v2,
     export,
+    info,
+    meter_values,
     meters,
     notifications,
     ops,
@@ -95,8 +98,11 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(voids.router)
     app.include_router(events.router)
+    app.include_router(events_v2.router)
     app.include_router(codehooks.router)
     app.include_router(meters.router)
+    app.include_router(meter_values.router)
+    app.include_router(info.router)
     app.include_router(aggregations.router)
     app.include_router(customers.router)
     app.include_router(stripe_routes.router)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
+from tallybook import jsonutil
 from tallybook.api.problems import Problem
 from tallybook.clock import to_micros
 from tallybook.ingest.events import parse_time
+from tallybook.ingest.limits import MAX_JSON_DEPTH
 
 
 def _rfc3339(value: Any) -> Any:
@@ -40,3 +43,16 @@ def instant_micros(value: datetime | None, name: str) -> int | None:
             400, "invalid-parameters", f"{name}: date-times need a time zone offset, e.g. 2026-01-05T10:00:00Z"
         )
     return to_micros(value)
+
+
+def decode_json_parameter(name: str, raw: str) -> Any:
+    """A query parameter holding JSON text, decoded with the limits request bodies have."""
+    try:
+        return jsonutil.loads_request(raw, MAX_JSON_DEPTH)
+    except jsonutil.JsonRefused as exc:
+        where, why = exc.problems[0]
+        shown = jsonutil.show_path(where)
+        raise Problem(400, "invalid-filter", f"{name}: {why}" + (f" (at {shown})" if where else "")) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise Problem(400, "invalid-filter", f"{name}: not valid JSON ({reason}); send a JSON object") from None

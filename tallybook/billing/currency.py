@@ -15,10 +15,19 @@ Anything that is not a tie rounds to the nearest minor unit in both modes.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from datetime import date
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, localcontext
 from functools import lru_cache
 
-from babel.numbers import get_currency_precision, list_currencies
+from babel import Locale
+from babel.numbers import (
+    get_currency_name,
+    get_currency_precision,
+    get_currency_symbol,
+    get_territory_currencies,
+    list_currencies,
+)
 
 from tallybook.billing.models import RoundingMode
 
@@ -59,3 +68,34 @@ def round_money(amount: Decimal, currency: str, mode: RoundingMode) -> Decimal:
     with localcontext() as ctx:
         ctx.prec = max(_MONEY_PRECISION, amount.adjusted() + 10)
         return amount.quantize(exponent, rounding=rounding)
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencyInfo:
+    """A currency as OpenMeter's listCurrencies shows it: `subunits` is the number of decimal places
+    of its minor unit (USD 2, JPY 0, BHD 3)."""
+
+    code: str
+    name: str
+    symbol: str
+    subunits: int
+
+
+@lru_cache(maxsize=4)
+def currencies_in_use(on: date) -> tuple[CurrencyInfo, ...]:
+    """The currencies that are legal tender somewhere on `on` (CLDR via Babel), sorted by code,
+    with English names and symbols. Like OpenMeter's list, it leaves out historic currencies and
+    units of account; every one of them passes `validate_currency`."""
+    codes: set[str] = set()
+    for territory in Locale("en").territories:
+        codes.update(get_territory_currencies(str(territory), start_date=on, tender=True))
+    known = _known_codes()
+    return tuple(
+        CurrencyInfo(
+            code=code,
+            name=get_currency_name(code, locale="en"),
+            symbol=get_currency_symbol(code, locale="en"),
+            subunits=minor_units(code),
+        )
+        for code in sorted(codes & known)
+    )

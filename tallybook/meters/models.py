@@ -9,6 +9,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from tallybook.errors import DomainError
+from tallybook.filters.model import StringFilter
 from tallybook.meters.windows import WindowSize
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
@@ -96,6 +97,11 @@ class Meter:
     updated_at: datetime
     locked_at: datetime | None  # set once an invoice billed this meter; see MeterService.lock
     invalid_events: int = 0  # events of this type whose value could not be used
+    deleted_at: datetime | None = None  # deleted meters are listed only when asked for
+
+
+# listMeters' orderBy values, in OpenMeter's names ("key" is the slug).
+METER_ORDERS = ("key", "name", "aggregation", "createdAt", "updatedAt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +113,9 @@ class UsageQuery:
     window_time_zone: str = "UTC"
     subjects: tuple[str, ...] = ()
     customer_ids: tuple[str, ...] = ()
-    # groupBy key → value (or values, any of which matches)
-    filter_group_by: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    # groupBy key → value (or values, any of which matches), or an OpenMeter filter object
+    # (advancedMeterGroupByFilters; tallybook/filters)
+    filter_group_by: dict[str, str | tuple[str, ...] | StringFilter] = field(default_factory=dict)
     group_by: tuple[str, ...] = ()
     as_of: datetime | None = None  # only events ingested at or before this instant
 

@@ -11,7 +11,7 @@ import builtins
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +24,7 @@ from tallybook.meters.extract import InvalidPath, compile_path
 from tallybook.meters.materializer import Materializer
 from tallybook.meters.models import (
     GROUP_KEY_PATTERN,
+    METER_ORDERS,
     RESERVED_GROUP_KEYS,
     SLUG_PATTERN,
     Aggregation,
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 # Fields whose change alters what a meter counts: refused once the meter has been billed.
 BILLING_FIELDS = ("aggregation", "value_property", "event_type", "event_from")
+# listMeterGroupByValues without from and to: the last day, as OpenMeter.
+GROUP_VALUES_DEFAULT_SPAN = timedelta(hours=24)
 # Fields whose change needs the projection rebuilt.
 PROJECTION_FIELDS = (*BILLING_FIELDS, "group_by")
 
@@ -93,6 +96,37 @@ class MeterService:
             meters = self._live_meters(conn)
             counts = meter_store.invalid_counts(conn, [m.key for m in meters])
         return [replace(m, invalid_events=counts.get(m.key, 0)) for m in meters]
+
+    def listing(
+        self,
+        order_by: str = "key",
+        descending: bool = False,
+        include_deleted: bool = False,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> builtins.list[Meter]:
+        """OpenMeter's listMeters: sorted by `order_by` (METER_ORDERS; ties by id), optionally with
+        the deleted meters, and one page of them when `page`/`page_size` are given (else all)."""
+        if order_by not in METER_ORDERS:
+            raise InvalidQuery(f"orderBy must be one of {', '.join(METER_ORDERS)}, got {order_by!r}")
+        with self.store.read() as conn:
+            rows = meter_store.all_meter_rows(conn) if include_deleted else meter_store.live_meter_rows(conn)
+            found = [_meter_from_row(row) for row in rows]
+            counts = meter_store.invalid_counts(conn, [m.key for m in found if m.deleted_at is None])
+        field = {
+            "key": lambda m: m.slug,
+            "name": lambda m: m.name,
+            "aggregation": lambda m: m.aggregation.value,
+            "createdAt": lambda m: m.created_at,
+            "updatedAt": lambda m: m.updated_at,
+        }[order_by]
+        found.sort(key=lambda m: m.id, reverse=descending)
+        found.sort(key=field, reverse=descending)
+        if page is not None or page_size is not None:
+            size = page_size or 100
+            start = ((page or 1) - 1) * size
+            found = found[start : start + size]
+        return [replace(m, invalid_events=counts.get(m.key, 0)) for m in found]
 
     def get(self, id_or_slug: str) -> Meter:
         with self.store.read() as conn:
@@ -229,11 +263,37 @@ class MeterService:
         self, id_or_slug: str, start: datetime | None = None, end: datetime | None = None
     ) -> builtins.list[str]:
         """Subjects seen in the meter's events (optionally with event time in [start, end))."""
+        _check_range(start, end)
         with self.store.read() as conn:
             meter = self._find(conn, id_or_slug)
         self.catch_up()
         with self.store.read() as conn:
             return meter_store.subjects_in(conn, [meter.key], _opt_micros(start), _opt_micros(end))
+
+    def group_by_values(
+        self, id_or_slug: str, group_key: str, start: datetime | None = None, end: datetime | None = None
+    ) -> builtins.list[str]:
+        """The values one groupBy key took in the meter's events with time in [start, end), sorted;
+        events without the value add none. Without either bound, the last 24 hours (OpenMeter's
+        default)."""
+        if start is None and end is None:
+            start = self.clock.now() - GROUP_VALUES_DEFAULT_SPAN
+        _check_range(start, end)
+        with self.store.read() as conn:
+            meter = self._find(conn, id_or_slug)
+        if group_key not in meter.group_by:
+            known = ", ".join(sorted(meter.group_by)) or "none"
+            hint = (
+                "; its subjects are listed by GET /api/v1/meters/{meterIdOrSlug}/subjects"
+                if group_key == "subject"
+                else ""
+            )
+            raise InvalidQuery(
+                f"groupByKey: {group_key!r} is not a groupBy key of meter {meter.slug!r} (its keys: {known}){hint}"
+            )
+        self.catch_up()
+        with self.store.read() as conn:
+            return meter_store.group_values_in(conn, meter.key, group_key, _opt_micros(start), _opt_micros(end))
 
     def subjects_with_events(self, start: datetime, end: datetime) -> builtins.list[str]:
         """Subjects with events of any metered type in [start, end)."""
@@ -491,6 +551,14 @@ def _distinct_events(
     return int(conn.execute(select(func.count(func.distinct(u.c.event_seq))).where(*conditions)).scalar_one())
 
 
+def _check_range(start: datetime | None, end: datetime | None) -> None:
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidQuery(f"{name} needs a time zone offset, e.g. 2026-01-05T00:00:00Z")
+    if start is not None and end is not None and start >= end:
+        raise InvalidQuery(f"from ({start.isoformat()}) must be before to ({end.isoformat()})")
+
+
 def _zone(name: str) -> Any:
     try:
         return zone(name)
@@ -583,6 +651,7 @@ def _meter_from_row(row: Any) -> Meter:
         created_at=from_micros(row["created_us"]),
         updated_at=from_micros(row["updated_us"]),
         locked_at=None if row["locked_us"] is None else from_micros(row["locked_us"]),
+        deleted_at=None if row["deleted_us"] is None else from_micros(row["deleted_us"]),
     )
 
 

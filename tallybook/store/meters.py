@@ -52,6 +52,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import UserDefinedType
 
 from tallybook import jsonutil
+from tallybook.filters.model import StringFilter
+from tallybook.filters.sql import string_condition
 from tallybook.store.customers import customer_subjects, customers
 from tallybook.store.schema import events, metadata
 
@@ -189,7 +191,7 @@ class AggregateSpec:
     bounds_us: tuple[int, ...]  # calendar windows (one more than windows)
     subjects: tuple[str, ...] | None  # None: all subjects
     as_of_us: int | None
-    group_filters: dict[str, str | tuple[str, ...]]
+    group_filters: dict[str, str | tuple[str, ...] | StringFilter]
     group_keys: tuple[str, ...]  # meter groupBy keys to group by
     by_subject: bool
     by_customer: bool
@@ -289,6 +291,11 @@ def update_meter(conn: Connection, key: int, values: dict[str, Any]) -> None:
 def live_meter_rows(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(select(meters).where(meters.c.deleted_us.is_(None)).order_by(meters.c.key))
     return [dict(r._mapping) for r in rows]
+
+
+def all_meter_rows(conn: Connection) -> list[dict[str, Any]]:
+    """Live and deleted meters (a slug can appear more than once: deleted meters free theirs)."""
+    return [dict(r._mapping) for r in conn.execute(select(meters).order_by(meters.c.key))]
 
 
 def meter_row(conn: Connection, id_or_slug: str) -> dict[str, Any] | None:
@@ -562,7 +569,10 @@ def aggregate(conn: Connection, spec: AggregateSpec) -> list[AggregateRow]:
     if spec.subjects is not None:
         conditions.append(u.c.subject.in_(list(spec.subjects)))
     for key, wanted in spec.group_filters.items():
-        if isinstance(wanted, str):
+        if isinstance(wanted, StringFilter):
+            # advancedMeterGroupByFilters: a missing value compares as '' (OpenMeter's JSON_VALUE).
+            conditions.append(string_condition(func.coalesce(u.c.groups[key].as_string(), ""), wanted, dialect))
+        elif isinstance(wanted, str):
             conditions.append(u.c.groups[key].as_string() == wanted)
         else:
             conditions.append(u.c.groups[key].as_string().in_(list(wanted)))
@@ -710,6 +720,23 @@ def subjects_in(conn: Connection, meter_keys: Sequence[int], start_us: int | Non
         conditions.append(u.c.time_us < end_us)
     rows = conn.execute(select(u.c.subject).distinct().where(*conditions).order_by(u.c.subject))
     return [r[0] for r in rows]
+
+
+def group_values_in(
+    conn: Connection, meter_key: int, group_key: str, start_us: int | None, end_us: int | None
+) -> list[str]:
+    """The distinct values of one groupBy key in the meter's events with time in [start, end),
+    in code point order (COLLATE "C" on PostgreSQL, as SQLite's BINARY). Missing values are left out."""
+    u = meter_usage
+    value = u.c.groups[group_key].as_string()
+    conditions: list[Any] = [u.c.meter_key == meter_key, counts_as_of(None), value.isnot(None)]
+    if start_us is not None:
+        conditions.append(u.c.time_us >= start_us)
+    if end_us is not None:
+        conditions.append(u.c.time_us < end_us)
+    found = select(value.label("v")).distinct().where(*conditions).subquery()
+    order = found.c.v.collate("C") if conn.dialect.name == "postgresql" else found.c.v
+    return [r[0] for r in conn.execute(select(found.c.v).order_by(order))]
 
 
 def validation_errors(

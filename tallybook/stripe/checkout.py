@@ -372,12 +372,30 @@ class _Errors:
             raise InvalidCheckoutRequest("; ".join(self.items))
 
 
+def canonical_names(value: dict[str, Any], names: tuple[str, ...], path: str, errors: _Errors) -> dict[str, Any]:
+    """`value` with its field names spelled as `names` spells them, ignoring case: OpenMeter decodes
+    with Go's encoding/json, which matches names case-insensitively, so its clients and docs send
+    `successUrl` for `successURL` and `clientReferenceId` for `clientReferenceID`. One field given
+    twice in two spellings is refused (Go would keep whichever came last)."""
+    spelled = {name.lower(): name for name in names}
+    given: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = spelled.get(key.lower(), key)
+        if name in given:
+            errors.add(f"{path}{name}", f"given twice, as {given[name]!r} and {key!r}; send it once")
+        given[name] = key
+        out[name] = item
+    return out
+
+
 def parse_checkout_request(payload: Any, now: datetime) -> CheckoutRequest:
     """Check a CreateStripeCheckoutSessionRequest; every problem is named in one InvalidCheckoutRequest
     (the customer object's own problems come as InvalidCustomer, with `customer.` paths)."""
     if not isinstance(payload, dict):
         raise InvalidCheckoutRequest('the body must be a JSON object: {"customer": ..., "options": {...}}')
     errors = _Errors()
+    payload = canonical_names(payload, REQUEST_FIELDS, "", errors)
     for name in sorted(set(payload) - set(REQUEST_FIELDS)):
         errors.add(name, f"unknown field; the request has {', '.join(REQUEST_FIELDS)}")
     app_id = payload.get("appId")
@@ -400,6 +418,8 @@ def parse_checkout_request(payload: Any, now: datetime) -> CheckoutRequest:
     elif not isinstance(options, dict):
         errors.add("options", "must be an object")
         options = {}
+    else:
+        options = canonical_names(options, OPTION_FIELDS, "options.", errors)
     params, currency, types = _options(options, now, errors)
     errors.raise_if_any()
     assert ref is not None
@@ -654,6 +674,7 @@ def _object(options: dict[str, Any], name: str, fields: tuple[str, ...], errors:
     if not isinstance(value, dict):
         errors.add(f"options.{name}", f"must be an object with {', '.join(fields)}")
         return None
+    value = canonical_names(value, fields, f"options.{name}.", errors)
     for extra in sorted(set(value) - set(fields)):
         errors.add(f"options.{name}.{extra}", f"unknown field; {name} has {', '.join(fields)}")
     return {k: v for k, v in value.items() if k in fields}

@@ -49,8 +49,8 @@ CHECKS = ",".join(
 PORTAL_HOLDER_PATHS = "^/api/v1/portal/(me|invoice-estimate|meters/)"
 # Where SQLite and PostgreSQL can answer differently: events stored, and the queries that read them.
 ENGINE_SENSITIVE_PATHS = (
-    "^/(api/v1/events|usage/|usagebatch|events|aggregations"
-    "|api/v1/meters/[^/]+/(query|subjects)|api/v1/notification/events)"
+    "^/(api/v1/events|api/v2/events|usage/|usagebatch|events|aggregations"
+    "|api/v1/meters/[^/]+/(query|subjects|group-by/)|api/v1/notification/events)"
 )
 # Operations left out of every pass, each for a reason:
 # - POST /api/v1/jobs/run runs every background job synchronously (period close, invoicing, Stripe

@@ -5,20 +5,22 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
 from tallybook.api.body import decode_json, read_limited_body
 from tallybook.api.ingesting import runtime_of
-from tallybook.api.openapi import json_body, query_parameters, responses
-from tallybook.api.params import Instant
+from tallybook.api.openapi import json_body, merged, query_parameters, responses
+from tallybook.api.params import Instant, decode_json_parameter
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.api.wire.meters import (
+    ADVANCED_FILTERS,
+    ADVANCED_FILTERS_PARAMETER,
     CSV_CONTENT,
     METER_QUERY_PARAMETERS,
     SUBJECT_PARAMETERS,
@@ -28,13 +30,27 @@ from tallybook.api.wire.meters import (
     Meter as MeterShape,
 )
 from tallybook.clock import format_rfc3339
+from tallybook.filters.model import InvalidFilter, StringFilter, parse_string_filter
 from tallybook.ingest.events import parse_time
-from tallybook.meters.models import Aggregation, Meter, MeterError, MeterSpec, UsageQuery, UsageResult
+from tallybook.ingest.limits import MAX_PAGE, MAX_PAGE_SIZE
+from tallybook.meters.models import (
+    Aggregation,
+    InvalidQuery,
+    Meter,
+    MeterError,
+    MeterSpec,
+    UsageQuery,
+    UsageResult,
+)
 from tallybook.meters.windows import WindowSize
 from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["meters"])
 MAX_BODY = 1024 * 1024
+# How deep $and / $or may nest in advancedMeterGroupByFilters (OpenMeter sets no limit; the JSON
+# depth limit of requests bounds it anyway, and this keeps every tree far inside it).
+METER_FILTER_DEPTH = 8
+QUERY_PARAMETERS = merged(query_parameters(METER_QUERY_PARAMETERS), {"parameters": [ADVANCED_FILTERS_PARAMETER]})
 
 
 class MeterCreateBody(BaseModel):
@@ -78,6 +94,7 @@ class MeterQueryBody(BaseModel):
     subject: list[str] = Field(default_factory=list, max_length=100)
     filterCustomerId: list[str] = Field(default_factory=list, max_length=100)
     filterGroupBy: dict[str, list[str] | str] = Field(default_factory=dict)
+    advancedMeterGroupByFilters: ADVANCED_FILTERS = None
     groupBy: list[str] = Field(default_factory=list, max_length=100)
     asOf: str | None = None
 
@@ -127,6 +144,8 @@ def meter_json(meter: Meter) -> dict[str, Any]:
         body["eventFrom"] = format_rfc3339(meter.event_from)
     if meter.metadata is not None:
         body["metadata"] = meter.metadata
+    if meter.deleted_at is not None:
+        body["deletedAt"] = format_rfc3339(meter.deleted_at)
     return body
 
 
@@ -135,8 +154,20 @@ def _json(value: Any, status: int = 200) -> Response:
 
 
 @router.get("/meters", response_model=list[MeterShape])
-async def list_meters(request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]) -> Response:
-    meters = await run_in_threadpool(runtime_of(request).meters.list)
+async def list_meters(
+    request: Request,
+    _key: Annotated[ApiKeyRecord, Depends(require("read"))],
+    page: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="page index (default 1)")] = None,
+    pageSize: Annotated[int | None, Query(ge=1, le=MAX_PAGE_SIZE, description="meters per page (default 100)")] = None,
+    order: Literal["ASC", "DESC"] = "ASC",
+    orderBy: Literal["key", "name", "aggregation", "createdAt", "updatedAt"] = "key",
+    includeDeleted: bool = False,
+) -> Response:
+    """Meters sorted by `orderBy` (`key` is the slug). Always a plain array, as OpenMeter's; without
+    `page` and `pageSize` it holds every meter."""
+    meters = await run_in_threadpool(
+        runtime_of(request).meters.listing, orderBy, order == "DESC", includeDeleted, page, pageSize
+    )
     return _json([meter_json(m) for m in meters])
 
 
@@ -246,6 +277,10 @@ def _query_from_params(meter: str, request: Request) -> UsageQuery:
         if key.startswith("filterGroupBy[") and key.endswith("]"):
             name = key[len("filterGroupBy[") : -1]
             filters.setdefault(name, []).append(value)
+    raw_advanced = params.get("advancedMeterGroupByFilters")
+    advanced = (
+        advanced_filters(decode_json_parameter("advancedMeterGroupByFilters", raw_advanced)) if raw_advanced else {}
+    )
     window = params.get("windowSize")
     try:
         size = WindowSize(window) if window else None
@@ -263,16 +298,43 @@ def _query_from_params(meter: str, request: Request) -> UsageQuery:
         window_time_zone=params.get("windowTimeZone") or "UTC",
         subjects=tuple(_list_param(request, "subject")),
         customer_ids=tuple(_list_param(request, "filterCustomerId")),
-        filter_group_by={k: (v[0] if len(v) == 1 else tuple(v)) for k, v in filters.items()},
+        filter_group_by=_group_filters({k: (v[0] if len(v) == 1 else tuple(v)) for k, v in filters.items()}, advanced),
         group_by=tuple(_list_param(request, "groupBy")),
         as_of=_instant(params.get("asOf"), "asOf"),
     )
+
+
+def advanced_filters(raw: Any) -> dict[str, StringFilter]:
+    """advancedMeterGroupByFilters: {groupBy key: FilterString}; an empty filter object is no filter."""
+    if not isinstance(raw, dict):
+        raise InvalidFilter(
+            'advancedMeterGroupByFilters: must be an object of groupBy key to filter, e.g. {"model": {"$in": ["a"]}}'
+        )
+    parsed = {
+        key: parse_string_filter(value, f"advancedMeterGroupByFilters.{key}", METER_FILTER_DEPTH)
+        for key, value in raw.items()
+    }
+    return {key: flt for key, flt in parsed.items() if flt is not None}
+
+
+def _group_filters(
+    simple: dict[str, str | tuple[str, ...]], advanced: dict[str, StringFilter]
+) -> dict[str, str | tuple[str, ...] | StringFilter]:
+    if simple and advanced:
+        raise Problem(
+            400,
+            "invalid-parameters",
+            "advancedMeterGroupByFilters and filterGroupBy cannot be used together (as in OpenMeter); "
+            'write filterGroupBy[k]=v as {"k": {"$eq": "v"}} in advancedMeterGroupByFilters',
+        )
+    return {**simple, **advanced}
 
 
 def _query_from_body(meter: str, body: MeterQueryBody) -> UsageQuery:
     filters: dict[str, str | tuple[str, ...]] = {
         k: (v if isinstance(v, str) else tuple(v)) for k, v in body.filterGroupBy.items()
     }
+    advanced = advanced_filters(body.advancedMeterGroupByFilters) if body.advancedMeterGroupByFilters else {}
     return UsageQuery(
         meter=meter,
         from_=_instant(body.from_, "from"),
@@ -281,7 +343,7 @@ def _query_from_body(meter: str, body: MeterQueryBody) -> UsageQuery:
         window_time_zone=body.windowTimeZone,
         subjects=tuple(body.subject),
         customer_ids=tuple(body.filterCustomerId),
-        filter_group_by=filters,
+        filter_group_by=_group_filters(filters, advanced),
         group_by=tuple(body.groupBy),
         as_of=_instant(body.asOf, "asOf"),
     )
@@ -326,8 +388,23 @@ def _result_response(request: Request, result: UsageResult, q: UsageQuery) -> Re
 
 
 async def _run_query(request: Request, q: UsageQuery) -> Response:
+    service = runtime_of(request).meters
+
+    def run() -> UsageResult:
+        advanced = [key for key, wanted in q.filter_group_by.items() if isinstance(wanted, StringFilter)]
+        if advanced:
+            meter = service.get(q.meter)
+            for key in advanced:
+                if key not in meter.group_by:
+                    known = ", ".join(sorted(meter.group_by)) or "none"
+                    raise InvalidQuery(
+                        f"advancedMeterGroupByFilters.{key}: {key!r} is not a groupBy key of meter "
+                        f"{meter.slug!r} (its keys: {known})"
+                    )
+        return service.query_result(q)
+
     try:
-        result = await run_in_threadpool(runtime_of(request).meters.query_result, q)
+        result = await run_in_threadpool(run)
     except MeterError as exc:
         raise _problem(exc) from None
     return _result_response(request, result, q)
@@ -336,7 +413,7 @@ async def _run_query(request: Request, q: UsageQuery) -> Response:
 @router.get(
     "/meters/{meterIdOrSlug}/query",
     responses=responses(MeterQueryResult, 404, content=CSV_CONTENT),
-    openapi_extra=query_parameters(METER_QUERY_PARAMETERS),
+    openapi_extra=QUERY_PARAMETERS,
 )
 async def query_meter(
     meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]

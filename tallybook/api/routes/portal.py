@@ -18,12 +18,12 @@ from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
-from tallybook.api.openapi import json_body, query_parameters, responses
+from tallybook.api.openapi import json_body, responses
 from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
-from tallybook.api.routes.meters import _json_body, _query_from_params, _run_query
+from tallybook.api.routes.meters import QUERY_PARAMETERS, _json_body, _query_from_params, _run_query
 from tallybook.api.security import presented_key, require
-from tallybook.api.wire.meters import CSV_CONTENT, METER_QUERY_PARAMETERS, MeterQueryResult
+from tallybook.api.wire.meters import CSV_CONTENT, MeterQueryResult
 from tallybook.api.wire.portal import InvoiceEstimate, PortalHolderInfo
 from tallybook.api.wire.portal import PortalToken as PortalTokenShape
 from tallybook.clock import format_rfc3339
@@ -149,7 +149,7 @@ async def invalidate_tokens(request: Request, _key: Admin) -> Response:
 @router.get(
     "/meters/{meterSlug}/query",
     responses=responses(MeterQueryResult, 403, 404, content=CSV_CONTENT),
-    openapi_extra=query_parameters(METER_QUERY_PARAMETERS),
+    openapi_extra=QUERY_PARAMETERS,
 )
 async def query_portal_meter(meterSlug: str, request: Request, holder: Holder) -> Response:
     """The holder's usage of one meter; same parameters and answer as `GET /api/v1/meters/{slug}/query`."""

@@ -51,6 +51,20 @@ class IngestedEvent(Wire):
     voidId: str | None = Field(None, description="with includeVoided=true: the void that took the event out")
 
 
+class ListedEvent(IngestedEvent):
+    """An element of GET /api/v2/events: OpenMeter's IngestedEvent with `customerId`."""
+
+    customerId: str | None = Field(None, description="the customer the event's subject is attributed to")
+
+
+class IngestedEventCursorPaginatedResponse(Wire):
+    """A page of GET /api/v2/events. `nextCursor` is set when the page is full; pass it as `cursor`
+    to get the events that follow."""
+
+    items: list[ListedEvent] = Field(max_length=100)
+    nextCursor: str | None = None
+
+
 class UsageRecord(Wire):
     """codehooks: POST /usage/{eventType}. It becomes an event with subject = customerId and
     data = {value, ...metadata}; send `id` to make retries idempotent."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, SkipValidation
 
+from tallybook.api.openapi import SCHEMA_REF
 from tallybook.api.wire.base import DATE_TIME, StringMap, Wire
+from tallybook.api.wire.filters import FilterString, json_query_parameter
 from tallybook.meters.models import Aggregation
 from tallybook.meters.windows import WindowSize
 
@@ -32,6 +34,7 @@ class Meter(Wire):
     metadata: StringMap | None = None
     createdAt: str = Field(json_schema_extra=DATE_TIME)
     updatedAt: str = Field(json_schema_extra=DATE_TIME)
+    deletedAt: str | None = Field(None, json_schema_extra=DATE_TIME, description="listed with includeDeleted=true")
     annotations: MeterAnnotations
 
 
@@ -84,3 +87,18 @@ SUBJECT_PARAMETERS: dict[str, dict[str, Any]] = {
     "from": {**_INSTANT, "description": "event time from (inclusive)"},
     "to": {**_INSTANT, "description": "event time to (exclusive)"},
 }
+
+_FILTER_STRING = FilterString.model_json_schema(ref_template=SCHEMA_REF)
+_ADVANCED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": {"$ref": SCHEMA_REF.format(model="FilterString")},
+    "$defs": {**_FILTER_STRING.pop("$defs", {}), "FilterString": _FILTER_STRING},
+    "description": 'groupBy key to an OpenMeter FilterString, e.g. {"model": {"$in": ["gpt-4", "gpt-4o"]}}; '
+    "a missing group value compares as the empty string. Not together with filterGroupBy.",
+}
+# The body field: documented as OpenMeter's shape, kept as the JSON it is (tallybook/filters parses
+# it and names what to fix).
+ADVANCED_FILTERS = Annotated[dict[str, FilterString] | None, SkipValidation]
+ADVANCED_FILTERS_PARAMETER = json_query_parameter(
+    "advancedMeterGroupByFilters", _ADVANCED_SCHEMA, "Filters on groupBy values, as JSON text (OpenMeter's shape)."
+)

@@ -1,0 +1,1 @@
+"""Listing stored events with OpenMeter's filters and cursor pagination (see README.md)."""

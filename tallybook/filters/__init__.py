@@ -1,0 +1,1 @@
+"""OpenMeter's filter objects: parsing (model.py) and SQL translation (sql.py)."""
