@@ -25,6 +25,9 @@ billing:
       name: Example Ltd
       tax_id: GB123456789
       address: {country: GB, postal_code: EC1A 1BB, city: London, line1: 1 Example Street}
+    number_prefix: INV-             # issued invoices are numbered INV-0001, INV-0002, ... (per prefix)
+    timezone: null                  # dates on the invoice page and PDF; null: the customer's zone
+    locale: en                      # how the page writes dates and numbers (Babel), e.g. en_GB, de_DE
 ```
 
 The default profile bills every customer without a profile of its own, unless a profile created
@@ -91,6 +94,39 @@ class ProfileSettings(_Section):
     tax_enforced: bool = Field(False, description="stripe: do not invoice without a computed tax")
     tax_behavior: Literal["exclusive", "inclusive"] = Field("exclusive", description="whether prices include tax")
     supplier: SupplierSettings = Field(default_factory=SupplierSettings)
+    number_prefix: str = Field("INV-", description="issued invoices are numbered with this prefix: INV-0001, ...")
+    timezone: str | None = Field(None, description="the invoice page's dates; None: the customer's time zone")
+    locale: str = Field("en", description="how the invoice page writes dates and numbers, e.g. en_GB")
+
+    @field_validator("number_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        from tallybook.billing.profiles import check_number_prefix
+
+        problem = check_number_prefix(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        from tallybook.billing.profiles import check_timezone
+
+        problem = None if value is None else check_timezone(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str) -> str:
+        from tallybook.billing.profiles import check_locale
+
+        problem = check_locale(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("due_after")
     @classmethod

@@ -183,6 +183,9 @@ class BillingProfile(Wire):
     supplier: dict[str, Any]
     workflow: dict[str, Any]
     apps: dict[str, Any]
+    invoiceDocument: dict[str, Any] | None = Field(
+        None, description="Tallybook extension: numberPrefix, timezone and locale of the profile's invoices"
+    )
 
 
 class BillingProfilePage(Wire):
