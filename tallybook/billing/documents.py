@@ -86,9 +86,7 @@ def store_document(conn: Connection, invoice_id: str, number: str | None, seller
     conn.execute(update(invoices).where(invoices.c.id == invoice_id).values(number=number, seller=seller))
 
 
-def issue_document(
-    conn: Connection, profile: BillingProfile, issued_at: datetime
-) -> tuple[str | None, dict[str, Any]]:
+def issue_document(conn: Connection, profile: BillingProfile, issued_at: datetime) -> tuple[str | None, dict[str, Any]]:
     """The number (None when Stripe numbers the invoice) and seller snapshot of an invoice being
     issued now, inside the issuing transaction."""
     number = None

@@ -11,6 +11,7 @@ billing:
   auto_issue_after: 0s              # ... once they are this old
   correction_lookback: 93d          # issued invoices checked for late usage
   invoice_interval: 1m              # how often the billing.invoice job runs
+  unbilled_interval: 1h             # how often billing.unbilled checks closed months for unbilled usage
   profile:                          # the rest of the default billing profile (read-only in the API)
     name: Default
     description: null
@@ -179,6 +180,10 @@ class BillingSettings(BaseModel):
         description="issued invoices whose period ended within this long are checked for late events",
     )
     invoice_interval: Duration = Field(timedelta(minutes=1), description="how often the billing.invoice job runs")
+    unbilled_interval: Duration = Field(
+        timedelta(hours=1),
+        description="how often the billing.unbilled job looks at the last closed months (tallybook/unbilled)",
+    )
     profile: ProfileSettings = Field(
         default_factory=ProfileSettings, description="the default billing profile (see docs/invoicing.md)"
     )
