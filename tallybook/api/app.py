@@ -19,6 +19,7 @@ from tallybook.api.routes import (
     customers,
     events,
     export,
+    invoice_tools,
     meters,
     notifications,
     ops,
@@ -106,6 +107,7 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(plan_routes.router)
     app.include_router(subscription_routes.router)
     app.include_router(invoice_routes.router)
+    app.include_router(invoice_tools.router)
     app.include_router(profile_routes.router)
     app.include_router(portal.router)
     app.include_router(overview.router)

@@ -174,7 +174,7 @@ _TEMPLATE = """<!DOCTYPE html>
       <tr><td>Billing period</td><td>{{ period }}</td></tr>
     </table>
     {% if as_of %}<span class="sub">usage counted as of {{ as_of }}</span><br>{% endif %}
-    <span class="sub">dates in {{ zone }}</span>
+    <span class="sub">{% if period_zone != zone %}billing periods in {{ period_zone }}; {% endif %}dates in {{ zone }}</span>
   </div>
 </div>
 <table class="lines">
@@ -288,14 +288,18 @@ def invoice_html(invoice: Invoice, external: dict[str, Any] | None = None, selle
     sync = (external or {}).get("sync") or {}
     tax = sync if sync.get("taxStatus") == "complete" and sync.get("tax") is not None else None
     snapshot = invoice.seller or seller or {}
-    tz_name = snapshot.get("timezone") or invoice.customer.get("timezone") or "UTC"
+    # Billing periods are the customer's (cut in its zone); the document's own dates (issue, due,
+    # usage counted as of) are written in the profile's zone, the customer's when it names none.
+    customer_tz = invoice.customer.get("timezone") or "UTC"
+    tz_name = snapshot.get("timezone") or customer_tz
     write = _Writer(snapshot.get("locale") or "en", tz_name, invoice.currency)
+    periods = _Writer(snapshot.get("locale") or "en", customer_tz, invoice.currency)
     supplier = snapshot.get("supplier") or {}
     lines = [
         {
             "name": ln.name,
             "description": ln.description,
-            "period": write.period(ln.period),
+            "period": periods.period(ln.period),
             "quantity": write.number(ln.quantity),
             "unit_price": write.number(ln.unit_price),
             "tax_code": ln.tax_code or "",
@@ -336,8 +340,9 @@ def invoice_html(invoice: Invoice, external: dict[str, Any] | None = None, selle
         },
         customer={"name": invoice.customer.get("name"), "primaryEmail": invoice.customer.get("primaryEmail")},
         address=_address_lines(invoice.customer.get("billingAddress")),
-        period=write.period(invoice.period),
+        period=periods.period(invoice.period),
         zone=tz_name,
+        period_zone=customer_tz,
         issued=None if invoice.issued_at is None else write.day(invoice.issued_at),
         due=None if not due else write.day(datetime.fromisoformat(due.replace("Z", "+00:00"))),
         as_of=None if invoice.as_of is None or invoice.status == "draft" else write.instant(invoice.as_of),
