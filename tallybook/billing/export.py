@@ -174,7 +174,8 @@ _TEMPLATE = """<!DOCTYPE html>
       <tr><td>Billing period</td><td>{{ period }}</td></tr>
     </table>
     {% if as_of %}<span class="sub">usage counted as of {{ as_of }}</span><br>{% endif %}
-    <span class="sub">{% if period_zone != zone %}billing periods in {{ period_zone }}; {% endif %}dates in {{ zone }}</span>
+    <span class="sub">{% if period_zone != zone %}billing periods in {{ period_zone }}; {% endif -%}
+      dates in {{ zone }}</span>
   </div>
 </div>
 <table class="lines">
