@@ -274,3 +274,25 @@ def test_snapshot_quantities_counts_a_draft_now(rt: Runtime, api: httpx.Client, 
     ok(api.post(f"/api/v1/billing/invoices/{january}/approve"))
     refused = api.post(f"/api/v1/billing/invoices/{january}/snapshot-quantities")
     assert refused.status_code == 409 and "only draft" in refused.json()["detail"]
+
+
+def test_cli_verifies_and_saves_the_pdf(
+    rt: Runtime, api: httpx.Client, clock: FixedClock, database_url: str, tmp_path: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from tallybook.cli.main import app
+
+    profile(api)
+    [january] = january_drafts(rt, api, clock)
+    clock.set(utc(2026, 2, 2, 9))
+    ok(api.post(f"/api/v1/billing/invoices/{january}/approve"))
+    done = CliRunner().invoke(app, ["invoices", "verify", january, "--database", database_url])
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith("invoice INV-0001 (issued): reproduced exactly at its cutoff")
+    target = tmp_path / "out.pdf"
+    saved = CliRunner().invoke(app, ["invoices", "pdf", january, "-o", str(target), "--database", database_url])
+    assert saved.exit_code == 0, saved.output
+    assert "INV-0001" in pypdf.PdfReader(io.BytesIO(target.read_bytes())).pages[0].extract_text()
+    missing = CliRunner().invoke(app, ["invoices", "verify", "01KDVDNA00M322QF7VSW00Y76P", "--database", database_url])
+    assert missing.exit_code == 2 and "no invoice has the id" in missing.output
