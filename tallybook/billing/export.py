@@ -74,7 +74,8 @@ def line_json(line: Line) -> dict[str, Any]:
 def invoice_json(invoice: Invoice, external: dict[str, Any] | None = None) -> dict[str, Any]:
     """The invoice document; `external` adds where the collecting app (Stripe) holds it: its
     `number`, `externalIds` and `sync` state (see tallybook/stripe/invoices.py)."""
-    number = invoice.number or (external or {}).get("number")
+    # Stripe's number when Stripe holds the invoice (its document is the one the customer gets).
+    number = (external or {}).get("number") or invoice.number
     body: dict[str, Any] = {
         "id": invoice.id or None,
         **({"number": number} if number else {}),
@@ -319,7 +320,7 @@ def invoice_html(invoice: Invoice, external: dict[str, Any] | None = None, selle
         }
         for ln in invoice.lines
     ]
-    number = invoice.number or (external or {}).get("number")
+    number = (external or {}).get("number") or invoice.number
     if invoice.status == "preview" or not invoice.id:
         heading = "Invoice preview"
     elif invoice.status == "draft":
