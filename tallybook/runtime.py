@@ -15,6 +15,7 @@ from tallybook.billing.catalog import CatalogService
 from tallybook.billing.invoicing import InvoicingService
 from tallybook.billing.profiles import ProfileService
 from tallybook.billing.subscriptions import SubscriptionService
+from tallybook.billing.verification import InvoiceVerifier
 from tallybook.billing.wiring import build_billing
 from tallybook.clock import Clock, SystemClock
 from tallybook.config import Settings
@@ -31,6 +32,10 @@ from tallybook.store import SqlStore, open_store
 from tallybook.stripe.checkout import CHECKOUT_EVENTS, CheckoutService
 from tallybook.stripe.invoices import INVOICE_EVENTS, SYNC_JOB, InvoiceSyncService
 from tallybook.stripe.service import REPORT_JOB, StripeService
+from tallybook.unbilled.service import EVENT_TYPE as UNBILLED_EVENT
+from tallybook.unbilled.service import JOB_NAME as UNBILLED_JOB
+from tallybook.unbilled.service import UnbilledNotifications, UnbilledService
+from tallybook.unbilled.sql import OutboxNotifier, SqlUnbilledSources
 from tallybook.voids.service import VoidService
 from tallybook.webhooks.service import WebhookService
 
@@ -60,6 +65,8 @@ class Runtime:
     portal: PortalService = field(init=False)
     voids: VoidService = field(init=False)
     event_list: EventListService = field(init=False)
+    unbilled: UnbilledService = field(init=False)
+    invoice_checks: InvoiceVerifier = field(init=False)
 
     @classmethod
     def build(
@@ -98,6 +105,15 @@ class Runtime:
         runtime.checkout = CheckoutService(runtime.stripe, runtime.customers, clock)
         # profiles: built by build_billing (runtime.profiles) before invoicing, which reads them.
         runtime.subscriptions, runtime.invoicing = build_billing(runtime)
+        runtime.invoice_checks = InvoiceVerifier(store, clock, runtime.invoicing)
+        unbilled_sources = SqlUnbilledSources(store, runtime.meters, runtime.subscriptions)
+        runtime.unbilled = UnbilledService(unbilled_sources, unbilled_sources, clock)
+        unbilled_job = UnbilledNotifications(
+            runtime.unbilled,
+            OutboxNotifier(store, runtime.webhooks, UNBILLED_EVENT),
+            grace=settings.billing.invoice_grace,
+        )
+        runtime.jobs.register(Job(UNBILLED_JOB, unbilled_job.run, settings.billing.unbilled_interval))
         runtime.invoice_sync = InvoiceSyncService(
             store,
             runtime.stripe,

@@ -26,7 +26,16 @@ NO_BODY = {
     ("post", "/api/v1/plans/{planIdOrKey}/next"),
     *(
         ("post", f"/api/v1/billing/invoices/{{invoiceId}}/{action}")
-        for action in ("advance", "approve", "void", "mark-paid", "mark-uncollectible", "sync")
+        for action in (
+            "advance",
+            "approve",
+            "void",
+            "mark-paid",
+            "mark-uncollectible",
+            "sync",
+            "snapshot-quantities",
+            "verify",
+        )
     ),
 }
 # Answers without a body besides 204s.

@@ -21,6 +21,7 @@ from tallybook.api.routes import (
     events_v2,
     export,
     info,
+    invoice_tools,
     meter_values,
     meters,
     notifications,
@@ -112,6 +113,7 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(plan_routes.router)
     app.include_router(subscription_routes.router)
     app.include_router(invoice_routes.router)
+    app.include_router(invoice_tools.router)
     app.include_router(profile_routes.router)
     app.include_router(portal.router)
     app.include_router(overview.router)

@@ -1,15 +1,24 @@
-"""Invoices out: the JSON document (API answers and webhook payloads) and a printable HTML page.
+"""Invoices out: the JSON document (API answers and webhook payloads) and a printable HTML page
+(which tallybook/billing/pdf.py renders to PDF).
 
 Money is written as decimal strings with the currency's minor-unit digits ("49.00"), so no client
 reads it through a float. The HTML page is self-contained (inline CSS, print-friendly) and is
-rendered with Jinja2 autoescaping, so customer names cannot inject markup.
+rendered with Jinja2 autoescaping, so customer names cannot inject markup. It is a customer-facing
+document: it shows the seller (the billing profile's supplier, as snapshotted when the invoice was
+issued), the invoice number, and dates written by Babel in the profile's locale and time zone (the
+customer's zone when the profile names none), never raw RFC 3339 times. Amounts are formatted
+without rounding (they are rounded once, per line, by invoicing).
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_datetime, format_interval
+from babel.numbers import format_currency, format_decimal
 from jinja2 import Environment, select_autoescape
 
 from tallybook.billing.invoicing import Invoice, Line
@@ -65,9 +74,11 @@ def line_json(line: Line) -> dict[str, Any]:
 def invoice_json(invoice: Invoice, external: dict[str, Any] | None = None) -> dict[str, Any]:
     """The invoice document; `external` adds where the collecting app (Stripe) holds it: its
     `number`, `externalIds` and `sync` state (see tallybook/stripe/invoices.py)."""
+    # Stripe's number when Stripe holds the invoice (its document is the one the customer gets).
+    number = (external or {}).get("number") or invoice.number
     body: dict[str, Any] = {
         "id": invoice.id or None,
-        **({"number": external["number"]} if external and external.get("number") else {}),
+        **({"number": number} if number else {}),
         "kind": invoice.kind,  # "opening" (a subscription's first in-advance fees) or "period"
         "status": invoice.status,
         "currency": invoice.currency,
@@ -85,6 +96,16 @@ def invoice_json(invoice: Invoice, external: dict[str, Any] | None = None) -> di
     }
     if invoice.as_of is not None:
         body["asOf"] = format_rfc3339(invoice.as_of)
+        # OpenMeter's name for when the usage quantities were taken (the same instant).
+        body["quantitySnapshotedAt"] = body["asOf"]
+    if invoice.as_of_seq is not None:
+        body["asOfSeq"] = invoice.as_of_seq  # the ingest watermark: events stored with seq <= this
+    seller = invoice.seller or {}
+    if seller:
+        body["billingProfileId"] = seller.get("billingProfileId")
+        body["supplier"] = seller.get("supplier") or {}
+        if seller.get("dueAt"):
+            body["dueAt"] = seller["dueAt"]
     for name, value in (
         ("issuedAt", invoice.issued_at),
         ("paidAt", invoice.paid_at),
@@ -101,47 +122,64 @@ def invoice_json(invoice: Invoice, external: dict[str, Any] | None = None) -> di
 
 
 _TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
+<html lang="{{ lang }}">
 <head>
 <meta charset="utf-8">
-<title>Invoice {{ number }}</title>
+<title>{{ title }}</title>
 <style>
-  body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 2.5em; }
+  @page { size: A4; margin: 1.6cm; }
+  body { font-family: system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: #222; margin: 2.5em; }
   h1 { font-size: 1.6em; margin: 0 0 .2em; }
   .status { display: inline-block; padding: .1em .6em; border: 1px solid #888; border-radius: .3em;
             text-transform: uppercase; font-size: .8em; letter-spacing: .05em; }
   .status.void { color: #a00; border-color: #a00; }
-  .meta { display: flex; justify-content: space-between; margin: 1.5em 0; }
+  .parties { display: flex; justify-content: space-between; gap: 2em; margin: 1.5em 0; }
+  .parties > div { flex: 1; }
   table { width: 100%; border-collapse: collapse; }
   th, td { text-align: left; padding: .45em .5em; border-bottom: 1px solid #ddd; vertical-align: top; }
   th { font-size: .8em; text-transform: uppercase; color: #555; }
   td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+  table.facts td { border: none; padding: .1em .5em .1em 0; }
+  table.facts td:first-child { color: #555; white-space: nowrap; }
   .sub { color: #666; font-size: .85em; }
   .tiers td { border: none; padding: .1em .5em; font-size: .85em; color: #555; }
   .warning { color: #8a4b00; font-size: .85em; }
-  .warning::before { content: "\26A0  "; }
+  .warning::before { content: "\\26A0  "; }
   tfoot td { border: none; }
   tfoot tr.total td { font-weight: bold; border-top: 2px solid #222; }
-  @media print { body { margin: 1cm; } .noprint { display: none; } }
+  @media print { body { margin: 0; } .noprint { display: none; } }
 </style>
 </head>
 <body>
-<h1>Invoice <span class="status {{ invoice.status }}">{{ invoice.status }}</span></h1>
-<div class="sub">{{ number }}{% if number != invoice.id and invoice.id %} · Tallybook {{ invoice.id }}{% endif %}</div>
-<div class="meta">
-  <div>
+<h1>{{ heading }} <span class="status {{ invoice.status }}">{{ invoice.status }}</span></h1>
+<div class="sub">{% if number %}<span id="invoice-number">{{ number }}</span>{% endif %}
+  {%- if invoice.id %}{% if number %} · {% endif %}Tallybook {{ invoice.id }}{% endif %}</div>
+<div class="parties">
+  <div class="seller">
+    <strong>From</strong><br>
+    {% if seller.name %}{{ seller.name }}<br>{% endif %}
+    {% for part in seller.address %}{{ part }}<br>{% endfor %}
+    {% if seller.tax_id %}Tax ID {{ seller.tax_id }}<br>{% endif %}
+  </div>
+  <div class="customer">
     <strong>Billed to</strong><br>
     {{ customer.name }}<br>
     {% if customer.primaryEmail %}{{ customer.primaryEmail }}<br>{% endif %}
     {% for part in address %}{{ part }}<br>{% endfor %}
   </div>
   <div>
-    <strong>Billing period</strong><br>{{ period }}<br>
-    {% if issued %}<strong>Issued</strong> {{ issued }}<br>{% endif %}
-    {% if as_of %}<span class="sub">usage counted as of {{ as_of }}</span>{% endif %}
+    <table class="facts">
+      {% if number %}<tr><td>Invoice number</td><td>{{ number }}</td></tr>{% endif %}
+      {% if issued %}<tr><td>Issue date</td><td>{{ issued }}</td></tr>{% endif %}
+      {% if due %}<tr><td>Due date</td><td>{{ due }}</td></tr>{% endif %}
+      <tr><td>Billing period</td><td>{{ period }}</td></tr>
+    </table>
+    {% if as_of %}<span class="sub">usage counted as of {{ as_of }}</span><br>{% endif %}
+    <span class="sub">{% if period_zone != zone %}billing periods in {{ period_zone }}; {% endif -%}
+      dates in {{ zone }}</span>
   </div>
 </div>
-<table>
+<table class="lines">
   <thead>
     <tr><th>Item</th><th>Period</th><th class="num">Quantity</th><th class="num">Unit price</th>
         <th>Tax code</th><th class="num">Amount ({{ invoice.currency }})</th></tr>
@@ -153,7 +191,7 @@ _TEMPLATE = """<!DOCTYPE html>
         {% for warning in line.warnings %}<div class="warning" role="note">{{ warning }}</div>{% endfor %}
         {% if line.tiers %}<table class="tiers">
           {% for tier in line.tiers %}<tr><td>tier {{ tier.tier }}</td><td class="num">{{ tier.quantity }}</td>
-            <td class="num">x {{ tier.unitPrice }}{% if tier.flatPrice != "0" %} + {{ tier.flatPrice }}{% endif %}</td>
+            <td class="num">x {{ tier.unitPrice }}{% if tier.flatPrice %} + {{ tier.flatPrice }}{% endif %}</td>
             <td class="num">{{ tier.amount }}</td></tr>{% endfor %}
         </table>{% endif %}
       </td>
@@ -167,11 +205,11 @@ _TEMPLATE = """<!DOCTYPE html>
   </tbody>
   <tfoot>
     <tr><td colspan="5" class="num">Subtotal</td><td class="num">{{ totals.subtotal }}</td></tr>
-    {% if totals.commitments != zero %}
+    {% if totals.commitments %}
     <tr><td colspan="5" class="num">Commitments</td><td class="num">{{ totals.commitments }}</td></tr>
     {% endif %}
     <tr class="total"><td colspan="5" class="num">Total ({{ invoice.currency }})</td>
-        <td class="num">{{ totals.total }}</td></tr>
+        <td class="num" id="invoice-total">{{ totals.total }}</td></tr>
     {% if tax %}
     <tr><td colspan="5" class="num">Tax (Stripe Tax)</td><td class="num">{{ tax.tax }}</td></tr>
     <tr class="total"><td colspan="5" class="num">Total with tax ({{ invoice.currency }})</td>
@@ -188,23 +226,53 @@ _TEMPLATE = """<!DOCTYPE html>
 
 _ENV = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
 _COMPILED = _ENV.from_string(_TEMPLATE)
+_DAY = timedelta(days=1)
 
 
-def _local(period: Period, tz_name: str) -> str:
-    tz = zone(tz_name)
-    start, end = period.start.astimezone(tz), period.end.astimezone(tz)
-    if start.time() == end.time() == start.replace(hour=0, minute=0, second=0, microsecond=0).time():
-        return f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
-    return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
+class _Writer:
+    """Writes dates and numbers for one document: Babel, in its locale and time zone."""
+
+    def __init__(self, locale: str, tz_name: str, currency: str) -> None:
+        try:
+            self.locale = Locale.parse(locale)
+        except (UnknownLocaleError, ValueError, TypeError):
+            self.locale = Locale.parse("en")
+        self.tz_name = tz_name
+        self.tz = zone(tz_name)
+        self.currency = currency
+
+    def instant(self, when: datetime) -> str:
+        return str(format_datetime(when, "medium", tzinfo=self.tz, locale=self.locale))
+
+    def day(self, when: datetime) -> str:
+        return str(format_date(when.astimezone(self.tz).date(), "medium", locale=self.locale))
+
+    def period(self, period: Period) -> str:
+        """Whole local days as an interval of dates, the end day included ("Jan 1 - 31, 2026");
+        otherwise both instants with their times."""
+        start, end = period.start.astimezone(self.tz), period.end.astimezone(self.tz)
+        midnight = start.replace(hour=0, minute=0, second=0, microsecond=0).time()
+        if start.time() == midnight and end.time() == midnight and end > start:
+            last = (end - _DAY).date()
+            if last == start.date():
+                return str(format_date(start.date(), "medium", locale=self.locale))
+            return str(format_interval(start.date(), last, "yMMMd", locale=self.locale))
+        return f"{self.instant(period.start)} \u2013 {self.instant(period.end)}"  # an en dash
+
+    def number(self, value: Decimal | str | None) -> str:
+        if value is None or value == "":
+            return ""
+        return str(format_decimal(Decimal(value), locale=self.locale, decimal_quantization=False))
+
+    def money(self, value: Decimal | str | None) -> str:
+        if value is None:
+            return ""
+        amount = Decimal(value)
+        return str(format_currency(amount, self.currency, locale=self.locale, decimal_quantization=False))
 
 
-def invoice_html(invoice: Invoice, external: dict[str, Any] | None = None) -> str:
-    """A printable page for the invoice (open it in a browser and print to PDF if needed); with
-    `external` (Stripe invoicing) it carries Stripe's number and, once computed, Stripe's tax."""
-    sync = (external or {}).get("sync") or {}
-    tax = sync if sync.get("taxStatus") == "complete" and sync.get("tax") is not None else None
-    tz_name = invoice.customer.get("timezone") or "UTC"
-    address = invoice.customer.get("billingAddress") or {}
+def _address_lines(address: dict[str, Any] | None) -> list[str]:
+    address = address or {}
     parts = [
         address.get("line1"),
         address.get("line2"),
@@ -212,32 +280,80 @@ def invoice_html(invoice: Invoice, external: dict[str, Any] | None = None) -> st
         address.get("state"),
         address.get("country"),
     ]
+    return [p for p in parts if p]
+
+
+def invoice_html(invoice: Invoice, external: dict[str, Any] | None = None, seller: dict[str, Any] | None = None) -> str:
+    """A printable page for the invoice; with `external` (Stripe invoicing) it carries Stripe's
+    number and, once computed, Stripe's tax. `seller` stands in for a draft's missing snapshot (the
+    profile as it is now); an issued invoice shows the seller it was issued with."""
+    sync = (external or {}).get("sync") or {}
+    tax = sync if sync.get("taxStatus") == "complete" and sync.get("tax") is not None else None
+    snapshot = invoice.seller or seller or {}
+    # Billing periods are the customer's (cut in its zone); the document's own dates (issue, due,
+    # usage counted as of) are written in the profile's zone, the customer's when it names none.
+    customer_tz = invoice.customer.get("timezone") or "UTC"
+    tz_name = snapshot.get("timezone") or customer_tz
+    write = _Writer(snapshot.get("locale") or "en", tz_name, invoice.currency)
+    periods = _Writer(snapshot.get("locale") or "en", customer_tz, invoice.currency)
+    supplier = snapshot.get("supplier") or {}
     lines = [
         {
             "name": ln.name,
             "description": ln.description,
-            "period": _local(ln.period, tz_name),
-            "quantity": "" if ln.quantity is None else str(ln.quantity),
-            "unit_price": "" if ln.unit_price is None else str(ln.unit_price),
+            "period": periods.period(ln.period),
+            "quantity": write.number(ln.quantity),
+            "unit_price": write.number(ln.unit_price),
             "tax_code": ln.tax_code or "",
-            "amount": str(ln.amount),
-            "tiers": (ln.detail or {}).get("tiers"),
+            "amount": write.money(ln.amount),
+            "tiers": [
+                {
+                    "tier": t.get("tier"),
+                    "quantity": write.number(t.get("quantity")),
+                    "unitPrice": write.number(t.get("unitPrice")),
+                    "flatPrice": write.money(t["flatPrice"]) if Decimal(t.get("flatPrice") or 0) else "",
+                    "amount": write.money(t.get("amount")),
+                }
+                for t in (ln.detail or {}).get("tiers") or []
+            ],
             "warnings": (ln.detail or {}).get("warnings") or [],
         }
         for ln in invoice.lines
     ]
+    number = (external or {}).get("number") or invoice.number
+    if invoice.status == "preview" or not invoice.id:
+        heading = "Invoice preview"
+    elif invoice.status == "draft":
+        heading = "Draft invoice"
+    else:
+        heading = f"Invoice {number}" if number else "Invoice"
+    due = snapshot.get("dueAt") if invoice.seller else None
     return _COMPILED.render(
         invoice=invoice,
-        number=(external or {}).get("number") or invoice.id or "preview",
-        tax=tax,
+        lang=str(write.locale.language),
+        title=heading if invoice.status in ("draft", "preview") or not number else f"Invoice {number}",
+        heading=heading,
+        number=number,
+        tax={**tax, "tax": write.money(tax["tax"]), "totalWithTax": write.money(tax["totalWithTax"])} if tax else None,
+        seller={
+            "name": supplier.get("name"),
+            "address": _address_lines((supplier.get("addresses") or [None])[0]),
+            "tax_id": (supplier.get("taxId") or {}).get("code"),
+        },
         customer={"name": invoice.customer.get("name"), "primaryEmail": invoice.customer.get("primaryEmail")},
-        address=[p for p in parts if p],
-        period=f"{_local(invoice.period, tz_name)} ({tz_name})",
-        issued=None if invoice.issued_at is None else format_rfc3339(invoice.issued_at),
-        as_of=None if invoice.as_of is None or invoice.status == "draft" else format_rfc3339(invoice.as_of),
+        address=_address_lines(invoice.customer.get("billingAddress")),
+        period=periods.period(invoice.period),
+        zone=tz_name,
+        period_zone=customer_tz,
+        issued=None if invoice.issued_at is None else write.day(invoice.issued_at),
+        due=None if not due else write.day(datetime.fromisoformat(due.replace("Z", "+00:00"))),
+        as_of=None if invoice.as_of is None or invoice.status == "draft" else write.instant(invoice.as_of),
         lines=lines,
-        totals=invoice.totals,
-        zero=Decimal(0),
+        totals={
+            "subtotal": write.money(invoice.totals.subtotal),
+            "commitments": write.money(invoice.totals.commitments) if invoice.totals.commitments else "",
+            "total": write.money(invoice.totals.total),
+        },
     )
 
 

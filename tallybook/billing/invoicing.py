@@ -24,9 +24,11 @@ invoice for each period that ended more than its customer's grace ago, refreshes
 each run (late events change drafts; in-advance lines stay as drafted) and issues drafts older than
 the draft period when the customer's billing profile auto-advances (tallybook/billing/profiles.py;
 the default profile takes `invoice_grace`, `auto_issue` and `auto_issue_after` from the settings).
-Issuing counts usage *as of* the issue instant (`asOf`: events ingested at or before it) and
-stores the quantities, so recomputing an issued invoice with its `asOf` gives the same lines to the
-cent, whatever arrives later.
+Issuing counts usage *as of* an ingest cutoff (tallybook/billing/cutoff.py: the commit watermark
+`asOfSeq` and the instant `asOf`) and stores the quantities and the cutoff, so recomputing an
+issued invoice at its cutoff gives the same lines to the cent, whatever arrives or is voided later
+(`verify`, tallybook/billing/verification.py). Issuing also gives the invoice its number and seller
+snapshot (tallybook/billing/documents.py), in the same transaction.
 
 Late events for an issued period are billed on the customer's latest draft as `correction` lines:
 the quantity now minus the quantity billed so far (the issued line plus issued corrections),
@@ -63,6 +65,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tallybook.billing.currency import round_money
+from tallybook.billing.cutoff import IngestCutoff, take_cutoff
+from tallybook.billing.documents import issue_document, store_document
 from tallybook.billing.models import FlatPrice, PaymentTerm, PlanVersion, RateCard
 from tallybook.billing.periods import Period
 from tallybook.billing.profiles import BillingProfile, ProfileService, config_profile
@@ -213,6 +217,9 @@ class Invoice:
     voided_at: datetime | None = None
     uncollectible_at: datetime | None = None
     kind: str = "period"  # period | opening (see InvoiceKey)
+    number: str | None = None  # given when issued (tallybook/billing/documents.py)
+    seller: dict[str, Any] | None = None  # the profile's supplier, zone, locale and due date when issued
+    as_of_seq: int | None = None  # with as_of, the ingest cutoff (tallybook/billing/cutoff.py)
 
 
 def _opt(us: int | None) -> datetime | None:
@@ -239,6 +246,9 @@ def invoice_from_record(record: InvoiceRecord) -> Invoice:
         voided_at=_opt(r["voided_us"]),
         uncollectible_at=_opt(r["uncollectible_us"]),
         kind=r.get("kind") or PERIOD,
+        number=r.get("number"),
+        seller=r.get("seller"),
+        as_of_seq=r.get("as_of_seq"),
     )
 
 
@@ -298,6 +308,8 @@ class _Write:
     lines: list[Line]
     status: str
     failed: bool = False
+    profile: BillingProfile | None = None  # numbers and the seller snapshot, if issued
+    as_of_seq: int | None = None
 
 
 def _item_id(key: InvoiceKey) -> str:
@@ -493,7 +505,11 @@ class InvoicingService:
                     key, segments_by_key.get(key, []), existing=draft, corrections_allowed=draft.kind == PERIOD
                 )
         self._attach_previous(list(jobs.values()), now)
-        computed = self._compute([j for k, j in jobs.items() if k not in failed], as_of=now, failed=failed)
+        # Usage is counted at a commit watermark too, so issued invoices reproduce exactly.
+        ingest_seq = take_cutoff(self.store, self.clock).seq if jobs else None
+        computed = self._compute(
+            [j for k, j in jobs.items() if k not in failed], as_of=now, failed=failed, through_seq=ingest_seq
+        )
         for key, exc in failed.items():
             run.fail(INVOICE_ITEM, _item_id(key), exc, **_item_context(key, jobs.get(key)))
         for key in computed:
@@ -505,7 +521,17 @@ class InvoicingService:
         ]
         self._lock_meters(computed[k] for k in to_issue)
         issuing = set(to_issue)
-        writes = [_Write(key, jobs[key], computed[key], ISSUED if key in issuing else DRAFT) for key in computed]
+        writes = [
+            _Write(
+                key,
+                jobs[key],
+                computed[key],
+                ISSUED if key in issuing else DRAFT,
+                profile=profile_of.get(key[0], fallback),
+                as_of_seq=ingest_seq,
+            )
+            for key in computed
+        ]
 
         def billed_through(written_failed: set[InvoiceKey]) -> list[tuple[str, int]]:
             # A subscription whose invoice failed keeps its billed_through: the next run tries again.
@@ -568,22 +594,26 @@ class InvoicingService:
         key, job, lines, status = w.key, w.job, w.lines, w.status
         snapshot = _customer_snapshot(customers.get(key[0]), key[0])
         if job.existing is None:
-            invoice = self._new_invoice(key, lines, snapshot, now, status)
+            invoice = replace(self._new_invoice(key, lines, snapshot, now, status), as_of_seq=w.as_of_seq)
             counts["created"] += 1
             self._emit(conn, destinations, INVOICE_CREATED, replace(invoice, status=DRAFT, issued_at=None), now)
             if status == ISSUED:
+                invoice = self._issue_document(conn, invoice, w.profile, now)
                 counts["issued"] += 1
                 self._emit(conn, destinations, INVOICE_ISSUED, invoice, now)
             return _record(invoice)
         draft = job.existing
         if status == DRAFT and _same_lines(draft.lines, lines):
             return None
-        changed = self._updated(draft, lines, snapshot, now, status)
+        changed = replace(self._updated(draft, lines, snapshot, now, status), as_of_seq=w.as_of_seq)
         if not billing_store.update_invoice(
             conn, draft.id, draft.revision, _values(changed), [ln.row() for ln in lines]
         ):
             return None  # changed meanwhile (approved or voided): next run sees it
         if status == ISSUED:
+            # Numbered only once the update took: a draft changed meanwhile takes no number.
+            changed = self._issue_document(conn, changed, w.profile, now)
+            store_document(conn, changed.id, changed.number, changed.seller)
             counts["issued"] += 1
             self._emit(conn, destinations, INVOICE_ISSUED, changed, now)
         else:
@@ -592,30 +622,63 @@ class InvoicingService:
         return None
 
     # -- transitions -----------------------------------------------------------------------------------
+    def _profile_of(self, customer_id: str) -> BillingProfile:
+        if self.profiles is None:
+            return config_profile(self.settings)
+        return self.profiles.for_customers([customer_id])[customer_id]
+
+    def _issue_document(
+        self, conn: Connection, invoice: Invoice, profile: BillingProfile | None, now: datetime
+    ) -> Invoice:
+        """The invoice with its number and seller snapshot, taken in the issuing transaction."""
+        number, seller = issue_document(conn, profile or config_profile(self.settings), now)
+        return replace(invoice, number=number, seller=seller)
+
     def issue(self, invoice_id: str) -> Invoice:
-        """Freeze a draft: count usage as of now, store the quantities, lock the meters, notify."""
-        now = self.clock.now()
+        """Freeze a draft: count usage at an ingest cutoff taken now, store the quantities and the
+        cutoff, give it its number, lock the meters, notify."""
         draft = self.get(invoice_id)
         self._check_transition(draft, ISSUED)
+        return self._recount(draft, ISSUED)
+
+    def snapshot_quantities(self, invoice_id: str) -> Invoice:
+        """OpenMeter's snapshot-quantities: count a draft's usage now, at a fresh ingest cutoff, and
+        store it (the job would on its next run once events arrived). It stays a draft; issuing
+        counts again, at the issue's own cutoff."""
+        draft = self.get(invoice_id)
+        if draft.status != DRAFT:
+            raise InvoiceConflict(
+                f"invoice {draft.id} is {draft.status}; only draft invoices can snapshot quantities (an issued "
+                "invoice keeps the quantities it was issued with: see its verify action)",
+                invoiceStatus=draft.status,
+            )
+        return self._recount(draft, DRAFT)
+
+    def _recount(self, draft: Invoice, status: str) -> Invoice:
+        profile = self._profile_of(draft.customer_id) if status == ISSUED else None
+        cutoff = take_cutoff(self.store, self.clock)
+        now = cutoff.at
         self._plans.clear()
         key = _key_of(draft)
         segments = self._segments_for([key]).get(key, [])
         job = _Job(key, segments, existing=draft, corrections_allowed=draft.kind == PERIOD)
         self._attach_previous([job], now)
-        lines = self._compute([job], as_of=now)[key]
-        self._lock_meters([lines])
+        lines = self._compute([job], as_of=now, through_seq=cutoff.seq)[key]
+        if status == ISSUED:
+            self._lock_meters([lines])
+        event_type = INVOICE_ISSUED if status == ISSUED else INVOICE_UPDATED
         with self.store.write() as conn:
             customers = billing_store.customer_rows(conn, [draft.customer_id])
             snapshot = _customer_snapshot(customers.get(draft.customer_id), draft.customer_id)
-            issued = self._updated(draft, lines, snapshot, now, ISSUED)
+            changed = replace(self._updated(draft, lines, snapshot, now, status), as_of_seq=cutoff.seq)
+            if status == ISSUED:
+                changed = self._issue_document(conn, changed, profile, now)
             if not billing_store.update_invoice(
-                conn, draft.id, draft.revision, _values(issued), [ln.row() for ln in lines]
+                conn, draft.id, draft.revision, _values(changed), [ln.row() for ln in lines]
             ):
-                raise InvoiceConflict(f"invoice {draft.id} changed while it was being issued; retry")
-            self._emit(
-                conn, {INVOICE_ISSUED: self.webhooks.destinations(conn, INVOICE_ISSUED)}, INVOICE_ISSUED, issued, now
-            )
-        return issued
+                raise InvoiceConflict(f"invoice {draft.id} changed while its usage was being counted; retry")
+            self._emit(conn, {event_type: self.webhooks.destinations(conn, event_type)}, event_type, changed, now)
+        return changed
 
     def void(self, invoice_id: str) -> Invoice:
         return self._set_status(invoice_id, VOID, INVOICE_VOIDED)
@@ -693,22 +756,25 @@ class InvoicingService:
             )
         return out
 
-    def recompute(self, invoice_id: str) -> list[Line]:
-        """The invoice's lines computed again from the events, counting usage as of its `asOf`.
+    def recompute(self, invoice_id: str, at: IngestCutoff | None = None) -> list[Line]:
+        """The invoice's lines computed again from the events, counting usage at its ingest cutoff
+        (`asOf` and `asOfSeq`), or at `at` (e.g. a cutoff taken now, to see what changed since).
 
-        For an issued invoice this equals its stored lines, to the cent, whatever arrived since.
-        Correction lines are recomputed from the quantity they say was billed before.
+        For an issued invoice and its own cutoff this equals its stored lines, to the cent,
+        whatever arrived or was voided since. Correction lines are recomputed from the quantity
+        they say was billed before.
         """
         invoice = self.get(invoice_id)
+        as_of, through_seq = (invoice.as_of, invoice.as_of_seq) if at is None else (at.at, at.seq)
         self._plans.clear()
         key = _key_of(invoice)
         segments = self._segments_for([key]).get(key, [])
         job = _Job(key, segments, existing=invoice, corrections_allowed=False)
         fixed = [ln for ln in invoice.lines if ln.kind == "correction"]
-        lines = self._compute([job], as_of=invoice.as_of)[key]
+        lines = self._compute([job], as_of=as_of, through_seq=through_seq)[key]
         if not fixed:
             return lines
-        corrections = self._recompute_corrections(invoice, fixed)
+        corrections = self._recompute_corrections(invoice, fixed, as_of, through_seq)
         return lines + corrections
 
     # -- computing ---------------------------------------------------------------------------------------
@@ -837,6 +903,7 @@ class InvoicingService:
         wanted: dict[UsageKey, set[str]],
         as_of: datetime | None,
         failed: dict[tuple[UsageKey, str], BaseException] | None = None,
+        through_seq: int | None = None,
     ) -> dict[UsageKey, dict[str, Decimal]]:
         """One grouped query per (meter, from, to): {key: {customer id: quantity}}.
 
@@ -856,7 +923,13 @@ class InvoicingService:
                     out[(meter, start, end)] = {}
                     continue
             query = UsageQuery(
-                meter=meter, from_=start, to=end, customer_ids=ids, group_by=("customer_id",), as_of=as_of
+                meter=meter,
+                from_=start,
+                to=end,
+                customer_ids=ids,
+                group_by=("customer_id",),
+                as_of=as_of,
+                through_seq=through_seq,
             )
             try:
                 rows = self._query(query)
@@ -902,7 +975,11 @@ class InvoicingService:
         return found
 
     def _compute(
-        self, jobs: list[_Job], as_of: datetime | None, failed: dict[InvoiceKey, BaseException] | None = None
+        self,
+        jobs: list[_Job],
+        as_of: datetime | None,
+        failed: dict[InvoiceKey, BaseException] | None = None,
+        through_seq: int | None = None,
     ) -> dict[InvoiceKey, list[Line]]:
         """Each job's lines. With `failed`, a job that cannot be computed goes there (by key) and is
         left out of the answer instead of raising; the other jobs are computed."""
@@ -917,7 +994,7 @@ class InvoicingService:
             for ukey in needs[job.key]:
                 wanted[ukey].add(job.key[0])
         unread: dict[tuple[UsageKey, str], BaseException] | None = None if failed is None else {}
-        usage = self._usage(wanted, as_of, unread)
+        usage = self._usage(wanted, as_of, unread, through_seq=through_seq)
         billed_so_far = self._billed_quantities([inv for job in jobs for inv in job.previous])
         charged = self._charged_in_advance(jobs)
         out: dict[InvoiceKey, list[Line]] = {}
@@ -1255,12 +1332,14 @@ class InvoicingService:
         plan = self._plan(sub)
         return next((rc for rc in plan.rate_cards if rc.key == line.rate_card_key), None)
 
-    def _recompute_corrections(self, invoice: Invoice, fixed: list[Line]) -> list[Line]:
+    def _recompute_corrections(
+        self, invoice: Invoice, fixed: list[Line], as_of: datetime | None, through_seq: int | None
+    ) -> list[Line]:
         wanted: dict[UsageKey, set[str]] = defaultdict(set)
         for ln in fixed:
             if ln.meter is not None:
                 wanted[(ln.meter, ln.period.start, ln.period.end)].add(invoice.customer_id)
-        usage = self._usage(wanted, invoice.as_of)
+        usage = self._usage(wanted, as_of, through_seq=through_seq)
         out = []
         for ln in fixed:
             before = Decimal((ln.detail or {}).get("previousQuantity", "0"))
@@ -1416,6 +1495,9 @@ def _values(invoice: Invoice) -> dict[str, Any]:
         "paid_us": None if invoice.paid_at is None else to_micros(invoice.paid_at),
         "voided_us": None if invoice.voided_at is None else to_micros(invoice.voided_at),
         "uncollectible_us": None if invoice.uncollectible_at is None else to_micros(invoice.uncollectible_at),
+        "number": invoice.number,
+        "seller": invoice.seller,
+        "as_of_seq": invoice.as_of_seq,
     }
 
 

@@ -13,7 +13,10 @@ A profile says, for the customers billed with it:
 - `collection_method`, `due_after`, `auto_collect` (`workflow.payment`,
   `workflow.invoicing.dueAfter`): how the collector asks for the money;
 - `tax_enabled`, `tax_enforced`, `tax_behavior` (`workflow.tax`,
-  `workflow.invoicing.defaultTaxConfig.behavior`): tax by the collector.
+  `workflow.invoicing.defaultTaxConfig.behavior`): tax by the collector;
+- `number_prefix`, `timezone`, `locale` (`invoiceDocument`, a Tallybook extension): the invoice
+  number series of the profile's invoices (tallybook/billing/documents.py) and how the invoice page
+  and PDF write dates (the time zone; None: the customer's) and numbers.
 
 The config profile (`billing:` in tallybook.yaml, see tallybook/billing/settings.py) is written to
 `billing_profiles` at start with a fixed id and is read-only through the API. It is the default
@@ -51,6 +54,36 @@ CONFIG, API = "config", "api"  # where a profile comes from
 CONFIG_PROFILE_ID = stable_ulid("tallybook.billing.profile:config")
 MAX_DURATION = timedelta(days=366)
 NAME_MAX, DESCRIPTION_MAX, TEXT_MAX = 256, 1024, 1024
+# OpenMeter's custom invoicing app numbers invoices INV-...; a profile may name its own series.
+DEFAULT_NUMBER_PREFIX = "INV-"
+DEFAULT_LOCALE = "en"
+NUMBER_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,19}$")
+NUMBER_PREFIX_HELP = "1 to 20 letters, digits and . _ / - (starting with a letter or digit), e.g. INV- or ACME/2026/"
+
+
+def check_number_prefix(value: str) -> str | None:
+    """Why `value` cannot be an invoice number prefix (None: it can)."""
+    return None if NUMBER_PREFIX.match(value) else f"must be {NUMBER_PREFIX_HELP}"
+
+
+def check_timezone(value: str) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"{value!r} is not an IANA time zone name, e.g. Europe/Berlin or UTC"
+    return None
+
+
+def check_locale(value: str) -> str | None:
+    from babel import Locale, UnknownLocaleError
+
+    try:
+        Locale.parse(value)
+    except (UnknownLocaleError, ValueError, TypeError):
+        return f"{value!r} is not a locale Babel knows, e.g. en, en_GB or de_DE"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +109,10 @@ class BillingProfile:
     description: str | None = None
     supplier: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None
+    # invoiceDocument: the number series of issued invoices, and how their page writes dates
+    number_prefix: str = DEFAULT_NUMBER_PREFIX
+    timezone: str | None = None  # None: the customer's time zone
+    locale: str = DEFAULT_LOCALE
     created_at: datetime | None = None
     updated_at: datetime | None = None
     deleted_at: datetime | None = None
@@ -188,6 +225,13 @@ def workflow_json(profile: BillingProfile) -> dict[str, Any]:
     }
 
 
+def document_json(profile: BillingProfile) -> dict[str, Any]:
+    body: dict[str, Any] = {"numberPrefix": profile.number_prefix, "locale": profile.locale}
+    if profile.timezone is not None:
+        body["timezone"] = profile.timezone
+    return body
+
+
 def apps_json(profile: BillingProfile) -> dict[str, Any]:
     ref = _app_ref(profile.collector)
     return {"tax": dict(ref), "invoicing": dict(ref), "payment": dict(ref)}
@@ -209,6 +253,7 @@ def profile_json(profile: BillingProfile) -> dict[str, Any]:
     body["supplier"] = profile.supplier
     body["workflow"] = workflow_json(profile)
     body["apps"] = apps_json(profile)
+    body["invoiceDocument"] = document_json(profile)
     return body
 
 
@@ -232,11 +277,14 @@ class ProfileInput:
     tax_enabled: bool = True
     tax_enforced: bool = False
     tax_behavior: str = "exclusive"
+    number_prefix: str = DEFAULT_NUMBER_PREFIX
+    timezone: str | None = None
+    locale: str = DEFAULT_LOCALE
 
 
 # Set by the server; a client may send them back unchanged from a GET (they are ignored).
 _READ_ONLY = frozenset(("id", "createdAt", "updatedAt", "deletedAt", "source"))
-_FIELDS = ("name", "description", "metadata", "supplier", "default", "workflow", "apps")
+_FIELDS = ("name", "description", "metadata", "supplier", "default", "workflow", "apps", "invoiceDocument")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
@@ -349,6 +397,31 @@ def _supplier(reader: _Reader, value: Any) -> dict[str, Any]:
     return out
 
 
+def _document(reader: _Reader, value: Any) -> tuple[str, str | None, str]:
+    """`invoiceDocument`: {numberPrefix, timezone, locale}, each optional."""
+    raw = reader.obj(value, "invoiceDocument", ("numberPrefix", "timezone", "locale"))
+    prefix, timezone, locale = DEFAULT_NUMBER_PREFIX, None, DEFAULT_LOCALE
+    checks = (
+        ("numberPrefix", check_number_prefix),
+        ("timezone", check_timezone),
+        ("locale", check_locale),
+    )
+    found: dict[str, str] = {}
+    for name, check in checks:
+        got = raw.get(name)
+        if got is None:
+            continue
+        problem = check(got) if isinstance(got, str) else "must be a string"
+        if problem is not None:
+            reader.add(f"invoiceDocument.{name}", problem)
+            continue
+        found[name] = got
+    prefix = found.get("numberPrefix", prefix)
+    timezone = found.get("timezone", timezone)
+    locale = found.get("locale", locale)
+    return prefix, timezone, locale
+
+
 def _collector(reader: _Reader, value: Any) -> str | None:
     """`apps`: {tax, invoicing, payment}, each an app type or {"type": ...}; all three the same."""
     if value is None:
@@ -400,6 +473,7 @@ def parse_profile(payload: Any) -> ProfileInput:
     supplier = _supplier(reader, payload.get("supplier"))
     default = reader.boolean(payload.get("default"), "default", False)
     collector = _collector(reader, payload.get("apps"))
+    number_prefix, timezone, locale = _document(reader, payload.get("invoiceDocument"))
 
     workflow = reader.obj(payload.get("workflow"), "workflow", ("collection", "invoicing", "payment", "tax"))
     collection = reader.obj(workflow.get("collection"), "workflow.collection", ("alignment", "interval"))
@@ -479,6 +553,9 @@ def parse_profile(payload: Any) -> ProfileInput:
         tax_enabled=tax_enabled,
         tax_enforced=tax_enforced,
         tax_behavior=tax_behavior,
+        number_prefix=number_prefix,
+        timezone=timezone,
+        locale=locale,
     )
 
 
@@ -507,6 +584,7 @@ def _body(profile: BillingProfile | ProfileInput, collector: str) -> dict[str, A
         "supplier": profile.supplier,
         "metadata": profile.metadata,
         "apps": {"collector": collector},
+        "document": {"number_prefix": profile.number_prefix, "timezone": profile.timezone, "locale": profile.locale},
         "workflow": {
             "grace_us": to_micros_delta(profile.grace),
             "auto_advance": profile.auto_advance,
@@ -528,6 +606,7 @@ def _opt_time(us: int | None) -> datetime | None:
 def profile_from_row(row: dict[str, Any], default: bool) -> BillingProfile:
     body = row["body"] or {}
     flow = body.get("workflow") or {}
+    document = body.get("document") or {}  # profiles stored before invoiceDocument have none
     return BillingProfile(
         id=row["id"],
         name=row["name"],
@@ -546,6 +625,9 @@ def profile_from_row(row: dict[str, Any], default: bool) -> BillingProfile:
         grace=timedelta(microseconds=int(flow.get("grace_us", 3_600_000_000))),
         supplier=dict(body.get("supplier") or {}),
         metadata=body.get("metadata"),
+        number_prefix=document.get("number_prefix") or DEFAULT_NUMBER_PREFIX,
+        timezone=document.get("timezone"),
+        locale=document.get("locale") or DEFAULT_LOCALE,
         created_at=from_micros(row["created_us"]),
         updated_at=from_micros(row["updated_us"]),
         deleted_at=_opt_time(row["deleted_us"]),
@@ -579,6 +661,9 @@ def config_profile(settings: BillingSettings) -> BillingProfile:
         due_after=cfg.due_after,
         grace=settings.invoice_grace,
         supplier=supplier,
+        number_prefix=cfg.number_prefix,
+        timezone=cfg.timezone,
+        locale=cfg.locale,
     )
 
 
@@ -942,6 +1027,7 @@ __all__ = [
     "ProfilePage",
     "ProfileService",
     "customer_profile_json",
+    "document_json",
     "format_iso_duration",
     "parse_iso_duration",
     "parse_override",

@@ -11,6 +11,7 @@ billing:
   auto_issue_after: 0s              # ... once they are this old
   correction_lookback: 93d          # issued invoices checked for late usage
   invoice_interval: 1m              # how often the billing.invoice job runs
+  unbilled_interval: 1h             # how often billing.unbilled checks closed months for unbilled usage
   profile:                          # the rest of the default billing profile (read-only in the API)
     name: Default
     description: null
@@ -25,6 +26,9 @@ billing:
       name: Example Ltd
       tax_id: GB123456789
       address: {country: GB, postal_code: EC1A 1BB, city: London, line1: 1 Example Street}
+    number_prefix: INV-             # issued invoices are numbered INV-0001, INV-0002, ... (per prefix)
+    timezone: null                  # dates on the invoice page and PDF; null: the customer's zone
+    locale: en                      # how the page writes dates and numbers (Babel), e.g. en_GB, de_DE
 ```
 
 The default profile bills every customer without a profile of its own, unless a profile created
@@ -91,6 +95,39 @@ class ProfileSettings(_Section):
     tax_enforced: bool = Field(False, description="stripe: do not invoice without a computed tax")
     tax_behavior: Literal["exclusive", "inclusive"] = Field("exclusive", description="whether prices include tax")
     supplier: SupplierSettings = Field(default_factory=SupplierSettings)
+    number_prefix: str = Field("INV-", description="issued invoices are numbered with this prefix: INV-0001, ...")
+    timezone: str | None = Field(None, description="the invoice page's dates; None: the customer's time zone")
+    locale: str = Field("en", description="how the invoice page writes dates and numbers, e.g. en_GB")
+
+    @field_validator("number_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        from tallybook.billing.profiles import check_number_prefix
+
+        problem = check_number_prefix(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        from tallybook.billing.profiles import check_timezone
+
+        problem = None if value is None else check_timezone(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str) -> str:
+        from tallybook.billing.profiles import check_locale
+
+        problem = check_locale(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("due_after")
     @classmethod
@@ -143,6 +180,10 @@ class BillingSettings(BaseModel):
         description="issued invoices whose period ended within this long are checked for late events",
     )
     invoice_interval: Duration = Field(timedelta(minutes=1), description="how often the billing.invoice job runs")
+    unbilled_interval: Duration = Field(
+        timedelta(hours=1),
+        description="how often the billing.unbilled job looks at the last closed months (tallybook/unbilled)",
+    )
     profile: ProfileSettings = Field(
         default_factory=ProfileSettings, description="the default billing profile (see docs/invoicing.md)"
     )

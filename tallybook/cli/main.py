@@ -952,3 +952,13 @@ def events_voids(
             escape(what),
         )
     console.print(table)
+
+
+# -- billing integrity: unbilled usage, invoice verify and PDF (tallybook/cli/billing_tools.py) ------
+def _register_billing_tools() -> None:
+    from tallybook.cli.billing_tools import register
+
+    register(app)
+
+
+_register_billing_tools()

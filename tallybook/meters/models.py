@@ -118,6 +118,9 @@ class UsageQuery:
     filter_group_by: dict[str, str | tuple[str, ...] | StringFilter] = field(default_factory=dict)
     group_by: tuple[str, ...] = ()
     as_of: datetime | None = None  # only events ingested at or before this instant
+    # Only events stored with a seq at or below this (an ingest commit watermark, as invoices record
+    # it): with `as_of`, a cutoff that in-flight transactions cannot move (tallybook/billing/cutoff.py).
+    through_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -456,6 +456,7 @@ class MeterService:
                 group_keys=group_keys,
                 by_subject="subject" in q.group_by,
                 by_customer="customer_id" in q.group_by,
+                through_seq=q.through_seq,
             )
             rows = meter_store.aggregate(conn, spec)
         single_customer = None

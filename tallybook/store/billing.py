@@ -91,9 +91,17 @@ invoices = Table(
     Column("paid_us", BigInteger, nullable=True),
     Column("voided_us", BigInteger, nullable=True),
     Column("uncollectible_us", BigInteger, nullable=True),
+    # Set when issued (tallybook/billing/documents.py): the number from the profile's series (None
+    # for invoices Stripe numbers, and those issued before numbering), and the seller snapshot.
+    Column("number", Text, nullable=True),
+    Column("seller", JSON_TYPE, nullable=True),  # billingProfileId, supplier, timezone, locale, dueAt
+    # The ingest watermark usage was counted at: events stored with seq <= this (with as_of_us for
+    # voids); None for invoices computed before it was recorded (as_of_us alone then).
+    Column("as_of_seq", BigInteger, nullable=True),
     UniqueConstraint("customer_id", "currency", "kind", "period_start_us", "period_end_us", name="uq_invoices_period"),
 )
 Index("ix_invoices_status", invoices.c.status, invoices.c.period_end_us)
+Index("uq_invoices_number", invoices.c.number, unique=True)
 
 invoice_lines = Table(
     "invoice_lines",

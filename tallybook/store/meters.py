@@ -195,6 +195,7 @@ class AggregateSpec:
     group_keys: tuple[str, ...]  # meter groupBy keys to group by
     by_subject: bool
     by_customer: bool
+    through_seq: int | None = None  # only events stored with a seq at or below this
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,6 +567,8 @@ def aggregate(conn: Connection, spec: AggregateSpec) -> list[AggregateRow]:
     if spec.as_of_us is not None:
         conditions.append(u.c.ingested_us <= spec.as_of_us)
     conditions.append(counts_as_of(spec.as_of_us))
+    if spec.through_seq is not None:
+        conditions.append(u.c.event_seq <= spec.through_seq)
     if spec.subjects is not None:
         conditions.append(u.c.subject.in_(list(spec.subjects)))
     for key, wanted in spec.group_filters.items():

@@ -64,9 +64,11 @@ class VoidService:
     def void(self, request: VoidRequest) -> VoidRecord:
         """Void the named events (all or nothing) or every unvoided event the filter selects."""
         reason = request.check()
-        now = self.clock.now()
         with self.store.write() as conn:
             meter_store.lock_materializer(conn)
+            # The stamp is read under the lock, so an invoice's ingest cutoff (taken under the same
+            # lock, tallybook/billing/cutoff.py) sees every void stamped before it committed.
+            now = self.clock.now()
             if request.filter is not None:
                 targets = sql.targets_by_filter(conn, request.filter)
                 if not targets:
@@ -99,10 +101,10 @@ class VoidService:
                 "event for idempotency, and the voided event keeps its id",
                 field="event.id",
             )
-        now = self.clock.now()
-        now_us = to_micros(now)
         with self.store.write() as conn:
             meter_store.lock_materializer(conn)
+            now = self.clock.now()  # under the lock, as in `void`
+            now_us = to_micros(now)
             # The values meters read are checked as ingest checks them, against the live meters.
             problems = check_metered([replacement], metered_fields(meter_store.live_meter_reads(conn)), indexed=False)
             if problems:

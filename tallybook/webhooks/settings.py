@@ -43,6 +43,8 @@ INVOICE_PAID = "invoice.paid"
 INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
 INVOICE_UNCOLLECTIBLE = "invoice.uncollectible"
 INVOICE_SYNC_FAILED = "invoice.sync_failed"
+# Written by the billing.unbilled job (tallybook/unbilled): usage no invoice will ever carry.
+BILLING_UNBILLED_USAGE = "billing.unbilled_usage"
 EventType = Literal[
     "aggregation.completed",
     "aggregation.corrected",
@@ -55,6 +57,7 @@ EventType = Literal[
     "invoice.payment_failed",
     "invoice.uncollectible",
     "invoice.sync_failed",
+    "billing.unbilled_usage",
 ]
 EVENT_TYPES: tuple[str, ...] = (
     AGGREGATION_COMPLETED,
@@ -68,6 +71,7 @@ EVENT_TYPES: tuple[str, ...] = (
     INVOICE_PAYMENT_FAILED,
     INVOICE_UNCOLLECTIBLE,
     INVOICE_SYNC_FAILED,
+    BILLING_UNBILLED_USAGE,
 )
 # What an endpoint from the config file receives when it names no `events`: what the codehooks
 # template sends, plus corrections of it. Usage reports are opt-in.

@@ -92,6 +92,15 @@ _PROFILE_BODY_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "invoiceDocument": {
+            "type": "object",
+            "description": "Tallybook extension: the number series of issued invoices and how their page writes dates",
+            "properties": {
+                "numberPrefix": {"type": "string", "default": "INV-", "pattern": "^[A-Za-z0-9][A-Za-z0-9._/-]{0,19}$"},
+                "timezone": {"type": "string", "description": "IANA zone of the page's dates; default: the customer's"},
+                "locale": {"type": "string", "default": "en", "description": "e.g. en_GB, de_DE"},
+            },
+        },
         "apps": {
             "type": "object",
             "description": "the same app for all three; PUT without apps keeps the profile's",

@@ -13,10 +13,11 @@ from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
+from tallybook.api.routes.invoice_tools import invoice_page
 from tallybook.api.security import require
 from tallybook.api.wire.billing import CustomerUsage, InvoiceList, InvoicePage
 from tallybook.api.wire.billing import Invoice as InvoiceShape
-from tallybook.billing.export import invoice_html, invoice_json
+from tallybook.billing.export import invoice_json
 from tallybook.billing.invoicing import STATUSES, Invoice, InvoiceError
 from tallybook.billing.subscriptions import SubscriptionError
 from tallybook.clock import format_rfc3339
@@ -48,9 +49,10 @@ async def _external(request: Request, invoices: list[Invoice]) -> dict[str, dict
 
 
 async def _invoice_response(request: Request, invoice: Invoice, html: bool) -> Response:
-    external = (await _external(request, [invoice])).get(invoice.id)
     if html:
-        return Response(invoice_html(invoice, external), media_type="text/html; charset=utf-8")
+        page = await run_in_threadpool(invoice_page, runtime_of(request), invoice)  # also the PDF's page
+        return Response(page, media_type="text/html; charset=utf-8")
+    external = (await _external(request, [invoice])).get(invoice.id)
     return _json(invoice_json(invoice, external))
 
 

@@ -65,7 +65,7 @@ class ChannelBody(_Body):
 
 
 class RuleBody(_Body):
-    type: Literal["aggregation.completed", "aggregation.corrected", "report.meter"]
+    type: Literal["aggregation.completed", "aggregation.corrected", "report.meter", "billing.unbilled_usage"]
     name: str = Field(min_length=1, max_length=256)
     disabled: bool = False
     metadata: dict[str, str] | None = None

@@ -139,6 +139,11 @@ class Invoice(Wire):
     sync: dict[str, Any] | None = None
     createdAt: str = Field(json_schema_extra=DATE_TIME)
     updatedAt: str = Field(json_schema_extra=DATE_TIME)
+    quantitySnapshotedAt: str | None = Field(None, json_schema_extra=DATE_TIME, description="the same as asOf")
+    asOfSeq: int | None = Field(None, description="the ingest watermark: events stored with seq <= this counted")
+    billingProfileId: str | None = Field(None, description="the profile the invoice was issued with")
+    supplier: dict[str, Any] | None = Field(None, description="the seller, as the profile said when issued")
+    dueAt: str | None = Field(None, json_schema_extra=DATE_TIME)
 
 
 class InvoicePage(Wire):
@@ -183,6 +188,9 @@ class BillingProfile(Wire):
     supplier: dict[str, Any]
     workflow: dict[str, Any]
     apps: dict[str, Any]
+    invoiceDocument: dict[str, Any] | None = Field(
+        None, description="Tallybook extension: numberPrefix, timezone and locale of the profile's invoices"
+    )
 
 
 class BillingProfilePage(Wire):

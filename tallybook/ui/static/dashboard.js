@@ -23,6 +23,8 @@
       customerApps: getPath((p) => p === "/api/v1/customers/{customerIdOrKey}/apps"),
       subscriptions: getPath((p) => p === "/api/v1/subscriptions"),
       invoiceHtml: getPath((p) => /^\/api\/v1\/(billing\/)?invoices\/\{[A-Za-z]+\}\/html$/.test(p)),
+      invoicePdf: getPath((p) => /^\/api\/v1\/billing\/invoices\/\{[A-Za-z]+\}\/pdf$/.test(p)),
+      unbilled: getPath((p) => p === "/api/v1/billing/unbilled"),
     };
     // Stripe's routes are always served; its sections show only when this server talks to Stripe.
     const overview = await TB.api(key(), "GET", "/api/v1/overview?minutes=1").catch(() => null);
@@ -31,7 +33,7 @@
       features.customerApps = null;
     }
     const nav = document.getElementById("nav");
-    for (const [name, label] of [["invoices", "Invoices"], ["stripeReports", "Stripe reports"]]) {
+    for (const [name, label] of [["invoices", "Invoices"], ["unbilled", "Unbilled usage"], ["stripeReports", "Stripe reports"]]) {
       if (features[name] && !nav.querySelector(`[data-page="${name}"]`)) {
         nav.append(el("a", { href: `#/${name}`, "data-page": name }, label));
       }
@@ -94,6 +96,7 @@
     [/^\/deliveries$/, deliveriesPage],
     [/^\/invoices$/, invoicesPage],
     [/^\/invoices\/([^/]+)$/, invoicePage],
+    [/^\/unbilled$/, unbilledPage],
     [/^\/stripeReports$/, () => apiListPage("Stripe usage reports", features.stripeReports)],
   ];
 
@@ -737,6 +740,9 @@
         actions,
         features.invoiceHtml
           ? el("button", { type: "button", class: "secondary", id: "printable", onclick: () => openPrintable(invoice.id).catch((e) => message.replaceChildren(el("span", { class: "error" }, e.message))) }, "Printable view")
+          : null,
+        features.invoicePdf
+          ? el("button", { type: "button", class: "secondary", id: "download-pdf", onclick: () => downloadPdf(invoice).catch((e) => message.replaceChildren(el("span", { class: "error" }, e.message))) }, "Download PDF")
           : null),
       message,
       el("div", { class: "card" }, el("dl", { class: "props" }, props.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]))),
@@ -776,6 +782,71 @@
     if (!response.ok) throw new Error(`printable invoice: HTTP ${response.status}`);
     const blob = new Blob([await response.text()], { type: "text/html" });
     window.open(URL.createObjectURL(blob), "_blank", "noopener");
+  }
+
+  /** The invoice's PDF, fetched with the key (a plain link could not send it) and saved as a file. */
+  async function downloadPdf(invoice) {
+    const url = features.invoicePdf.replace(/\{[A-Za-z]+\}/, encodeURIComponent(invoice.id));
+    const response = await fetch(url, { headers: { Authorization: `Bearer ${key()}` } });
+    if (!response.ok) {
+      const problem = await response.json().catch(() => null);
+      throw new Error(`PDF: ${(problem && problem.detail) || `HTTP ${response.status}`}`);
+    }
+    const link = el("a", { href: URL.createObjectURL(await response.blob()), download: `${invoice.number || `invoice-${invoice.id}`}.pdf` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+  }
+
+  // -- unbilled usage: what no invoice will ever carry (GET /api/v1/billing/unbilled) ---------------------
+  const UNBILLED_REASONS = {
+    subject_without_customer: "subject without a customer",
+    no_subscription: "no subscription at the time",
+    meter_not_priced: "meter not priced by the plan",
+  };
+
+  function monthStart(offset) {
+    const now = new Date();
+    return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + offset, 1)).toISOString().slice(0, 10);
+  }
+
+  async function unbilledPage(params) {
+    if (!features.unbilled) throw new Error("Unbilled usage: this server has no billing API");
+    const from = /^\d{4}-\d{2}-\d{2}$/.test(params.get("from") || "") ? params.get("from") : monthStart(-1);
+    const to = /^\d{4}-\d{2}-\d{2}$/.test(params.get("to") || "") ? params.get("to") : monthStart(1);
+    const reason = Object.keys(UNBILLED_REASONS).includes(params.get("reason")) ? params.get("reason") : "";
+    const [report] = await Promise.all([
+      call("GET", `${features.unbilled}${query({ from: `${from}T00:00:00Z`, to: `${to}T00:00:00Z`, reason })}`),
+      loadCustomerNames(),
+    ]);
+    const fromInput = el("input", { type: "date", id: "unbilled-from", value: from });
+    const toInput = el("input", { type: "date", id: "unbilled-to", value: to });
+    const reasonSelect = el("select", { id: "unbilled-reason" }, el("option", { value: "" }, "any reason"),
+      Object.entries(UNBILLED_REASONS).map(([value, label]) => el("option", { value, selected: value === reason }, label)));
+    const apply = () => setHash("/unbilled", { from: fromInput.value, to: toInput.value, reason: reasonSelect.value });
+    const rows = report.items.map((row) => {
+      const zone = row.customer ? row.customer.timezone : "UTC";
+      return el("tr", { class: "unbilled-row", "data-reason": row.reason },
+        el("td", {}, el("span", { class: `badge ${row.reason}` }, UNBILLED_REASONS[row.reason] || row.reason)),
+        el("td", {}, row.customer ? customerLink(row.customer.id) : el("code", { class: "subject" }, row.subject)),
+        el("td", {}, el("a", { href: `#/meters/${encodeURIComponent(row.meter)}` }, row.meter)),
+        el("td", {}, `${formatTime(row.period.from, zone)} – ${formatTime(row.period.to, zone)} (${zone})`),
+        el("td", { class: "num quantity" }, plain(row.quantity)),
+        el("td", { class: "muted" }, row.detail));
+    });
+    page.replaceChildren(
+      el("h1", {}, "Unbilled usage"),
+      el("p", { class: "muted" }, "Usage that no invoice will ever carry: each quantity is the meter's figure over the period shown (voided events left out)."),
+      el("div", { class: "controls" },
+        el("label", { for: "unbilled-from" }, "From"), fromInput,
+        el("label", { for: "unbilled-to" }, "To"), toInput,
+        el("label", { for: "unbilled-reason" }, "Reason"), reasonSelect,
+        el("button", { type: "button", id: "unbilled-apply", onclick: apply }, "Show"),
+        el("span", { class: "muted", id: "unbilled-count" }, `${report.totalCount} row(s)`)),
+      rows.length
+        ? el("div", { class: "card", id: "unbilled-list" }, table(["Reason", "Subject or customer", "Meter", "Period", { label: "Quantity", num: true }, "Why"], rows))
+        : el("p", { class: "muted", id: "unbilled-empty" }, "Nothing unbilled in this range: every event's usage is on some invoice."),
+    );
   }
 
   function attemptSummary(attempt) {

@@ -1,0 +1,105 @@
+"""Invoice documents: the number and the seller an invoice is issued with.
+
+A number is given when an invoice is issued, never to a draft (Stripe does the same: a draft has
+no number until it is finalized; OpenMeter gives drafts temporary numbers and the final one on
+issue). Numbers come from a series per prefix, the prefix being the billing profile's
+`invoiceDocument.numberPrefix` (default INV-): INV-0001, INV-0002, ... The series row is
+incremented in the issue's own transaction, so
+
+- a rolled-back issue gives its number back: the series has no gaps;
+- concurrent issues take turns on the row (PostgreSQL's row lock, SQLite's single writer): no
+  number is given twice, and the unique index on `invoices.number` is the backstop.
+
+Profiles that share a prefix share its series, so a number never means two invoices. Invoices
+collected by Stripe are numbered by Stripe (its number is the one the customer receives), so
+Tallybook gives them none. A voided invoice keeps its number: the series stays gapless.
+
+The seller snapshot (the profile's `supplier`, time zone, locale and the due date) is stored with
+the issued invoice: editing the profile later does not change an issued document.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Connection, Table, Text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tallybook.billing.profiles import CUSTOM_INVOICING, SEND_INVOICE, BillingProfile
+from tallybook.clock import format_rfc3339, to_micros
+from tallybook.store.billing import invoices
+from tallybook.store.schema import metadata
+
+invoice_number_series = Table(
+    "invoice_number_series",
+    metadata,
+    Column("prefix", Text, primary_key=True),
+    Column("last_number", BigInteger, nullable=False),  # the last number given (0: none yet)
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+NUMBER_DIGITS = 4  # INV-0001; the number grows past 9999 (INV-10000), never wraps
+
+
+def format_number(prefix: str, number: int) -> str:
+    return f"{prefix}{number:0{NUMBER_DIGITS}d}"
+
+
+def next_number(conn: Connection, prefix: str, now_us: int) -> int:
+    """The next number of `prefix`'s series, taken in the caller's transaction (which holds the row
+    until it ends: a concurrent issue waits, and sees the incremented value)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        dialect.insert(invoice_number_series)
+        .values(prefix=prefix, last_number=0, updated_us=now_us)
+        .on_conflict_do_nothing(index_elements=["prefix"])
+    )
+    series = invoice_number_series.c
+    return int(
+        conn.execute(
+            update(invoice_number_series)
+            .where(series.prefix == prefix)
+            .values(last_number=series.last_number + 1, updated_us=now_us)
+            .returning(series.last_number)
+        ).scalar_one()
+    )
+
+
+def seller_snapshot(profile: BillingProfile, issued_at: datetime) -> dict[str, Any]:
+    """What the issued document says about the seller and when it is due, as of issuing."""
+    seller: dict[str, Any] = {
+        "billingProfileId": profile.id,
+        "supplier": dict(profile.supplier),
+        "locale": profile.locale,
+        "collectionMethod": profile.collection_method,
+    }
+    if profile.timezone is not None:
+        seller["timezone"] = profile.timezone
+    if profile.collection_method == SEND_INVOICE:
+        seller["dueAt"] = format_rfc3339(issued_at + timedelta(days=profile.days_until_due))
+    return seller
+
+
+def store_document(conn: Connection, invoice_id: str, number: str | None, seller: dict[str, Any] | None) -> None:
+    """Write an issued invoice's number and seller (when they are taken after its row was updated)."""
+    conn.execute(update(invoices).where(invoices.c.id == invoice_id).values(number=number, seller=seller))
+
+
+def issue_document(conn: Connection, profile: BillingProfile, issued_at: datetime) -> tuple[str | None, dict[str, Any]]:
+    """The number (None when Stripe numbers the invoice) and seller snapshot of an invoice being
+    issued now, inside the issuing transaction."""
+    number = None
+    if profile.collector == CUSTOM_INVOICING:
+        number = format_number(profile.number_prefix, next_number(conn, profile.number_prefix, to_micros(issued_at)))
+    return number, seller_snapshot(profile, issued_at)
+
+
+__all__ = [
+    "format_number",
+    "invoice_number_series",
+    "issue_document",
+    "next_number",
+    "seller_snapshot",
+    "store_document",
+]

@@ -1,0 +1,1 @@
+"""Unbilled usage: usage that no invoice will ever carry (see README.md)."""
