@@ -65,7 +65,11 @@ def ensure_demo_catalog(runtime: Runtime) -> tuple[int, int]:
     return meters_made, customers_made
 
 
-def demo_events(runtime: Runtime, days: int = 30, seed: int = 7, until: datetime | None = None) -> list[Event]:
+# How many days of usage the demo loads, ending at the hour before `--demo-at` (or now).
+DEMO_DAYS = 30
+
+
+def demo_events(runtime: Runtime, days: int = DEMO_DAYS, seed: int = 7, until: datetime | None = None) -> list[Event]:
     """`days` of usage ending at the hour before `until` (default now): the same instant gives the
     same events, so figures computed from them can be printed in the docs and checked."""
     rng = random.Random(seed)
@@ -126,8 +130,11 @@ DEMO_PLAN: dict[str, Any] = {
 }
 
 
-def ensure_demo_billing(runtime: Runtime) -> int:
+def ensure_demo_billing(runtime: Runtime, until: datetime | None = None) -> int:
     """Subscribe the demo customers to a demo plan (monthly, calendar-aligned) when none has one yet.
+
+    The subscriptions start on the first of the month before the demo's last month (`until`, the
+    `--demo-at` instant, or now), so every demo event falls inside a subscription.
 
     Only when this server bills (its runtime has a plan catalog and subscriptions). Returns how many
     subscriptions were made.
@@ -147,15 +154,14 @@ def ensure_demo_billing(runtime: Runtime) -> int:
     except CatalogError:
         plan = catalog.create(parse_plan(DEMO_PLAN))
         catalog.publish(plan.id)
-    # From the start of last month (UTC, the demo customers' zone): last month is invoiced when the demo
-    # loads (see bill_demo), this month's usage is the upcoming invoice.
-    this_month = runtime.clock.now().astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    # From the first of the month of the first demo event (UTC, the demo customers' zone): the months
+    # that ended are invoiced when the demo loads (see bill_demo), this month's usage is the upcoming
+    # invoice, and no demo event is left outside a subscription.
+    first_event = (until or runtime.clock.now()).astimezone(UTC) - timedelta(days=DEMO_DAYS)
+    start = first_event.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     for key in DEMO_CUSTOMERS:
         subscriptions.create(
-            SubscriptionInput(
-                customer=key, plan_key=DEMO_PLAN["key"], alignment=Alignment.CALENDAR, active_from=last_month
-            )
+            SubscriptionInput(customer=key, plan_key=DEMO_PLAN["key"], alignment=Alignment.CALENDAR, active_from=start)
         )
     return len(DEMO_CUSTOMERS)
 
@@ -208,7 +214,7 @@ def load_demo_events(runtime: Runtime, until: datetime | None = None) -> int:
     all but one customer (see bill_demo).
     """
     ensure_demo_catalog(runtime)
-    ensure_demo_billing(runtime)
+    ensure_demo_billing(runtime, until)
     if runtime.store.count_events() > 0:
         bill_demo(runtime)
         return 0

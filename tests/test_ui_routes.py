@@ -151,3 +151,17 @@ def _all():
     from tallybook.customers.models import CustomerListQuery
 
     return CustomerListQuery(page_size=100)
+
+
+def test_demo_at_an_earlier_instant_subscribes_its_customers_before_the_first_demo_event(runtime):
+    from tallybook.unbilled.model import UnbilledQuery
+
+    until = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    load_demo_events(runtime, until=until)
+    starts = {s.active_from for key in DEMO_CUSTOMERS for s in runtime.subscriptions.list_subscriptions(customer=key)}
+    assert starts == {datetime(2026, 10, 1, tzinfo=UTC)}
+    # Every demo event of a demo customer is inside a subscription: none is unbilled for want of one.
+    report = runtime.unbilled.report(
+        UnbilledQuery(from_=datetime(2026, 10, 1, tzinfo=UTC), to=until, reasons=("no_subscription",))
+    )
+    assert list(report.rows) == []
