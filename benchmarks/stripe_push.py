@@ -40,7 +40,7 @@ import stripe  # noqa: E402
 
 from tallybook.clock import FixedClock, to_micros  # noqa: E402
 from tallybook.config import DatabaseSettings, Settings  # noqa: E402
-from tallybook.customers.models import CustomerInput  # noqa: E402
+from tallybook.customers.model import CustomerInput  # noqa: E402
 from tallybook.ingest.events import Event  # noqa: E402
 from tallybook.meters.models import Aggregation, MeterSpec  # noqa: E402
 from tallybook.runtime import Runtime  # noqa: E402

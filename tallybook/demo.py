@@ -10,7 +10,7 @@ from typing import Any
 
 from tallybook.clock import to_micros
 from tallybook.customers import CustomerInput
-from tallybook.customers.errors import CustomerNotFound
+from tallybook.customers.model import CustomerNotFound
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterNotFound, MeterSpec
 from tallybook.runtime import Runtime

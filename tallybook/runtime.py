@@ -20,6 +20,7 @@ from tallybook.billing.wiring import build_billing
 from tallybook.clock import Clock, SystemClock
 from tallybook.config import Settings
 from tallybook.customers import CustomerService
+from tallybook.customers.sql import SqlCustomerRepository
 from tallybook.eventlist.service import EventListService
 from tallybook.eventlist.sql import SqlEventList
 from tallybook.ingest.service import IngestService
@@ -83,7 +84,7 @@ class Runtime:
             store, metrics=metrics, clock=clock, max_group_events=settings.ingest.group_commit_max_events
         )
         runtime = cls(settings, store, clock, metrics, ingest, ApiKeyService(store, clock))
-        runtime.customers = CustomerService(store, clock)
+        runtime.customers = CustomerService(SqlCustomerRepository(store), clock)
         for key in settings.auth.bootstrap_keys:
             if runtime.keys.ensure(key.name, key.scope, key.key):
                 log.info("registered API key from config", extra={"key_name": key.name, "scope": key.scope})

@@ -496,11 +496,11 @@ def test_service_validates_inputs_built_in_code(runtime):
 def test_a_lost_race_is_reported_as_a_conflict(runtime, monkeypatch):
     """The pre-insert check can miss a concurrent claim; the primary key then refuses the row and
     the retry reports the winner. Simulated here by skipping the check on the first attempt."""
-    from tallybook.store.customers import CustomerRepository
+    from tallybook.customers.sql import SqlCustomerRepository
 
     service = runtime.customers
     winner = service.create(CustomerInput(name="Winner", key="w", subject_keys=("contested",)))
-    real_check = CustomerRepository._check_free
+    real_check = SqlCustomerRepository._check_free
     calls = []
 
     def check_missing_the_race(self, conn, row):
@@ -508,7 +508,7 @@ def test_a_lost_race_is_reported_as_a_conflict(runtime, monkeypatch):
         if len(calls) > 1:
             real_check(self, conn, row)
 
-    monkeypatch.setattr(CustomerRepository, "_check_free", check_missing_the_race)
+    monkeypatch.setattr(SqlCustomerRepository, "_check_free", check_missing_the_race)
     with pytest.raises(SubjectConflict) as conflict:
         service.create(CustomerInput(name="Loser", key="l", subject_keys=("contested",)))
     assert (conflict.value.subject, conflict.value.owner_customer_id) == ("contested", winner.id)

@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 
 from tallybook.clock import FixedClock, to_micros
 from tallybook.config import Settings
-from tallybook.customers.models import CustomerInput
+from tallybook.customers.model import CustomerInput
 from tallybook.eventlist.model import Cursor
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterSpec

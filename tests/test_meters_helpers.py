@@ -13,10 +13,10 @@ from sqlalchemy import insert
 from tallybook.api.app import create_app
 from tallybook.clock import FixedClock, to_micros
 from tallybook.config import Settings
+from tallybook.customers.sql import customer_subjects, customers
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.runtime import Runtime
-from tallybook.store.customers import customer_subjects, customers
 from tests.conftest import empty_all_tables
 
 _ids = itertools.count()

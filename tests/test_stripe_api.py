@@ -19,7 +19,7 @@ from tallybook.api.app import create_app
 from tallybook.cli.main import app as cli
 from tallybook.clock import to_micros
 from tallybook.config import DatabaseSettings, Settings
-from tallybook.customers.models import CustomerInput
+from tallybook.customers.model import CustomerInput
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.runtime import Runtime

@@ -18,7 +18,7 @@ import stripe
 from fastapi.testclient import TestClient
 
 from tallybook.api.app import create_app
-from tallybook.customers.models import Address, CustomerInput, CustomerListQuery
+from tallybook.customers.model import Address, CustomerInput, CustomerListQuery
 from tallybook.stripe.checkout import CHECKOUT_EVENTS
 from tests.conftest import LiveServer
 from tests.fakestripe.webhooks import redeliver

@@ -16,7 +16,7 @@ import stripe
 
 from tallybook.clock import FixedClock, to_micros
 from tallybook.config import DatabaseSettings, Settings
-from tallybook.customers.models import CustomerInput
+from tallybook.customers.model import CustomerInput
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.runtime import Runtime

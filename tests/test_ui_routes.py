@@ -148,7 +148,7 @@ def test_demo_issues_last_months_invoices_once(runtime):
 
 
 def _all():
-    from tallybook.customers.models import CustomerListQuery
+    from tallybook.customers.model import CustomerListQuery
 
     return CustomerListQuery(page_size=100)
 

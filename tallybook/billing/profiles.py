@@ -36,7 +36,7 @@ from typing import Any
 from tallybook.billing.settings import BillingSettings
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
 from tallybook.customers import CustomerService
-from tallybook.customers.errors import CustomerNotFound
+from tallybook.customers.model import CustomerNotFound
 from tallybook.customers.validation import ADDRESS_FIELDS, address_json
 from tallybook.errors import DomainError
 from tallybook.ids import looks_like_ulid, new_ulid, stable_ulid

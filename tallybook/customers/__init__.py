@@ -1,20 +1,18 @@
 """Customers and the attribution of event subjects to them."""
 
-from tallybook.customers.errors import (
-    ConcurrentChange,
-    CustomerError,
-    CustomerKeyConflict,
-    CustomerNotFound,
-    InvalidCustomer,
-    SubjectConflict,
-)
-from tallybook.customers.models import (
+from tallybook.customers.model import (
     Address,
+    ConcurrentChange,
     Customer,
+    CustomerError,
     CustomerInput,
+    CustomerKeyConflict,
     CustomerListQuery,
+    CustomerNotFound,
     CustomerPage,
+    InvalidCustomer,
     SeenSubject,
+    SubjectConflict,
 )
 from tallybook.customers.service import CustomerService
 from tallybook.customers.validation import parse_customer

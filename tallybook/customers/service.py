@@ -14,35 +14,35 @@ from datetime import datetime
 from typing import TypeVar
 
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
-from tallybook.customers.errors import ConcurrentChange, CustomerKeyConflict, CustomerNotFound, SubjectConflict
-from tallybook.customers.models import (
+from tallybook.customers.model import (
     Address,
+    ConcurrentChange,
     Customer,
     CustomerInput,
+    CustomerKeyConflict,
     CustomerListQuery,
+    CustomerNotFound,
     CustomerPage,
-    SeenSubject,
-)
-from tallybook.customers.validation import ADDRESS_FIELDS, address_json, validate_customer
-from tallybook.ids import looks_like_ulid, new_ulid
-from tallybook.store.base import SqlStore
-from tallybook.store.customers import (
-    CustomerRepository,
     CustomerRow,
     CustomerSearch,
     KeyTaken,
     OrderBy,
+    SeenSubject,
+    SubjectConflict,
     SubjectTaken,
     WriteContended,
 )
+from tallybook.customers.ports import CustomerRepository
+from tallybook.customers.validation import ADDRESS_FIELDS, address_json, validate_customer
+from tallybook.ids import looks_like_ulid, new_ulid
 
 _ORDER: dict[str, OrderBy] = {"id": "id", "name": "name", "createdAt": "created"}
 T = TypeVar("T")
 
 
 class CustomerService:
-    def __init__(self, store: SqlStore, clock: Clock) -> None:
-        self.repository = CustomerRepository(store)
+    def __init__(self, repository: CustomerRepository, clock: Clock) -> None:
+        self.repository = repository
         self.clock = clock
 
     # -- managing customers ----------------------------------------------------------------------

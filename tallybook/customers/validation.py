@@ -11,8 +11,7 @@ import zoneinfo
 from decimal import Decimal
 from typing import Any
 
-from tallybook.customers.errors import InvalidCustomer
-from tallybook.customers.models import Address, CustomerInput
+from tallybook.customers.model import Address, CustomerInput, InvalidCustomer
 
 NAME_MAX = 256
 KEY_MAX = 256

@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy import Connection, or_, select, tuple_
 
+from tallybook.customers.sql import customer_subjects, customers
 from tallybook.eventlist.model import EventListQuery, ListedEvent
 from tallybook.filters.sql import string_condition, time_condition
 from tallybook.ingest.events import Event
 from tallybook.store.base import SqlStore
-from tallybook.store.customers import customer_subjects, customers
 from tallybook.store.meters import meter_usage, meters
 from tallybook.store.schema import events
 

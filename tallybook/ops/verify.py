@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from tallybook.customers.sql import customers
 from tallybook.store.base import SqlStore
 from tallybook.store.billing import invoice_lines, invoices
-from tallybook.store.customers import customers
 from tallybook.store.meters import meters
 from tallybook.store.schema import events, metadata
 

@@ -16,8 +16,7 @@ from datetime import datetime, timedelta
 from tallybook.billing.invoicing import Invoice, Totals
 from tallybook.clock import Clock, from_micros, to_micros
 from tallybook.customers import CustomerService
-from tallybook.customers.errors import CustomerNotFound
-from tallybook.customers.models import Customer
+from tallybook.customers.model import Customer, CustomerNotFound
 from tallybook.ids import new_ulid
 from tallybook.meters.models import Meter, MeterError, UsageQuery
 from tallybook.meters.service import MeterService

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from tallybook.customers import sql as _customer_tables  # noqa: F401
+
 # Every table module registers on the shared MetaData when imported; import them all here so the
 # metadata (and anything that walks it) is complete whichever module is used first.
 from tallybook.store import billing as _billing_tables  # noqa: F401
 from tallybook.store import catalog as _catalog_tables  # noqa: F401
-from tallybook.store import customers as _customer_tables  # noqa: F401
 from tallybook.store import invoice_sync as _invoice_sync_tables  # noqa: F401
 from tallybook.store import jobs as _job_tables  # noqa: F401
 from tallybook.store import meters as _meter_tables  # noqa: F401

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from tallybook.store.customers import customers
+from tallybook.customers.sql import customers
 from tallybook.store.schema import events, metadata
 from tallybook.voids.sql import latest_void_us
 

@@ -52,9 +52,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import UserDefinedType
 
 from tallybook import jsonutil
+from tallybook.customers.sql import customer_subjects, customers
 from tallybook.filters.model import StringFilter
 from tallybook.filters.sql import string_condition
-from tallybook.store.customers import customer_subjects, customers
 from tallybook.store.schema import events, metadata
 
 SEQUENCE_TYPE = BigInteger().with_variant(Integer(), "sqlite")

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Column, Connection, Table, Text, func, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 
-from tallybook.store.customers import customers
+from tallybook.customers.sql import customers
 from tallybook.store.schema import metadata
 
 JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")

@@ -15,7 +15,7 @@ import stripe
 
 from tallybook.clock import Clock, to_micros
 from tallybook.customers import CustomerService
-from tallybook.customers.models import Customer
+from tallybook.customers.model import Customer
 from tallybook.errors import DomainError
 from tallybook.jobs.failures import FailureLog
 from tallybook.meters.service import MeterService

@@ -17,14 +17,8 @@ from tallybook.api.wire.customers import Customer as CustomerShape
 from tallybook.api.wire.customers import CustomerPage
 from tallybook.clock import format_rfc3339
 from tallybook.customers import (
-    ConcurrentChange,
     Customer,
-    CustomerError,
-    CustomerKeyConflict,
     CustomerListQuery,
-    CustomerNotFound,
-    InvalidCustomer,
-    SubjectConflict,
     parse_customer,
 )
 from tallybook.customers.validation import address_json
@@ -90,22 +84,6 @@ def customer_json(customer: Customer) -> dict[str, Any]:
     return body
 
 
-def customer_problem(exc: CustomerError) -> Problem:
-    """The problem answer for a domain error."""
-    if isinstance(exc, CustomerNotFound):
-        return Problem(404, "customer-not-found", str(exc), customerIdOrKey=exc.id_or_key)
-    if isinstance(exc, InvalidCustomer):
-        errors = [{"field": field, "message": message} for field, message in exc.errors]
-        return Problem(400, "invalid-customer", str(exc), errors=errors)
-    if isinstance(exc, SubjectConflict):
-        return Problem(409, "subject-conflict", str(exc), subject=exc.subject, customerId=exc.owner_customer_id)
-    if isinstance(exc, CustomerKeyConflict):
-        return Problem(409, "customer-key-conflict", str(exc), key=exc.key, customerId=exc.owner_customer_id)
-    if isinstance(exc, ConcurrentChange):
-        return Problem(409, "concurrent-change", str(exc))
-    return Problem(400, "customer-error", str(exc))
-
-
 async def _customer_body(request: Request) -> Any:
     kind = media_type(request)
     if kind and kind != JSON_MEDIA_TYPE and not kind.endswith("+json"):
@@ -128,10 +106,7 @@ async def create_customer(request: Request, _key: Annotated[ApiKeyRecord, Depend
     """Create a customer. Its key and usageAttribution.subjectKeys become its subjects (409 if taken)."""
     payload = await _customer_body(request)
     customers = runtime_of(request).customers
-    try:
-        customer = await run_in_threadpool(customers.create, parse_customer(payload))
-    except CustomerError as exc:
-        raise customer_problem(exc) from None
+    customer = await run_in_threadpool(customers.create, parse_customer(payload))
     return _json(customer_json(customer), 201, headers={"Location": f"/api/v1/customers/{customer.id}"})
 
 
@@ -191,10 +166,7 @@ async def get_customer(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
     """A customer by id (deleted ones too, with deletedAt) or by a live customer's key."""
-    try:
-        customer = await run_in_threadpool(runtime_of(request).customers.get, customerIdOrKey)
-    except CustomerError as exc:
-        raise customer_problem(exc) from None
+    customer = await run_in_threadpool(runtime_of(request).customers.get, customerIdOrKey)
     return _json(customer_json(customer))
 
 
@@ -210,10 +182,7 @@ async def replace_customer(
     """Replace a live customer: every writable field takes the body's value; left-out fields are cleared."""
     payload = await _customer_body(request)
     customers = runtime_of(request).customers
-    try:
-        customer = await run_in_threadpool(customers.replace, customerIdOrKey, parse_customer(payload))
-    except CustomerError as exc:
-        raise customer_problem(exc) from None
+    customer = await run_in_threadpool(customers.replace, customerIdOrKey, parse_customer(payload))
     return _json(customer_json(customer))
 
 
@@ -224,8 +193,5 @@ async def delete_customer(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
     """Soft-delete a customer: it stays readable by id; its key and subjects are free for others."""
-    try:
-        await run_in_threadpool(runtime_of(request).customers.delete, customerIdOrKey)
-    except CustomerError as exc:
-        raise customer_problem(exc) from None
+    await run_in_threadpool(runtime_of(request).customers.delete, customerIdOrKey)
     return Response(status_code=204)

@@ -14,12 +14,10 @@ from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
-from tallybook.api.routes.customers import customer_problem
 from tallybook.api.security import require
 from tallybook.api.wire.customers import CustomerAppDataPage, StripeCustomerLink
 from tallybook.api.wire.stripe import CheckoutSession, StripeReportPage, WebhookReceipt
 from tallybook.clock import format_rfc3339, from_micros, to_micros
-from tallybook.customers import CustomerError
 from tallybook.store.base import ApiKeyRecord
 from tallybook.store.stripe import OUT_OF_RANGE, PENDING, REJECTED, SENT, CustomerLink, ReportFilter, ReportRow
 
@@ -117,10 +115,8 @@ def report_json(row: ReportRow, attempts: list[dict[str, Any]] | None = None) ->
 
 
 async def _call(fn: Callable[..., T], *args: Any) -> T:
-    try:
-        return await run_in_threadpool(fn, *args)
-    except CustomerError as exc:
-        raise customer_problem(exc) from None
+    # Customer errors are DomainErrors: the API's one handler answers them as problems.
+    return await run_in_threadpool(fn, *args)
 
 
 async def _json_body(request: Request) -> Any:

@@ -1,4 +1,4 @@
-"""Customer tables, and the SQL that reads and writes them.
+"""Customer tables, and the SQL adapter of the customers port (ports.CustomerRepository).
 
 `customer_subjects` is the attribution map: one row per subject that belongs to a customer (the
 subjects in usageAttribution.subjectKeys, and the customer's own key). The primary key on
@@ -10,8 +10,7 @@ in subjectKeys, false for a key that is attributed only because it is the custom
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -33,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
+from tallybook.customers.model import CustomerRow, CustomerSearch, KeyTaken, SubjectTaken, WriteContended
 from tallybook.store.schema import events, metadata
 
 if TYPE_CHECKING:
@@ -81,66 +81,7 @@ _LOOKUP_PAGE = 500
 # raise KeyTaken/SubjectTaken with its id, which is more useful than a bare constraint error.
 _WRITE_ATTEMPTS = 3
 
-OrderBy = Literal["id", "name", "created"]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerRow:
-    id: str
-    key: str | None
-    name: str
-    description: str | None
-    primary_email: str | None
-    currency: str | None
-    timezone: str | None
-    billing_address: dict[str, Any] | None
-    metadata: dict[str, Any] | None
-    created_us: int
-    updated_us: int
-    deleted_us: int | None
-    subject_keys: tuple[str, ...]  # the explicit subjects, sorted
-
-    def attributed_subjects(self) -> set[str]:
-        """Every subject that gets a customer_subjects row: the listed ones and the key."""
-        subjects = set(self.subject_keys)
-        if self.key is not None:
-            subjects.add(self.key)
-        return subjects
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerSearch:
-    """Filters are case-insensitive substring matches; `subject` matches any attributed subject."""
-
-    key: str | None = None
-    name: str | None = None
-    primary_email: str | None = None
-    subject: str | None = None
-    include_deleted: bool = False
-    order_by: OrderBy = "id"
-    descending: bool = False
-    offset: int = 0
-    limit: int = 100
-
-
-class KeyTaken(Exception):
-    def __init__(self, key: str, owner_id: str) -> None:
-        super().__init__(f"key {key!r} belongs to live customer {owner_id}")
-        self.key = key
-        self.owner_id = owner_id
-
-
-class SubjectTaken(Exception):
-    def __init__(self, subject: str, owner_id: str, owner_key: str | None) -> None:
-        super().__init__(f"subject {subject!r} is attributed to customer {owner_id}")
-        self.subject = subject
-        self.owner_id = owner_id
-        self.owner_key = owner_key
-
-
-class WriteContended(Exception):
-    """A write kept losing uniqueness races to transactions that did not commit."""
 
 
 def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -148,7 +89,9 @@ def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
         yield values[start : start + _LOOKUP_PAGE]
 
 
-class CustomerRepository:
+class SqlCustomerRepository:
+    """The customers port (ports.CustomerRepository) on SQLite and PostgreSQL."""
+
     def __init__(self, store: SqlStore) -> None:
         self.store = store
 
