@@ -100,3 +100,8 @@ def test_the_node_sdk_drives_tallybook(sdk_server: SdkServer, tmp_path: Path) ->
     created = fake.state.get("customer", sessions[1]["stripeCustomerId"])
     assert created["name"] == "Globex"
     assert created["metadata"] == {"tallybook_customer_id": sessions[1]["customerId"]}
+    # The session created with OpenMeter's spelling (successUrl, cancelUrl, clientReferenceId).
+    spelled = fake.state.get("checkout.session", json.loads(result_file.read_text())["spelled"])
+    assert spelled["success_url"] == "https://app.example.com/billing/done"
+    assert spelled["cancel_url"] == "https://app.example.com/billing/cancelled"
+    assert spelled["client_reference_id"] == "node-2" and spelled["customer"] == acme_in_stripe.id

@@ -26,6 +26,7 @@ FROM = datetime(2026, 1, 1, tzinfo=UTC)
 TO = datetime(2026, 1, 1, 2, tzinfo=UTC)
 DAY_END = datetime(2026, 1, 2, tzinfo=UTC)
 SUCCESS = "https://app.example.com/billing/done"
+CANCEL = "https://app.example.com/billing/cancelled"
 
 
 @pytest.fixture(scope="module")
@@ -335,3 +336,264 @@ def test_customer_apps_and_checkout_against_the_fake_stripe(client: Client, sdk_
             )
         )
     assert refused.value.status_code == 400 and "successURL" in str(refused.value)
+
+    # OpenMeter's clients and docs spell the options `successUrl`, `clientReferenceId`: Go's decoder
+    # matches field names without case, and so does Tallybook. A raw JSON body, as such code sends it.
+    spelled = client.app_stripe.create_checkout_session(
+        {
+            "customer": {"key": "py-hooli"},
+            "options": {"successUrl": SUCCESS, "cancelUrl": CANCEL, "clientReferenceId": "py-2", "Currency": "eur"},
+        }
+    )
+    assert spelled.success_url == SUCCESS and spelled.cancel_url == CANCEL
+    assert spelled.client_reference_id == "py-2" and spelled.currency == "EUR"
+    session = fake.state.get("checkout.session", spelled.session_id)
+    assert session["success_url"] == SUCCESS and session["cancel_url"] == CANCEL
+    assert session["client_reference_id"] == "py-2" and session["customer"] == in_stripe.id
+
+    with pytest.raises(HttpResponseError) as twice:
+        client.app_stripe.create_checkout_session(
+            {"customer": {"key": "py-hooli"}, "options": {"successUrl": SUCCESS, "successURL": SUCCESS}}
+        )
+    assert twice.value.status_code == 400 and "options.successURL" in str(twice.value)
+
+
+V2_START = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def v2_stamp(minute: int) -> str:
+    return (V2_START + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z")
+
+
+def test_events_v2_filters_and_cursor_pages(client: Client) -> None:
+    """GET /api/v2/events through `events_v2.list`: the filter goes as a plain dict (the SDK sends it
+    as JSON text; `models.ListRequestFilter` fails inside the SDK's own json.dumps), and the SDK's
+    pager follows `nextCursor`."""
+    acme = client.customers.create(
+        models.CustomerCreate(
+            name="V2 ACME",
+            key="py-v2-acme",
+            usage_attribution=models.CustomerUsageAttribution(subject_keys=["py-v2-acme-prod"]),
+        )
+    )
+    subject_of = {i: "py-v2-globex" if i % 5 == 0 else "py-v2-acme-prod" for i in range(25)}
+    client.events.ingest_events(
+        [
+            models.Event(
+                specversion="1.0",
+                id=f"py-v2-{i:02d}",
+                source="python-test",
+                type="py_v2_call",
+                subject=subject_of[i],
+                time=V2_START + timedelta(minutes=i),
+                data={"n": i},
+            )
+            for i in range(25)
+        ]
+    )
+    newest_first = [f"py-v2-{i:02d}" for i in reversed(range(25))]
+    of_type = {"type": {"$eq": "py_v2_call"}}
+
+    pages = client.events_v2.list(limit=10, client_id="py-v2-walk", filter=of_type).by_page()
+    walked = [[item.event.id for item in page] for page in pages]
+    assert [len(page) for page in walked] == [10, 10, 5]
+    assert [i for page in walked for i in page] == newest_first
+
+    # A walk resumed from the first page's cursor lists the rest, once each and in order.
+    first_pages = client.events_v2.list(limit=10, filter=of_type).by_page()
+    first = [item.event.id for item in next(first_pages)]
+    cursor = first_pages.continuation_token
+    assert first == newest_first[:10] and isinstance(cursor, str)
+    rest = client.events_v2.list(limit=10, filter=of_type).by_page(continuation_token=cursor)
+    assert [item.event.id for page in rest for item in page] == newest_first[10:]
+
+    items = list(client.events_v2.list(limit=100, filter=of_type))
+    item = next(i for i in items if i.event.id == "py-v2-07")
+    assert item.event.subject == "py-v2-acme-prod" and item.event.data == {"n": 7}
+    assert item.event.time == V2_START + timedelta(minutes=7) and item.customer_id == acme.id
+    assert isinstance(item.ingested_at, datetime) and isinstance(item.stored_at, datetime)
+    assert next(i for i in items if i.event.id == "py-v2-05").customer_id is None
+
+    acme_ids = [i for i in newest_first if subject_of[int(i[-2:])] == "py-v2-acme-prod"]
+    for customer in (acme.id, "py-v2-acme"):
+        by_customer = client.events_v2.list(limit=7, filter={"customerId": {"$in": [customer]}})
+        assert [e.event.id for e in by_customer] == acme_ids
+    by_subject = client.events_v2.list(filter={**of_type, "subject": {"$eq": "py-v2-globex"}})
+    assert [e.event.id for e in by_subject] == ["py-v2-20", "py-v2-15", "py-v2-10", "py-v2-05", "py-v2-00"]
+
+    window = {**of_type, "time": {"$and": [{"$gte": v2_stamp(18)}, {"$lt": v2_stamp(22)}]}}
+    assert [e.event.id for e in client.events_v2.list(filter=window)] == [
+        "py-v2-21",
+        "py-v2-20",
+        "py-v2-19",
+        "py-v2-18",
+    ]
+    like = {"id": {"$like": "py-v2-1%"}, "subject": {"$ne": "py-v2-globex"}}
+    assert [e.event.id for e in client.events_v2.list(limit=4, filter=like)] == [
+        f"py-v2-{i}" for i in (19, 18, 17, 16, 14, 13, 12, 11)
+    ]
+
+    with pytest.raises(HttpResponseError) as refused:
+        list(client.events_v2.list(filter={"subject": {"$regex": "py-v2.*"}}))
+    assert refused.value.status_code == 400 and "filter.subject: unknown operator '$regex'" in str(refused.value)
+
+
+def test_meter_subjects_and_group_by_values(client: Client, tokens_meter: models.Meter) -> None:
+    assert client.meters.list_subjects("py_tokens", from_parameter=FROM, to=TO) == ["py-acme-prod", "py-other"]
+    assert client.meters.list_subjects(tokens_meter.id, from_parameter=hour(1), to=TO) == ["py-other"]
+    assert client.meters.list_subjects("py_tokens", from_parameter=TO, to=DAY_END) == []
+
+    values = client.meters.list_group_by_values
+    assert values("py_tokens", "model", from_parameter=FROM, to=TO) == ["claude", "gpt"]
+    assert values("py_tokens", "type", from_parameter=FROM, to=TO) == ["input", "output"]
+    assert values(tokens_meter.id, "model", from_parameter=hour(1), to=TO) == ["claude"]
+    # `to` is exclusive: the gpt event at 00:10 is in [00:00, 00:11), not in [00:00, 00:10).
+    assert values("py_tokens", "model", from_parameter=FROM, to=FROM + timedelta(minutes=11)) == ["gpt"]
+    assert values("py_tokens", "model", from_parameter=FROM, to=FROM + timedelta(minutes=10)) == []
+
+    with pytest.raises(HttpResponseError) as refused:
+        values("py_tokens", "region", from_parameter=FROM, to=TO)
+    assert refused.value.status_code == 400
+    assert "'region' is not a groupBy key of meter 'py_tokens' (its keys: model, type)" in str(refused.value)
+    with pytest.raises(ResourceNotFoundError):
+        client.meters.list_subjects("py_no_such_meter", from_parameter=FROM, to=TO)
+
+
+def test_meter_list_pages_order_and_deleted(client: Client) -> None:
+    for slug, name, aggregation in [
+        ("py_page_a", "Page 5", models.MeterAggregation.SUM),
+        ("py_page_b", "Page 4", models.MeterAggregation.COUNT),
+        ("py_page_c", "Page 3", models.MeterAggregation.MAX),
+        ("py_page_d", "Page 2", models.MeterAggregation.COUNT),
+        ("py_page_e", "Page 1", models.MeterAggregation.SUM),
+    ]:
+        client.meters.create(
+            models.MeterCreate(
+                slug=slug,
+                name=name,
+                event_type="py_page",
+                aggregation=aggregation,
+                value_property=None if aggregation == models.MeterAggregation.COUNT else "$.n",
+            )
+        )
+    # An update that changes nothing keeps updatedAt; a rename moves it.
+    unchanged = client.meters.update("py_page_b", models.MeterUpdate(name="Page 4"))
+    assert unchanged.updated_at == unchanged.created_at
+    renamed = client.meters.update("py_page_b", models.MeterUpdate(name="Page 4, renamed"))
+    assert renamed.updated_at > renamed.created_at
+    mine = ["py_page_a", "py_page_b", "py_page_c", "py_page_d", "py_page_e"]
+
+    def listed(**params: Any) -> list[str]:
+        return [m.slug for m in client.meters.list(**params) if m.slug.startswith("py_page_")]
+
+    everything = [m.slug for m in client.meters.list()]
+    assert listed() == mine and everything == sorted(everything)
+    assert [m.slug for m in client.meters.list(order="DESC")] == everything[::-1]
+    assert listed(order_by="name") == mine[::-1]
+    assert listed(order_by="createdAt") == mine
+    assert listed(order_by="updatedAt", order="DESC")[0] == "py_page_b"
+    # Ties (the same aggregation) go by id.
+    by_aggregation = [(m.aggregation, m.id, m.slug) for m in client.meters.list(order_by="aggregation")]
+    assert by_aggregation == sorted(by_aggregation)
+    assert {slug: aggregation for aggregation, _, slug in by_aggregation if slug.startswith("py_page_")} == {
+        "py_page_b": "COUNT",
+        "py_page_d": "COUNT",
+        "py_page_c": "MAX",
+        "py_page_a": "SUM",
+        "py_page_e": "SUM",
+    }
+
+    # Pages of two, walked until one comes back empty: every meter once, in order.
+    pages: list[list[str]] = []
+    while not pages or pages[-1]:
+        pages.append([m.slug for m in client.meters.list(page=len(pages) + 1, page_size=2)])
+    assert all(len(page) == 2 for page in pages[:-2]) and 1 <= len(pages[-2]) <= 2
+    assert [slug for page in pages for slug in page] == everything
+
+    client.meters.delete("py_page_c")
+    assert listed() == ["py_page_a", "py_page_b", "py_page_d", "py_page_e"]
+    with_deleted = [m for m in client.meters.list(include_deleted=True) if m.slug.startswith("py_page_")]
+    assert [m.slug for m in with_deleted] == mine
+    assert [m.slug for m in with_deleted if m.deleted_at is not None] == ["py_page_c"]
+    newest = client.meters.list(page=1, page_size=3, order="DESC", order_by="createdAt", include_deleted=True)
+    assert [m.slug for m in newest] == ["py_page_e", "py_page_d", "py_page_c"]
+
+    with pytest.raises(HttpResponseError) as refused:
+        client.meters.list(page=0)
+    assert refused.value.status_code == 400 and "page" in str(refused.value)
+    for slug in ("py_page_a", "py_page_b", "py_page_d", "py_page_e"):
+        client.meters.delete(slug)
+
+
+def test_query_with_advanced_group_by_filters(client: Client, tokens_meter: models.Meter) -> None:
+    gpt = client.meters.query_json(
+        "py_tokens", from_parameter=FROM, to=TO, advanced_meter_group_by_filters={"model": {"$eq": "gpt"}}
+    )
+    assert usage_rows(gpt) == [{"start": FROM, "end": TO, "value": 10}]
+
+    inputs = client.meters.query_json(
+        "py_tokens",
+        from_parameter=FROM,
+        to=TO,
+        window_size=models.WindowSize.HOUR,
+        group_by=["model"],
+        advanced_meter_group_by_filters={"model": {"$in": ["gpt", "claude"]}, "type": {"$eq": "input"}},
+    )
+    assert usage_rows(inputs) == [
+        {"start": hour(0), "end": hour(1), "value": 10, "groupBy": {"model": "gpt"}},
+        {"start": hour(1), "end": hour(2), "value": 7, "groupBy": {"model": "claude"}},
+    ]
+
+    not_gpt = client.meters.query(
+        "py_tokens",
+        models.MeterQueryRequest(
+            from_property=FROM,
+            to=TO,
+            group_by=["type"],
+            advanced_meter_group_by_filters={"model": models.FilterString(ne="gpt")},
+        ),
+    )
+    assert usage_rows(not_gpt) == [
+        {"start": FROM, "end": TO, "value": 7, "groupBy": {"type": "input"}},
+        {"start": FROM, "end": TO, "value": 2.5, "groupBy": {"type": "output"}},
+    ]
+    either = client.meters.query(
+        "py_tokens",
+        models.MeterQueryRequest(
+            from_property=FROM,
+            to=TO,
+            subject=["py-acme-prod"],
+            advanced_meter_group_by_filters={"type": models.FilterString(in_property=["output", "refund"])},
+        ),
+    )
+    assert usage_rows(either) == [{"start": FROM, "end": TO, "value": 2.5}]
+
+    with pytest.raises(HttpResponseError) as unknown:
+        client.meters.query_json(
+            "py_tokens", from_parameter=FROM, to=TO, advanced_meter_group_by_filters={"region": {"$eq": "eu"}}
+        )
+    assert unknown.value.status_code == 400
+    assert "advancedMeterGroupByFilters.region: 'region' is not a groupBy key" in str(unknown.value)
+    with pytest.raises(HttpResponseError) as both:
+        client.meters.query(
+            "py_tokens",
+            models.MeterQueryRequest(
+                from_property=FROM,
+                to=TO,
+                filter_group_by={"model": "gpt"},
+                advanced_meter_group_by_filters={"type": models.FilterString(eq="input")},
+            ),
+        )
+    assert both.value.status_code == 400
+
+
+def test_currencies(client: Client) -> None:
+    currencies = client.currencies.list_currencies()
+    codes = [c.code for c in currencies]
+    assert codes == sorted(set(codes)) and len(codes) > 100
+    by_code = {c.code: c for c in currencies}
+    assert (by_code["USD"].name, by_code["USD"].symbol, by_code["USD"].subunits) == ("US Dollar", "$", 2)
+    assert (by_code["EUR"].name, by_code["EUR"].symbol, by_code["EUR"].subunits) == ("Euro", "€", 2)
+    assert (by_code["JPY"].symbol, by_code["JPY"].subunits) == ("¥", 0)
+    assert (by_code["KWD"].name, by_code["KWD"].subunits) == ("Kuwaiti Dinar", 3)
+    assert "DEM" not in by_code and "XXX" not in by_code  # historic currencies and codes that are no money

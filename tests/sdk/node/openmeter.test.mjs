@@ -20,6 +20,7 @@ const om = new OpenMeter({ baseUrl: env('TALLYBOOK_URL'), apiKey: env('TALLYBOOK
 const stripeCustomerId = env('STRIPE_CUSTOMER_ID')
 const FROM = new Date('2026-01-01T00:00:00Z')
 const TO = new Date('2026-01-01T02:00:00Z')
+const HOUR_1 = new Date('2026-01-01T01:00:00Z')
 const iso = (d) => d.toISOString().replace('.000Z', 'Z')
 
 // Rows with usage, in a stable order: OpenMeter may also answer empty windows, which say nothing here.
@@ -182,6 +183,144 @@ test('the OpenMeter Node SDK against tallybook serve', async (t) => {
     ])
   })
 
+  await t.test('meters.listGroupByValues, and the meter subjects through the typed client', async () => {
+    assert.deepEqual(await om.meters.listGroupByValues('node_tokens', 'model', { from: FROM, to: TO }), ['claude', 'gpt'])
+    assert.deepEqual(await om.meters.listGroupByValues('node_tokens', 'type', { from: FROM, to: TO }), ['input', 'output'])
+    assert.deepEqual(await om.meters.listGroupByValues(meter.id, 'model', { from: HOUR_1, to: TO }), ['claude'])
+    // `to` is exclusive: the gpt event at 00:10 is not in [00:00, 00:10).
+    assert.deepEqual(
+      await om.meters.listGroupByValues('node_tokens', 'model', { from: FROM, to: new Date('2026-01-01T00:10:00Z') }),
+      [],
+    )
+    await assert.rejects(om.meters.listGroupByValues('node_tokens', 'region', { from: FROM, to: TO }), (error) => {
+      assert.equal(error.status, 400)
+      assert.match(error.message, /'region' is not a groupBy key of meter 'node_tokens' \(its keys: model, type\)/)
+      return true
+    })
+
+    // The SDK has no method for listMeterSubjects; its typed openapi-fetch client has the path.
+    const subjects = async (from, to) => {
+      const resp = await om.client.GET('/api/v1/meters/{meterIdOrSlug}/subjects', {
+        params: { path: { meterIdOrSlug: 'node_tokens' }, query: { from, to } },
+      })
+      assert.equal(resp.response.status, 200)
+      return resp.data
+    }
+    assert.deepEqual(await subjects(FROM, TO), ['node-acme-prod', 'node-other'])
+    assert.deepEqual(await subjects(HOUR_1, TO), ['node-other'])
+    assert.deepEqual(await subjects(TO, new Date('2026-01-02T00:00:00Z')), [])
+  })
+
+  await t.test('meters.query and queryPost: advancedMeterGroupByFilters', async () => {
+    // GET: the SDK sends the parameter as given, so it is JSON text, as OpenMeter's spec has it.
+    const gpt = await om.meters.query('node_tokens', {
+      from: FROM,
+      to: TO,
+      advancedMeterGroupByFilters: JSON.stringify({ model: { $eq: 'gpt' } }),
+    })
+    assert.deepEqual(rows(gpt), [{ windowStart: '2026-01-01T00:00:00Z', windowEnd: '2026-01-01T02:00:00Z', value: 10 }])
+
+    const inputs = await om.meters.query('node_tokens', {
+      from: FROM,
+      to: TO,
+      windowSize: 'HOUR',
+      groupBy: ['model'],
+      advancedMeterGroupByFilters: JSON.stringify({ model: { $in: ['gpt', 'claude'] }, type: { $eq: 'input' } }),
+    })
+    assert.deepEqual(rows(inputs), [
+      { windowStart: '2026-01-01T00:00:00Z', windowEnd: '2026-01-01T01:00:00Z', value: 10, groupBy: { model: 'gpt' } },
+      { windowStart: '2026-01-01T01:00:00Z', windowEnd: '2026-01-01T02:00:00Z', value: 7, groupBy: { model: 'claude' } },
+    ])
+
+    // POST: filter objects in the JSON body.
+    const notGpt = await om.meters.queryPost('node_tokens', {
+      from: FROM.toISOString(),
+      to: TO.toISOString(),
+      groupBy: ['type'],
+      advancedMeterGroupByFilters: { model: { $ne: 'gpt' } },
+    })
+    assert.deepEqual(rows(notGpt), [
+      { windowStart: '2026-01-01T00:00:00Z', windowEnd: '2026-01-01T02:00:00Z', value: 2.5, groupBy: { type: 'output' } },
+      { windowStart: '2026-01-01T00:00:00Z', windowEnd: '2026-01-01T02:00:00Z', value: 7, groupBy: { type: 'input' } },
+    ])
+    const output = await om.meters.queryPost('node_tokens', {
+      from: FROM.toISOString(),
+      to: TO.toISOString(),
+      subject: ['node-acme-prod'],
+      advancedMeterGroupByFilters: { type: { $in: ['output', 'refund'] } },
+    })
+    assert.deepEqual(rows(output), [
+      { windowStart: '2026-01-01T00:00:00Z', windowEnd: '2026-01-01T02:00:00Z', value: 2.5 },
+    ])
+
+    await assert.rejects(
+      om.meters.queryPost('node_tokens', {
+        from: FROM.toISOString(),
+        to: TO.toISOString(),
+        advancedMeterGroupByFilters: { region: { $eq: 'eu' } },
+      }),
+      (error) => {
+        assert.equal(error.status, 400)
+        assert.match(error.message, /advancedMeterGroupByFilters\.region: 'region' is not a groupBy key/)
+        return true
+      },
+    )
+  })
+
+  await t.test('meters.list: page, pageSize, order, orderBy, includeDeleted', async () => {
+    for (const [slug, name] of [
+      ['node_page_a', 'Page 3'],
+      ['node_page_b', 'Page 2'],
+      ['node_page_c', 'Page 1'],
+    ]) {
+      await om.meters.create({ slug, name, eventType: 'node_page', aggregation: 'COUNT' })
+    }
+    await om.meters.delete('node_page_b')
+    const slugs = async (query) => (await om.meters.list({ params: { query } })).map((m) => m.slug)
+
+    assert.deepEqual(await slugs({}), ['node_page_a', 'node_page_c', 'node_tokens'])
+    assert.deepEqual(await slugs({ order: 'DESC' }), ['node_tokens', 'node_page_c', 'node_page_a'])
+    // Names: 'Node tokens (by model and type)' < 'Page 1' < 'Page 3'.
+    assert.deepEqual(await slugs({ orderBy: 'name', order: 'DESC' }), ['node_page_a', 'node_page_c', 'node_tokens'])
+    assert.deepEqual(await slugs({ includeDeleted: true }), ['node_page_a', 'node_page_b', 'node_page_c', 'node_tokens'])
+
+    const pages = []
+    for (let page = 1; page <= 3; page++) pages.push(await slugs({ page, pageSize: 2 }))
+    assert.deepEqual(pages, [['node_page_a', 'node_page_c'], ['node_tokens'], []])
+    const withDeleted = []
+    for (let page = 1; page <= 2; page++) withDeleted.push(await slugs({ page, pageSize: 2, includeDeleted: true }))
+    assert.deepEqual(withDeleted, [
+      ['node_page_a', 'node_page_b'],
+      ['node_page_c', 'node_tokens'],
+    ])
+
+    const newest = await om.meters.list({
+      params: { query: { page: 1, pageSize: 2, orderBy: 'createdAt', order: 'DESC', includeDeleted: true } },
+    })
+    assert.deepEqual(
+      newest.map((m) => m.slug),
+      ['node_page_c', 'node_page_b'],
+    )
+    assert.ok(newest[1].deletedAt instanceof Date, 'a deleted meter is listed with deletedAt')
+    assert.equal(newest[0].deletedAt, undefined)
+
+    await assert.rejects(om.meters.list({ params: { query: { pageSize: 0 } } }), (error) => error.status === 400)
+    await om.meters.delete('node_page_a')
+    await om.meters.delete('node_page_c')
+  })
+
+  await t.test('info.listCurrencies', async () => {
+    const currencies = await om.info.listCurrencies()
+    const codes = currencies.map((c) => c.code)
+    assert.deepEqual(codes, [...new Set(codes)].sort())
+    const byCode = Object.fromEntries(currencies.map((c) => [c.code, c]))
+    assert.deepEqual(byCode.USD, { code: 'USD', name: 'US Dollar', symbol: '$', subunits: 2 })
+    assert.deepEqual(byCode.EUR, { code: 'EUR', name: 'Euro', symbol: '€', subunits: 2 })
+    assert.deepEqual(byCode.JPY, { code: 'JPY', name: 'Japanese Yen', symbol: '¥', subunits: 0 })
+    assert.equal(byCode.KWD.subunits, 3)
+    assert.equal(byCode.DEM, undefined, 'historic currencies are not listed')
+  })
+
   let acme
   await t.test('customers: create, get, list, update, query by customer, delete', async () => {
     acme = await om.customers.create({
@@ -234,6 +373,82 @@ test('the OpenMeter Node SDK against tallybook serve', async (t) => {
     assert.equal(live.totalCount, 0)
   })
 
+  await t.test('events.listV2: filter JSON, cursor pages', async () => {
+    const start = Date.parse('2026-02-01T00:00:00Z')
+    const id = (i) => `node-v2-${String(i).padStart(2, '0')}`
+    const subjectOf = (i) => (i % 4 === 0 ? 'node-v2-other' : 'node-acme-prod')
+    await om.events.ingest(
+      Array.from({ length: 12 }, (_, i) => ({
+        id: id(i),
+        source: 'node-test',
+        type: 'node_v2',
+        subject: subjectOf(i),
+        time: new Date(start + i * 60_000),
+        data: { n: i },
+      })),
+    )
+    const newestFirst = Array.from({ length: 12 }, (_, i) => id(11 - i))
+    // The filter goes as JSON text: the SDK's query serializer would send an object as deepObject.
+    const ofType = { type: { $eq: 'node_v2' } }
+
+    // Follow nextCursor until a page comes without one; a full last page is followed by an empty one.
+    const walk = async (limit, filter) => {
+      const pages = []
+      let cursor
+      do {
+        const page = await om.events.listV2({
+          limit,
+          clientId: 'node-v2-walk',
+          filter: JSON.stringify(filter),
+          ...(cursor ? { cursor } : {}),
+        })
+        pages.push(page.items.map((item) => item.event.id))
+        cursor = page.nextCursor
+      } while (cursor)
+      return pages
+    }
+    const byFive = await walk(5, ofType)
+    assert.deepEqual(
+      byFive.map((page) => page.length),
+      [5, 5, 2],
+    )
+    assert.deepEqual(byFive.flat(), newestFirst)
+    const byFour = await walk(4, ofType)
+    assert.deepEqual(
+      byFour.map((page) => page.length),
+      [4, 4, 4, 0],
+    )
+    assert.deepEqual(byFour.flat(), newestFirst)
+
+    const all = await om.events.listV2({ limit: 100, filter: JSON.stringify(ofType) })
+    assert.equal(all.nextCursor, undefined)
+    const seventh = all.items.find((item) => item.event.id === 'node-v2-07')
+    assert.equal(seventh.customerId, acme.id)
+    assert.equal(iso(seventh.event.time), '2026-02-01T00:07:00Z')
+    assert.deepEqual(seventh.event.data, { n: 7 })
+    assert.ok(seventh.ingestedAt instanceof Date && seventh.storedAt instanceof Date)
+    assert.equal(all.items.find((item) => item.event.id === 'node-v2-08').customerId, undefined)
+
+    const acmeIds = newestFirst.filter((_, k) => subjectOf(11 - k) === 'node-acme-prod')
+    assert.deepEqual((await walk(3, { ...ofType, customerId: { $in: ['node-acme'] } })).flat(), acmeIds)
+    assert.deepEqual((await walk(100, { ...ofType, subject: { $eq: 'node-v2-other' } })).flat(), [
+      'node-v2-08',
+      'node-v2-04',
+      'node-v2-00',
+    ])
+    const window = { ...ofType, time: { $and: [{ $gte: '2026-02-01T00:03:00Z' }, { $lt: '2026-02-01T00:06:00Z' }] } }
+    assert.deepEqual((await walk(100, window)).flat(), ['node-v2-05', 'node-v2-04', 'node-v2-03'])
+
+    await assert.rejects(
+      om.events.listV2({ filter: JSON.stringify({ subject: { $regex: 'node.*' } }) }),
+      (error) => {
+        assert.equal(error.status, 400)
+        assert.match(error.message, /filter\.subject: unknown operator '\$regex'/)
+        return true
+      },
+    )
+  })
+
   await t.test('customer apps: upsert type stripe, list, stripe data', async () => {
     const upserted = await om.customers.apps.upsert('node-acme', [{ type: 'stripe', stripeCustomerId }])
     assert.deepEqual(upserted, [{ type: 'stripe', stripeCustomerId }])
@@ -269,6 +484,21 @@ test('the OpenMeter Node SDK against tallybook serve', async (t) => {
     assert.match(created.stripeCustomerId, /^cus_/)
     assert.notEqual(created.stripeCustomerId, stripeCustomerId)
     assert.equal((await om.customers.stripe.get('node-globex')).stripeCustomerId, created.stripeCustomerId)
+
+    // OpenMeter's docs spell the options successUrl, clientReferenceId (Go matches names without case).
+    const spelled = await om.apps.stripe.createCheckoutSession({
+      customer: { key: 'node-acme' },
+      options: {
+        successUrl: 'https://app.example.com/billing/done',
+        cancelUrl: 'https://app.example.com/billing/cancelled',
+        clientReferenceId: 'node-2',
+      },
+    })
+    assert.equal(spelled.successURL, 'https://app.example.com/billing/done')
+    assert.equal(spelled.cancelURL, 'https://app.example.com/billing/cancelled')
+    assert.equal(spelled.clientReferenceId, 'node-2')
+    assert.equal(spelled.stripeCustomerId, stripeCustomerId)
+    result.spelled = spelled.sessionId
 
     result.sessions = [
       { sessionId: existing.sessionId, stripeCustomerId, customerId: acme.id },
