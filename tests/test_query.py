@@ -250,13 +250,22 @@ def test_late_events_change_past_figures_and_as_of_reproduces_them(mrt, mclock):
     assert before_anything == []
 
 
-def test_windows_without_events_are_omitted_and_defaults_fill_from_to(mrt, mclock):
+def test_windows_without_events_are_omitted_and_no_from_to_means_every_event(mrt, mclock):
     meter(mrt, "calls", "COUNT")
-    ingest(mrt, event(time=utc(2026, 1, 2, 5)), event(time=utc(2026, 1, 4, 5)))
+    # The clock says 2026-06-01: the last event is future-dated, and still counted without `to`.
+    ingest(mrt, event(time=utc(2026, 1, 2, 5)), event(time=utc(2026, 1, 4, 5)), event(time=utc(2027, 3, 1)))
     result = mrt.meters.query_result(UsageQuery(meter="calls", window_size=WindowSize.DAY))
-    assert result.from_ == utc(2026, 1, 2)
-    assert result.to == utc(2026, 6, 2)  # the end of the day the clock is in
-    assert [r.window_start for r in result.rows] == [utc(2026, 1, 2), utc(2026, 1, 4)]
+    assert result.from_ is None and result.to is None  # echoed as asked: not given
+    assert [(r.window_start, r.value) for r in result.rows] == [
+        (utc(2026, 1, 2), 1),
+        (utc(2026, 1, 4), 1),
+        (utc(2027, 3, 1), 1),
+    ]
+    total = mrt.meters.query_result(UsageQuery(meter="calls"))
+    # The total's window spans the data: the minute of the first event to the end of the last one's.
+    assert [(r.window_start, r.window_end, r.value) for r in total.rows] == [
+        (utc(2026, 1, 2, 5), utc(2027, 3, 1, 0, 1), 3)
+    ]
 
 
 def test_query_api_get_post_csv_and_alignment(mrt, mclient, mkeys):
@@ -285,7 +294,6 @@ def test_query_api_get_post_csv_and_alignment(mrt, mclient, mkeys):
             "windowStart": "2026-01-05T00:00:00Z",
             "windowEnd": "2026-01-06T00:00:00Z",
             "subject": "a",
-            "customerId": None,
             "groupBy": {"model": "gpt"},
         },
         {
@@ -293,7 +301,6 @@ def test_query_api_get_post_csv_and_alignment(mrt, mclient, mkeys):
             "windowStart": "2026-01-06T00:00:00Z",
             "windowEnd": "2026-01-07T00:00:00Z",
             "subject": "b",
-            "customerId": None,
             "groupBy": {"model": "gpt"},
         },
     ]
@@ -313,10 +320,12 @@ def test_query_api_get_post_csv_and_alignment(mrt, mclient, mkeys):
     assert [row["value"] for row in only_a["data"]] == [1.5]
 
     as_csv = mclient.get("/api/v1/meters/tokens/query", params=params, headers={**read, "Accept": "text/csv"})
-    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.headers["content-type"] == "text/csv"  # as OpenMeter: no charset parameter
+    assert as_csv.headers["content-disposition"] == "attachment; filename=tokens.csv"
     rows = list(csv.reader(io.StringIO(as_csv.text)))
-    assert rows[0] == ["window_start", "window_end", "subject", "customer_id", "model", "value"]
-    assert rows[1] == ["2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", "a", "", "gpt", "1.5"]
+    # OpenMeter's columns: subject only because the query groups by it; no customer_id column.
+    assert rows[0] == ["window_start", "window_end", "subject", "model", "value"]
+    assert rows[1] == ["2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", "a", "gpt", "1.500000"]
 
     misaligned = mclient.get(
         "/api/v1/meters/tokens/query",
