@@ -465,6 +465,11 @@ def test_usage_aggregates_across_a_customers_subjects(api):
     assert [row["value"] for row in api.query_ok("multi_subject_meter")["data"]] == [2]
     by_customer = api.query_ok("multi_subject_meter", {"filterCustomerId": customer["id"]})
     assert [(row["customerId"], row["value"]) for row in by_customer["data"]] == [(customer["id"], 2)]
+    # OpenMeter's CSV has a customer_id column here but leaves it empty; Tallybook fills it in.
+    as_csv = api.query("multi_subject_meter", {"filterCustomerId": customer["id"]}, accept="text/csv")
+    rows = list(csv.reader(io.StringIO(as_csv.text)))
+    assert rows[0] == ["window_start", "window_end", "customer_id", "value"]
+    assert [row[2:] for row in rows[1:]] == [[customer["id"], "2.000000"]]
 
 
 def test_usage_is_attributed_by_customer_key_and_subject_keys(api):

@@ -268,6 +268,39 @@ def test_windows_without_events_are_omitted_and_no_from_to_means_every_event(mrt
     ]
 
 
+def test_wide_calendar_ranges_list_only_the_windows_between_the_first_and_last_event(mrt):
+    meter(mrt, "calls", "COUNT")
+    ingest(mrt, event(time=utc(2026, 3, 28, 23)), event(time=utc(2026, 3, 30, 1)), event(time=utc(2026, 4, 6, 1)))
+    # Two centuries of Budapest days (73,000 windows): only the events' days are listed and answered.
+    days = mrt.meters.query(
+        UsageQuery(
+            meter="calls",
+            from_=utc(1899, 12, 31, 23),
+            to=utc(2099, 12, 31, 23),
+            window_size=WindowSize.DAY,
+            window_time_zone="Europe/Budapest",
+        )
+    )
+    assert [(r.window_start, r.window_end, r.value) for r in days] == [
+        (utc(2026, 3, 28, 23), utc(2026, 3, 29, 22), 1),  # the 23-hour day
+        (utc(2026, 3, 29, 22), utc(2026, 3, 30, 22), 1),
+        (utc(2026, 4, 5, 22), utc(2026, 4, 6, 22), 1),
+    ]
+    # Lord Howe moves from +11:00 to +10:30 on 5 April: its hours are listed (calendar windows),
+    # and only those between the first and the last event.
+    hours = mrt.meters.query(
+        UsageQuery(meter="calls", window_size=WindowSize.HOUR, window_time_zone="Australia/Lord_Howe")
+    )
+    assert [(r.window_start, r.window_end - r.window_start) for r in hours] == [
+        (utc(2026, 3, 28, 23), timedelta(hours=1)),
+        (utc(2026, 3, 30, 1), timedelta(hours=1)),
+        (utc(2026, 4, 6, 0, 30), timedelta(hours=1)),
+    ]
+    # from == to, or from after to, is still refused: the range is empty by the caller's own bounds.
+    with pytest.raises(InvalidQuery, match="must be before to"):
+        mrt.meters.query(UsageQuery(meter="calls", from_=utc(2026, 1, 1), to=utc(2026, 1, 1)))
+
+
 def test_query_api_get_post_csv_and_alignment(mrt, mclient, mkeys):
     meter(mrt, "tokens", "SUM", group_by={"model": "$.model"})
     ingest(

@@ -197,8 +197,9 @@ class Windows:
 def windows_between(size: WindowSize | None, start: datetime, end: datetime, tz: ZoneInfo) -> Windows:
     """Windows of `size` from `start` (aligned) to `end`; without a size, one window [start, end).
 
-    Fixed-length windows (MINUTE; HOUR where the zone's offsets stay the same minutes past the hour) cost nothing however
-    many there are. Calendar windows are listed; more than MAX_WINDOWS of them is TooManyWindows.
+    Fixed-length windows (MINUTE; HOUR while the zone's offset stays the same minutes past the hour)
+    cost nothing however many there are. Calendar windows are listed; more than MAX_WINDOWS of them
+    is TooManyWindows.
     """
     start_us, end_us = to_micros(start), to_micros(end)
     if size is None:

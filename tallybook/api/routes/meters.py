@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -356,11 +356,12 @@ def csv_value(value: Decimal) -> str:
     """Six decimals, as OpenMeter's %f, when that is exact; otherwise every digit (an average)."""
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent >= -6:
-        return f"{value.quantize(_MICRO):f}"
+        return f"{value.quantize(_MICRO, context=_WIDE):f}"
     return f"{value:f}"
 
 
 _MICRO = Decimal("0.000001")
+_WIDE = Context(prec=80)  # room for six more digits on any total (the default 28 could round)
 
 
 async def _run_query(request: Request, q: UsageQuery) -> Response:
