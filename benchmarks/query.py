@@ -11,7 +11,8 @@ tables (`events`, and `meter_usage` rows made by the materializer's own Projecto
 PostgreSQL database named tallybook_qbench_v<version>_<N>) and reused by the next run with the same --events.
 `--fresh` rebuilds them.
 
-Each query runs through `MeterService.query` (the API's code path minus HTTP) and, for the ratio,
+Three of the questions have no from/to (the whole history), as OpenMeter clients send them. Each
+query runs through `MeterService.query` (the API's code path minus HTTP) and, for the ratio,
 as the same question in hand-written SQL against the raw `events` table; the median of --runs
 runs is shown. A separate small run measures the materializer itself (events projected per second
 from `events` into `meter_usage`).
@@ -248,6 +249,12 @@ def service_queries() -> dict[str, UsageQuery]:
         "UNIQUE_COUNT users, month, by customer": UsageQuery(
             meter="users", from_=MONTH[0], to=MONTH[1], group_by=("customer_id",)
         ),
+        # No from/to: the whole history (OpenMeter's semantics: every event, windows only where data is).
+        "one customer, no from/to, by minute": UsageQuery(
+            meter="tokens", window_size=WindowSize.MINUTE, subjects=(SUBJECT,)
+        ),
+        "one customer, no from/to, by day": UsageQuery(meter="tokens", window_size=WindowSize.DAY, subjects=(SUBJECT,)),
+        "all customers, no parameters (total)": UsageQuery(meter="tokens"),
     }
 
 
@@ -286,6 +293,20 @@ def raw_queries(dialect: str) -> dict[str, tuple[str, dict[str, Any]]]:
             "LEFT JOIN customer_subjects cs ON cs.subject = e.subject "
             "WHERE e.type = 'visit' AND e.time_us >= :s AND e.time_us < :e GROUP BY cs.customer_id",
             {"s": s, "e": e},
+        ),
+        "one customer, no from/to, by minute": (
+            f"SELECT time_us / 60000000 AS m, SUM({tokens}) FROM events "
+            "WHERE type = 'prompt' AND subject = :subj GROUP BY m",
+            {"subj": SUBJECT},
+        ),
+        "one customer, no from/to, by day": (
+            f"SELECT time_us / 86400000000 AS d, SUM({tokens}) FROM events "
+            "WHERE type = 'prompt' AND subject = :subj GROUP BY d",
+            {"subj": SUBJECT},
+        ),
+        "all customers, no parameters (total)": (
+            f"SELECT MIN(time_us), SUM({tokens}), MAX(time_us) FROM events WHERE type = 'prompt'",
+            {},
         ),
     }
 

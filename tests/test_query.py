@@ -250,13 +250,55 @@ def test_late_events_change_past_figures_and_as_of_reproduces_them(mrt, mclock):
     assert before_anything == []
 
 
-def test_windows_without_events_are_omitted_and_defaults_fill_from_to(mrt, mclock):
+def test_windows_without_events_are_omitted_and_no_from_to_means_every_event(mrt, mclock):
     meter(mrt, "calls", "COUNT")
-    ingest(mrt, event(time=utc(2026, 1, 2, 5)), event(time=utc(2026, 1, 4, 5)))
+    # The clock says 2026-06-01: the last event is future-dated, and still counted without `to`.
+    ingest(mrt, event(time=utc(2026, 1, 2, 5)), event(time=utc(2026, 1, 4, 5)), event(time=utc(2027, 3, 1)))
     result = mrt.meters.query_result(UsageQuery(meter="calls", window_size=WindowSize.DAY))
-    assert result.from_ == utc(2026, 1, 2)
-    assert result.to == utc(2026, 6, 2)  # the end of the day the clock is in
-    assert [r.window_start for r in result.rows] == [utc(2026, 1, 2), utc(2026, 1, 4)]
+    assert result.from_ is None and result.to is None  # echoed as asked: not given
+    assert [(r.window_start, r.value) for r in result.rows] == [
+        (utc(2026, 1, 2), 1),
+        (utc(2026, 1, 4), 1),
+        (utc(2027, 3, 1), 1),
+    ]
+    total = mrt.meters.query_result(UsageQuery(meter="calls"))
+    # The total's window spans the data: the minute of the first event to the end of the last one's.
+    assert [(r.window_start, r.window_end, r.value) for r in total.rows] == [
+        (utc(2026, 1, 2, 5), utc(2027, 3, 1, 0, 1), 3)
+    ]
+
+
+def test_wide_calendar_ranges_list_only_the_windows_between_the_first_and_last_event(mrt):
+    meter(mrt, "calls", "COUNT")
+    ingest(mrt, event(time=utc(2026, 3, 28, 23)), event(time=utc(2026, 3, 30, 1)), event(time=utc(2026, 4, 6, 1)))
+    # Two centuries of Budapest days (73,000 windows): only the events' days are listed and answered.
+    days = mrt.meters.query(
+        UsageQuery(
+            meter="calls",
+            from_=utc(1899, 12, 31, 23),
+            to=utc(2099, 12, 31, 23),
+            window_size=WindowSize.DAY,
+            window_time_zone="Europe/Budapest",
+        )
+    )
+    assert [(r.window_start, r.window_end, r.value) for r in days] == [
+        (utc(2026, 3, 28, 23), utc(2026, 3, 29, 22), 1),  # the 23-hour day
+        (utc(2026, 3, 29, 22), utc(2026, 3, 30, 22), 1),
+        (utc(2026, 4, 5, 22), utc(2026, 4, 6, 22), 1),
+    ]
+    # Lord Howe moves from +11:00 to +10:30 on 5 April: its hours are listed (calendar windows),
+    # and only those between the first and the last event.
+    hours = mrt.meters.query(
+        UsageQuery(meter="calls", window_size=WindowSize.HOUR, window_time_zone="Australia/Lord_Howe")
+    )
+    assert [(r.window_start, r.window_end - r.window_start) for r in hours] == [
+        (utc(2026, 3, 28, 23), timedelta(hours=1)),
+        (utc(2026, 3, 30, 1), timedelta(hours=1)),
+        (utc(2026, 4, 6, 0, 30), timedelta(hours=1)),
+    ]
+    # from == to, or from after to, is still refused: the range is empty by the caller's own bounds.
+    with pytest.raises(InvalidQuery, match="must be before to"):
+        mrt.meters.query(UsageQuery(meter="calls", from_=utc(2026, 1, 1), to=utc(2026, 1, 1)))
 
 
 def test_query_api_get_post_csv_and_alignment(mrt, mclient, mkeys):
@@ -285,7 +327,6 @@ def test_query_api_get_post_csv_and_alignment(mrt, mclient, mkeys):
             "windowStart": "2026-01-05T00:00:00Z",
             "windowEnd": "2026-01-06T00:00:00Z",
             "subject": "a",
-            "customerId": None,
             "groupBy": {"model": "gpt"},
         },
         {
@@ -293,7 +334,6 @@ def test_query_api_get_post_csv_and_alignment(mrt, mclient, mkeys):
             "windowStart": "2026-01-06T00:00:00Z",
             "windowEnd": "2026-01-07T00:00:00Z",
             "subject": "b",
-            "customerId": None,
             "groupBy": {"model": "gpt"},
         },
     ]
@@ -313,10 +353,12 @@ def test_query_api_get_post_csv_and_alignment(mrt, mclient, mkeys):
     assert [row["value"] for row in only_a["data"]] == [1.5]
 
     as_csv = mclient.get("/api/v1/meters/tokens/query", params=params, headers={**read, "Accept": "text/csv"})
-    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.headers["content-type"] == "text/csv"  # as OpenMeter: no charset parameter
+    assert as_csv.headers["content-disposition"] == "attachment; filename=tokens.csv"
     rows = list(csv.reader(io.StringIO(as_csv.text)))
-    assert rows[0] == ["window_start", "window_end", "subject", "customer_id", "model", "value"]
-    assert rows[1] == ["2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", "a", "", "gpt", "1.5"]
+    # OpenMeter's columns: subject only because the query groups by it; no customer_id column.
+    assert rows[0] == ["window_start", "window_end", "subject", "model", "value"]
+    assert rows[1] == ["2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", "a", "gpt", "1.500000"]
 
     misaligned = mclient.get(
         "/api/v1/meters/tokens/query",

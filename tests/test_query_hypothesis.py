@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tallybook.clock import to_micros
 from tallybook.meters.extract import as_decimal, as_text
 from tallybook.meters.models import Aggregation, UsageQuery
-from tallybook.meters.windows import WindowSize, window_start, zone
+from tallybook.meters.windows import WindowSize, next_window_start, window_start, zone
 from tests.conftest import empty_all_tables
 from tests.test_meters_helpers import event, ingest, mclock, meter, mrt, utc  # noqa: F401  (fixtures)
 
@@ -45,15 +45,21 @@ def reference(
     by_subject: bool,
     by_model: bool,
     as_of_us: int | None,
-    start_us: int,
-    end_us: int,
-) -> dict[tuple, Decimal]:
+    start_us: int | None,
+    end_us: int | None,
+) -> tuple[dict[tuple, Decimal], dict[tuple, tuple[datetime, datetime]]]:
+    """{(window, subject, model): value} and each group's first and last counted event time.
+
+    Without bounds every event counts. An ungrouped COUNT or UNIQUE_COUNT total over a bounded
+    range without events is one row of 0 (OpenMeter's answer)."""
     tz = zone(tz_name)
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for ev in stored:
         if as_of_us is not None and ev["ingested_us"] > as_of_us:
             continue
-        if not start_us <= to_micros(ev["time"]) < end_us:
+        if start_us is not None and to_micros(ev["time"]) < start_us:
+            continue
+        if end_us is not None and to_micros(ev["time"]) >= end_us:
             continue
         raw = ev["value"]
         if aggregation is Aggregation.UNIQUE_COUNT:
@@ -87,7 +93,11 @@ def reference(
             chosen = ordered[-1] if aggregation is Aggregation.LATEST else ordered[0]
             value = as_decimal(chosen["value"])
         out[key] = value
-    return out
+    spans = {key: (min(e["time"] for e in evs), max(e["time"] for e in evs)) for key, evs in groups.items()}
+    counts = aggregation in (Aggregation.COUNT, Aggregation.UNIQUE_COUNT)
+    if not out and counts and size is None and not by_subject and not by_model and start_us is not None:
+        out[(None, None, None)] = Decimal(0)
+    return out, spans
 
 
 @settings(
@@ -102,8 +112,11 @@ def reference(
     by_subject=st.booleans(),
     by_model=st.booleans(),
     as_of_batch=st.one_of(st.none(), st.integers(min_value=0, max_value=2)),
+    bounded=st.booleans(),
 )
-def test_store_matches_reference_aggregator(mrt, mclock, data, size, tz_name, by_subject, by_model, as_of_batch):
+def test_store_matches_reference_aggregator(
+    mrt, mclock, data, size, tz_name, by_subject, by_model, as_of_batch, bounded
+):
     empty_all_tables(mrt)
     for aggregation in Aggregation:
         meter(
@@ -144,6 +157,8 @@ def test_store_matches_reference_aggregator(mrt, mclock, data, size, tz_name, by
     else:
         start = window_start(size, BASE, tz)
         end = window_start(size, BASE + timedelta(minutes=SPAN_MINUTES + 60 * 24 * 7), tz)
+    if not bounded:  # OpenMeter's default: every event, windows and totals spanning the data
+        start = end = None
     as_of = None if as_of_batch is None else utc(2026, 5, 1) + timedelta(hours=as_of_batch)
     group_by = (("subject",) if by_subject else ()) + (("model",) if by_model else ())
     for aggregation in Aggregation:
@@ -166,7 +181,7 @@ def test_store_matches_reference_aggregator(mrt, mclock, data, size, tz_name, by
             ): r.value
             for r in rows
         }
-        expected = reference(
+        expected, spans = reference(
             aggregation,
             stored,
             size,
@@ -174,7 +189,17 @@ def test_store_matches_reference_aggregator(mrt, mclock, data, size, tz_name, by
             by_subject,
             by_model,
             None if as_of is None else to_micros(as_of),
-            to_micros(start),
-            to_micros(end),
+            None if start is None else to_micros(start),
+            None if end is None else to_micros(end),
         )
         assert got == expected, aggregation
+        for r in rows:
+            key = (r.window_start if size else None, r.subject, r.group_by.get("model") if by_model else None)
+            if size is not None:
+                assert r.window_end == next_window_start(size, r.window_start, tz), aggregation
+            elif bounded:
+                assert (r.window_start, r.window_end) == (start, end), aggregation
+            else:  # the minute of the first counted event to the end of the last one's minute
+                first, last = spans[key]
+                assert r.window_start == first.replace(second=0, microsecond=0), aggregation
+                assert r.window_end == last.replace(second=0, microsecond=0) + timedelta(minutes=1), aggregation

@@ -145,7 +145,7 @@ def test_voids_match_the_reference(mrt, mclock, plan, project_first, size, by_su
             )
         )
         got = {(r.window_start if size else None, r.subject, None): r.value for r in rows}
-        expected = reference(
+        expected, _ = reference(
             aggregation, counting, size, "UTC", by_subject, False, as_of_us, to_micros(start), to_micros(end)
         )
         assert got == expected, aggregation

@@ -106,6 +106,10 @@ METER_ORDERS = ("key", "name", "aggregation", "createdAt", "updatedAt")
 
 @dataclass(frozen=True, slots=True)
 class UsageQuery:
+    """One usage question. Without `from_` it starts at the meter's first event; without `to` it
+    includes every event after `from_`, future-dated ones too (OpenMeter's semantics). Billing and
+    period close always give both, so their figures are fixed by the period, not by the data."""
+
     meter: str  # id or slug
     from_: datetime | None = None  # inclusive
     to: datetime | None = None  # exclusive
@@ -135,12 +139,14 @@ class UsageRow:
 
 @dataclass(frozen=True, slots=True)
 class UsageResult:
-    """A query's rows plus the effective bounds (from/to filled in when the caller left them out)."""
+    """A query's rows, with from/to/windowSize as asked (None when the caller left them out, as
+    OpenMeter echoes only what was sent)."""
 
     from_: datetime | None
-    to: datetime
+    to: datetime | None
     window_size: WindowSize | None
     rows: list[UsageRow]
+    meter_slug: str = ""
 
 
 @dataclass(frozen=True, slots=True)

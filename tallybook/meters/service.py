@@ -41,6 +41,7 @@ from tallybook.meters.models import (
 )
 from tallybook.meters.windows import (
     PERIODS,
+    TYPICAL_LENGTH,
     TooManyWindows,
     UnknownTimeZone,
     Windows,
@@ -256,8 +257,14 @@ class MeterService:
     def query_result(self, q: UsageQuery) -> UsageResult:
         with self.store.read() as conn:
             meter = self._find(conn, q.meter)
-        counted, start, end = self._run(meter, q)
-        return UsageResult(start, end, q.window_size, [c.row for c in counted])
+        counted = self._run(meter, q)
+        return UsageResult(
+            q.from_.astimezone(UTC) if q.from_ else None,
+            q.to.astimezone(UTC) if q.to else None,
+            q.window_size,
+            [c.row for c in counted],
+            meter.slug,
+        )
 
     def subjects(
         self, id_or_slug: str, start: datetime | None = None, end: datetime | None = None
@@ -312,7 +319,7 @@ class MeterService:
         counts: dict[str, int] = {}
         for meter in meters:
             q = UsageQuery(meter=meter.id, from_=start, to=end, subjects=(subject,), as_of=as_of)
-            counted, _, _ = self._run(meter, q, catch_up=False, check_alignment=False)
+            counted = self._run(meter, q, catch_up=False, check_alignment=False)
             name = names[meter.key]
             values[name] = sum((c.row.value for c in counted), Decimal(0))
             counts[name] = sum(c.count for c in counted)
@@ -355,7 +362,7 @@ class MeterService:
                 group_by=("subject",),
                 as_of=as_of,
             )
-            counted, _, _ = self._run(meter, q, catch_up=False)
+            counted = self._run(meter, q, catch_up=False)
             for item in counted:
                 row = item.row
                 assert row.subject is not None
@@ -381,7 +388,14 @@ class MeterService:
 
     def _run(
         self, meter: Meter, q: UsageQuery, catch_up: bool = True, check_alignment: bool = True
-    ) -> tuple[builtins.list[CountedRow], datetime | None, datetime]:
+    ) -> builtins.list[CountedRow]:
+        """The query's rows (windows and groups with events only), sorted.
+
+        Without `from` the query starts at the meter's first event, without `to` it runs past the
+        last one (future-dated events included), as OpenMeter's does. A total without one of them
+        reports the span of each group's data: from the minute of its first counted event to the
+        end of the minute of its last.
+        """
         tz = _zone(q.window_time_zone)
         size = q.window_size
         allowed = set(meter.group_by) | RESERVED_GROUP_KEYS
@@ -409,6 +423,10 @@ class MeterService:
                         f"in {q.window_time_zone}, e.g. {window_start(size, value, tz).astimezone(tz).isoformat()}",
                         rule=alignment_rule(size),
                     )
+        start = q.from_.astimezone(UTC) if q.from_ else None
+        end = q.to.astimezone(UTC) if q.to else None
+        if start is not None and end is not None and start >= end:
+            raise InvalidQuery(f"from ({start.isoformat()}) must be before to ({end.isoformat()})")
         if catch_up:
             self.catch_up()
 
@@ -421,35 +439,23 @@ class MeterService:
                     raise InvalidQuery(f"unknown customer(s) in filterCustomerId: {', '.join(unknown)}")
                 allowed_subjects = set(customer_of)
                 subjects = tuple(s for s in (subjects or tuple(sorted(allowed_subjects))) if s in allowed_subjects)
-            start = q.from_.astimezone(UTC) if q.from_ else None
-            end = q.to.astimezone(UTC) if q.to else None
-            if end is None:
-                now = self.clock.now()
-                end = window_end(size, now, tz) if size is not None else now
-            if start is None:
-                first_us = conn.execute(
-                    select(func.min(meter_usage.c.time_us)).where(meter_usage.c.meter_key == meter.key)
-                ).scalar_one()
-                if first_us is None:
-                    return [], None, end
-                first = from_micros(int(first_us))
-                start = window_start(size, first, tz) if size is not None else first
-            if start >= end:
-                raise InvalidQuery(f"from ({start.isoformat()}) must be before to ({end.isoformat()})")
             if subjects is not None and not subjects:
-                return [], start, end
-            try:
-                windows = windows_between(size, start, end, tz)
-            except TooManyWindows as exc:
-                raise InvalidQuery(str(exc)) from None
+                return []
+            windows: Windows | None = None
+            start_us, end_us = _opt_micros(start), _opt_micros(end)
+            if size is not None:
+                windows = _windows_with_events(conn, meter.key, size, tz, start, end)
+                if windows is None:
+                    return []
+                start_us, end_us = windows.start_us, windows.end_us
             group_keys = tuple(k for k in dict.fromkeys(q.group_by) if k not in RESERVED_GROUP_KEYS)
             spec = AggregateSpec(
                 meter_key=meter.key,
                 aggregation=meter.aggregation.value,
-                start_us=windows.start_us,
-                end_us=windows.end_us,
-                step_us=windows.step_us if size is not None else None,
-                bounds_us=windows.bounds_us,
+                start_us=start_us,
+                end_us=end_us,
+                step_us=windows.step_us if windows is not None else None,
+                bounds_us=windows.bounds_us if windows is not None else (),
                 subjects=subjects,
                 as_of_us=_opt_micros(q.as_of),
                 group_filters=dict(q.filter_group_by),
@@ -457,16 +463,28 @@ class MeterService:
                 by_subject="subject" in q.group_by,
                 by_customer="customer_id" in q.group_by,
                 through_seq=q.through_seq,
+                span=windows is None and (start is None or end is None),
             )
             rows = meter_store.aggregate(conn, spec)
         single_customer = None
         if len(set(customer_of.values())) == 1:
             single_customer = next(iter(customer_of.values()))
         out = [
-            _usage_row(meter, row, windows, size is None, group_keys, q, single_customer)
+            _usage_row(meter, row, windows, (start, end), group_keys, q, single_customer)
             for row in rows
             if row.count > 0
         ]
+        if (
+            not out
+            and size is None
+            and start is not None
+            and end is not None
+            and not q.group_by
+            and meter.aggregation in (Aggregation.COUNT, Aggregation.UNIQUE_COUNT)
+        ):
+            # OpenMeter answers an ungrouped count over a range without events with one row of 0
+            # (an aggregate without GROUP BY); the other aggregations have no value to report.
+            out = [CountedRow(UsageRow(Decimal(0), start, end, None, single_customer, {}), 0)]
         out.sort(
             key=lambda c: (
                 c.row.window_start,
@@ -475,22 +493,69 @@ class MeterService:
                 tuple((v or "") for v in c.row.group_by.values()),
             )
         )
-        return out, start, end
+        return out
 
 
 _ONE_US = from_micros(1) - from_micros(0)
+_MINUTE_US = 60_000_000
+# Up to this many calendar windows between from and to are listed without looking at the data;
+# beyond it, only those between the first and the last event in range.
+_LIST_FREELY = 1_000
+
+
+def _windows_with_events(
+    conn: Connection, meter_key: int, size: WindowSize, tz: Any, start: datetime | None, end: datetime | None
+) -> Windows | None:
+    """The windows of `size` to bucket a query by: [start, end), narrowed to the windows holding the
+    meter's first and last event in that range when a bound is missing or the range holds many
+    calendar windows. None when the range has no events.
+
+    Only windows with events are answered either way; narrowing keeps an unbounded MINUTE query over
+    years of data or an HOUR query in a half-hour zone from listing windows that hold nothing.
+    """
+    lo, hi = start, end
+    wide = (
+        lo is not None
+        and hi is not None
+        and size is not WindowSize.MINUTE
+        and (hi - lo) / TYPICAL_LENGTH[size] > _LIST_FREELY
+    )
+    if lo is None or hi is None or wide:
+        extent = meter_store.time_extent(conn, meter_key, _opt_micros(start), _opt_micros(end))
+        if extent is None:
+            return None
+        first = window_start(size, from_micros(extent[0]), tz)
+        last = window_end(size, from_micros(extent[1]), tz)
+        lo = first if lo is None else max(lo, first)
+        hi = last if hi is None else min(hi, last)
+    try:
+        return windows_between(size, lo, hi, tz)
+    except TooManyWindows as exc:
+        raise InvalidQuery(str(exc)) from None
 
 
 def _usage_row(
     meter: Meter,
     row: AggregateRow,
-    windows: Windows,
-    single: bool,
+    windows: Windows | None,
+    bounds: tuple[datetime | None, datetime | None],
     group_keys: tuple[str, ...],
     q: UsageQuery,
     single_customer: str | None,
 ) -> CountedRow:
-    begin_us, end_us = (windows.start_us, windows.end_us) if single else windows.window(row.window)
+    begin: datetime | None
+    finish: datetime | None
+    if windows is not None:
+        begin_us, end_us = windows.window(row.window)
+        begin, finish = from_micros(begin_us), from_micros(end_us)
+    else:
+        begin, finish = bounds
+        if begin is None:
+            assert row.first_us is not None
+            begin = from_micros(row.first_us - row.first_us % _MINUTE_US)
+        if finish is None:
+            assert row.last_us is not None
+            finish = from_micros(row.last_us - row.last_us % _MINUTE_US + _MINUTE_US)
     value = row.value if row.value is not None else Decimal(0)
     if meter.aggregation is Aggregation.AVG:
         value = value / row.count
@@ -501,8 +566,8 @@ def _usage_row(
     return CountedRow(
         UsageRow(
             value=value,
-            window_start=from_micros(begin_us),
-            window_end=from_micros(end_us),
+            window_start=begin,
+            window_end=finish,
             subject=row.subject if "subject" in q.group_by else None,
             customer_id=customer,
             group_by=groups,

@@ -44,7 +44,29 @@ _ALIGNMENT_RULES = {
     WindowSize.YEAR: "local midnight on January 1st",
 }
 
+# Calendar windows are enumerated (their boundaries go to SQL), so their number is bounded; the
+# service only enumerates the windows between the first and the last event in range. Fixed-length
+# windows are bucketed by arithmetic in SQL and answer only the windows that have events: no limit.
 MAX_WINDOWS = 1_000_000
+# The longest a window of each size can be (DST adds an hour to a day), to refuse a range holding
+# too many windows before enumerating any.
+_LONGEST = {
+    WindowSize.MINUTE: timedelta(minutes=1),
+    WindowSize.HOUR: timedelta(hours=1),
+    WindowSize.DAY: timedelta(hours=25),
+    WindowSize.WEEK: timedelta(days=7, hours=1),
+    WindowSize.MONTH: timedelta(days=31, hours=1),
+    WindowSize.YEAR: timedelta(days=366, hours=1),
+}
+# How long a window of each size usually is (to estimate a count without enumerating).
+TYPICAL_LENGTH = {
+    WindowSize.MINUTE: timedelta(minutes=1),
+    WindowSize.HOUR: timedelta(hours=1),
+    WindowSize.DAY: timedelta(days=1),
+    WindowSize.WEEK: timedelta(days=7),
+    WindowSize.MONTH: timedelta(days=30),
+    WindowSize.YEAR: timedelta(days=365),
+}
 
 
 class UnknownTimeZone(ValueError):
@@ -173,28 +195,30 @@ class Windows:
 
 
 def windows_between(size: WindowSize | None, start: datetime, end: datetime, tz: ZoneInfo) -> Windows:
-    """Windows of `size` from `start` (aligned) to `end`; without a size, one window [start, end)."""
+    """Windows of `size` from `start` (aligned) to `end`; without a size, one window [start, end).
+
+    Fixed-length windows (MINUTE; HOUR while the zone's offset stays the same minutes past the hour)
+    cost nothing however many there are. Calendar windows are listed; more than MAX_WINDOWS of them
+    is TooManyWindows.
+    """
     start_us, end_us = to_micros(start), to_micros(end)
     if size is None:
         return Windows(start_us, end_us, max(end_us - start_us, 1), ())
-    fixed = None
     if size is WindowSize.MINUTE:
-        fixed = Windows(start_us, end_us, 60_000_000, ())
-    elif size is WindowSize.HOUR and _whole_hour_offsets(tz, start, end):
-        fixed = Windows(start_us, end_us, 3_600_000_000, ())
-    if fixed is not None:
-        if fixed.count > MAX_WINDOWS:
-            raise TooManyWindows(
-                f"the query spans {fixed.count} {size.value} windows, more than {MAX_WINDOWS}; "
-                "narrow from/to or use a larger windowSize"
-            )
-        return fixed
+        return Windows(start_us, end_us, 60_000_000, ())
+    if size is WindowSize.HOUR and _steady_hour_offsets(tz, start, end):
+        return Windows(start_us, end_us, 3_600_000_000, ())
+    if (end - start) / _LONGEST[size] > MAX_WINDOWS:
+        raise TooManyWindows(
+            f"the events span more than {MAX_WINDOWS} {size.value} windows in {tz.key}; "
+            "narrow from/to or use a larger windowSize"
+        )
     bounds: list[int] = [start_us]
     current = start
     while bounds[-1] < end_us:
         if len(bounds) > MAX_WINDOWS:
             raise TooManyWindows(
-                f"the query spans more than {MAX_WINDOWS} {size.value} windows; "
+                f"the events span more than {MAX_WINDOWS} {size.value} windows in {tz.key}; "
                 "narrow from/to or use a larger windowSize"
             )
         current = next_window_start(size, current, tz)
@@ -202,16 +226,20 @@ def windows_between(size: WindowSize | None, start: datetime, end: datetime, tz:
     return Windows(start_us, end_us, None, tuple(bounds))
 
 
-def _whole_hour_offsets(tz: ZoneInfo, start: datetime, end: datetime) -> bool:
-    """True when every UTC offset the zone uses in [start, end] is a whole number of hours."""
+def _steady_hour_offsets(tz: ZoneInfo, start: datetime, end: datetime) -> bool:
+    """True when every UTC offset the zone uses in [start, end] is the same number of minutes past a
+    whole hour (whole hours, or e.g. always +05:30): local hours are then fixed one-hour steps."""
     if tz.key == "UTC":
         return True
     probe = start.astimezone(UTC)
     end = end.astimezone(UTC)
+    past_the_hour = None
     # Offsets change at most a few times a year; sampling daily finds every offset in use.
     while True:
-        offset = probe.astimezone(tz).utcoffset() or timedelta(0)
-        if offset % timedelta(hours=1):
+        offset = (probe.astimezone(tz).utcoffset() or timedelta(0)) % timedelta(hours=1)
+        if past_the_hour is None:
+            past_the_hour = offset
+        elif offset != past_the_hour:
             return False
         if probe >= end:
             return True

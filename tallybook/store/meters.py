@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     distinct,
@@ -196,6 +197,9 @@ class AggregateSpec:
     by_subject: bool
     by_customer: bool
     through_seq: int | None = None  # only events stored with a seq at or below this
+    # Also report each group's first and last counted event time (a total without from or to
+    # reports the span of its data, as OpenMeter does).
+    span: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +210,8 @@ class AggregateRow:
     groups: tuple[str | None, ...]
     value: Decimal | None
     count: int
+    first_us: int | None = None  # set when AggregateSpec.span
+    last_us: int | None = None
 
 
 # -- SQLite helpers -----------------------------------------------------------------------------------
@@ -528,6 +534,28 @@ def customer_subject_map(conn: Connection, customer_refs: Sequence[str]) -> tupl
     return {r[0]: r[1] for r in rows}, [ref for ref in refs if ref not in known]
 
 
+def time_extent(conn: Connection, meter_key: int, start_us: int | None, end_us: int | None) -> tuple[int, int] | None:
+    """(earliest, latest) event time of the meter's projection rows in [start, end), or None.
+
+    Two index seeks on ix_meter_usage_time, whatever the number of rows: each bound is its own
+    scalar subquery because SQLite answers a lone min() or max() from the index but scans the range
+    for both in one SELECT. Rows voided or invalid are included: the extent only has to cover what a
+    query may count.
+    """
+    u = meter_usage
+    conditions: list[Any] = [u.c.meter_key == meter_key]
+    if start_us is not None:
+        conditions.append(u.c.time_us >= start_us)
+    if end_us is not None:
+        conditions.append(u.c.time_us < end_us)
+    first = select(func.min(u.c.time_us)).where(*conditions).scalar_subquery()
+    last = select(func.max(u.c.time_us)).where(*conditions).scalar_subquery()
+    row = conn.execute(select(first, last)).one()
+    if row[0] is None or row[1] is None:
+        return None
+    return int(row[0]), int(row[1])
+
+
 def _single_window(spec: AggregateSpec) -> bool:
     return spec.step_us is None and not spec.bounds_us
 
@@ -624,10 +652,15 @@ def aggregate(conn: Connection, spec: AggregateSpec) -> list[AggregateRow]:
     else:
         measures = [func.sum(num)]
     counted = u.c.ukey if agg == "UNIQUE_COUNT" else num
+    # The span covers the events that count (those with a usable value), like the value does.
+    spans: list[Any] = []
+    if spec.span:
+        counted_time = case((counted.isnot(None), u.c.time_us))
+        spans = [func.min(counted_time), func.max(counted_time)]
     # Group by the output names: the same JSON path written twice would be two bound parameters
     # to PostgreSQL, which then would not see the select-list expression as grouped.
     by_name: list[Any] = [literal_column(name) for name in _grouped_names(spec)]
-    query = select(*dims, *measures, func.count(counted)).select_from(source).where(*conditions)
+    query = select(*dims, *measures, func.count(counted), *spans).select_from(source).where(*conditions)
     if by_name:
         query = query.group_by(*by_name)
     try:
@@ -636,19 +669,27 @@ def aggregate(conn: Connection, spec: AggregateSpec) -> list[AggregateRow]:
         # SQLite's integer SUM refuses to overflow 64 bits; add those rows up in Python instead.
         if dialect != "sqlite" or "integer overflow" not in str(exc):
             raise
-        exact = select(*dims, func.tb_dsum(num), func.count(counted)).select_from(source).where(*conditions)
+        exact = select(*dims, func.tb_dsum(num), func.count(counted), *spans).select_from(source).where(*conditions)
         result = conn.execute(exact.group_by(*by_name) if by_name else exact).all()
     out: list[AggregateRow] = []
     for row in result:
         window, subject, customer = row[0], row[1], row[2]
         groups: tuple[Any, ...] = tuple(row[3 : 3 + len(group_cols)])
         rest = row[3 + len(group_cols) :]
+        first_us = last_us = None
+        if spans:
+            first_us, last_us = _opt_int(rest[-2]), _opt_int(rest[-1])
+            rest = rest[:-2]
         count = int(rest[-1])
         value = _combine(agg, rest[:-1])
         if count == 0 and agg != "COUNT" and agg != "UNIQUE_COUNT":
             continue  # only invalid events in this group: nothing to report
-        out.append(AggregateRow(int(window), subject, customer, groups, value, count))
+        out.append(AggregateRow(int(window), subject, customer, groups, value, count, first_us, last_us))
     return out
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _grouped_names(spec: AggregateSpec) -> list[str]:
@@ -687,12 +728,19 @@ def _latest_or_first(
         order = [u.c.time_us.desc(), u.c.event_seq.desc()]
     else:
         order = [u.c.time_us.asc(), u.c.event_seq.asc()]
+    spans: list[Any] = []
+    if spec.span:
+        spans = [
+            func.min(u.c.time_us).over(partition_by=grouping).label("first_us"),
+            func.max(u.c.time_us).over(partition_by=grouping).label("last_us"),
+        ]
     ranked = (
         select(
             *dims,
             u.c.num.label("v"),
             func.row_number().over(partition_by=grouping, order_by=order).label("rn"),
             func.count().over(partition_by=grouping).label("n"),
+            *spans,
         )
         .select_from(source)
         .where(*conditions, u.c.num.isnot(None))
@@ -706,7 +754,14 @@ def _latest_or_first(
         groups = tuple(mapping[f"g{i}"] for i in range(group_count))
         out.append(
             AggregateRow(
-                int(mapping["w"]), mapping["s"], mapping["c"], groups, from_store_value(mapping["v"]), int(mapping["n"])
+                int(mapping["w"]),
+                mapping["s"],
+                mapping["c"],
+                groups,
+                from_store_value(mapping["v"]),
+                int(mapping["n"]),
+                _opt_int(mapping["first_us"]) if spec.span else None,
+                _opt_int(mapping["last_us"]) if spec.span else None,
             )
         )
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime
+from decimal import Context, Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -290,16 +291,18 @@ def _query_from_params(meter: str, request: Request) -> UsageQuery:
             "invalid-parameters",
             f"windowSize must be one of {', '.join(w.value for w in WindowSize)}, got {window!r}",
         ) from None
+    subjects = tuple(_list_param(request, "subject"))
+    customer_ids = tuple(_list_param(request, "filterCustomerId"))
     return UsageQuery(
         meter=meter,
         from_=_instant(params.get("from"), "from"),
         to=_instant(params.get("to"), "to"),
         window_size=size,
         window_time_zone=params.get("windowTimeZone") or "UTC",
-        subjects=tuple(_list_param(request, "subject")),
-        customer_ids=tuple(_list_param(request, "filterCustomerId")),
+        subjects=subjects,
+        customer_ids=customer_ids,
         filter_group_by=_group_filters({k: (v[0] if len(v) == 1 else tuple(v)) for k, v in filters.items()}, advanced),
-        group_by=tuple(_list_param(request, "groupBy")),
+        group_by=_implied_group_by(_list_param(request, "groupBy"), subjects, customer_ids),
         as_of=_instant(params.get("asOf"), "asOf"),
     )
 
@@ -330,6 +333,17 @@ def _group_filters(
     return {**simple, **advanced}
 
 
+def _implied_group_by(group_by: list[str], subjects: tuple[str, ...], customer_ids: tuple[str, ...]) -> tuple[str, ...]:
+    """As in OpenMeter, `subject` filters and groups by subject, `filterCustomerId` filters and
+    groups by customer_id: each row says whose usage it is."""
+    keys = list(group_by)
+    if subjects and "subject" not in keys:
+        keys.append("subject")
+    if customer_ids and "customer_id" not in keys:
+        keys.append("customer_id")
+    return tuple(keys)
+
+
 def _query_from_body(meter: str, body: MeterQueryBody) -> UsageQuery:
     filters: dict[str, str | tuple[str, ...]] = {
         k: (v if isinstance(v, str) else tuple(v)) for k, v in body.filterGroupBy.items()
@@ -344,47 +358,72 @@ def _query_from_body(meter: str, body: MeterQueryBody) -> UsageQuery:
         subjects=tuple(body.subject),
         customer_ids=tuple(body.filterCustomerId),
         filter_group_by=_group_filters(filters, advanced),
-        group_by=tuple(body.groupBy),
+        group_by=_implied_group_by(body.groupBy, tuple(body.subject), tuple(body.filterCustomerId)),
         as_of=_instant(body.asOf, "asOf"),
     )
 
 
 def _result_response(request: Request, result: UsageResult, q: UsageQuery) -> Response:
-    accept = request.headers.get("accept", "")
-    if "text/csv" in accept:
-        out = io.StringIO()
-        group_keys = [k for k in dict.fromkeys(q.group_by) if k not in ("subject", "customer_id")]
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["window_start", "window_end", "subject", "customer_id", *group_keys, "value"])
-        for row in result.rows:
-            writer.writerow(
-                [
-                    format_rfc3339(row.window_start),
-                    format_rfc3339(row.window_end),
-                    row.subject or "",
-                    row.customer_id or "",
-                    *[row.group_by.get(k) or "" for k in group_keys],
-                    str(row.value),
-                ]
-            )
-        return Response(out.getvalue(), media_type="text/csv")
-    body: dict[str, Any] = {
-        "from": format_rfc3339(result.from_) if result.from_ else None,
-        "to": format_rfc3339(result.to),
-        "windowSize": result.window_size.value if result.window_size else None,
-        "data": [
-            {
-                "value": row.value,
-                "windowStart": format_rfc3339(row.window_start),
-                "windowEnd": format_rfc3339(row.window_end),
-                "subject": row.subject,
-                "customerId": row.customer_id,
-                "groupBy": row.group_by,
-            }
-            for row in result.rows
-        ],
-    }
+    if "text/csv" in request.headers.get("accept", ""):
+        return _csv_response(result, q)
+    # As OpenMeter: from, to and windowSize only when the request gave them; customerId only when set.
+    body: dict[str, Any] = {}
+    if result.from_ is not None:
+        body["from"] = format_rfc3339(result.from_)
+    if result.to is not None:
+        body["to"] = format_rfc3339(result.to)
+    if result.window_size is not None:
+        body["windowSize"] = result.window_size.value
+    data = []
+    for row in result.rows:
+        item: dict[str, Any] = {
+            "value": row.value,
+            "windowStart": format_rfc3339(row.window_start),
+            "windowEnd": format_rfc3339(row.window_end),
+            "subject": row.subject,
+        }
+        if row.customer_id is not None:
+            item["customerId"] = row.customer_id
+        item["groupBy"] = row.group_by
+        data.append(item)
+    body["data"] = data
     return _json(body)
+
+
+def _csv_response(result: UsageResult, q: UsageQuery) -> Response:
+    """OpenMeter's CSV: window_start, window_end, subject (when grouped by it), the other groupBy
+    keys in the order asked (customer_id among them), value."""
+    keys = list(dict.fromkeys(q.group_by))
+    by_subject = "subject" in keys
+    others = [k for k in keys if k != "subject"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["window_start", "window_end", *(["subject"] if by_subject else []), *others, "value"])
+    for row in result.rows:
+        cells = [format_rfc3339(row.window_start), format_rfc3339(row.window_end)]
+        if by_subject:
+            cells.append(row.subject or "")
+        for key in others:
+            cells.append((row.customer_id if key == "customer_id" else row.group_by.get(key)) or "")
+        cells.append(csv_value(row.value))
+        writer.writerow(cells)
+    headers = {
+        "content-type": "text/csv",
+        "content-disposition": f"attachment; filename={result.meter_slug or 'usage'}.csv",
+    }
+    return Response(out.getvalue().encode(), headers=headers)
+
+
+def csv_value(value: Decimal) -> str:
+    """Six decimals, as OpenMeter's %f, when that is exact; otherwise every digit (an average)."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -6:
+        return f"{value.quantize(_MICRO, context=_WIDE):f}"
+    return f"{value:f}"
+
+
+_MICRO = Decimal("0.000001")
+_WIDE = Context(prec=80)  # room for six more digits on any total (the default 28 could round)
 
 
 async def _run_query(request: Request, q: UsageQuery) -> Response:
@@ -418,7 +457,8 @@ async def _run_query(request: Request, q: UsageQuery) -> Response:
 async def query_meter(
     meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
-    """Usage in windows. `from` inclusive, `to` exclusive; both on window boundaries."""
+    """Usage in windows. `from` inclusive, `to` exclusive; with windowSize, both on window boundaries.
+    Without them the query covers every event; only windows and groups with events are answered."""
     return await _run_query(request, _query_from_params(meterIdOrSlug, request))
 
 

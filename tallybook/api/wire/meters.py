@@ -42,23 +42,26 @@ class MeterQueryRow(Wire):
     value: float
     windowStart: str = Field(json_schema_extra=DATE_TIME)
     windowEnd: str = Field(json_schema_extra=DATE_TIME)
-    subject: str | None
-    customerId: str | None
+    subject: str | None = Field(description="set when grouped by subject (a `subject` filter groups by it)")
+    customerId: str | None = Field(
+        None, description="present when grouped by customer_id (a `filterCustomerId` filter groups by it)"
+    )
     groupBy: dict[str, str | None]
 
 
 class MeterQueryResult(Wire):
-    from_: str | None = Field(alias="from", json_schema_extra=DATE_TIME)
-    to: str = Field(json_schema_extra=DATE_TIME)
-    windowSize: WindowSize | None
-    data: list[MeterQueryRow]
+    from_: str | None = Field(None, alias="from", json_schema_extra=DATE_TIME, description="as sent, if sent")
+    to: str | None = Field(None, json_schema_extra=DATE_TIME, description="as sent, if sent")
+    windowSize: WindowSize | None = Field(None, description="as sent, if sent")
+    data: list[MeterQueryRow] = Field(description="only windows and groups that have events")
 
 
 CSV_CONTENT: dict[str, Any] = {
     "text/csv": {
         "schema": {
             "type": "string",
-            "description": "with `Accept: text/csv`: window_start,window_end,subject,customer_id,<groupBy...>,value",
+            "description": "with `Accept: text/csv`: window_start,window_end[,subject][,<other groupBy keys>],value; "
+            "subject only when grouped by it",
         }
     }
 }
@@ -67,12 +70,12 @@ CSV_CONTENT: dict[str, Any] = {
 _INSTANT = {"type": "string", "description": "RFC 3339 date-time with an offset, e.g. 2026-01-05T00:00:00Z"}
 _STRINGS = {"type": "array", "items": {"type": "string"}, "explode": True}
 METER_QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
-    "from": {**_INSTANT, "description": "start (inclusive), on a window boundary"},
-    "to": {**_INSTANT, "description": "end (exclusive), on a window boundary"},
+    "from": {**_INSTANT, "description": "start (inclusive); with windowSize, on a window boundary. Default: no limit"},
+    "to": {**_INSTANT, "description": "end (exclusive); with windowSize, on a window boundary. Default: no limit"},
     "windowSize": {"type": "string", "enum": [w.value for w in WindowSize]},
     "windowTimeZone": {"type": "string", "description": "IANA time zone of the windows (default UTC)"},
-    "subject": _STRINGS,
-    "filterCustomerId": _STRINGS,
+    "subject": {**_STRINGS, "description": "only these subjects; also groups by subject"},
+    "filterCustomerId": {**_STRINGS, "description": "only these customers (id or key); also groups by customer_id"},
     "groupBy": _STRINGS,
     "filterGroupBy": {
         "type": "object",

@@ -84,6 +84,16 @@ const TB = (() => {
     return zonedInstant(zone, w.year, w.month, 1);
   }
 
+  /** The end (exclusive) of the window holding `date`: the start of the next one. */
+  function windowEnd(size, zone, date) {
+    const start = windowStart(size, zone, date);
+    if (size === "MINUTE") return new Date(start.getTime() + 60000);
+    if (size === "HOUR") return windowStart(size, zone, new Date(start.getTime() + 3600000));
+    const w = wallClock(zone, start);
+    if (size === "DAY") return zonedInstant(zone, w.year, w.month, w.day + 1);
+    return zonedInstant(zone, w.year, w.month + 1, 1);
+  }
+
   function validZone(zone) {
     try {
       new Intl.DateTimeFormat("en-US", { timeZone: zone });
@@ -192,5 +202,5 @@ const TB = (() => {
     return canvas._chart;
   }
 
-  return { el, api, query, ApiError, wallClock, windowStart, validZone, formatTime, formatNumber, formatDecimal, formatMoney, stackedSeries, barChart, lineChart };
+  return { el, api, query, ApiError, wallClock, windowStart, windowEnd, validZone, formatTime, formatNumber, formatDecimal, formatMoney, stackedSeries, barChart, lineChart };
 })();

@@ -322,10 +322,12 @@
 
     const now = new Date();
     const from = TB.windowStart(state.windowSize, state.zone, new Date(now.getTime() - RANGES[state.range] * 86400000));
+    // Up to the end of the current window: without `to` a query also counts future-dated events.
+    const to = TB.windowEnd(state.windowSize, state.zone, now);
     const base = `/api/v1/meters/${encodeURIComponent(slug)}/query`;
     const [series, totals] = await Promise.all([
-      call("GET", base + query({ from: from.toISOString(), windowSize: state.windowSize, windowTimeZone: state.zone, groupBy: state.stack || null })),
-      call("GET", base + query({ from: from.toISOString(), groupBy: "customer_id" })),
+      call("GET", base + query({ from: from.toISOString(), to: to.toISOString(), windowSize: state.windowSize, windowTimeZone: state.zone, groupBy: state.stack || null })),
+      call("GET", base + query({ from: from.toISOString(), to: to.toISOString(), groupBy: "customer_id" })),
     ]);
     const seriesName = (row) => {
       if (!state.stack) return meter.name;
@@ -379,7 +381,7 @@
     const zone = customer.timezone || "UTC";
     const previous = monthBounds(zone, 1);
     const usage = await Promise.all(meters.map((m) => call("GET", `/api/v1/meters/${encodeURIComponent(m.slug)}/query${query({
-      from: previous.toISOString(), windowSize: "MONTH", windowTimeZone: zone, filterCustomerId: customer.id })}`)));
+      from: previous.toISOString(), to: TB.windowEnd("MONTH", zone, new Date()).toISOString(), windowSize: "MONTH", windowTimeZone: zone, filterCustomerId: customer.id })}`)));
     const current = monthBounds(zone, 0).toISOString();
     const valueIn = (result, startIso) => {
       const row = result.data.find((r) => new Date(r.windowStart).getTime() === new Date(startIso).getTime());
