@@ -37,6 +37,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy tallybook
+	$(BIN)/lint-imports
 
 # Schemathesis against a live server on SQLite and PostgreSQL (tests/fuzz/run.py); a few minutes.
 # FUZZ_ARGS=--sqlite-only skips PostgreSQL.

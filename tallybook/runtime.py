@@ -38,6 +38,7 @@ from tallybook.unbilled.service import JOB_NAME as UNBILLED_JOB
 from tallybook.unbilled.service import UnbilledNotifications, UnbilledService
 from tallybook.unbilled.sql import OutboxNotifier, SqlUnbilledSources
 from tallybook.voids.service import VoidService
+from tallybook.voids.sql import SqlVoidStorage
 from tallybook.webhooks.service import WebhookService
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Runtime:
         runtime.meters = MeterService(store, clock, settings.meters)
         if sync_meters:
             runtime.meters.sync_config()
-        runtime.voids = VoidService(store, clock)
+        runtime.voids = VoidService(SqlVoidStorage(store), clock)
         runtime.event_list = EventListService(SqlEventList(store), runtime.meters.catch_up)
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)

@@ -822,6 +822,7 @@ def events_void(
     from tallybook.errors import DomainError
     from tallybook.voids.model import EventKey, VoidFilter, VoidRequest
     from tallybook.voids.service import VoidService
+    from tallybook.voids.sql import SqlVoidStorage
 
     if event_id and source is None:
         err_console.print("[red]--id needs --source (an event is identified by its source and id)[/red]")
@@ -841,7 +842,7 @@ def events_void(
     )
     store = _void_store(config, database, write=not dry_run)
     try:
-        service = VoidService(store)
+        service = VoidService(SqlVoidStorage(store))
         if dry_run:
             preview = service.preview(request)
             console.print(f"dry run: {preview.event_count} event(s) would be voided", highlight=False)
@@ -873,6 +874,7 @@ def events_amend(
     from tallybook.ingest.limits import MAX_JSON_DEPTH
     from tallybook.voids.model import AmendRequest, EventKey
     from tallybook.voids.service import VoidService
+    from tallybook.voids.sql import SqlVoidStorage
 
     raw = Path(event[1:]).read_bytes() if event.startswith("@") else event.encode()
     errors: list[FieldError] = []
@@ -893,7 +895,9 @@ def events_amend(
         raise typer.Exit(2)
     store = _void_store(config, database, write=True)
     try:
-        record = VoidService(store).amend(AmendRequest(EventKey(source, event_id), corrected, reason, _cli_actor()))
+        record = VoidService(SqlVoidStorage(store)).amend(
+            AmendRequest(EventKey(source, event_id), corrected, reason, _cli_actor())
+        )
     except DomainError as exc:
         err_console.print(f"[red]{escape(exc.detail)}[/red]", highlight=False)
         raise typer.Exit(1) from None
@@ -915,10 +919,11 @@ def events_voids(
     from tallybook import jsonutil
     from tallybook.errors import DomainError
     from tallybook.voids.service import VoidService
+    from tallybook.voids.sql import SqlVoidStorage
 
     store = _void_store(config, database, write=False)
     try:
-        service = VoidService(store)
+        service = VoidService(SqlVoidStorage(store))
         if show is not None:
             record = service.get(show)
             console.print(f"reason: {record.reason}", highlight=False)

@@ -201,3 +201,21 @@ class VoidPreview:
 
     event_count: int
     events: tuple[EventKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A stored event a void may take out."""
+
+    seq: int
+    source: str
+    id: str
+    type: str
+    subject: str
+    time_us: int
+    voided_us: int | None
+    void_id: str | None
+
+    @property
+    def key(self) -> EventKey:
+        return EventKey(self.source, self.id)

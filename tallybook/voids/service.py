@@ -13,13 +13,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
-
 from tallybook.clock import Clock, SystemClock, from_micros, to_micros
 from tallybook.ids import looks_like_ulid, new_ulid
 from tallybook.ingest.metered import check_metered, metered_fields
-from tallybook.store import meters as meter_store
-from tallybook.voids import sql
 from tallybook.voids.model import (
     AMEND,
     SHOWN_KEYS,
@@ -31,13 +27,13 @@ from tallybook.voids.model import (
     EventsNotFound,
     InvalidReplacement,
     ReplacementConflict,
+    Target,
     VoidNotFound,
     VoidPreview,
     VoidRecord,
     VoidRequest,
 )
-from tallybook.voids.ports import EventStore
-from tallybook.voids.sql import Target
+from tallybook.voids.ports import VoidStorage, VoidTransaction
 
 log = logging.getLogger(__name__)
 
@@ -45,40 +41,40 @@ SHOWN_IN_ERRORS = 20
 
 
 class VoidService:
-    def __init__(self, store: EventStore, clock: Clock | None = None) -> None:
-        self.store = store
+    def __init__(self, storage: VoidStorage, clock: Clock | None = None) -> None:
+        self.storage = storage
         self.clock = clock or SystemClock()
 
     # -- void -------------------------------------------------------------------------------------------
     def preview(self, request: VoidRequest) -> VoidPreview:
         """What `void` would take out, without changing anything (a dry run)."""
         request.check()
-        with self.store.read() as conn:
+        with self.storage.reading() as tx:
             if request.filter is not None:
-                count = sql.count_by_filter(conn, request.filter)
-                shown = sql.targets_by_filter(conn, request.filter, limit=SHOWN_KEYS)
+                count = tx.count_by_filter(request.filter)
+                shown = tx.targets_by_filter(request.filter, limit=SHOWN_KEYS)
                 return VoidPreview(count, tuple(t.key for t in shown))
-            targets = self._named(conn, request.events)
+            targets = self._named(tx, request.events)
         return VoidPreview(len(targets), tuple(t.key for t in targets[:SHOWN_KEYS]))
 
     def void(self, request: VoidRequest) -> VoidRecord:
         """Void the named events (all or nothing) or every unvoided event the filter selects."""
         reason = request.check()
-        with self.store.write() as conn:
-            meter_store.lock_materializer(conn)
+        with self.storage.writing() as tx:
+            tx.lock_materializer()
             # The stamp is read under the lock, so an invoice's ingest cutoff (taken under the same
             # lock, tallybook/billing/cutoff.py) sees every void stamped before it committed.
             now = self.clock.now()
             if request.filter is not None:
-                targets = sql.targets_by_filter(conn, request.filter)
+                targets = tx.targets_by_filter(request.filter)
                 if not targets:
                     raise EventsNotFound(
                         "no event that is not voided already matches the filter; nothing was voided",
                         filter=request.filter.as_dict(),
                     )
             else:
-                targets = self._named(conn, request.events)
-            record = self._void(conn, VOID, reason, request.actor, request.selection(), targets, now)
+                targets = self._named(tx, request.events)
+            record = self._void(tx, VOID, reason, request.actor, request.selection(), targets, now)
         log.info(
             "events voided",
             extra={"void_id": record.id, "events": record.event_count, "actor": request.actor.as_dict()},
@@ -101,24 +97,24 @@ class VoidService:
                 "event for idempotency, and the voided event keeps its id",
                 field="event.id",
             )
-        with self.store.write() as conn:
-            meter_store.lock_materializer(conn)
+        with self.storage.writing() as tx:
+            tx.lock_materializer()
             now = self.clock.now()  # under the lock, as in `void`
             now_us = to_micros(now)
             # The values meters read are checked as ingest checks them, against the live meters.
-            problems = check_metered([replacement], metered_fields(meter_store.live_meter_reads(conn)), indexed=False)
+            problems = check_metered([replacement], metered_fields(tx.live_meter_reads()), indexed=False)
             if problems:
                 detail = "; ".join(f"event.{e.field}: {e.message}" for e in problems)
                 raise InvalidReplacement(
                     f"the corrected event is invalid; nothing changed. {detail}",
                     errors=[{"field": f"event.{e.field}", "message": e.message} for e in problems],
                 )
-            targets = self._named(conn, [request.original])
+            targets = self._named(tx, [request.original])
             selection = {"events": [request.original.as_dict()]}
-            record = self._void(conn, AMEND, reason, request.actor, selection, targets, now, replacement=new_key)
+            record = self._void(tx, AMEND, reason, request.actor, selection, targets, now, replacement=new_key)
             # The corrected event is stored like any ingested one, in the void's transaction and
             # with the void's instant as its ingest time: an as-of query sees exactly one of the two.
-            if not self.store.insert_events(conn, [replacement], now_us):
+            if not tx.insert_events([replacement], now_us):
                 raise ReplacementConflict(
                     f"an event with source {new_key.source!r} and id {new_key.id!r} is already stored; "
                     "give the corrected event an id not used before",
@@ -135,9 +131,9 @@ class VoidService:
         )
         return record
 
-    def _named(self, conn: Connection, keys: Sequence[EventKey]) -> list[Target]:
+    def _named(self, tx: VoidTransaction, keys: Sequence[EventKey]) -> list[Target]:
         wanted = list(dict.fromkeys(keys))
-        found = sql.targets_by_keys(conn, wanted)
+        found = tx.targets_by_keys(wanted)
         missing = [k for k in wanted if k not in found]
         if missing:
             shown = ", ".join(f"{k.source}/{k.id}" for k in missing[:SHOWN_IN_ERRORS])
@@ -156,7 +152,7 @@ class VoidService:
 
     def _void(
         self,
-        conn: Connection,
+        tx: VoidTransaction,
         kind: str,
         reason: str,
         actor: Actor,
@@ -167,11 +163,11 @@ class VoidService:
     ) -> VoidRecord:
         void_id = new_ulid(now)
         now_us = to_micros(now)
-        stamped = sql.stamp_events(conn, [t.seq for t in targets], void_id, now_us)
+        stamped = tx.stamp_events([t.seq for t in targets], void_id, now_us)
         if stamped != len(targets):
             # Only possible if another void took some of them first: start over with fresh rows.
             raise AlreadyVoided("some of these events were voided meanwhile by another request; retry")
-        meter_store.mark_usage_voided(conn, [(t.seq, t.type, t.subject, t.time_us) for t in targets], now_us)
+        tx.mark_usage_voided([(t.seq, t.type, t.subject, t.time_us) for t in targets], now_us)
         record = VoidRecord(
             id=void_id,
             kind=kind,
@@ -183,8 +179,7 @@ class VoidService:
             replacement=replacement,
             events=tuple(t.key for t in targets[:SHOWN_KEYS]),
         )
-        sql.insert_record(
-            conn,
+        tx.insert_record(
             {
                 "id": void_id,
                 "kind": kind,
@@ -205,25 +200,25 @@ class VoidService:
     def get(self, void_id: str) -> VoidRecord:
         if not looks_like_ulid(void_id):  # no stored id looks otherwise (and PostgreSQL refuses U+0000)
             raise VoidNotFound(f"no void has the id {void_id!r}; void ids are 26-character ULIDs")
-        with self.store.read() as conn:
-            row = sql.record_row(conn, void_id)
+        with self.storage.reading() as tx:
+            row = tx.record_row(void_id)
             if row is None:
                 raise VoidNotFound(f"no void has the id {void_id!r}")
-            keys = sql.voided_keys(conn, void_id, SHOWN_KEYS)
+            keys = tx.voided_keys(void_id, SHOWN_KEYS)
         return _record_from_row(row, tuple(keys))
 
     def list(self, page: int = 1, page_size: int = 100) -> tuple[int, list[VoidRecord]]:
         """The audit trail, newest first (records without their event keys: see `get`)."""
-        with self.store.read() as conn:
-            total, rows = sql.record_rows(conn, (page - 1) * page_size, page_size)
+        with self.storage.reading() as tx:
+            total, rows = tx.record_rows((page - 1) * page_size, page_size)
         return total, [_record_from_row(r, ()) for r in rows]
 
     def stamps(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[datetime, str]]:
         """{(source, id): (voided at, void id)} for those of these events that are voided."""
         if not keys:
             return {}
-        with self.store.read() as conn:
-            found = sql.void_stamps(conn, keys)
+        with self.storage.reading() as tx:
+            found = tx.void_stamps(keys)
         return {key: (from_micros(us), void_id) for key, (us, void_id) in found.items()}
 
 

@@ -7,9 +7,9 @@ and instant (`events.void_id`, `events.voided_us`), and so do their meter usage 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -29,8 +29,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from tallybook.clock import to_micros
+from tallybook.ingest.events import Event
+from tallybook.store import meters as meter_store
 from tallybook.store.schema import events, metadata
-from tallybook.voids.model import EventKey, VoidFilter
+from tallybook.voids.model import EventKey, Target, VoidFilter
+
+if TYPE_CHECKING:
+    from tallybook.store.base import SqlStore
 
 JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
 PAGE = 500
@@ -51,24 +56,6 @@ event_voids = Table(
     Column("replacement_id", Text, nullable=True),
 )
 Index("ix_event_voids_created", event_voids.c.created_us)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A stored event a void may take out."""
-
-    seq: int
-    source: str
-    id: str
-    type: str
-    subject: str
-    time_us: int
-    voided_us: int | None
-    void_id: str | None
-
-    @property
-    def key(self) -> EventKey:
-        return EventKey(self.source, self.id)
 
 
 _TARGET_COLUMNS = (
@@ -202,3 +189,68 @@ def voided_subjects(conn: Connection, after_us: int, through_us: int) -> list[tu
 def latest_void_us(conn: Connection) -> int | None:
     value = conn.execute(select(func.max(event_voids.c.created_us))).scalar_one()
     return None if value is None else int(value)
+
+
+class SqlVoidTransaction:
+    """One transaction of the void service (ports.VoidTransaction) on a SQLAlchemy connection."""
+
+    def __init__(self, store: SqlStore, conn: Connection) -> None:
+        self.store = store
+        self.conn = conn
+
+    def lock_materializer(self) -> None:
+        meter_store.lock_materializer(self.conn)
+
+    def live_meter_reads(self) -> list[tuple[str, str, str, str | None, Any]]:
+        return meter_store.live_meter_reads(self.conn)
+
+    def targets_by_keys(self, keys: Sequence[EventKey]) -> dict[EventKey, Target]:
+        return targets_by_keys(self.conn, keys)
+
+    def targets_by_filter(self, flt: VoidFilter, limit: int | None = None) -> list[Target]:
+        return targets_by_filter(self.conn, flt, limit)
+
+    def count_by_filter(self, flt: VoidFilter) -> int:
+        return count_by_filter(self.conn, flt)
+
+    def stamp_events(self, seqs: Sequence[int], void_id: str, voided_us: int) -> int:
+        return stamp_events(self.conn, seqs, void_id, voided_us)
+
+    def mark_usage_voided(self, voided: Sequence[tuple[int, str, str, int]], voided_us: int) -> None:
+        meter_store.mark_usage_voided(self.conn, voided, voided_us)
+
+    def insert_record(self, row: dict[str, Any]) -> None:
+        insert_record(self.conn, row)
+
+    def insert_events(self, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
+        # The ingest path's own insert, so a corrected event is stored exactly as ingest stores one.
+        return self.store.insert_events(self.conn, batch, ingested_us)
+
+    def record_row(self, void_id: str) -> dict[str, Any] | None:
+        return record_row(self.conn, void_id)
+
+    def record_rows(self, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        return record_rows(self.conn, offset, limit)
+
+    def voided_keys(self, void_id: str, limit: int) -> list[EventKey]:
+        return voided_keys(self.conn, void_id, limit)
+
+    def void_stamps(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
+        return void_stamps(self.conn, keys)
+
+
+class SqlVoidStorage:
+    """The void service's storage (ports.VoidStorage): the event store's transactions."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlVoidTransaction]:
+        with self.store.read() as conn:
+            yield SqlVoidTransaction(self.store, conn)
+
+    @contextmanager
+    def writing(self) -> Iterator[SqlVoidTransaction]:
+        with self.store.write() as conn:
+            yield SqlVoidTransaction(self.store, conn)
