@@ -18,6 +18,7 @@ from tallybook.billing.subscriptions import SubscriptionService
 from tallybook.billing.wiring import build_billing
 from tallybook.clock import Clock, SystemClock
 from tallybook.config import Settings
+from tallybook.creditnotes.service import CreditNoteService
 from tallybook.customers import CustomerService
 from tallybook.ingest.service import IngestService
 from tallybook.jobs.scheduler import Job, JobScheduler
@@ -57,6 +58,7 @@ class Runtime:
     invoice_sync: InvoiceSyncService = field(init=False)
     portal: PortalService = field(init=False)
     voids: VoidService = field(init=False)
+    credit_notes: CreditNoteService = field(init=False)
 
     @classmethod
     def build(
@@ -92,7 +94,7 @@ class Runtime:
                 Job(REPORT_JOB, lambda now: runtime.stripe.run_job(now), settings.stripe.report_interval)
             )
         runtime.checkout = CheckoutService(runtime.stripe, runtime.customers, clock)
-        # profiles: built by build_billing (runtime.profiles) before invoicing, which reads them.
+        # profiles and credit notes: built by build_billing (runtime.profiles, runtime.credit_notes).
         runtime.subscriptions, runtime.invoicing = build_billing(runtime)
         runtime.invoice_sync = InvoiceSyncService(
             store,

@@ -335,17 +335,21 @@ def unopened_subscriptions(conn: Connection, now_us: int) -> list[dict[str, Any]
 
 
 def in_advance_fee_lines(
-    conn: Connection, subscription_ids: Sequence[str], exclude_invoice_ids: Sequence[str] = ()
+    conn: Connection,
+    subscription_ids: Sequence[str],
+    exclude_invoice_ids: Sequence[str] = (),
+    kinds: Sequence[str] = ("flat_fee",),
 ) -> list[dict[str, Any]]:
-    """Flat-fee lines of these subscriptions on invoices that are not void (nor excluded), with
-    their invoice's id, kind and period end; the caller keeps those whose detail says `in_advance`."""
+    """Lines of these kinds (flat fees; with "credit", the credits for unused in-advance time too)
+    of these subscriptions on invoices that are not void (nor excluded), with their invoice's id,
+    kind, status and period end; the caller keeps those whose detail says `in_advance`."""
     out: list[dict[str, Any]] = []
     ids = list(dict.fromkeys(subscription_ids))
     excluded = list(exclude_invoice_ids)
     for start in range(0, len(ids), PAGE):
         conditions: list[Any] = [
             invoice_lines.c.subscription_id.in_(ids[start : start + PAGE]),
-            invoice_lines.c.kind == "flat_fee",
+            invoice_lines.c.kind.in_(list(kinds)),
             invoices.c.status != "void",
         ]
         if excluded:
@@ -354,6 +358,7 @@ def in_advance_fee_lines(
             select(
                 invoice_lines,
                 invoices.c.kind.label("invoice_kind"),
+                invoices.c.status.label("invoice_status"),
                 invoices.c.period_end_us.label("invoice_period_end_us"),
             )
             .join(invoices, invoices.c.id == invoice_lines.c.invoice_id)

@@ -43,6 +43,8 @@ INVOICE_PAID = "invoice.paid"
 INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
 INVOICE_UNCOLLECTIBLE = "invoice.uncollectible"
 INVOICE_SYNC_FAILED = "invoice.sync_failed"
+# Written by tallybook.creditnotes when a credit note lowers an issued invoice.
+INVOICE_CREDIT_NOTE_CREATED = "invoice.credit_note.created"
 EventType = Literal[
     "aggregation.completed",
     "aggregation.corrected",
@@ -55,6 +57,7 @@ EventType = Literal[
     "invoice.payment_failed",
     "invoice.uncollectible",
     "invoice.sync_failed",
+    "invoice.credit_note.created",
 ]
 EVENT_TYPES: tuple[str, ...] = (
     AGGREGATION_COMPLETED,
@@ -68,6 +71,7 @@ EVENT_TYPES: tuple[str, ...] = (
     INVOICE_PAYMENT_FAILED,
     INVOICE_UNCOLLECTIBLE,
     INVOICE_SYNC_FAILED,
+    INVOICE_CREDIT_NOTE_CREATED,
 )
 # What an endpoint from the config file receives when it names no `events`: what the codehooks
 # template sends, plus corrections of it. Usage reports are opt-in.

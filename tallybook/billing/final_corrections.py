@@ -1,0 +1,161 @@
+"""Late usage of subscriptions that have ended: a final correction invoice, or credit notes.
+
+Late events (or voids) for a period whose invoice was issued are billed on the customer's next
+period invoice, as `correction` lines. A customer whose subscriptions in a currency have all ended
+gets no next period invoice, so their late usage would be billed nowhere. For such a customer and
+currency the `billing.invoice` run instead:
+
+- drafts a **final correction invoice** (kind `correction`) holding the corrections that raise what
+  was billed (and any that lower it but cannot be credited, below), once the customer's last period
+  invoice was issued at least the billing profile's grace ago (late events that arrive together are
+  billed together). It is refreshed like a period draft while it is one, and issued like any draft;
+- issues a **credit note** against each invoice whose usage went down (voided events, negative late
+  events): an issued invoice is never edited. A credit note never takes an invoice below zero; what
+  would stays on the correction invoice as a negative line.
+
+Its `period` runs from the start of the earliest period it may correct to the instant it was
+drafted, which keeps successive correction invoices of one customer apart (the invoice key is
+unique). Previews show the pending corrections of ended subscriptions as a `correction` invoice.
+A customer with a subscription still running (or scheduled) in that currency gets its corrections
+on that subscription's next period invoice, as before; an open correction draft keeps them until
+it is issued, so the two never bill the same usage.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from tallybook.billing.periods import Period
+from tallybook.billing.subscriptions import subscription_from_row
+from tallybook.clock import to_micros
+from tallybook.creditnotes.model import CORRECTION as CORRECTION_LINE
+from tallybook.creditnotes.model import USAGE_CORRECTION, CreditNoteLine, CreditNoteRequest
+from tallybook.exact import total
+from tallybook.store import billing as billing_store
+from tallybook.store.billing import InvoiceSearch
+
+if TYPE_CHECKING:
+    from tallybook.billing.invoicing import Invoice, InvoicingService, Line, _Job
+
+CORRECTION = "correction"  # the invoice kind
+ZERO = Decimal(0)
+
+
+def correction_jobs(
+    svc: InvoicingService,
+    now: datetime,
+    drafts: Sequence[Invoice],
+    graces: Callable[[Sequence[str]], dict[str, timedelta]] | None,
+    customer_ids: Sequence[str] | None = None,
+) -> list[_Job]:
+    """One job per customer and currency whose late usage needs a final correction: an open
+    correction draft to refresh, or (all its subscriptions ended, no period draft, its last period
+    invoice issued at least its billing profile's grace ago: `graces(customer ids)`; no wait without
+    it) a new one.
+    `drafts`: the drafts of the customers concerned (all drafts, for the scheduled run)."""
+    from tallybook.billing.invoicing import BILLED, PERIOD, _Job, _key_of, invoice_from_record
+
+    earliest = now - svc.settings.correction_lookback
+    ids = None if customer_ids is None else tuple(customer_ids)
+    with svc.store.read() as conn:
+        search = InvoiceSearch(
+            customer_ids=ids, statuses=BILLED, period_end_from_us=to_micros(earliest), newest_first=False
+        )
+        _, records = billing_store.search_invoices(conn, search)
+        billed: dict[tuple[str, str], list[Invoice]] = defaultdict(list)
+        for record in records:
+            invoice = invoice_from_record(record)
+            if invoice.kind == PERIOD:
+                billed[(invoice.customer_id, invoice.currency)].append(invoice)
+        open_drafts = {(d.customer_id, d.currency): d for d in drafts if d.kind == CORRECTION}
+        with_period_draft = {(d.customer_id, d.currency) for d in drafts if d.kind == PERIOD}
+        pairs = [p for p in billed if p in open_drafts or p not in with_period_draft]
+        subscription_rows = billing_store.list_subscriptions(conn, sorted({p[0] for p in pairs})) if pairs else []
+    running: set[tuple[str, str]] = set()
+    for row in subscription_rows:
+        sub = subscription_from_row(row)
+        ended = sub.active_to is not None and (
+            sub.active_to <= sub.active_from
+            or (sub.active_to <= now and sub.billed_through is not None and sub.billed_through >= sub.active_to)
+        )
+        if not ended:
+            running.add((sub.customer_id, sub.currency))
+    waiting = [p for p in pairs if p not in open_drafts and p not in running]
+    grace = {} if graces is None or not waiting else graces(sorted({p[0] for p in waiting}))
+    jobs: list[_Job] = []
+    for pair in pairs:
+        previous = sorted(billed[pair], key=lambda i: i.period.start)
+        draft = open_drafts.get(pair)
+        if draft is not None:
+            jobs.append(_Job(_key_of(draft), [], existing=draft, corrections_allowed=False, previous=previous))
+            continue
+        if pair in running:
+            continue
+        last_issue = max((i.issued_at for i in previous if i.issued_at is not None), default=None)
+        if graces is not None and (last_issue is None or last_issue + grace[pair[0]] > now):
+            continue
+        key = (pair[0], pair[1], Period(previous[0].period.start, now), CORRECTION)
+        jobs.append(_Job(key, [], corrections_allowed=False, previous=previous))
+    return jobs
+
+
+def open_correction_pairs(drafts: Sequence[Invoice]) -> set[tuple[str, str]]:
+    """(customer, currency) of open correction drafts: their late usage is theirs to bill."""
+    return {(d.customer_id, d.currency) for d in drafts if d.kind == CORRECTION}
+
+
+def split(lines: Sequence[Line], creditable: dict[str, Decimal]) -> tuple[list[Line], list[CreditNoteRequest]]:
+    """The lines a final correction invoice bills, and the credit notes for usage that went down.
+
+    Corrections that lower an invoice become a credit note against it, as long as its credit notes
+    stay within its total (`creditable`: what is left of it); the others stay on the invoice.
+    Lines of zero amount go along with the invoice's other lines (they move billed quantities).
+    """
+    lowering: dict[str, list[Line]] = defaultdict(list)
+    for line in lines:
+        if line.amount < 0 and line.corrects_invoice_id is not None:
+            lowering[line.corrects_invoice_id].append(line)
+    credited: set[int] = set()
+    requests: list[CreditNoteRequest] = []
+    for invoice_id, group in lowering.items():
+        amount = -total(ln.amount for ln in group)
+        if amount > creditable.get(invoice_id, ZERO):
+            continue  # more than is left of the invoice: a negative line on the correction invoice
+        credited.update(id(ln) for ln in group)
+        requests.append(
+            CreditNoteRequest(
+                invoice_id=invoice_id,
+                reason=USAGE_CORRECTION,
+                lines=tuple(_credit_line(ln) for ln in group),
+                memo="Usage billed on this invoice went down after it was issued (voided or negative late events).",
+            )
+        )
+    kept = [ln for ln in lines if id(ln) not in credited]
+    if all(ln.amount == 0 for ln in kept):
+        kept = []
+    return kept, requests
+
+
+def _credit_line(line: Line) -> CreditNoteLine:
+    detail = line.detail or {}
+    return CreditNoteLine(
+        kind=CORRECTION_LINE,
+        name=line.name,
+        period=line.period,
+        amount=-line.amount,
+        subscription_id=line.subscription_id,
+        rate_card_key=line.rate_card_key,
+        meter=line.meter,
+        quantity=None if line.quantity is None else -line.quantity,
+        unit_price=line.unit_price,
+        tax_code=line.tax_code,
+        description=line.description,
+        detail={k: detail[k] for k in ("previousQuantity", "quantity") if k in detail} or None,
+    )
+
+
+__all__ = ["CORRECTION", "correction_jobs", "open_correction_pairs", "split"]
