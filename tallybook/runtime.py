@@ -28,6 +28,8 @@ from tallybook.observability.metrics import Metrics
 from tallybook.portal import PortalService
 from tallybook.store import SqlStore, open_store
 from tallybook.stripe.checkout import CHECKOUT_EVENTS, CheckoutService
+from tallybook.stripe.credit_notes import SYNC_JOB as CREDIT_NOTE_SYNC_JOB
+from tallybook.stripe.credit_notes import CreditNoteSyncService
 from tallybook.stripe.invoices import INVOICE_EVENTS, SYNC_JOB, InvoiceSyncService
 from tallybook.stripe.service import REPORT_JOB, StripeService
 from tallybook.voids.service import VoidService
@@ -59,6 +61,7 @@ class Runtime:
     portal: PortalService = field(init=False)
     voids: VoidService = field(init=False)
     credit_notes: CreditNoteService = field(init=False)
+    credit_note_sync: CreditNoteSyncService = field(init=False)
 
     @classmethod
     def build(
@@ -107,10 +110,20 @@ class Runtime:
             clock,
             failures=runtime.jobs.failures,
         )
+        runtime.credit_note_sync = CreditNoteSyncService(
+            store, runtime.stripe, runtime.credit_notes, runtime.invoicing, clock, failures=runtime.jobs.failures
+        )
         runtime.use_stripe(runtime.stripe)
         if settings.stripe.enabled:
             runtime.jobs.register(
                 Job(SYNC_JOB, lambda now: runtime.invoice_sync.run(now), settings.stripe.invoice_sync_interval)
+            )
+            runtime.jobs.register(
+                Job(
+                    CREDIT_NOTE_SYNC_JOB,
+                    lambda now: runtime.credit_note_sync.run(now),
+                    settings.stripe.invoice_sync_interval,
+                )
             )
         return runtime
 
@@ -120,6 +133,7 @@ class Runtime:
         self.stripe = service
         self.checkout.stripe = service
         self.invoice_sync.stripe = service
+        self.credit_note_sync.stripe = service
         service.on_event(CHECKOUT_EVENTS, self.checkout.handle_event)
         service.on_event(INVOICE_EVENTS, self.invoice_sync.handle_event)
 

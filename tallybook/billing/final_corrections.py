@@ -108,27 +108,34 @@ def open_correction_pairs(drafts: Sequence[Invoice]) -> set[tuple[str, str]]:
     return {(d.customer_id, d.currency) for d in drafts if d.kind == CORRECTION}
 
 
-def split(lines: Sequence[Line], creditable: dict[str, Decimal]) -> tuple[list[Line], list[CreditNoteRequest]]:
+def split(
+    lines: Sequence[Line], targets: dict[str, list[str]], creditable: dict[str, Decimal]
+) -> tuple[list[Line], list[CreditNoteRequest]]:
     """The lines a final correction invoice bills, and the credit notes for usage that went down.
 
-    Corrections that lower an invoice become a credit note against it, as long as its credit notes
-    stay within its total (`creditable`: what is left of it); the others stay on the invoice.
-    Lines of zero amount go along with the invoice's other lines (they move billed quantities).
+    Corrections that lower the usage of an invoice become a credit note against the invoice that
+    billed those units (`targets[invoice]`: the invoices that billed its usage, the latest late
+    usage first, then the invoice itself), the first whose credit notes stay within its total
+    (`creditable`: what is left of each); if none can take it, it stays on the invoice. Lines of
+    zero amount go along with the invoice's other lines (they move billed quantities).
     """
     lowering: dict[str, list[Line]] = defaultdict(list)
     for line in lines:
         if line.amount < 0 and line.corrects_invoice_id is not None:
             lowering[line.corrects_invoice_id].append(line)
+    left = dict(creditable)
     credited: set[int] = set()
     requests: list[CreditNoteRequest] = []
-    for invoice_id, group in lowering.items():
+    for corrected, group in lowering.items():
         amount = -total(ln.amount for ln in group)
-        if amount > creditable.get(invoice_id, ZERO):
-            continue  # more than is left of the invoice: a negative line on the correction invoice
+        target = next((t for t in targets.get(corrected, [corrected]) if amount <= left.get(t, ZERO)), None)
+        if target is None:
+            continue  # more than is left of any invoice that billed it: a negative line on the invoice
+        left[target] = total([left[target]], -amount)
         credited.update(id(ln) for ln in group)
         requests.append(
             CreditNoteRequest(
-                invoice_id=invoice_id,
+                invoice_id=target,
                 reason=USAGE_CORRECTION,
                 lines=tuple(_credit_line(ln) for ln in group),
                 memo="Usage billed on this invoice went down after it was issued (voided or negative late events).",
@@ -154,6 +161,7 @@ def _credit_line(line: Line) -> CreditNoteLine:
         unit_price=line.unit_price,
         tax_code=line.tax_code,
         description=line.description,
+        corrects_invoice_id=line.corrects_invoice_id,
         detail={k: detail[k] for k in ("previousQuantity", "quantity") if k in detail} or None,
     )
 

@@ -533,7 +533,9 @@ class InvoicingService:
         credit_requests: list[CreditNoteRequest] = []
         emptied: list[Invoice] = []
         for key in [k for k in finals if k in computed]:
-            computed[key], requests = final_corrections.split(computed[key], self._creditable(finals[key].previous))
+            computed[key], requests = final_corrections.split(
+                computed[key], *self._credit_targets(finals[key].previous)
+            )
             credit_requests.extend(requests)
             if not computed[key]:
                 del computed[key]
@@ -577,11 +579,26 @@ class InvoicingService:
             issued += 0 if r.failed else 1
         return issued
 
-    def _creditable(self, invoices: Sequence[Invoice]) -> dict[str, Decimal]:
-        """What is left of each invoice's total for credit notes (its total minus those issued)."""
-        credited = self.credit_notes.credited_totals([i.id for i in invoices]) if self.credit_notes else {}
+    def _credit_targets(self, invoices: Sequence[Invoice]) -> tuple[dict[str, list[str]], dict[str, Decimal]]:
+        """For each of these invoices, the billed invoices that billed its usage: those that billed
+        its late usage as corrections, newest first, then itself; and what is left of each of those
+        for credit notes (its total minus the credit notes issued against it)."""
+        ids = [i.id for i in invoices]
+        targets: dict[str, list[str]] = {iid: [] for iid in ids}
+        with self.store.read() as conn:
+            for row in billing_store.corrections_of(conn, ids) if ids else []:
+                raised = row["quantity"] is not None and Decimal(row["quantity"]) > 0
+                later = targets.get(row["corrects_invoice_id"])
+                if row["invoice_status"] in BILLED and raised and later is not None and row["invoice_id"] not in later:
+                    later.append(row["invoice_id"])
+            for iid in ids:
+                targets[iid] = [*sorted(targets[iid], reverse=True), iid]  # ULIDs: newest first
+            every = sorted({t for found in targets.values() for t in found})
+            totals = billing_store.invoice_totals(conn, every)
+        credited = self.credit_notes.credited_totals(every) if self.credit_notes else {}
         with exact():
-            return {i.id: i.totals.total - credited.get(i.id, ZERO) for i in invoices}
+            left = {t: Decimal(totals[t]) - credited.get(t, ZERO) for t in every if t in totals}
+        return targets, left
 
     def _write(
         self,
@@ -667,7 +684,7 @@ class InvoicingService:
         lines = self._compute([job], as_of=now)[job.key]
         if draft.kind == CORRECTION:
             # What went down since the last refresh is for credit notes (the next run issues them).
-            lines, _ = final_corrections.split(lines, self._creditable(job.previous))
+            lines, _ = final_corrections.split(lines, *self._credit_targets(job.previous))
             if not lines:
                 raise InvoiceConflict(
                     f"correction invoice {draft.id} has nothing left to bill: usage went down since it was drafted, "
@@ -1346,9 +1363,7 @@ class InvoicingService:
                     subscription_id=sub.id,
                     rate_card_key=rc.key,
                     tax_code=fees[0].tax_code,
-                    description=(
-                        f"{rc.name} billed above in advance, not used: {_period_label(unused, sub.timezone)}"
-                    ),
+                    description=(f"{rc.name} billed above in advance, not used: {_period_label(unused, sub.timezone)}"),
                     detail={"paymentTerm": "in_advance", "charged": str(here), "used": str(used), "here": True},
                 )
             )

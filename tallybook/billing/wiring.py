@@ -49,7 +49,9 @@ def build_billing(runtime: Runtime) -> tuple[SubscriptionService, InvoicingServi
         )
     subscriptions = SubscriptionService(runtime.store, runtime.clock, runtime.customers, plan_lookup)
     credit_note_store = SqlCreditNotes(runtime.store, runtime.webhooks)
-    runtime.credit_notes = CreditNoteService(credit_note_store, credit_note_store, runtime.clock)
+    runtime.credit_notes = CreditNoteService(
+        credit_note_store, credit_note_store, runtime.clock, customer_id=subscriptions.customer_id
+    )
     invoicing = InvoicingService(
         runtime.store,
         runtime.clock,

@@ -49,6 +49,7 @@ def line_json(line: CreditNoteLine) -> dict[str, Any]:
         "quantity": None if line.quantity is None else format(line.quantity, "f"),
         "unitPrice": None if line.unit_price is None else format(line.unit_price, "f"),
         "taxCode": line.tax_code,
+        "correctsInvoiceId": line.corrects_invoice_id,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     for name, shown in _DETAIL.items():

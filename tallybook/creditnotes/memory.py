@@ -69,11 +69,14 @@ class MemoryCreditNotes:
     def usage_credits(self, invoice_ids: Sequence[str]) -> list[UsageCredit]:
         wanted = set(invoice_ids)
         return [
-            UsageCredit(n.invoice_id, line.subscription_id, line.rate_card_key, line.quantity)
+            UsageCredit(line.corrects_invoice_id, line.subscription_id, line.rate_card_key, line.quantity)
             for n in self.notes.values()
-            if n.status == ISSUED and n.invoice_id in wanted
+            if n.status == ISSUED
             for line in n.lines
-            if line.kind == CORRECTION and line.quantity is not None
+            if line.kind == CORRECTION
+            and line.quantity is not None
+            and line.corrects_invoice_id is not None
+            and line.corrects_invoice_id in wanted
         ]
 
     def credited_totals(self, invoice_ids: Sequence[str]) -> dict[str, Decimal]:

@@ -65,6 +65,9 @@ class CreditNoteLine:
     unit_price: Decimal | None = None
     tax_code: str | None = None
     description: str | None = None
+    # correction: the invoice whose usage line the units were billed for (this credit note's own
+    # invoice, or an earlier one whose late usage the credited invoice billed as a correction)
+    corrects_invoice_id: str | None = None
     # credit: {"charged", "used"}; correction: {"previousQuantity", "quantity"} (billed before, now)
     detail: dict[str, Any] | None = None
 
@@ -143,7 +146,7 @@ class FeeCredit:
 class UsageCredit:
     """A `correction` line of an issued credit note: units taken off an invoice's usage line."""
 
-    invoice_id: str
+    invoice_id: str  # the invoice whose usage line it corrects (CreditNoteLine.corrects_invoice_id)
     subscription_id: str | None
     rate_card_key: str | None
     quantity: Decimal  # positive: the billed quantity went down by this much

@@ -27,7 +27,7 @@ class CreditNoteStore(Protocol):
         ...
 
     def usage_credits(self, invoice_ids: Sequence[str]) -> list[UsageCredit]:
-        """`correction` lines of issued credit notes against these invoices."""
+        """`correction` lines of issued credit notes that correct these invoices' usage lines."""
         ...
 
     def credited_totals(self, invoice_ids: Sequence[str]) -> dict[str, Decimal]:

@@ -8,7 +8,8 @@ to more than its total. It is final once issued; voiding the invoice voids its c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from decimal import Decimal
 
 from tallybook.billing.currency import minor_units
@@ -31,10 +32,18 @@ from tallybook.ids import new_ulid
 
 
 class CreditNoteService:
-    def __init__(self, store: CreditNoteStore, invoices: InvoiceReader, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: CreditNoteStore,
+        invoices: InvoiceReader,
+        clock: Clock,
+        customer_id: Callable[[str], str] | None = None,
+    ) -> None:
         self.store = store
         self.invoices = invoices
         self.clock = clock
+        # A customer's id from its id or key (raising the customers' not-found error); None: ids only.
+        self.customer_id = customer_id or (lambda ref: ref)
 
     def issue(self, request: CreditNoteRequest) -> CreditNote:
         request.check()
@@ -74,7 +83,10 @@ class CreditNoteService:
             raise CreditNoteNotFound(f"no credit note has the id {credit_note_id!r}")
         return note
 
-    def search(self, query: CreditNoteQuery) -> tuple[int, list[CreditNote]]:
+    def search(self, query: CreditNoteQuery, customer: str | None = None) -> tuple[int, list[CreditNote]]:
+        """Credit notes matching `query`, newest first; `customer` (id or key) narrows to one customer."""
+        if customer is not None:
+            query = replace(query, customer_id=self.customer_id(customer))
         return self.store.search(query)
 
     def fee_credits(self, subscription_ids: Sequence[str]) -> list[FeeCredit]:

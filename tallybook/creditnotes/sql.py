@@ -97,9 +97,11 @@ credit_note_lines = Table(
     Column("amount", Text, nullable=False),
     Column("tax_code", Text, nullable=True),
     Column("description", Text, nullable=True),
+    Column("corrects_invoice_id", Text, nullable=True),  # correction: whose usage line it corrects
     Column("detail", JSON_TYPE, nullable=True),
 )
 Index("ix_credit_note_lines_subscription", credit_note_lines.c.subscription_id)
+Index("ix_credit_note_lines_corrects", credit_note_lines.c.corrects_invoice_id)
 
 
 def _line_row(note_id: str, position: int, line: CreditNoteLine) -> dict[str, Any]:
@@ -118,6 +120,7 @@ def _line_row(note_id: str, position: int, line: CreditNoteLine) -> dict[str, An
         "amount": str(line.amount),
         "tax_code": line.tax_code,
         "description": line.description,
+        "corrects_invoice_id": line.corrects_invoice_id,
         "detail": line.detail,
     }
 
@@ -135,6 +138,7 @@ def _line(row: Any) -> CreditNoteLine:
         unit_price=None if row.unit_price is None else Decimal(row.unit_price),
         tax_code=row.tax_code,
         description=row.description,
+        corrects_invoice_id=row.corrects_invoice_id,
         detail=row.detail,
     )
 
@@ -295,17 +299,18 @@ class SqlCreditNotes:
         with self.store.read() as conn:
             for start in range(0, len(ids), PAGE):
                 query = (
-                    select(cn.invoice_id, ln.subscription_id, ln.rate_card_key, ln.quantity)
+                    select(ln.corrects_invoice_id, ln.subscription_id, ln.rate_card_key, ln.quantity)
                     .join(credit_notes, cn.id == ln.credit_note_id)
                     .where(
-                        cn.invoice_id.in_(ids[start : start + PAGE]),
+                        ln.corrects_invoice_id.in_(ids[start : start + PAGE]),
                         ln.kind == CORRECTION,
                         ln.quantity.is_not(None),
                         cn.status == ISSUED,
                     )
                 )
                 for r in conn.execute(query):
-                    out.append(UsageCredit(r.invoice_id, r.subscription_id, r.rate_card_key, Decimal(r.quantity)))
+                    credit = UsageCredit(r.corrects_invoice_id, r.subscription_id, r.rate_card_key, Decimal(r.quantity))
+                    out.append(credit)
         return out
 
     def credited_totals(self, invoice_ids: Sequence[str]) -> dict[str, Decimal]:

@@ -382,6 +382,16 @@ def corrections_of(conn: Connection, invoice_ids: Sequence[str]) -> list[dict[st
     return out
 
 
+def invoice_totals(conn: Connection, invoice_ids: Sequence[str]) -> dict[str, str]:
+    """The stored total of each of these invoices (decimal text), by id."""
+    ids = list(dict.fromkeys(invoice_ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), PAGE):
+        query = select(invoices.c.id, invoices.c.total).where(invoices.c.id.in_(ids[start : start + PAGE]))
+        found.update({r.id: r.total for r in conn.execute(query)})
+    return found
+
+
 def customer_rows(conn: Connection, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Customers by id (deleted ones too), for invoice snapshots; one query per page of ids."""
     ids = list(dict.fromkeys(customer_ids))
@@ -426,6 +436,7 @@ __all__ = [
     "insert_invoices",
     "insert_subscription",
     "invoice_lines",
+    "invoice_totals",
     "invoices",
     "latest_ingest_us",
     "list_subscriptions",

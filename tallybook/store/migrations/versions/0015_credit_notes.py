@@ -54,9 +54,11 @@ def upgrade() -> None:
         sa.Column("amount", sa.Text(), nullable=False),
         sa.Column("tax_code", sa.Text(), nullable=True),
         sa.Column("description", sa.Text(), nullable=True),
+        sa.Column("corrects_invoice_id", sa.Text(), nullable=True),
         sa.Column("detail", JSON_TYPE, nullable=True),
     )
     op.create_index("ix_credit_note_lines_subscription", "credit_note_lines", ["subscription_id"])
+    op.create_index("ix_credit_note_lines_corrects", "credit_note_lines", ["corrects_invoice_id"])
     op.create_table(
         "credit_note_syncs",
         sa.Column("credit_note_id", sa.Text(), primary_key=True),
@@ -77,6 +79,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_credit_note_syncs_due", table_name="credit_note_syncs")
     op.drop_table("credit_note_syncs")
+    op.drop_index("ix_credit_note_lines_corrects", table_name="credit_note_lines")
     op.drop_index("ix_credit_note_lines_subscription", table_name="credit_note_lines")
     op.drop_table("credit_note_lines")
     op.drop_index("ix_credit_notes_customer", table_name="credit_notes")
