@@ -28,6 +28,7 @@ from tallybook.billing.invoicing import DRAFT, FEE, InvoicingService, _period_la
 from tallybook.billing.models import FlatPrice, PaymentTerm
 from tallybook.billing.periods import Period
 from tallybook.billing.subscriptions import Subscription
+from tallybook.clock import format_rfc3339
 from tallybook.creditnotes.model import (
     CANCELLATION,
     CREDIT,
@@ -101,9 +102,9 @@ class CancelCredits:
                 )
         reason = PLAN_CHANGE if sub.next_id else CANCELLATION
         memo = (
-            f"Subscription {sub.id} moved to another plan on {end.isoformat()}"
+            f"Subscription {sub.id} moved to another plan on {format_rfc3339(end)}"
             if sub.next_id
-            else f"Subscription {sub.id} ends on {end.isoformat()}"
+            else f"Subscription {sub.id} ends on {format_rfc3339(end)}"
         )
         notes = []
         for invoice_id, lines in by_invoice.items():

@@ -160,7 +160,10 @@ def _credit_line(line: Line) -> CreditNoteLine:
         quantity=None if line.quantity is None else -line.quantity,
         unit_price=line.unit_price,
         tax_code=line.tax_code,
-        description=line.description,
+        description=(
+            f"usage lowered by {-line.quantity if line.quantity is not None else 'some units'} after it was billed "
+            "(voided or negative late events)"
+        ),
         corrects_invoice_id=line.corrects_invoice_id,
         detail={k: detail[k] for k in ("previousQuantity", "quantity") if k in detail} or None,
     )

@@ -4,19 +4,26 @@ An invoice belongs to one customer and one currency and has a kind (see `Invoice
 invoice is drafted when a billing period of the customer's subscriptions ends (their cadence and
 anchor, in the customer's time zone) and holds that period's usage and in-arrears fees plus the
 next period's in-advance fees; an `opening` invoice is drafted when a subscription starts and holds
-its first period's in-advance fees. Every line keeps its own service period. Its lines, per
-subscription (a plan change gives two, each prorated):
+its first period's in-advance fees; a `correction` invoice bills late usage of a customer whose
+subscriptions have ended (tallybook/billing/final_corrections.py). Every line keeps its own service
+period. Its lines, per subscription (a plan change gives two, each prorated):
 
-- `flat_fee`: the rate card's amount * covered seconds / period seconds (exact, then rounded),
-  in advance (at the start of the period it covers) or in arrears (at its end);
-- `credit`: in-advance time paid for but not used after a cancel or plan change (negative), on the
-  invoice of the period the subscription ended in;
+- `flat_fee`: the rate card's amount * covered seconds / period seconds, in whole seconds (each
+  instant truncated to its second, tallybook/exact.py; exact, then rounded), in advance (at the
+  start of the period it covers) or in arrears (at its end);
+- `credit`: in-advance time paid for but not used after a cancel or plan change (negative): on the
+  draft holding the fee, added when the end is set (an issued invoice gets a credit note instead,
+  tallybook/billing/cancel_credits.py); on the invoice of the period the subscription ended in only
+  for what nothing gave back yet;
 - `usage`: the meter's value over the part of the period the subscription covered, for every
   subject of the customer, rated by the rate card's price (unit, package or tiers);
 - `commitment`: what a rate card's or the plan's minimum/maximum spend adds or takes off;
 - `correction`: usage that arrived after an earlier invoice was issued (see below).
 
-Every line is rounded once to the currency's minor unit; totals add rounded lines.
+Every line is rounded once to the currency's minor unit; totals add rounded lines. Sums of quantities
+and amounts are exact whatever their number of digits (tallybook/exact.py). Issued credit notes
+(tallybook/creditnotes) count as billed: what they gave back of an in-advance fee, and the units
+they took off a usage line.
 
 Lifecycle: `draft` → `issued` → `paid` | `uncollectible` | `void` (a draft can be voided too).
 The `billing.invoice` job drafts the opening invoice of each subscription that started, an

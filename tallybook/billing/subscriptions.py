@@ -8,7 +8,9 @@
 - Cancel `immediate` ends it now, `next_billing_cycle` at the end of the current period, or at a
   given instant. A plan change ends the subscription at the change time and starts a new one on the
   other plan version right there, keeping the billing anchor, so the period that holds the change is
-  billed once with both parts prorated.
+  billed once with both parts prorated. "Now" is read from the clock once per request.
+- Listeners registered with `on_end` run after a cancel or change commits: billing gives back the
+  in-advance time not used there (tallybook/billing/cancel_credits.py).
 """
 
 from __future__ import annotations
