@@ -31,6 +31,11 @@ from tallybook.exact import total
 from tallybook.ids import new_ulid
 
 
+def _storable(text: str) -> bool:
+    """No stored id or key holds U+0000 (PostgreSQL text refuses it): such a reference finds nothing."""
+    return "\x00" not in text
+
+
 class CreditNoteService:
     def __init__(
         self,
@@ -78,7 +83,7 @@ class CreditNoteService:
         return self.store.add(note, limit=invoice.total)
 
     def get(self, credit_note_id: str) -> CreditNote:
-        note = self.store.get(credit_note_id)
+        note = self.store.get(credit_note_id) if _storable(credit_note_id) else None
         if note is None:
             raise CreditNoteNotFound(f"no credit note has the id {credit_note_id!r}")
         return note
@@ -86,7 +91,11 @@ class CreditNoteService:
     def search(self, query: CreditNoteQuery, customer: str | None = None) -> tuple[int, list[CreditNote]]:
         """Credit notes matching `query`, newest first; `customer` (id or key) narrows to one customer."""
         if customer is not None:
+            if not _storable(customer):
+                raise CreditNoteNotFound(f"no customer has the id or key {customer!r}", customerIdOrKey=customer)
             query = replace(query, customer_id=self.customer_id(customer))
+        if query.invoice_id is not None and not _storable(query.invoice_id):
+            return 0, []
         return self.store.search(query)
 
     def fee_credits(self, subscription_ids: Sequence[str]) -> list[FeeCredit]:
