@@ -24,6 +24,7 @@ import logging
 from collections import defaultdict
 from decimal import Decimal
 
+from tallybook.billing.currency import round_money
 from tallybook.billing.invoicing import DRAFT, FEE, InvoicingService, _period_label, flat_share
 from tallybook.billing.models import FlatPrice, PaymentTerm
 from tallybook.billing.periods import Period
@@ -76,7 +77,7 @@ class CancelCredits:
                 fees = [c for c in within if c.kind == FEE]
                 covered = sub.covered(period)
                 raw = flat_share(rc.price, covered, period)[0] if covered is not None else Decimal(0)
-                used = self.invoicing._round(raw, sub.currency)
+                used = round_money(raw, sub.currency, settings.rounding)
                 with exact():
                     due = total(c.amount for c in within) - used
                 if not fees or due <= 0:

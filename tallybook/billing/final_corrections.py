@@ -39,7 +39,8 @@ from tallybook.store import billing as billing_store
 from tallybook.store.billing import InvoiceSearch
 
 if TYPE_CHECKING:
-    from tallybook.billing.invoicing import Invoice, InvoicingService, Line, _Job
+    from tallybook.billing.invoicing import Invoice, InvoiceKey, InvoicingService, Line, _Job
+    from tallybook.jobs.failures import JobRun
 
 CORRECTION = "correction"  # the invoice kind
 ZERO = Decimal(0)
@@ -103,9 +104,61 @@ def correction_jobs(
     return jobs
 
 
-def open_correction_pairs(drafts: Sequence[Invoice]) -> set[tuple[str, str]]:
-    """(customer, currency) of open correction drafts: their late usage is theirs to bill."""
-    return {(d.customer_id, d.currency) for d in drafts if d.kind == CORRECTION}
+def settle(
+    svc: InvoicingService, computed: dict[InvoiceKey, list[Line]], finals: dict[InvoiceKey, _Job]
+) -> tuple[list[CreditNoteRequest], list[Invoice]]:
+    """Split each computed final correction (in place): `computed` keeps what the invoice bills, and
+    loses the keys left with nothing to bill; returned are the credit notes to issue and the open
+    correction drafts that have nothing left to bill (to be voided)."""
+    requests: list[CreditNoteRequest] = []
+    emptied: list[Invoice] = []
+    for key in [k for k in finals if k in computed]:
+        computed[key], found = split(computed[key], *credit_targets(svc, finals[key].previous))
+        requests.extend(found)
+        if not computed[key]:
+            del computed[key]
+            draft = finals[key].existing
+            if draft is not None:
+                emptied.append(draft)
+    return requests, emptied
+
+
+def issue_credit_notes(svc: InvoicingService, requests: Sequence[CreditNoteRequest], run: JobRun) -> int:
+    """Issue each credit note on its own: one that fails is recorded in the run and tried again next
+    run (its usage is still not credited then); the others are issued."""
+    issued = 0
+    if svc.credit_notes is None:
+        return issued
+    for request in requests:
+        with run.item("credit_note", f"{request.invoice_id}|{request.reason}", invoiceId=request.invoice_id) as item:
+            svc.credit_notes.issue(request)
+        issued += 0 if item.failed else 1
+    return issued
+
+
+def credit_targets(
+    svc: InvoicingService, invoices: Sequence[Invoice]
+) -> tuple[dict[str, list[str]], dict[str, Decimal]]:
+    """For each of these invoices, the billed invoices that billed its usage: those that billed its
+    late usage as corrections, newest first, then itself; and what is left of each of those for
+    credit notes (its total minus the credit notes issued against it)."""
+    from tallybook.billing.invoicing import BILLED
+
+    ids = [i.id for i in invoices]
+    targets: dict[str, list[str]] = {iid: [] for iid in ids}
+    with svc.store.read() as conn:
+        for row in billing_store.corrections_of(conn, ids) if ids else []:
+            raised = row["quantity"] is not None and Decimal(row["quantity"]) > 0
+            later = targets.get(row["corrects_invoice_id"])
+            if row["invoice_status"] in BILLED and raised and later is not None and row["invoice_id"] not in later:
+                later.append(row["invoice_id"])
+        for iid in ids:
+            targets[iid] = [*sorted(targets[iid], reverse=True), iid]  # ULIDs: newest first
+        every = sorted({t for found in targets.values() for t in found})
+        totals = billing_store.invoice_totals(conn, every)
+    credited = svc.credit_notes.credited_totals(every) if svc.credit_notes else {}
+    left = {t: total([Decimal(totals[t])], -credited.get(t, ZERO)) for t in every if t in totals}
+    return targets, left
 
 
 def split(
@@ -169,4 +222,4 @@ def _credit_line(line: Line) -> CreditNoteLine:
     )
 
 
-__all__ = ["CORRECTION", "correction_jobs", "open_correction_pairs", "split"]
+__all__ = ["CORRECTION", "correction_jobs", "credit_targets", "issue_credit_notes", "settle", "split"]

@@ -78,7 +78,6 @@ from tallybook.billing.rating import apply_commitments, prorate, rate_usage
 from tallybook.billing.settings import BillingSettings
 from tallybook.billing.subscriptions import Subscription, SubscriptionService, subscription_from_row
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
-from tallybook.creditnotes.model import CreditNoteRequest
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.errors import DomainError
 from tallybook.exact import exact, whole_seconds
@@ -537,18 +536,7 @@ class InvoicingService:
             run.ok(INVOICE_ITEM, _item_id(key))
         # Late usage of ended subscriptions: what went up stays on the correction invoice, what went
         # down becomes credit notes; a correction draft left with nothing to bill is voided.
-        credit_requests: list[CreditNoteRequest] = []
-        emptied: list[Invoice] = []
-        for key in [k for k in finals if k in computed]:
-            computed[key], requests = final_corrections.split(
-                computed[key], *self._credit_targets(finals[key].previous)
-            )
-            credit_requests.extend(requests)
-            if not computed[key]:
-                del computed[key]
-                stale_draft = finals[key].existing
-                if stale_draft is not None:
-                    emptied.append(stale_draft)
+        credit_requests, emptied = final_corrections.settle(self, computed, finals)
         to_issue = [
             key
             for key, job in jobs.items()
@@ -567,45 +555,13 @@ class InvoicingService:
             ]
 
         counts = self._write(writes, now, run, billed_through)
-        issued_notes = self._issue_credit_notes(credit_requests, run)
+        issued_notes = final_corrections.issue_credit_notes(self, credit_requests, run)
         if issued_notes:
             counts["creditNotes"] = issued_notes
         for draft in emptied:
             with run.item(INVOICE_ITEM, _item_id(_key_of(draft)), invoiceId=draft.id):
                 self.void(draft.id)
         return {**counts, "computed": len(jobs), "drafts": len(drafts)}
-
-    def _issue_credit_notes(self, requests: Sequence[CreditNoteRequest], run: JobRun) -> int:
-        """Issue each credit note on its own: one that fails is recorded and tried again next run."""
-        issued = 0
-        if self.credit_notes is None:
-            return issued
-        for request in requests:
-            with run.item("credit_note", f"{request.invoice_id}|{request.reason}", invoiceId=request.invoice_id) as r:
-                self.credit_notes.issue(request)
-            issued += 0 if r.failed else 1
-        return issued
-
-    def _credit_targets(self, invoices: Sequence[Invoice]) -> tuple[dict[str, list[str]], dict[str, Decimal]]:
-        """For each of these invoices, the billed invoices that billed its usage: those that billed
-        its late usage as corrections, newest first, then itself; and what is left of each of those
-        for credit notes (its total minus the credit notes issued against it)."""
-        ids = [i.id for i in invoices]
-        targets: dict[str, list[str]] = {iid: [] for iid in ids}
-        with self.store.read() as conn:
-            for row in billing_store.corrections_of(conn, ids) if ids else []:
-                raised = row["quantity"] is not None and Decimal(row["quantity"]) > 0
-                later = targets.get(row["corrects_invoice_id"])
-                if row["invoice_status"] in BILLED and raised and later is not None and row["invoice_id"] not in later:
-                    later.append(row["invoice_id"])
-            for iid in ids:
-                targets[iid] = [*sorted(targets[iid], reverse=True), iid]  # ULIDs: newest first
-            every = sorted({t for found in targets.values() for t in found})
-            totals = billing_store.invoice_totals(conn, every)
-        credited = self.credit_notes.credited_totals(every) if self.credit_notes else {}
-        with exact():
-            left = {t: Decimal(totals[t]) - credited.get(t, ZERO) for t in every if t in totals}
-        return targets, left
 
     def _write(
         self,
@@ -691,7 +647,7 @@ class InvoicingService:
         lines = self._compute([job], as_of=now)[job.key]
         if draft.kind == CORRECTION:
             # What went down since the last refresh is for credit notes (the next run issues them).
-            lines, _ = final_corrections.split(lines, *self._credit_targets(job.previous))
+            lines, _ = final_corrections.split(lines, *final_corrections.credit_targets(self, job.previous))
             if not lines:
                 raise InvoiceConflict(
                     f"correction invoice {draft.id} has nothing left to bill: usage went down since it was drafted, "
@@ -1371,7 +1327,7 @@ class InvoicingService:
                     rate_card_key=rc.key,
                     tax_code=fees[0].tax_code,
                     description=(f"{rc.name} billed above in advance, not used: {_period_label(unused, sub.timezone)}"),
-                    detail={"paymentTerm": "in_advance", "charged": str(here), "used": str(used), "here": True},
+                    detail={"paymentTerm": "in_advance", "charged": str(here), "used": str(used), "sameInvoice": True},
                 )
             )
         return out
@@ -1632,7 +1588,7 @@ def _credits_for(line: Line, seg: Segment, rate_card_key: str | None) -> bool:
 
 def _in_advance_credit_here(line: Line) -> bool:
     """A credit for a fee on the same invoice (see InvoicingService._unused_here)."""
-    return bool((line.detail or {}).get("here"))
+    return bool((line.detail or {}).get("sameInvoice"))
 
 
 def _billed_in_advance(rc: RateCard) -> bool:
