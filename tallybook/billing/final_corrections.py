@@ -23,6 +23,7 @@ it is issued, so the two never bill the same usage.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -41,6 +42,8 @@ from tallybook.store.billing import InvoiceSearch
 if TYPE_CHECKING:
     from tallybook.billing.invoicing import Invoice, InvoiceKey, InvoicingService, Line, _Job
     from tallybook.jobs.failures import JobRun
+
+log = logging.getLogger(__name__)
 
 CORRECTION = "correction"  # the invoice kind
 ZERO = Decimal(0)
@@ -78,7 +81,12 @@ def correction_jobs(
         subscription_rows = billing_store.list_subscriptions(conn, sorted({p[0] for p in pairs})) if pairs else []
     running: set[tuple[str, str]] = set()
     for row in subscription_rows:
-        sub = subscription_from_row(row)
+        try:
+            sub = subscription_from_row(row)
+        except Exception:  # a broken row: its customer's corrections wait (the period run records it)
+            log.warning("subscription row cannot be read; final corrections wait", extra={"subscription_id": row["id"]})
+            running.add((row["customer_id"], row["currency"]))
+            continue
         ended = sub.active_to is not None and (
             sub.active_to <= sub.active_from
             or (sub.active_to <= now and sub.billed_through is not None and sub.billed_through >= sub.active_to)
@@ -105,17 +113,23 @@ def correction_jobs(
 
 
 def settle(
-    svc: InvoicingService, computed: dict[InvoiceKey, list[Line]], finals: dict[InvoiceKey, _Job]
+    svc: InvoicingService, computed: dict[InvoiceKey, list[Line]], finals: dict[InvoiceKey, _Job], run: JobRun
 ) -> tuple[list[CreditNoteRequest], list[Invoice]]:
     """Split each computed final correction (in place): `computed` keeps what the invoice bills, and
-    loses the keys left with nothing to bill; returned are the credit notes to issue and the open
-    correction drafts that have nothing left to bill (to be voided)."""
+    loses the keys left with nothing to bill (or that failed here: recorded, tried again next run);
+    returned are the credit notes to issue and the open correction drafts that have nothing left to
+    bill (to be voided)."""
     requests: list[CreditNoteRequest] = []
     emptied: list[Invoice] = []
     for key in [k for k in finals if k in computed]:
-        computed[key], found = split(computed[key], *credit_targets(svc, finals[key].previous))
+        with run.item("final_correction", f"{key[0]}|{key[1]}", customerId=key[0], currency=key[1]) as item:
+            kept, found = split(computed[key], *credit_targets(svc, finals[key].previous))
+        if item.failed:
+            del computed[key]
+            continue
+        computed[key] = kept
         requests.extend(found)
-        if not computed[key]:
+        if not kept:
             del computed[key]
             draft = finals[key].existing
             if draft is not None:

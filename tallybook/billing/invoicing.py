@@ -536,7 +536,7 @@ class InvoicingService:
             run.ok(INVOICE_ITEM, _item_id(key))
         # Late usage of ended subscriptions: what went up stays on the correction invoice, what went
         # down becomes credit notes; a correction draft left with nothing to bill is voided.
-        credit_requests, emptied = final_corrections.settle(self, computed, finals)
+        credit_requests, emptied = final_corrections.settle(self, computed, finals, run)
         to_issue = [
             key
             for key, job in jobs.items()

@@ -403,3 +403,59 @@ def test_a_31_digit_quantity_is_billed_exactly(rt: Runtime, api: httpx.Client, c
     }
     usage = ok(api.get("/api/v1/billing/customers/acme/usage", params={"at": "2026-01-20T00:00:00Z"}))["usage"]
     assert [u["quantity"] for u in usage] == ["12345678901234567890123456789.120000"]
+
+
+def test_one_customer_failing_leaves_the_others_final_corrections(
+    rt: Runtime, api: httpx.Client, clock, monkeypatch
+) -> None:
+    """Three customers whose subscriptions ended: acme's late usage is billed although globex's usage
+    cannot be read and initech's credit note cannot be written; both are recorded and retried."""
+    from tallybook.billing.wiring import INVOICE_JOB
+
+    create_plan(api, plan_variant("metered", "0", calls_price="0.01"))
+    ids, subs = {}, {}
+    for key in ("acme", "globex", "initech"):
+        ids[key] = create_customer(api, key)["id"]
+        subs[key] = subscribe(api, key, plan="metered", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    clock.set(utc(2026, 1, 20))
+    send(api, [("api.calls", key, utc(2026, 1, 10), {"value": 1000}) for key in ids])
+    for sub in subs.values():
+        ok(api.post(f"/api/v1/subscriptions/{sub['id']}/cancel"))
+    clock.set(utc(2026, 2, 1, 1))
+    run_billing(rt)
+    for invoice in invoices(api, "period"):
+        approve(api, invoice)
+    clock.set(utc(2026, 2, 3))
+    send(api, [("api.calls", key, utc(2026, 1, 12), {"value": 500}) for key in ("acme", "globex")])
+    ok(api.post("/api/v1/events/void", json={"filter": {"subject": "initech"}, "reason": "test traffic"}), 201)
+    real_query, real_issue = rt.meters.query, rt.credit_notes.issue
+
+    def query(q: Any) -> Any:
+        if ids["globex"] in (q.customer_ids or ()):
+            raise RuntimeError("disk read error in the usage of globex")
+        return real_query(q)
+
+    def issue(request: Any) -> Any:
+        raise RuntimeError("credit note table is locked")
+
+    monkeypatch.setattr(rt.meters, "query", query)
+    monkeypatch.setattr(rt.credit_notes, "issue", issue)
+    job = next(j for j in rt.jobs.jobs if j.name == INVOICE_JOB)
+    result = rt.jobs.run_job(job, force=True)
+    assert (result.error, result.status, result.result["failedItems"]) == (None, "partial", 2)
+    (acme,) = invoices(api, "correction")
+    assert acme["customer"]["key"] == "acme" and acme["totals"]["total"] == "5.00"
+    initech_invoice = next(i["id"] for i in invoices(api, "period") if i["customer"]["key"] == "initech")
+    failures = ok(api.get("/api/v1/jobs/failures"))["items"]
+    failed = {(f["itemKind"], f["context"].get("customerId") or f["context"].get("invoiceId")) for f in failures}
+    assert failed == {("invoice", ids["globex"]), ("credit_note", initech_invoice)}
+    assert credit_notes(api) == []
+    # Fixed: the next run bills globex and credits initech; the failures are gone.
+    monkeypatch.setattr(rt.meters, "query", real_query)
+    monkeypatch.setattr(rt.credit_notes, "issue", real_issue)
+    result = rt.jobs.run_job(job, force=True)
+    assert (result.status, result.result["created"], result.result["creditNotes"]) == ("ok", 1, 1)
+    assert sorted(i["customer"]["key"] for i in invoices(api, "correction")) == ["acme", "globex"]
+    (note,) = credit_notes(api)
+    assert note["customer"]["key"] == "initech" and note["totals"]["total"] == "10.00"
+    assert ok(api.get("/api/v1/jobs/failures"))["items"] == []
