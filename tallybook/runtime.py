@@ -19,6 +19,7 @@ from tallybook.billing.verification import InvoiceVerifier
 from tallybook.billing.wiring import build_billing
 from tallybook.clock import Clock, SystemClock
 from tallybook.config import Settings
+from tallybook.creditnotes.service import CreditNoteService
 from tallybook.customers import CustomerService
 from tallybook.customers.sql import SqlCustomerRepository
 from tallybook.eventlist.service import EventListService
@@ -31,6 +32,8 @@ from tallybook.observability.metrics import Metrics
 from tallybook.portal import PortalService
 from tallybook.store import SqlStore, open_store
 from tallybook.stripe.checkout import CHECKOUT_EVENTS, CheckoutService
+from tallybook.stripe.credit_notes import SYNC_JOB as CREDIT_NOTE_SYNC_JOB
+from tallybook.stripe.credit_notes import CreditNoteSyncService
 from tallybook.stripe.invoices import INVOICE_EVENTS, SYNC_JOB, InvoiceSyncService
 from tallybook.stripe.service import REPORT_JOB, StripeService
 from tallybook.unbilled.service import EVENT_TYPE as UNBILLED_EVENT
@@ -69,6 +72,8 @@ class Runtime:
     event_list: EventListService = field(init=False)
     unbilled: UnbilledService = field(init=False)
     invoice_checks: InvoiceVerifier = field(init=False)
+    credit_notes: CreditNoteService = field(init=False)
+    credit_note_sync: CreditNoteSyncService = field(init=False)
 
     @classmethod
     def build(
@@ -105,7 +110,7 @@ class Runtime:
                 Job(REPORT_JOB, lambda now: runtime.stripe.run_job(now), settings.stripe.report_interval)
             )
         runtime.checkout = CheckoutService(runtime.stripe, runtime.customers, clock)
-        # profiles: built by build_billing (runtime.profiles) before invoicing, which reads them.
+        # profiles and credit notes: built by build_billing (runtime.profiles, runtime.credit_notes).
         runtime.subscriptions, runtime.invoicing = build_billing(runtime)
         runtime.invoice_checks = InvoiceVerifier(store, clock, runtime.invoicing)
         unbilled_sources = SqlUnbilledSources(store, runtime.meters, runtime.subscriptions)
@@ -127,10 +132,20 @@ class Runtime:
             clock,
             failures=runtime.jobs.failures,
         )
+        runtime.credit_note_sync = CreditNoteSyncService(
+            store, runtime.stripe, runtime.credit_notes, runtime.invoicing, clock, failures=runtime.jobs.failures
+        )
         runtime.use_stripe(runtime.stripe)
         if settings.stripe.enabled:
             runtime.jobs.register(
                 Job(SYNC_JOB, lambda now: runtime.invoice_sync.run(now), settings.stripe.invoice_sync_interval)
+            )
+            runtime.jobs.register(
+                Job(
+                    CREDIT_NOTE_SYNC_JOB,
+                    lambda now: runtime.credit_note_sync.run(now),
+                    settings.stripe.invoice_sync_interval,
+                )
             )
         return runtime
 
@@ -140,6 +155,7 @@ class Runtime:
         self.stripe = service
         self.checkout.stripe = service
         self.invoice_sync.stripe = service
+        self.credit_note_sync.stripe = service
         service.on_event(CHECKOUT_EVENTS, self.checkout.handle_event)
         service.on_event(INVOICE_EVENTS, self.invoice_sync.handle_event)
 

@@ -32,6 +32,7 @@ from tallybook.api.routes import (
     voids,
 )
 from tallybook.api.routes import billing_profiles as profile_routes
+from tallybook.api.routes import credit_notes as credit_note_routes
 from tallybook.api.routes import invoices as invoice_routes
 from tallybook.api.routes import jobs as job_routes
 from tallybook.api.routes import plans as plan_routes
@@ -114,6 +115,7 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(subscription_routes.router)
     app.include_router(invoice_routes.router)
     app.include_router(invoice_tools.router)
+    app.include_router(credit_note_routes.router)
     app.include_router(profile_routes.router)
     app.include_router(portal.router)
     app.include_router(overview.router)

@@ -4,19 +4,26 @@ An invoice belongs to one customer and one currency and has a kind (see `Invoice
 invoice is drafted when a billing period of the customer's subscriptions ends (their cadence and
 anchor, in the customer's time zone) and holds that period's usage and in-arrears fees plus the
 next period's in-advance fees; an `opening` invoice is drafted when a subscription starts and holds
-its first period's in-advance fees. Every line keeps its own service period. Its lines, per
-subscription (a plan change gives two, each prorated):
+its first period's in-advance fees; a `correction` invoice bills late usage of a customer whose
+subscriptions have ended (tallybook/billing/final_corrections.py). Every line keeps its own service
+period. Its lines, per subscription (a plan change gives two, each prorated):
 
-- `flat_fee`: the rate card's amount * covered seconds / period seconds (exact, then rounded),
-  in advance (at the start of the period it covers) or in arrears (at its end);
-- `credit`: in-advance time paid for but not used after a cancel or plan change (negative), on the
-  invoice of the period the subscription ended in;
+- `flat_fee`: the rate card's amount * covered seconds / period seconds, in whole seconds (each
+  instant truncated to its second, tallybook/exact.py; exact, then rounded), in advance (at the
+  start of the period it covers) or in arrears (at its end);
+- `credit`: in-advance time paid for but not used after a cancel or plan change (negative): on the
+  draft holding the fee, added when the end is set (an issued invoice gets a credit note instead,
+  tallybook/billing/cancel_credits.py); on the invoice of the period the subscription ended in only
+  for what nothing gave back yet;
 - `usage`: the meter's value over the part of the period the subscription covered, for every
   subject of the customer, rated by the rate card's price (unit, package or tiers);
 - `commitment`: what a rate card's or the plan's minimum/maximum spend adds or takes off;
 - `correction`: usage that arrived after an earlier invoice was issued (see below).
 
-Every line is rounded once to the currency's minor unit; totals add rounded lines.
+Every line is rounded once to the currency's minor unit; totals add rounded lines. Sums of quantities
+and amounts are exact whatever their number of digits (tallybook/exact.py). Issued credit notes
+(tallybook/creditnotes) count as billed: what they gave back of an in-advance fee, and the units
+they took off a usage line.
 
 Lifecycle: `draft` → `issued` → `paid` | `uncollectible` | `void` (a draft can be voided too).
 The `billing.invoice` job drafts the opening invoice of each subscription that started, an
@@ -64,6 +71,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from tallybook.billing import final_corrections
 from tallybook.billing.currency import round_money
 from tallybook.billing.cutoff import IngestCutoff, take_cutoff
 from tallybook.billing.documents import issue_document, store_document
@@ -74,7 +82,9 @@ from tallybook.billing.rating import apply_commitments, prorate, rate_usage
 from tallybook.billing.settings import BillingSettings
 from tallybook.billing.subscriptions import Subscription, SubscriptionService, subscription_from_row
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
+from tallybook.creditnotes.service import CreditNoteService
 from tallybook.errors import DomainError
+from tallybook.exact import exact, whole_seconds
 from tallybook.ids import new_ulid
 from tallybook.jobs.failures import FailureLog, JobRun
 from tallybook.meters.models import MeterError, UsageQuery
@@ -192,10 +202,13 @@ class Totals:
 
 
 def totals_of(lines: Iterable[Line], currency: str, settings: BillingSettings) -> Totals:
+    """Sums of the rounded lines, exact (however many digits), written with the currency's decimals."""
     zero = round_money(ZERO, currency, settings.rounding)
-    subtotal = sum((ln.amount for ln in lines if ln.kind != "commitment"), zero)
-    commitments = sum((ln.amount for ln in lines if ln.kind == "commitment"), zero)
-    return Totals(subtotal, commitments, subtotal + commitments)
+    lines = list(lines)
+    with exact():
+        subtotal = sum((ln.amount for ln in lines if ln.kind != "commitment"), zero)
+        commitments = sum((ln.amount for ln in lines if ln.kind == "commitment"), zero)
+        return Totals(subtotal, commitments, subtotal + commitments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +266,7 @@ def invoice_from_record(record: InvoiceRecord) -> Invoice:
 
 
 PERIOD, OPENING = "period", "opening"
+CORRECTION = final_corrections.CORRECTION  # late usage of ended subscriptions (final_corrections.py)
 # customer id, currency, period, kind. A `period` invoice is drafted when its billing period ends:
 # that period's usage, in-arrears fees and credits, plus the in-advance fees of the next period. An
 # `opening` invoice is drafted when a subscription starts: its period runs from the start to the end
@@ -274,18 +288,24 @@ class Segment:
     advance: bool = False
 
 
+FEE, GIVEN_BACK = "fee", "credit"  # _Charge kinds
+
+
 @dataclass(frozen=True, slots=True)
 class _Charge:
-    """An in-advance fee line already on a stored invoice (not void)."""
+    """An in-advance fee already charged (a fee line on an invoice that is not void), or what was
+    given back of one (a `credit` line on such an invoice, or an issued credit note's line)."""
 
-    invoice_id: str
-    invoice_kind: str
-    invoice_period_end: datetime
-    period: Period  # the time the fee pays for
-    amount: Decimal
+    invoice_id: str  # the document holding it: an invoice, or a credit note
+    period: Period  # the time the fee pays for (a credit: the time given back)
+    amount: Decimal  # a fee > 0, a credit < 0
+    kind: str = FEE
+    invoice_kind: str = "period"
+    invoice_period_end: datetime | None = None
+    invoice_status: str = "issued"
 
 
-Charged = dict[tuple[str, str], list[_Charge]]  # (subscription, rate card) -> its charges
+Charged = dict[tuple[str, str], list[_Charge]]  # (subscription, rate card) -> its charges and credits
 
 
 @dataclass
@@ -364,8 +384,13 @@ class InvoicingService:
         settings: BillingSettings | None = None,
         profiles: ProfileService | None = None,
         failures: FailureLog | None = None,
+        credit_notes: CreditNoteService | None = None,
     ) -> None:
         self.store = store
+        # Issued credit notes count in what was billed: in-advance fees given back, usage taken off.
+        self.credit_notes = credit_notes
+        # Called in the transaction that voids an invoice (its credit notes are voided with it).
+        self.on_void: list[Callable[[Connection, str, datetime], Any]] = []
         # Where the scheduled run records invoices it skipped (GET /api/v1/jobs/failures).
         self.failures = failures or FailureLog(store, clock)
         self.clock = clock
@@ -487,9 +512,11 @@ class InvoicingService:
                 )
         # A draft needs recomputing when events arrived since it was computed (late usage can only
         # come from events), when it is due to be issued, or when a new segment joins it.
+        all_drafts = [invoice_from_record(record) for record in drafts]
         draft_invoices = []
-        for record in drafts:
-            draft = invoice_from_record(record)
+        for draft in all_drafts:
+            if draft.kind == CORRECTION:
+                continue  # final corrections are planned below
             key = (draft.customer_id, draft.currency, draft.period, draft.kind)
             assert draft.as_of is not None
             # An opening invoice reads no usage: new events cannot change it.
@@ -505,6 +532,15 @@ class InvoicingService:
                     key, segments_by_key.get(key, []), existing=draft, corrections_allowed=draft.kind == PERIOD
                 )
         self._attach_previous(list(jobs.values()), now)
+
+        def graces(customer_ids: Sequence[str]) -> dict[str, timedelta]:
+            missing = [cid for cid in customer_ids if cid not in profile_of]
+            if missing and self.profiles is not None:
+                profile_of.update(self.profiles.for_customers(missing))
+            return {cid: profile_of.get(cid, fallback).grace for cid in customer_ids}
+
+        finals = {job.key: job for job in final_corrections.correction_jobs(self, now, all_drafts, graces)}
+        jobs.update(finals)
         # Usage is counted at a commit watermark too, so issued invoices reproduce exactly.
         ingest_seq = take_cutoff(self.store, self.clock).seq if jobs else None
         computed = self._compute(
@@ -514,6 +550,9 @@ class InvoicingService:
             run.fail(INVOICE_ITEM, _item_id(key), exc, **_item_context(key, jobs.get(key)))
         for key in computed:
             run.ok(INVOICE_ITEM, _item_id(key))
+        # Late usage of ended subscriptions: what went up stays on the correction invoice, what went
+        # down becomes credit notes; a correction draft left with nothing to bill is voided.
+        credit_requests, emptied = final_corrections.settle(self, computed, finals, run)
         to_issue = [
             key
             for key, job in jobs.items()
@@ -542,6 +581,12 @@ class InvoicingService:
             ]
 
         counts = self._write(writes, now, run, billed_through)
+        issued_notes = final_corrections.issue_credit_notes(self, credit_requests, run)
+        if issued_notes:
+            counts["creditNotes"] = issued_notes
+        for draft in emptied:
+            with run.item(INVOICE_ITEM, _item_id(_key_of(draft)), invoiceId=draft.id):
+                self.void(draft.id)
         return {**counts, "computed": len(jobs), "drafts": len(drafts)}
 
     def _write(
@@ -659,11 +704,16 @@ class InvoicingService:
         cutoff = take_cutoff(self.store, self.clock)
         now = cutoff.at
         self._plans.clear()
-        key = _key_of(draft)
-        segments = self._segments_for([key]).get(key, [])
-        job = _Job(key, segments, existing=draft, corrections_allowed=draft.kind == PERIOD)
-        self._attach_previous([job], now)
-        lines = self._compute([job], as_of=now, through_seq=cutoff.seq)[key]
+        job = self._draft_job(draft, now)
+        lines = self._compute([job], as_of=now, through_seq=cutoff.seq)[job.key]
+        if draft.kind == CORRECTION:
+            # What went down since the last refresh is for credit notes (the next run issues them).
+            lines, _ = final_corrections.split(lines, *final_corrections.credit_targets(self, job.previous))
+            if not lines:
+                raise InvoiceConflict(
+                    f"correction invoice {draft.id} has nothing left to bill: usage went down since it was drafted, "
+                    "so the next billing run credits it with credit notes and voids this draft"
+                )
         if status == ISSUED:
             self._lock_meters([lines])
         event_type = INVOICE_ISSUED if status == ISSUED else INVOICE_UPDATED
@@ -679,6 +729,41 @@ class InvoicingService:
                 raise InvoiceConflict(f"invoice {draft.id} changed while its usage was being counted; retry")
             self._emit(conn, {event_type: self.webhooks.destinations(conn, event_type)}, event_type, changed, now)
         return changed
+
+    def refresh(self, invoice_id: str) -> Invoice:
+        """Recompute a period or opening draft now and store it if a line changed (`invoice.updated`);
+        e.g. right after a cancel, so the credit for its unused in-advance time shows at once."""
+        now = self.clock.now()
+        draft = self.get(invoice_id)
+        if draft.status != DRAFT or draft.kind == CORRECTION:
+            return draft
+        self._plans.clear()
+        job = self._draft_job(draft, now)
+        lines = self._compute([job], as_of=now)[job.key]
+        if _same_lines(draft.lines, lines):
+            return draft
+        with self.store.write() as conn:
+            customers = billing_store.customer_rows(conn, [draft.customer_id])
+            snapshot = _customer_snapshot(customers.get(draft.customer_id), draft.customer_id)
+            changed = self._updated(draft, lines, snapshot, now, DRAFT)
+            if not billing_store.update_invoice(
+                conn, draft.id, draft.revision, _values(changed), [ln.row() for ln in lines]
+            ):
+                return self.get(invoice_id)  # changed meanwhile (issued, voided, refreshed): that stands
+            destinations = {INVOICE_UPDATED: self.webhooks.destinations(conn, INVOICE_UPDATED)}
+            self._emit(conn, destinations, INVOICE_UPDATED, changed, now)
+        return changed
+
+    def _draft_job(self, draft: Invoice, now: datetime) -> _Job:
+        """The job that recomputes a draft now: its segments and the invoices it corrects."""
+        key = _key_of(draft)
+        if draft.kind == CORRECTION:
+            found = final_corrections.correction_jobs(self, now, [draft], None, [draft.customer_id])
+            return next((j for j in found if j.key == key), _Job(key, [], existing=draft, corrections_allowed=False))
+        segments = self._segments_for([key]).get(key, [])
+        job = _Job(key, segments, existing=draft, corrections_allowed=draft.kind == PERIOD)
+        self._attach_previous([job], now)
+        return job
 
     def void(self, invoice_id: str) -> Invoice:
         return self._set_status(invoice_id, VOID, INVOICE_VOIDED)
@@ -714,6 +799,9 @@ class InvoicingService:
                 changed = replace(changed, uncollectible_at=now)
             if not billing_store.update_invoice(conn, invoice.id, invoice.revision, _values(changed)):
                 raise InvoiceConflict(f"invoice {invoice.id} changed meanwhile; retry")
+            if target == VOID:
+                for hook in self.on_void:
+                    hook(conn, invoice.id, now)
             self._emit(conn, {event_type: self.webhooks.destinations(conn, event_type)}, event_type, changed, now)
         return changed
 
@@ -732,12 +820,24 @@ class InvoicingService:
         segments = self._segments_for(keys)
         jobs = [_Job(key, segments.get(key, [])) for key in keys]
         self._attach_previous(jobs, at)
+        now = self.clock.now()
+        # Late usage of ended subscriptions: the final correction invoice as it would be now.
+        with self.store.read() as conn:
+            _, records = billing_store.search_invoices(
+                conn, InvoiceSearch(customer_ids=(cust.id,), statuses=(DRAFT,), newest_first=False)
+            )
+        finals = final_corrections.correction_jobs(
+            self, now, [invoice_from_record(r) for r in records], None, [cust.id]
+        )
+        jobs += finals
+        keys += [job.key for job in finals]
         computed = self._compute(jobs, as_of=None)
         snapshot = _customer_snapshot(None, cust.id, cust)
-        now = self.clock.now()
         out = []
         for key in keys:
             lines = computed[key]
+            if key[3] == CORRECTION and not lines:
+                continue  # no late usage pending
             out.append(
                 Invoice(
                     id="",
@@ -752,6 +852,7 @@ class InvoicingService:
                     revision=0,
                     created_at=now,
                     updated_at=now,
+                    kind=key[3],
                 )
             )
         return out
@@ -840,6 +941,8 @@ class InvoicingService:
         change inside a period, on that period's invoice next to the old plan's credit.
         """
         _, _, period, kind = key
+        if kind == CORRECTION:
+            return []  # a final correction bills late usage only (final_corrections.py)
         schedule = sub.schedule
         out: list[Segment] = []
         if kind == OPENING:
@@ -879,6 +982,10 @@ class InvoicingService:
                 conn, InvoiceSearch(statuses=(DRAFT,), period_end_from_us=to_micros(earliest)), with_lines=False
             )
         latest: dict[tuple[str, str], datetime] = {}
+        # A customer's open final correction invoice carries its late usage until it is issued.
+        with_correction = {
+            (r.row["customer_id"], r.row["currency"]) for r in other_drafts if r.row.get("kind") == CORRECTION
+        }
         for record in other_drafts:
             r = record.row
             if (r.get("kind") or PERIOD) != PERIOD:
@@ -894,8 +1001,8 @@ class InvoicingService:
             by_customer[(inv.customer_id, inv.currency)].append(inv)
         for job in candidates:
             ckey = (job.key[0], job.key[1])
-            if latest[ckey] != job.key[2].end:
-                continue  # a later draft of this customer carries the corrections
+            if latest[ckey] != job.key[2].end or ckey in with_correction:
+                continue  # a later draft of this customer (or its correction invoice) carries them
             job.previous = [inv for inv in by_customer.get(ckey, []) if inv.period.end <= job.key[2].start]
 
     def _usage(
@@ -983,6 +1090,16 @@ class InvoicingService:
     ) -> dict[InvoiceKey, list[Line]]:
         """Each job's lines. With `failed`, a job that cannot be computed goes there (by key) and is
         left out of the answer instead of raising; the other jobs are computed."""
+        with exact():  # quantities and amounts of any size add up without being cut
+            return self._compute_exactly(jobs, as_of, failed, through_seq)
+
+    def _compute_exactly(
+        self,
+        jobs: list[_Job],
+        as_of: datetime | None,
+        failed: dict[InvoiceKey, BaseException] | None,
+        through_seq: int | None,
+    ) -> dict[InvoiceKey, list[Line]]:
         wanted: dict[UsageKey, set[str]] = defaultdict(set)
         needs: dict[InvoiceKey, set[UsageKey]] = defaultdict(set)
         for job in jobs:
@@ -1021,9 +1138,13 @@ class InvoicingService:
         as_of: datetime | None,
     ) -> list[Line]:
         invoice_id = job.existing.id if job.existing is not None else None
-        # In-advance lines are fixed once drafted: a later cancel is a credit on a later
-        # invoice, never a change to the charge (which may already have been sent).
+        # In-advance lines are fixed once drafted: a later cancel is a credit (on this draft, or
+        # a credit note once it is issued), never a change to the charge (which may have been sent).
         frozen = [ln for ln in job.existing.lines if _in_advance(ln)] if job.existing is not None else []
+        # Recomputing an issued invoice: its credits stay as issued (later ones are credit notes).
+        kept_credits = None
+        if job.existing is not None and job.existing.status != DRAFT:
+            kept_credits = [ln for ln in job.existing.lines if ln.kind == "credit"]
         lines: list[Line] = []
         late: list[Line] = []
         for seg in sorted(job.segments, key=lambda s: (s.advance, s.covered.start, s.subscription.id)):
@@ -1031,8 +1152,9 @@ class InvoicingService:
             if kept:
                 lines.extend(kept)
                 frozen = [ln for ln in frozen if ln not in kept]
+                lines.extend(self._unused_here(seg, kept, charged, invoice_id, kept_credits))
                 continue
-            lines.extend(self._segment_lines(job.key[0], seg, usage, charged, invoice_id, late))
+            lines.extend(self._segment_lines(job.key[0], seg, usage, charged, invoice_id, late, kept_credits))
         lines.extend(frozen)
         if job.existing is None:
             lines.extend(late)  # a draft keeps them among its frozen in-advance lines
@@ -1040,25 +1162,35 @@ class InvoicingService:
         return lines
 
     def _charged_in_advance(self, jobs: Sequence[_Job]) -> Charged:
-        """(subscription, rate card) -> (invoice id, service period, amount) of in-advance fees already
-        on stored invoices that are not void, for the subscriptions whose period these jobs close."""
-        ids = sorted({seg.subscription.id for job in jobs for seg in job.segments if not seg.advance})
+        """The in-advance charges and credits of the subscriptions these jobs bill (see charges_of)."""
+        return self.charges_of(sorted({seg.subscription.id for job in jobs for seg in job.segments}))
+
+    def charges_of(self, subscription_ids: Sequence[str]) -> Charged:
+        """(subscription, rate card) -> its in-advance fees charged so far (fee lines on invoices that
+        are not void) and what was given back of them (negative: `credit` lines on such invoices and
+        issued credit notes), each with the document holding it and the time it covers."""
         out: Charged = defaultdict(list)
-        if not ids:
+        if not subscription_ids:
             return out
         with self.store.read() as conn:
-            rows = billing_store.in_advance_fee_lines(conn, ids)
+            rows = billing_store.in_advance_fee_lines(conn, subscription_ids, kinds=("flat_fee", "credit"))
         for row in rows:
             if (row["detail"] or {}).get("paymentTerm") != "in_advance" or row["rate_card_key"] is None:
                 continue
             charge = _Charge(
                 invoice_id=row["invoice_id"],
-                invoice_kind=row["invoice_kind"] or PERIOD,
-                invoice_period_end=from_micros(row["invoice_period_end_us"]),
                 period=Period(from_micros(row["period_start_us"]), from_micros(row["period_end_us"])),
                 amount=Decimal(row["amount"]),
+                kind=FEE if row["kind"] == "flat_fee" else GIVEN_BACK,
+                invoice_kind=row["invoice_kind"] or PERIOD,
+                invoice_period_end=from_micros(row["invoice_period_end_us"]),
+                invoice_status=row["invoice_status"],
             )
             out[(row["subscription_id"], row["rate_card_key"])].append(charge)
+        if self.credit_notes is not None:
+            for credit in self.credit_notes.fee_credits(subscription_ids):
+                key = (credit.subscription_id, credit.rate_card_key)
+                out[key].append(_Charge(credit.invoice_id, credit.period, -credit.amount, kind=GIVEN_BACK))
         return out
 
     def _round(self, amount: Decimal, currency: str) -> Decimal:
@@ -1072,6 +1204,7 @@ class InvoicingService:
         charged: Charged,
         invoice_id: str | None,
         late: list[Line],
+        kept_credits: list[Line] | None = None,
     ) -> list[Line]:
         """An advance segment gives its in-advance fees; any other its usage, in-arrears fees, credits
         for in-advance time not used and the plan commitment. An in-advance fee that the previous
@@ -1090,16 +1223,8 @@ class InvoicingService:
                 "tax_code": tax,
             }
             if isinstance(rc.price, FlatPrice):
-                covered_us = Decimal(to_micros(seg.covered.end) - to_micros(seg.covered.start))
-                period_us = Decimal(to_micros(seg.period.end) - to_micros(seg.period.start))
-                raw = prorate(rc.price.amount, covered_us, period_us)
+                raw, detail = flat_share(rc.price, seg.covered, seg.period)
                 in_advance = rc.price.payment_term is PaymentTerm.IN_ADVANCE
-                detail: dict[str, Any] = {"paymentTerm": rc.price.payment_term.value}
-                if covered_us != period_us:
-                    detail["proration"] = {
-                        "coveredSeconds": str(covered_us / 1_000_000),
-                        "periodSeconds": str(period_us / 1_000_000),
-                    }
                 if in_advance and not seg.advance:
                     used = self._round(apply_commitments(raw, rc.commitments).amount, cur)
                     advance_used += used
@@ -1116,7 +1241,9 @@ class InvoicingService:
                             )
                         )
                     else:
-                        lines.extend(self._credit(rc, seg, self._round(raw, cur), charged, invoice_id, base))
+                        lines.extend(
+                            self._credit(rc, seg, self._round(raw, cur), charged, invoice_id, base, kept_credits)
+                        )
                     continue
                 if in_advance != seg.advance:
                     continue  # an in-arrears fee is billed with the period's usage, not in advance
@@ -1194,19 +1321,29 @@ class InvoicingService:
         charged: Charged,
         invoice_id: str | None,
         base: dict[str, Any],
+        kept_credits: list[Line] | None = None,
     ) -> list[Line]:
-        """A negative line for in-advance time paid for but not used (a cancel or plan change)."""
-        billed = [
+        """A negative line for in-advance time paid for but not used (a cancel or plan change) that
+        nothing gave back yet: the fees charged on other invoices for this period, minus what was
+        credited since (credit lines, credit notes: normally all of it, at the cancel), minus the fee
+        for the time used."""
+        if kept_credits is not None:  # an issued invoice recomputed: its credits stay as issued
+            return [ln for ln in kept_credits if _credits_for(ln, seg, rc.key) and not _in_advance_credit_here(ln)]
+        within = [
             c
             for c in charged.get((seg.subscription.id, rc.key), [])
             if c.invoice_id != invoice_id and seg.period.start <= c.period.start and c.period.end <= seg.period.end
         ]
-        paid = sum((c.amount for c in billed), ZERO)
+        billed = [c for c in within if c.kind == FEE]
+        if not billed:
+            return []
+        paid = sum((c.amount for c in within), ZERO)  # charged minus given back already
         if paid <= used:
             return []
         paid_to = max(c.period.end for c in billed)
         unused = Period(seg.covered.end, paid_to) if paid_to > seg.covered.end else seg.covered
         first_invoice = min(billed, key=lambda c: c.period.start).invoice_id
+        charged_total = sum((c.amount for c in billed), ZERO)
         tz = seg.subscription.timezone
         return [
             Line(
@@ -1221,9 +1358,60 @@ class InvoicingService:
                     f"{rc.name} paid in advance on invoice {first_invoice}, not used: {_period_label(unused, tz)}"
                 ),
                 corrects_invoice_id=first_invoice,
-                detail={"paymentTerm": "in_advance", "charged": str(paid), "used": str(used)},
+                detail={
+                    "paymentTerm": "in_advance",
+                    "charged": str(charged_total),
+                    "used": str(used),
+                    **({"creditedBefore": str(charged_total - paid)} if paid != charged_total else {}),
+                },
             )
         ]
+
+    def _unused_here(
+        self,
+        seg: Segment,
+        kept: list[Line],
+        charged: Charged,
+        invoice_id: str | None,
+        kept_credits: list[Line] | None,
+    ) -> list[Line]:
+        """Credits for in-advance fees on this (draft) invoice that the subscription will not use:
+        it was canceled or changed plan after the fee was drafted. Charged - credit is the fee for
+        the time used, as for a credit on a later invoice; what other documents gave back already
+        for the period counts."""
+        if kept_credits is not None:
+            return [ln for ln in kept_credits if _credits_for(ln, seg, None) and _in_advance_credit_here(ln)]
+        sub, out = seg.subscription, []
+        for rc in seg.plan.rate_cards:
+            fees = [ln for ln in kept if ln.kind == "flat_fee" and ln.rate_card_key == rc.key]
+            if not fees or not isinstance(rc.price, FlatPrice):
+                continue
+            raw, _ = flat_share(rc.price, seg.covered, seg.period)
+            used = self._round(raw, sub.currency)
+            elsewhere = [
+                c
+                for c in charged.get((sub.id, rc.key), [])
+                if c.invoice_id != invoice_id and seg.period.start <= c.period.start and c.period.end <= seg.period.end
+            ]
+            here = sum((ln.amount for ln in fees), ZERO)
+            paid = here + sum((c.amount for c in elsewhere), ZERO)
+            if paid <= used:
+                continue
+            unused = Period(seg.covered.end, max(ln.period.end for ln in fees))
+            out.append(
+                Line(
+                    kind="credit",
+                    name=f"Credit: {rc.name} (unused time)",
+                    period=unused,
+                    amount=used - paid,
+                    subscription_id=sub.id,
+                    rate_card_key=rc.key,
+                    tax_code=fees[0].tax_code,
+                    description=(f"{rc.name} billed above in advance, not used: {_period_label(unused, sub.timezone)}"),
+                    detail={"paymentTerm": "in_advance", "charged": str(here), "used": str(used), "sameInvoice": True},
+                )
+            )
+        return out
 
     def _commitment(
         self, rc: RateCard, raw: Decimal, currency: str, base: dict[str, Any], payment_term: str | None = None
@@ -1270,6 +1458,11 @@ class InvoicingService:
             key = (row["corrects_invoice_id"], row["subscription_id"], row["rate_card_key"])
             if key in billed:
                 billed[key] += Decimal(row["quantity"])
+        if self.credit_notes is not None:  # units a credit note took off are no longer billed
+            for credit in self.credit_notes.usage_credits(list({inv.id for inv in invoices})):
+                key = (credit.invoice_id, credit.subscription_id, credit.rate_card_key)
+                if key in billed:
+                    billed[key] -= credit.quantity
         return billed
 
     def _corrections(
@@ -1333,6 +1526,12 @@ class InvoicingService:
         return next((rc for rc in plan.rate_cards if rc.key == line.rate_card_key), None)
 
     def _recompute_corrections(
+        self, invoice: Invoice, fixed: list[Line], as_of: datetime | None, through_seq: int | None
+    ) -> list[Line]:
+        with exact():
+            return self._recompute_corrections_exactly(invoice, fixed, as_of, through_seq)
+
+    def _recompute_corrections_exactly(
         self, invoice: Invoice, fixed: list[Line], as_of: datetime | None, through_seq: int | None
     ) -> list[Line]:
         wanted: dict[UsageKey, set[str]] = defaultdict(set)
@@ -1413,6 +1612,18 @@ class InvoicingService:
         self.webhooks.enqueue(conn, message, targets, now)
 
 
+def flat_share(price: FlatPrice, covered: Period, period: Period) -> tuple[Decimal, dict[str, Any]]:
+    """A flat fee's unrounded share for `covered` of `period`, by whole seconds (see
+    tallybook/exact.py), and the line's detail (payment term, proration when partial)."""
+    covered_s = whole_seconds(covered.start, covered.end)
+    period_s = whole_seconds(period.start, period.end)
+    raw = prorate(price.amount, Decimal(covered_s), Decimal(period_s))
+    detail: dict[str, Any] = {"paymentTerm": price.payment_term.value}
+    if covered_s != period_s:
+        detail["proration"] = {"coveredSeconds": str(covered_s), "periodSeconds": str(period_s)}
+    return raw, detail
+
+
 def opening_key(sub: Subscription) -> InvoiceKey:
     """The key of a subscription's opening invoice: its start to the end of its first period."""
     first = sub.schedule.period_containing(sub.active_from)
@@ -1436,7 +1647,7 @@ def _missed_at_upgrade(rc: RateCard, seg: Segment, charged: Charged, invoice_id:
     period's) or, for a plan change inside the period, on this one; so a period invoice of the
     previous period holding only a fee for that previous period marks an invoice of the old timing.
     """
-    charges = charged.get((seg.subscription.id, rc.key), [])
+    charges = [c for c in charged.get((seg.subscription.id, rc.key), []) if c.kind == FEE]
     period = seg.period
     if any(period.start <= c.period.start and c.period.end <= period.end for c in charges):
         return False
@@ -1447,6 +1658,22 @@ def _missed_at_upgrade(rc: RateCard, seg: Segment, charged: Charged, invoice_id:
         and c.period.end <= period.start
         for c in charges
     )
+
+
+def _credits_for(line: Line, seg: Segment, rate_card_key: str | None) -> bool:
+    """Whether a stored credit line gives back this segment's subscription's fee (of that rate card)."""
+    return (
+        line.kind == "credit"
+        and line.subscription_id == seg.subscription.id
+        and (rate_card_key is None or line.rate_card_key == rate_card_key)
+        and seg.period.start <= line.period.start
+        and line.period.end <= seg.period.end
+    )
+
+
+def _in_advance_credit_here(line: Line) -> bool:
+    """A credit for a fee on the same invoice (see InvoicingService._unused_here)."""
+    return bool((line.detail or {}).get("sameInvoice"))
 
 
 def _billed_in_advance(rc: RateCard) -> bool:

@@ -22,10 +22,11 @@ from decimal import ROUND_CEILING, Decimal, localcontext
 from enum import StrEnum
 
 from tallybook.billing.models import Commitments, PackagePrice, TieredPrice, TierMode, UnitPrice, UsagePrice
+from tallybook.exact import PRECISION
 
 # Significant digits for intermediate arithmetic: far more than any meter value times any price
 # needs, so products and sums are exact and only the final per-line rounding loses digits.
-_PRECISION = 80
+_PRECISION = PRECISION
 ZERO = Decimal(0)
 
 

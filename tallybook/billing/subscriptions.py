@@ -8,11 +8,14 @@
 - Cancel `immediate` ends it now, `next_billing_cycle` at the end of the current period, or at a
   given instant. A plan change ends the subscription at the change time and starts a new one on the
   other plan version right there, keeping the billing anchor, so the period that holds the change is
-  billed once with both parts prorated.
+  billed once with both parts prorated. "Now" is read from the clock once per request.
+- Listeners registered with `on_end` run after a cancel or change commits: billing gives back the
+  in-advance time not used there (tallybook/billing/cancel_credits.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -29,6 +32,8 @@ from tallybook.store.base import SqlStore
 
 Timing = Literal["immediate", "next_billing_cycle"] | datetime
 PlanLookup = Callable[[str, int | None], PlanVersion]
+EndListener = Callable[["Subscription"], object]
+log = logging.getLogger(__name__)
 
 
 class SubscriptionError(DomainError):
@@ -179,6 +184,7 @@ class SubscriptionService:
         self.clock = clock
         self.customers = customers
         self.plans = plans
+        self._end_listeners: list[EndListener] = []
 
     # -- reading ------------------------------------------------------------------------------------
     def get(self, subscription_id: str) -> Subscription:
@@ -271,26 +277,30 @@ class SubscriptionService:
                 billing_store.update_subscription(conn, previous_id, {"next_id": sub.id})
         return sub
 
+    def on_end(self, listener: EndListener) -> None:
+        """Call `listener` with the subscription after a cancel or plan change has ended it (committed).
+
+        Billing issues the credit for in-advance time paid for but not used this way, at the moment
+        the end is set (tallybook/billing/cancel_credits.py). A listener that fails is logged and
+        skipped: the end stands, and the invoice of the period it falls in carries the credit.
+        """
+        self._end_listeners.append(listener)
+
     def cancel(self, subscription_id: str, timing: Timing = "immediate") -> Subscription:
         sub = self.get(subscription_id)
         now = self.clock.now()
-        end = self._resolve_timing(sub, timing, now)
-        if sub.active_to is not None and sub.active_to <= now:
-            raise SubscriptionConflict(f"subscription {sub.id} already ended at {sub.active_to.isoformat()}")
-        end = max(end, sub.active_from)  # canceling before the start: it never becomes active
-        changed = replace(sub, active_to=end, canceled_at=now, updated_at=now)
-        with self.store.write() as conn:
-            billing_store.update_subscription(
-                conn,
-                sub.id,
-                {"active_to_us": to_micros(end), "canceled_us": to_micros(now), "updated_us": to_micros(now)},
-            )
-        return changed
+        ended = self._end(sub, self._resolve_timing(sub, timing, now), now)
+        self._ended(ended)
+        return ended
 
     def change(
         self, subscription_id: str, plan_key: str, plan_version: int | None, timing: Timing = "immediate"
     ) -> tuple[Subscription, Subscription]:
-        """End the subscription at `timing` and start one on the other plan version there."""
+        """End the subscription at `timing` and start one on the other plan version there.
+
+        The change instant is resolved once, from one reading of the clock: "immediate" is that
+        instant, and ending the old subscription does not check it against a later reading.
+        """
         sub = self.get(subscription_id)
         now = self.clock.now()
         at = max(self._resolve_timing(sub, timing, now), sub.active_from)
@@ -302,7 +312,7 @@ class SubscriptionService:
                 f"plan {plan.plan_key!r} is priced in {plan.currency}; a plan change keeps the currency {sub.currency}"
             )
         old_end = sub.active_to
-        ended = self.cancel(sub.id, at)
+        ended = self._end(sub, at, now)
         try:
             new = self.create(
                 SubscriptionInput(
@@ -328,9 +338,34 @@ class SubscriptionService:
                     },
                 )
             raise
-        return replace(ended, next_id=new.id), new
+        ended = replace(ended, next_id=new.id)
+        self._ended(ended)
+        return ended, new
 
     # -- internals -------------------------------------------------------------------------------------
+    def _end(self, sub: Subscription, end: datetime, now: datetime) -> Subscription:
+        """Set the subscription's end (not before its start: canceled before it starts, it never runs)."""
+        if sub.active_to is not None and sub.active_to <= now:
+            raise SubscriptionConflict(f"subscription {sub.id} already ended at {sub.active_to.isoformat()}")
+        end = max(end, sub.active_from)
+        with self.store.write() as conn:
+            billing_store.update_subscription(
+                conn,
+                sub.id,
+                {"active_to_us": to_micros(end), "canceled_us": to_micros(now), "updated_us": to_micros(now)},
+            )
+        return replace(sub, active_to=end, canceled_at=now, updated_at=now)
+
+    def _ended(self, sub: Subscription) -> None:
+        for listener in self._end_listeners:
+            try:
+                listener(sub)
+            except Exception:
+                log.exception(
+                    "a subscription-end listener failed; the period's invoice carries what it missed",
+                    extra={"subscription_id": sub.id},
+                )
+
     def _resolve_timing(self, sub: Subscription, timing: Timing, now: datetime) -> datetime:
         if isinstance(timing, datetime):
             _aware(timing, "timing")
@@ -356,6 +391,7 @@ class SubscriptionService:
 
 __all__ = [
     "CustomerMissing",
+    "EndListener",
     "InvalidSubscription",
     "PlanLookup",
     "PlanNotFound",

@@ -36,7 +36,8 @@ MAX_NUMBER_FRACTION_DIGITS = 16_383
 # Why: totals are added up with Python's Decimal in its default context, 28 significant digits
 # (SQLite's exact sums and the API's re-aggregation), and a sum rounds silently once it needs more.
 # A sum of n in-domain values needs at most 12 + 6 + log10(n) digits, so every total of up to
-# 10^10 events (ten billion, in one meter query) is exact: 12 + 6 + 10 = 28.
+# 10^10 events (ten billion, in one meter query) is exact: 12 + 6 + 10 = 28. (Meter sums and
+# billing now add with the precision of tallybook/exact.py, so larger totals are exact as well.)
 DECIMAL_CONTEXT_DIGITS = 28
 METERED_INTEGER_DIGITS = 12
 METERED_FRACTION_DIGITS = 6

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from tallybook.clock import Clock, SystemClock, from_micros, to_micros
+from tallybook.exact import total as exact_total
 from tallybook.ids import new_ulid
 from tallybook.meters.config import MeterSettings
 from tallybook.meters.extract import InvalidPath, compile_path
@@ -321,7 +322,7 @@ class MeterService:
             q = UsageQuery(meter=meter.id, from_=start, to=end, subjects=(subject,), as_of=as_of)
             counted = self._run(meter, q, catch_up=False, check_alignment=False)
             name = names[meter.key]
-            values[name] = sum((c.row.value for c in counted), Decimal(0))
+            values[name] = exact_total(c.row.value for c in counted)
             counts[name] = sum(c.count for c in counted)
         with self.store.read() as conn:
             total = _distinct_events(conn, [m.key for m in meters], subject, start, end, as_of)

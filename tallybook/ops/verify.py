@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from tallybook.customers.sql import customers
+from tallybook.exact import CONTEXT as EXACT
 from tallybook.store.base import SqlStore
 from tallybook.store.billing import invoice_lines, invoices
 from tallybook.store.meters import meters
@@ -147,12 +148,14 @@ def _invoice_totals(conn: Connection) -> Check:
             )
         )
         for invoice_id, kind, amount in lines:
-            sums[invoice_id][1 if kind == "commitment" else 0] += _decimal(amount)
+            part = 1 if kind == "commitment" else 0
+            sums[invoice_id][part] = EXACT.add(sums[invoice_id][part], _decimal(amount))  # any number of digits
         for invoice_id, subtotal, commitments, total in page:
             lines_subtotal, lines_commitments = sums[invoice_id]
             stored = (_decimal(subtotal), _decimal(commitments), _decimal(total))
-            if stored != (lines_subtotal, lines_commitments, lines_subtotal + lines_commitments):
-                wrong.append(f"{invoice_id} (total {total}, lines sum to {lines_subtotal + lines_commitments})")
+            lines_total = EXACT.add(lines_subtotal, lines_commitments)
+            if stored != (lines_subtotal, lines_commitments, lines_total):
+                wrong.append(f"{invoice_id} (total {total}, lines sum to {lines_total})")
             checked += 1
     if not wrong:
         return Check("invoice totals", True, f"{checked} invoice(s): totals equal the sum of their lines")

@@ -12,6 +12,7 @@ from tallybook.customers import sql as _customer_tables  # noqa: F401
 # metadata (and anything that walks it) is complete whichever module is used first.
 from tallybook.store import billing as _billing_tables  # noqa: F401
 from tallybook.store import catalog as _catalog_tables  # noqa: F401
+from tallybook.store import credit_note_sync as _credit_note_tables  # noqa: F401  (and tallybook.creditnotes.sql)
 from tallybook.store import invoice_sync as _invoice_sync_tables  # noqa: F401
 from tallybook.store import jobs as _job_tables  # noqa: F401
 from tallybook.store import meters as _meter_tables  # noqa: F401

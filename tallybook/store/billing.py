@@ -343,17 +343,21 @@ def unopened_subscriptions(conn: Connection, now_us: int) -> list[dict[str, Any]
 
 
 def in_advance_fee_lines(
-    conn: Connection, subscription_ids: Sequence[str], exclude_invoice_ids: Sequence[str] = ()
+    conn: Connection,
+    subscription_ids: Sequence[str],
+    exclude_invoice_ids: Sequence[str] = (),
+    kinds: Sequence[str] = ("flat_fee",),
 ) -> list[dict[str, Any]]:
-    """Flat-fee lines of these subscriptions on invoices that are not void (nor excluded), with
-    their invoice's id, kind and period end; the caller keeps those whose detail says `in_advance`."""
+    """Lines of these kinds (flat fees; with "credit", the credits for unused in-advance time too)
+    of these subscriptions on invoices that are not void (nor excluded), with their invoice's id,
+    kind, status and period end; the caller keeps those whose detail says `in_advance`."""
     out: list[dict[str, Any]] = []
     ids = list(dict.fromkeys(subscription_ids))
     excluded = list(exclude_invoice_ids)
     for start in range(0, len(ids), PAGE):
         conditions: list[Any] = [
             invoice_lines.c.subscription_id.in_(ids[start : start + PAGE]),
-            invoice_lines.c.kind == "flat_fee",
+            invoice_lines.c.kind.in_(list(kinds)),
             invoices.c.status != "void",
         ]
         if excluded:
@@ -362,6 +366,7 @@ def in_advance_fee_lines(
             select(
                 invoice_lines,
                 invoices.c.kind.label("invoice_kind"),
+                invoices.c.status.label("invoice_status"),
                 invoices.c.period_end_us.label("invoice_period_end_us"),
             )
             .join(invoices, invoices.c.id == invoice_lines.c.invoice_id)
@@ -383,6 +388,16 @@ def corrections_of(conn: Connection, invoice_ids: Sequence[str]) -> list[dict[st
         )
         out.extend(dict(r._mapping) for r in conn.execute(query))
     return out
+
+
+def invoice_totals(conn: Connection, invoice_ids: Sequence[str]) -> dict[str, str]:
+    """The stored total of each of these invoices (decimal text), by id."""
+    ids = list(dict.fromkeys(invoice_ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), PAGE):
+        query = select(invoices.c.id, invoices.c.total).where(invoices.c.id.in_(ids[start : start + PAGE]))
+        found.update({r.id: r.total for r in conn.execute(query)})
+    return found
 
 
 def customer_rows(conn: Connection, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -429,6 +444,7 @@ __all__ = [
     "insert_invoices",
     "insert_subscription",
     "invoice_lines",
+    "invoice_totals",
     "invoices",
     "latest_ingest_us",
     "list_subscriptions",

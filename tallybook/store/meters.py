@@ -54,6 +54,8 @@ from sqlalchemy.types import UserDefinedType
 
 from tallybook import jsonutil
 from tallybook.customers.sql import customer_subjects, customers
+from tallybook.exact import CONTEXT as EXACT
+from tallybook.exact import total as exact_total
 from tallybook.filters.model import StringFilter
 from tallybook.filters.sql import string_condition
 from tallybook.store.schema import events, metadata
@@ -224,7 +226,8 @@ class _DecimalSum:
 
     def step(self, value: Any) -> None:
         if value is not None:
-            self.total += Decimal(value)
+            # Exact: a sum of many in-domain values can need more than the default 28 digits.
+            self.total = EXACT.add(self.total, Decimal(value))
             self.seen = True
 
     def finalize(self) -> str | None:
@@ -712,7 +715,7 @@ def _combine(agg: str, parts: Sequence[Any]) -> Decimal | None:
         return min(values)
     if agg == "MAX":
         return max(values)
-    return sum(values, Decimal(0))
+    return exact_total(values)
 
 
 def _latest_or_first(

@@ -45,6 +45,8 @@ INVOICE_UNCOLLECTIBLE = "invoice.uncollectible"
 INVOICE_SYNC_FAILED = "invoice.sync_failed"
 # Written by the billing.unbilled job (tallybook/unbilled): usage no invoice will ever carry.
 BILLING_UNBILLED_USAGE = "billing.unbilled_usage"
+# Written by tallybook.creditnotes when a credit note lowers an issued invoice.
+INVOICE_CREDIT_NOTE_CREATED = "invoice.credit_note.created"
 EventType = Literal[
     "aggregation.completed",
     "aggregation.corrected",
@@ -58,6 +60,7 @@ EventType = Literal[
     "invoice.uncollectible",
     "invoice.sync_failed",
     "billing.unbilled_usage",
+    "invoice.credit_note.created",
 ]
 EVENT_TYPES: tuple[str, ...] = (
     AGGREGATION_COMPLETED,
@@ -72,6 +75,7 @@ EVENT_TYPES: tuple[str, ...] = (
     INVOICE_UNCOLLECTIBLE,
     INVOICE_SYNC_FAILED,
     BILLING_UNBILLED_USAGE,
+    INVOICE_CREDIT_NOTE_CREATED,
 )
 # What an endpoint from the config file receives when it names no `events`: what the codehooks
 # template sends, plus corrections of it. Usage reports are opt-in.

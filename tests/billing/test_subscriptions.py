@@ -182,19 +182,23 @@ def test_cancel_immediately_prorates_and_stops_billing(rt: Runtime, api: httpx.C
     )
     canceled = ok(api.post(f"/api/v1/subscriptions/{sub['id']}/cancel", json={"timing": "immediate"}))
     assert canceled["activeTo"] == "2026-01-11T00:00:00Z" and canceled["status"] == "inactive"
-    clock.set(utc(2026, 4, 1))
-    run_billing(rt)
-    (invoice,) = invoices(rt, api)  # nothing after the cancel
-    assert flat_lines(invoice) == []  # no February fee: the subscription ended
-    (credit,) = [line for line in invoice["lines"] if line["type"] == "credit"]
+    # The opening invoice is still a draft: the credit goes on it at once, next to the fee it gives back.
+    (opening,) = invoices(rt, api, "opening")
+    (credit,) = [line for line in opening["lines"] if line["type"] == "credit"]
     # Paid 49.00 for January, used 10 days: 49 * 10/31 = 15.81, so 33.19 comes back.
     assert credit["amount"] == usd(Decimal(49) * 10 / 31 - 49) == "-33.19"
     assert credit["period"] == {"from": "2026-01-11T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
     assert credit["name"] == "Credit: Platform fee (unused time)"
-    assert credit["correctsInvoiceId"] == opening["id"] and credit["paymentTerm"] == "in_advance"
+    assert credit["paymentTerm"] == "in_advance" and "correctsInvoiceId" not in credit
+    assert opening["totals"]["total"] == "15.81" and opening["revision"] == 2
+    clock.set(utc(2026, 4, 1))
+    run_billing(rt)
+    (invoice,) = invoices(rt, api)  # nothing after the cancel
+    assert flat_lines(invoice) == []  # no February fee: the subscription ended
+    assert [line for line in invoice["lines"] if line["type"] == "credit"] == []  # given back already
     usage = next(line for line in invoice["lines"] if line["rateCardKey"] == "api_calls")
     assert usage["quantity"] == "100"  # the event after the cancel is not billed
-    assert invoice["totals"]["total"] == "-33.09"  # 0.10 of usage, 33.19 back
+    assert invoice["totals"]["total"] == "0.10"
     assert run_billing(rt)["created"] == 0
 
 
@@ -261,15 +265,18 @@ def test_plan_change_mid_period_bills_both_parts_on_one_invoice(
     assert changed["next"]["previousSubscriptionId"] == sub["id"]
     assert changed["next"]["plan"] == {"key": "team", "version": 1}
     send(api, [("api.calls", "acme", utc(2026, 4, 25), {"value": 500})])
+    # The old plan's April fee was paid in full on the opening draft: 49 * 20/30 = 32.67 used, 16.33
+    # back, on that draft at once.
+    (opening,) = invoices(rt, api, "opening")
+    (credit,) = [line for line in opening["lines"] if line["type"] == "credit"]
+    assert credit["amount"] == usd(Decimal(49) * 20 / 30 - 49) == "-16.33"
+    assert credit["subscriptionId"] == sub["id"]
+    assert credit["period"] == {"from": "2026-04-21T00:00:00Z", "to": "2026-05-01T00:00:00Z"}
     clock.set(utc(2026, 5, 1, 1))
     run_billing(rt)
     (invoice,) = invoices(rt, api)  # the new plan has no opening invoice of its own
     assert len(invoices(rt, api, "opening")) == 1
-    # The old plan's April fee was paid in full: 49 * 20/30 = 32.67 used, 16.33 back.
-    (credit,) = [line for line in invoice["lines"] if line["type"] == "credit"]
-    assert credit["amount"] == usd(Decimal(49) * 20 / 30 - 49) == "-16.33"
-    assert credit["subscriptionId"] == sub["id"]
-    assert credit["period"] == {"from": "2026-04-21T00:00:00Z", "to": "2026-05-01T00:00:00Z"}
+    assert [line for line in invoice["lines"] if line["type"] == "credit"] == []
     # The new plan: the rest of April (99 * 10/30) and May in advance.
     fees = [(f["subscriptionId"], f["amount"], f["period"]["from"]) for f in flat_lines(invoice)]
     new_id = changed["next"]["id"]
@@ -288,9 +295,7 @@ def test_plan_change_mid_period_bills_both_parts_on_one_invoice(
     send(api, [("api.calls", "acme", utc(2026, 4, 28), {"value": 100})])
     assert run_billing(rt)["updated"] == 1
     (refreshed,) = invoices(rt, api)
-    assert [line for line in refreshed["lines"] if line["type"] in ("flat_fee", "credit")] == [
-        line for line in invoice["lines"] if line["type"] in ("flat_fee", "credit")
-    ]
+    assert flat_lines(refreshed) == flat_lines(invoice)
     assert [line["quantity"] for line in refreshed["lines"] if line["rateCardKey"] == "api_calls"] == ["4000", "600"]
     assert [ln.row() for ln in rt.invoicing.recompute(refreshed["id"])] == [
         ln.row() for ln in rt.invoicing.get(refreshed["id"]).lines
@@ -416,13 +421,18 @@ def test_commitment_counts_in_advance_fees_of_the_period_that_ended(
     clock.set(utc(2026, 2, 1, 1))
     run_billing(rt)
     (invoice,) = invoices(rt, api)
+    (opening,) = invoices(rt, api, "opening")
+    # Paid 30.00 at the start; used 15 days: 30 * 15/31 = 14.52, so 15.48 back, on the opening draft
+    # at the cancel. January's spend is 4.00 of usage + 14.52 of fee = 18.52, lifted to the 50
+    # minimum by 31.48.
+    assert [(line["type"], line["amount"]) for line in opening["lines"]] == [
+        ("flat_fee", "30.00"),
+        ("credit", "-15.48"),
+    ]
     kinds = [(line["type"], line["amount"]) for line in invoice["lines"]]
-    # Paid 30.00 at the start; used 15 days: 30 * 15/31 = 14.52, so 15.48 back. January's spend is
-    # 4.00 of usage + 14.52 of fee = 18.52, lifted to the 50 minimum by 31.48.
-    assert ("credit", "-15.48") in kinds
     assert ("commitment", "31.48") in kinds
-    assert invoice["totals"] == {"amount": "-11.48", "commitments": "31.48", "total": "20.00"}
-    # Opening 30.00 + this 20.00 = 50.00: the customer paid exactly the minimum for January.
+    assert invoice["totals"] == {"amount": "4.00", "commitments": "31.48", "total": "35.48"}
+    # Opening 14.52 + this 35.48 = 50.00: the customer paid exactly the minimum for January.
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -458,8 +468,13 @@ def test_charged_minus_credit_is_the_fee_for_the_time_used(
         ok(client.post(f"/api/v1/subscriptions/{sub['id']}/cancel", json={"timing": "immediate"}))
         clock.set(utc(2026, 2, 1, 1))
         run_billing(runtime)
-        (invoice,) = invoices(runtime, client)
-        credits = [Decimal(line["amount"]) for line in invoice["lines"] if line["type"] == "credit"]
+        # The credit is on the opening draft (given at the cancel), none on the period's invoice.
+        credits = [
+            Decimal(line["amount"])
+            for invoice in invoices(runtime, client, "opening") + invoices(runtime, client)
+            for line in invoice["lines"]
+            if line["type"] == "credit"
+        ]
         used = Decimal(usd(Decimal("49.99") * ((cancel_at - start) // micros) / month))
         assert charged + sum(credits, Decimal(0)) == used
         # A credit line only when something comes back (a cancel in the last minute may round to 0).

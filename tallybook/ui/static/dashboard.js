@@ -614,7 +614,10 @@
       withCustomer ? el("td", {}, invoice.customer && invoice.customer.id ? customerLink(invoice.customer.id) : "—") : null,
       el("td", {}, periodText(invoice.period, invoiceZone(invoice))),
       // Two invoices can share a period: a subscription's opening one bills its first fees in advance.
-      el("td", { class: "invoice-kind" }, invoice.kind === "opening" ? "opening (fees in advance)" : "period"),
+      el("td", { class: "invoice-kind" }, {
+        opening: "opening (fees in advance)",
+        correction: "correction (late usage)",
+      }[invoice.kind] || "period"),
       el("td", {}, el("span", { class: `badge ${invoice.status}` }, invoice.status)),
       el("td", { class: "num total" }, money(invoice.totals.total, invoice.currency)))));
   }

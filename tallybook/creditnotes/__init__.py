@@ -1,0 +1,1 @@
+"""Credit notes: corrections that lower an issued invoice (see README.md)."""
