@@ -276,6 +276,15 @@ def test_the_cli_prints_the_report(rt: Runtime, api: httpx.Client, database_url:
     done = CliRunner().invoke(app, ["unbilled", *window, "--json"])
     assert done.exit_code == 0, done.output
     assert flat(json.loads(done.output)["items"]) == EXPECTED
-    table = CliRunner().invoke(app, ["unbilled", *window], env={"COLUMNS": "200"})
+    # The CLI's console measured its width when first imported (COLUMNS then, in whichever test
+    # imported it first): set it wide for this call so no cell is cut.
+    from tallybook.cli import main as cli_main
+
+    measured = cli_main.console._width
+    cli_main.console.width = 200
+    try:
+        table = CliRunner().invoke(app, ["unbilled", *window])
+    finally:
+        cli_main.console._width = measured
     assert table.exit_code == 0, table.output
     assert "ghost" in table.output and "subject_without_customer" in table.output and "5 row(s)" in table.output

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
 from tallybook.billing.currency import round_money
 from tallybook.billing.models import RoundingMode
@@ -18,6 +19,7 @@ from tallybook.clock import FixedClock, to_micros
 from tallybook.exact import CONTEXT
 from tallybook.runtime import Runtime
 from tallybook.store.meters import UsageRecord, insert_usage
+from tallybook.store.schema import events
 from tallybook.webhooks.service import ChannelInput, RuleInput
 from tallybook.webhooks.settings import INVOICE_CREDIT_NOTE_CREATED
 from tests.billing_helpers import (
@@ -374,12 +376,15 @@ def test_a_31_digit_quantity_is_billed_exactly(rt: Runtime, api: httpx.Client, c
     meter = rt.meters.get("api_calls")
     rt.meters.catch_up()
     with rt.store.write() as conn:
+        # Under the ingest watermark (invoices count usage of events stored up to it), at another
+        # instant than the real event's row.
+        stored_seq = conn.execute(select(func.max(events.c.seq))).scalar_one()
         insert_usage(
             conn,
             [
                 UsageRecord(
                     meter_key=meter.key,
-                    event_seq=10**15,
+                    event_seq=stored_seq,
                     subject="acme",
                     time_us=to_micros(utc(2026, 1, 9, 12)),
                     ingested_us=to_micros(clock.now()),
