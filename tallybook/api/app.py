@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tallybook
+from tallybook.api.guards import RefuseNulCharacters
 from tallybook.api.openapi import complete_openapi
 from tallybook.api.problems import install_problem_handlers
 from tallybook.api.routes import (
@@ -121,6 +122,7 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(overview.router)
     app.include_router(export.router)
     app.include_router(ui_router)
+    app.add_middleware(RefuseNulCharacters)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
     app.openapi = lambda: complete_openapi(app, portal_dependencies=(portal.portal_holder,))  # type: ignore[method-assign]
     return app
