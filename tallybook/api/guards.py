@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tallybook import jsonutil
-from tallybook.api.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE
+from tallybook.api.problems import CODEHOOKS_PATHS, PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE
 
 
 class RefuseNulCharacters:
@@ -38,15 +38,17 @@ def _nul_in(scope: Scope) -> str | None:
 
 async def _refuse(scope: Scope, send: Send, where: str) -> None:
     detail = f"the request's {where} contains U+0000 (%00), which no id, key or filter value can hold; remove it"
-    body = jsonutil.dumpb(
-        {
-            "type": PROBLEM_TYPE_BASE + "invalid-characters",
-            "title": "Bad Request",
-            "status": 400,
-            "detail": detail,
-            "instance": scope.get("path", "").replace("\x00", "\\u0000"),
-        }
-    )
+    path = scope.get("path", "")
+    problem = {
+        "type": PROBLEM_TYPE_BASE + "invalid-characters",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": detail,
+        "instance": path.replace("\x00", "\\u0000"),
+    }
+    if path.startswith(CODEHOOKS_PATHS):
+        problem["error"] = detail  # the codehooks template's clients read `error`
+    body = jsonutil.dumpb(problem)
     headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 400, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -29,6 +29,10 @@ PROBLEM_TITLES = {
 }
 
 
+# The codehooks template's routes: its clients read the message from `error`.
+CODEHOOKS_PATHS = ("/usage", "/usagebatch", "/events", "/aggregations")
+
+
 class Problem(Exception):
     def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -50,7 +54,7 @@ def problem_response(
         **extra,
     }
     # The codehooks template's clients read `error`; keep them working on its routes.
-    if request.url.path.startswith(("/usage", "/usagebatch", "/events", "/aggregations")):
+    if request.url.path.startswith(CODEHOOKS_PATHS):
         body.setdefault("error", detail)
     return Response(jsonutil.dumpb(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 

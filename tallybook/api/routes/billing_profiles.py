@@ -8,11 +8,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.billing import BillingProfile, BillingProfilePage, CustomerBillingProfile
 from tallybook.billing.profiles import (
@@ -126,10 +126,6 @@ _OVERRIDE_DOC: dict[str, Any] = {
 }
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(jsonutil.dumpb(body), status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers)
-
-
 async def _body(request: Request, what: str, optional: bool = False) -> Any:
     kind = media_type(request)
     if kind and kind != JSON_MEDIA_TYPE and not kind.endswith("+json"):
@@ -161,7 +157,7 @@ async def list_profiles(
         descending=order == "DESC",
     )
     found = await run_in_threadpool(runtime_of(request).profiles.list_profiles, query)
-    return _json(
+    return json_response(
         {
             "totalCount": found.total_count,
             "page": found.page,
@@ -183,7 +179,7 @@ async def create_profile(request: Request, _key: Annotated[ApiKeyRecord, Depends
     payload = await _body(request, "billing profile")
     profiles = runtime_of(request).profiles
     profile = await run_in_threadpool(profiles.create, parse_profile(payload))
-    return _json(profile_json(profile), 201, headers={"Location": f"/api/v1/billing/profiles/{profile.id}"})
+    return json_response(profile_json(profile), 201, headers={"Location": f"/api/v1/billing/profiles/{profile.id}"})
 
 
 @router.get("/profiles/{profileId}", response_class=Response, responses=responses(BillingProfile, 404))
@@ -192,7 +188,7 @@ async def get_profile(
 ) -> Response:
     """One profile by id (a deleted one shows deletedAt)."""
     profile = await run_in_threadpool(runtime_of(request).profiles.get, profileId)
-    return _json(profile_json(profile))
+    return json_response(profile_json(profile))
 
 
 @router.put(
@@ -210,7 +206,7 @@ async def replace_profile(
     profiles.check_not_config(profileId)  # before reading the body: its problems do not matter
     payload = await _body(request, "billing profile")
     profile = await run_in_threadpool(profiles.replace, profileId, parse_profile(payload))
-    return _json(profile_json(profile))
+    return json_response(profile_json(profile))
 
 
 @router.delete("/profiles/{profileId}", status_code=204, response_class=Response, responses=responses(None, 404, 409))
@@ -228,7 +224,7 @@ async def get_customer_profile(
 ) -> Response:
     """The profile the customer is billed with: its override, else the default profile."""
     found = await run_in_threadpool(runtime_of(request).profiles.customer_profile, customerIdOrKey)
-    return _json(customer_profile_json(found))
+    return json_response(customer_profile_json(found))
 
 
 @router.put(
@@ -244,7 +240,7 @@ async def put_customer_profile(
     payload = await _body(request, "customer override", optional=True)
     profiles = runtime_of(request).profiles
     found = await run_in_threadpool(profiles.assign, customerIdOrKey, parse_override(payload))
-    return _json(customer_profile_json(found))
+    return json_response(customer_profile_json(found))
 
 
 @router.delete("/customers/{customerIdOrKey}", status_code=204, response_class=Response, responses=responses(None, 404))

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.credit_notes import CreditNote as CreditNoteShape
 from tallybook.api.wire.credit_notes import CreditNotePage
@@ -21,10 +21,6 @@ from tallybook.store.base import ApiKeyRecord
 router = APIRouter(prefix="/api/v1/billing", tags=["credit notes"])
 JSON_MEDIA_TYPE = "application/json"
 _HTML = {"text/html": {"schema": {"type": "string"}}}
-
-
-def _json(body: Any) -> Response:
-    return Response(jsonutil.dumpb(body), media_type=JSON_MEDIA_TYPE)
 
 
 def _wants_html(request: Request, format_: str | None) -> bool:
@@ -60,14 +56,14 @@ async def list_credit_notes(
     total, found = await run_in_threadpool(runtime.credit_notes.search, query, customerId)
     external = await _external(request, found)
     items = [credit_note_json(n, external.get(n.id)) for n in found]
-    return _json({"totalCount": total, "limit": limit, "offset": offset, "items": items})
+    return json_response({"totalCount": total, "limit": limit, "offset": offset, "items": items})
 
 
 async def _one(request: Request, credit_note_id: str, html: bool) -> Response:
     note = await run_in_threadpool(runtime_of(request).credit_notes.get, credit_note_id)
     if html:
         return Response(credit_note_html(note), media_type="text/html; charset=utf-8")
-    return _json(credit_note_json(note, (await _external(request, [note])).get(note.id)))
+    return json_response(credit_note_json(note, (await _external(request, [note])).get(note.id)))
 
 
 @router.get(

@@ -7,11 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.customers import Customer as CustomerShape
 from tallybook.api.wire.customers import CustomerPage
@@ -91,10 +91,6 @@ async def _customer_body(request: Request) -> Any:
     return decode_json(await read_limited_body(request, MAX_BODY_BYTES))
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(jsonutil.dumpb(body), status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers)
-
-
 @router.post(
     "/customers",
     status_code=201,
@@ -107,7 +103,7 @@ async def create_customer(request: Request, _key: Annotated[ApiKeyRecord, Depend
     payload = await _customer_body(request)
     customers = runtime_of(request).customers
     customer = await run_in_threadpool(customers.create, parse_customer(payload))
-    return _json(customer_json(customer), 201, headers={"Location": f"/api/v1/customers/{customer.id}"})
+    return json_response(customer_json(customer), 201, headers={"Location": f"/api/v1/customers/{customer.id}"})
 
 
 @router.get("/customers", response_class=Response, responses=responses(CustomerPage))
@@ -151,7 +147,7 @@ async def list_customers(
         subject=subject,
     )
     found = await run_in_threadpool(runtime_of(request).customers.list_customers, query)
-    return _json(
+    return json_response(
         {
             "totalCount": found.total_count,
             "page": found.page,
@@ -167,7 +163,7 @@ async def get_customer(
 ) -> Response:
     """A customer by id (deleted ones too, with deletedAt) or by a live customer's key."""
     customer = await run_in_threadpool(runtime_of(request).customers.get, customerIdOrKey)
-    return _json(customer_json(customer))
+    return json_response(customer_json(customer))
 
 
 @router.put(
@@ -183,7 +179,7 @@ async def replace_customer(
     payload = await _customer_body(request)
     customers = runtime_of(request).customers
     customer = await run_in_threadpool(customers.replace, customerIdOrKey, parse_customer(payload))
-    return _json(customer_json(customer))
+    return json_response(customer_json(customer))
 
 
 @router.delete(

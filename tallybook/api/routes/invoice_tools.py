@@ -9,11 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.billing import Invoice as InvoiceShape
 from tallybook.api.wire.invoice_checks import InvoiceVerification
@@ -31,10 +31,6 @@ from tallybook.unbilled.service import report_json
 
 router = APIRouter(prefix="/api/v1/billing", tags=["invoices"])
 JSON_MEDIA_TYPE = "application/json"
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(jsonutil.dumpb(body), status_code=status, media_type=JSON_MEDIA_TYPE)
 
 
 def invoice_page(runtime: Runtime, invoice: Invoice) -> str:
@@ -90,7 +86,7 @@ async def snapshot_quantities(
     runtime = runtime_of(request)
     invoice = await run_in_threadpool(runtime.invoicing.snapshot_quantities, invoiceId)
     external = await run_in_threadpool(runtime.invoice_sync.external_of, [invoice.id])
-    return _json(invoice_json(invoice, external.get(invoice.id)))
+    return json_response(invoice_json(invoice, external.get(invoice.id)))
 
 
 def _cutoff_json(as_of: datetime | None, seq: int | None) -> dict[str, Any]:
@@ -144,7 +140,7 @@ async def verify_invoice(
     lines that differ and why; `sinceCutoff` lists usage lines that late events or voids changed
     after the cutoff, and the corrections carrying the difference. Changes nothing."""
     found = await run_in_threadpool(runtime_of(request).invoice_checks.verify, invoiceId)
-    return _json(verification_json(found))
+    return json_response(verification_json(found))
 
 
 @router.get("/unbilled", response_class=Response, responses=responses(UnbilledReport))
@@ -174,4 +170,4 @@ async def unbilled_usage(
         start.astimezone(UTC), end.astimezone(UTC), asOf, reasons=tuple(reason or ()), meters=tuple(meter or ())
     )
     report = await run_in_threadpool(runtime.unbilled.report, query)
-    return _json(report_json(report))
+    return json_response(report_json(report))

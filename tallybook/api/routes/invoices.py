@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.routes.invoice_tools import invoice_page
 from tallybook.api.security import require
 from tallybook.api.wire.billing import CustomerUsage, InvoiceList, InvoicePage
@@ -25,10 +25,6 @@ from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/billing", tags=["invoices"])
 JSON_MEDIA_TYPE = "application/json"
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(jsonutil.dumpb(body), status_code=status, media_type=JSON_MEDIA_TYPE)
 
 
 def _problem(exc: InvoiceError | SubscriptionError) -> Problem:
@@ -53,7 +49,7 @@ async def _invoice_response(request: Request, invoice: Invoice, html: bool) -> R
         page = await run_in_threadpool(invoice_page, runtime_of(request), invoice)  # also the PDF's page
         return Response(page, media_type="text/html; charset=utf-8")
     external = (await _external(request, [invoice])).get(invoice.id)
-    return _json(invoice_json(invoice, external))
+    return json_response(invoice_json(invoice, external))
 
 
 @router.get("/invoices", response_class=Response, responses=responses(InvoicePage, 404))
@@ -76,7 +72,7 @@ async def list_invoices(
         raise _problem(exc) from None
     external = await _external(request, found)
     items = [invoice_json(i, external.get(i.id)) for i in found]
-    return _json({"totalCount": total, "limit": limit, "offset": offset, "items": items})
+    return json_response({"totalCount": total, "limit": limit, "offset": offset, "items": items})
 
 
 @router.get(
@@ -210,7 +206,7 @@ async def simulate_invoices(
         raise _problem(exc) from None
     if _wants_html(request, format) and len(previews) == 1:
         return await _invoice_response(request, previews[0], True)
-    return _json({"items": [invoice_json(p) for p in previews]})
+    return json_response({"items": [invoice_json(p) for p in previews]})
 
 
 @router.get("/customers/{customerId}/usage", response_class=Response, responses=responses(CustomerUsage, 404))
@@ -245,6 +241,6 @@ async def current_usage(
                 }
             )
     periods = [{"from": format_rfc3339(p.period.start), "to": format_rfc3339(p.period.end)} for p in previews]
-    return _json(
+    return json_response(
         {"customerId": previews[0].customer_id if previews else customerId, "periods": periods, "usage": items}
     )

@@ -12,12 +12,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.body import decode_json, read_limited_body
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import json_body, merged, query_parameters, responses
 from tallybook.api.params import Instant, decode_json_parameter
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.meters import (
     ADVANCED_FILTERS,
@@ -150,10 +150,6 @@ def meter_json(meter: Meter) -> dict[str, Any]:
     return body
 
 
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(jsonutil.dumpb(value), status_code=status, media_type="application/json")
-
-
 @router.get("/meters", response_model=list[MeterShape])
 async def list_meters(
     request: Request,
@@ -169,7 +165,7 @@ async def list_meters(
     meters = await run_in_threadpool(
         runtime_of(request).meters.listing, orderBy, order == "DESC", includeDeleted, page, pageSize
     )
-    return _json([meter_json(m) for m in meters])
+    return json_response([meter_json(m) for m in meters])
 
 
 @router.post(
@@ -195,7 +191,7 @@ async def create_meter(request: Request, _key: Annotated[ApiKeyRecord, Depends(r
         meter = await run_in_threadpool(runtime_of(request).meters.create, spec)
     except MeterError as exc:
         raise _problem(exc) from None
-    return _json(meter_json(meter), status=201)
+    return json_response(meter_json(meter), status=201)
 
 
 @router.get("/meters/{meterIdOrSlug}", responses=responses(MeterShape, 404))
@@ -206,7 +202,7 @@ async def get_meter(
         meter = await run_in_threadpool(runtime_of(request).meters.get, meterIdOrSlug)
     except MeterError as exc:
         raise _problem(exc) from None
-    return _json(meter_json(meter))
+    return json_response(meter_json(meter))
 
 
 @router.put(
@@ -240,7 +236,7 @@ async def update_meter(
         meter = await run_in_threadpool(apply)
     except MeterError as exc:
         raise _problem(exc) from None
-    return _json(meter_json(meter))
+    return json_response(meter_json(meter))
 
 
 @router.delete("/meters/{meterIdOrSlug}", status_code=204, response_class=Response, responses=responses(None, 404, 409))
@@ -387,7 +383,7 @@ def _result_response(request: Request, result: UsageResult, q: UsageQuery) -> Re
         item["groupBy"] = row.group_by
         data.append(item)
     body["data"] = data
-    return _json(body)
+    return json_response(body)
 
 
 def _csv_response(result: UsageResult, q: UsageQuery) -> Response:
@@ -489,4 +485,4 @@ async def meter_subjects(
         subjects = await run_in_threadpool(runtime_of(request).meters.subjects, meterIdOrSlug, start, end)
     except MeterError as exc:
         raise _problem(exc) from None
-    return _json(subjects)
+    return json_response(subjects)

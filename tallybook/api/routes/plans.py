@@ -7,11 +7,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.billing import Plan, PlanPage
 from tallybook.billing.catalog import (
@@ -105,10 +105,6 @@ async def _plan_body(request: Request) -> Any:
     return decode_json(await read_limited_body(request, MAX_BODY_BYTES))
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(jsonutil.dumpb(body), status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers)
-
-
 @router.get("/plans", response_class=Response, responses=responses(PlanPage))
 async def list_plans(
     request: Request,
@@ -127,7 +123,7 @@ async def list_plans(
     or archived (Tallybook publishes at once, so no version is ever scheduled)."""
     statuses = tuple(_STATUS_FILTER[s] for s in status or () if s in _STATUS_FILTER)
     if status and not statuses:
-        return _json({"totalCount": 0, "page": page, "pageSize": pageSize, "items": []})
+        return json_response({"totalCount": 0, "page": page, "pageSize": pageSize, "items": []})
     currencies: list[str] = []
     for code in currency or ():
         try:
@@ -146,7 +142,7 @@ async def list_plans(
         descending=order == "DESC",
     )
     found = await run_in_threadpool(runtime_of(request).catalog.list, query)
-    return _json(
+    return json_response(
         {
             "totalCount": found.total_count,
             "page": found.page,
@@ -171,7 +167,7 @@ async def create_plan(request: Request, _key: Annotated[ApiKeyRecord, Depends(re
         plan = await run_in_threadpool(catalog.create, parse_plan(payload))
     except CatalogError as exc:
         raise catalog_problem(exc) from None
-    return _json(plan_json(plan), 201, headers={"Location": f"/api/v1/plans/{plan.id}"})
+    return json_response(plan_json(plan), 201, headers={"Location": f"/api/v1/plans/{plan.id}"})
 
 
 @router.get("/plans/{planId}", response_class=Response, responses=responses(Plan, 404))
@@ -189,7 +185,7 @@ async def get_plan(
         plan = await run_in_threadpool(catalog.get, planId, version, includeLatest)
     except CatalogError as exc:
         raise catalog_problem(exc) from None
-    return _json(plan_json(plan))
+    return json_response(plan_json(plan))
 
 
 @router.put(
@@ -210,7 +206,7 @@ async def update_plan(
         plan = await run_in_threadpool(work)
     except CatalogError as exc:
         raise catalog_problem(exc) from None
-    return _json(plan_json(plan))
+    return json_response(plan_json(plan))
 
 
 @router.delete("/plans/{planId}", status_code=204, response_class=Response, responses=responses(None, 404, 409))
@@ -234,7 +230,7 @@ async def publish_plan(
         plan = await run_in_threadpool(runtime_of(request).catalog.publish, planId)
     except CatalogError as exc:
         raise catalog_problem(exc) from None
-    return _json(plan_json(plan))
+    return json_response(plan_json(plan))
 
 
 @router.post("/plans/{planId}/archive", response_class=Response, responses=responses(Plan, 404, 409))
@@ -246,7 +242,7 @@ async def archive_plan(
         plan = await run_in_threadpool(runtime_of(request).catalog.archive, planId)
     except CatalogError as exc:
         raise catalog_problem(exc) from None
-    return _json(plan_json(plan))
+    return json_response(plan_json(plan))
 
 
 @router.post(
@@ -263,4 +259,4 @@ async def next_plan_version(
         plan = await run_in_threadpool(runtime_of(request).catalog.next_version, planIdOrKey)
     except CatalogError as exc:
         raise catalog_problem(exc) from None
-    return _json(plan_json(plan), 201, headers={"Location": f"/api/v1/plans/{plan.id}"})
+    return json_response(plan_json(plan), 201, headers={"Location": f"/api/v1/plans/{plan.id}"})

@@ -8,12 +8,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.customers import CustomerAppDataPage, StripeCustomerLink
 from tallybook.api.wire.stripe import CheckoutSession, StripeReportPage, WebhookReceipt
@@ -61,10 +61,6 @@ _STRIPE_WEBHOOK_DOC: dict[str, Any] = {
         }
     ],
 }
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(jsonutil.dumpb(body), status_code=status, media_type="application/json")
 
 
 def link_json(link: CustomerLink) -> dict[str, Any]:
@@ -138,7 +134,7 @@ async def put_customer_stripe(
     """Link the customer to a Stripe customer (OpenMeter's upsertCustomerStripeAppData)."""
     payload = await _json_body(request)
     link = await _call(runtime_of(request).stripe.put_customer_stripe, customerIdOrKey, payload)
-    return _json(link_json(link))
+    return json_response(link_json(link))
 
 
 @router.get(
@@ -148,7 +144,7 @@ async def get_customer_stripe(
     request: Request, customerIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
 ) -> Response:
     link = await _call(runtime_of(request).stripe.get_customer_stripe, customerIdOrKey)
-    return _json(link_json(link))
+    return json_response(link_json(link))
 
 
 @router.put(
@@ -163,7 +159,7 @@ async def put_customer_apps(
     """OpenMeter's upsertCustomerAppData; `stripe` is the supported app type."""
     payload = await _json_body(request)
     links = await _call(runtime_of(request).stripe.put_customer_apps, customerIdOrKey, payload)
-    return _json([link_json(link) for link in links])
+    return json_response([link_json(link) for link in links])
 
 
 @router.get("/customers/{customerIdOrKey}/apps", response_class=Response, responses=responses(CustomerAppDataPage, 404))
@@ -179,7 +175,7 @@ async def list_customer_apps(
     links = await _call(runtime_of(request).stripe.customer_apps, customerIdOrKey)
     items = [link_json(link) for link in links]
     shown = items[(page - 1) * pageSize : page * pageSize]
-    return _json({"items": shown, "page": page, "pageSize": pageSize, "totalCount": len(items)})
+    return json_response({"items": shown, "page": page, "pageSize": pageSize, "totalCount": len(items)})
 
 
 @router.post(
@@ -193,7 +189,7 @@ async def stripe_webhook(request: Request) -> Response:
     payload = await read_limited_body(request, WEBHOOK_MAX_BYTES)
     signature = request.headers.get("stripe-signature")
     result = await _call(runtime_of(request).stripe.handle_webhook, payload, signature)
-    return _json(result)
+    return json_response(result)
 
 
 @router.get("/stripe/reports", response_class=Response, responses=responses(StripeReportPage))
@@ -226,7 +222,7 @@ async def list_reports(
     total, rows = await _call(service.list_reports, flt)
     attempts = await _call(service.attempts_of, [r.id for r in rows])
     items = [report_json(r, attempts.get(r.id)) for r in rows]
-    return _json({"totalCount": total, "page": page, "pageSize": page_size, "items": items})
+    return json_response({"totalCount": total, "page": page, "pageSize": page_size, "items": items})
 
 
 # -- checkout onboarding (OpenMeter's createStripeCheckoutSession) ---------------------------------------
@@ -283,4 +279,4 @@ async def create_checkout_session(
     customer and its Stripe customer if needed (OpenMeter's createStripeCheckoutSession)."""
     payload = await _json_body(request)
     result = await _call(runtime_of(request).checkout.create_session, payload)
-    return _json(result, 201)
+    return json_response(result, 201)

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.body import decode_json, media_type, read_limited_body
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.billing import Subscription as SubscriptionShape
 from tallybook.api.wire.billing import SubscriptionChange, SubscriptionList
@@ -121,10 +121,6 @@ def subscription_problem(exc: SubscriptionError) -> Problem:
     return Problem(exc.status, exc.code, exc.detail, **exc.extra)
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(jsonutil.dumpb(body), status_code=status, media_type=JSON_MEDIA_TYPE, headers=headers)
-
-
 async def _body(request: Request, required: bool) -> dict[str, Any]:
     raw = await read_limited_body(request, MAX_BODY_BYTES)
     if not raw.strip() and not required:
@@ -221,7 +217,9 @@ async def create_subscription(request: Request, _key: Annotated[ApiKeyRecord, De
         sub = await run_in_threadpool(runtime.subscriptions.create, data)
     except SubscriptionError as exc:
         raise subscription_problem(exc) from None
-    return _json(subscription_json(sub, runtime.clock.now()), 201, {"Location": f"/api/v1/subscriptions/{sub.id}"})
+    return json_response(
+        subscription_json(sub, runtime.clock.now()), 201, {"Location": f"/api/v1/subscriptions/{sub.id}"}
+    )
 
 
 @router.get("/subscriptions", response_class=Response, responses=responses(SubscriptionList, 404))
@@ -239,7 +237,7 @@ async def list_subscriptions(
     except SubscriptionError as exc:
         raise subscription_problem(exc) from None
     now = runtime.clock.now()
-    return _json({"items": [subscription_json(s, now) for s in subs], "limit": limit, "offset": offset})
+    return json_response({"items": [subscription_json(s, now) for s in subs], "limit": limit, "offset": offset})
 
 
 @router.get("/subscriptions/{subscriptionId}", response_class=Response, responses=responses(SubscriptionShape, 404))
@@ -251,7 +249,7 @@ async def get_subscription(
         sub = await run_in_threadpool(runtime.subscriptions.get, subscriptionId)
     except SubscriptionError as exc:
         raise subscription_problem(exc) from None
-    return _json(subscription_json(sub, runtime.clock.now()))
+    return json_response(subscription_json(sub, runtime.clock.now()))
 
 
 @router.post(
@@ -271,7 +269,7 @@ async def cancel_subscription(
         sub = await run_in_threadpool(runtime.subscriptions.cancel, subscriptionId, timing)
     except SubscriptionError as exc:
         raise subscription_problem(exc) from None
-    return _json(subscription_json(sub, runtime.clock.now()))
+    return json_response(subscription_json(sub, runtime.clock.now()))
 
 
 @router.post(
@@ -293,4 +291,4 @@ async def change_subscription(
     except SubscriptionError as exc:
         raise subscription_problem(exc) from None
     now = runtime.clock.now()
-    return _json({"current": subscription_json(old, now), "next": subscription_json(new, now)})
+    return json_response({"current": subscription_json(old, now), "next": subscription_json(new, now)})

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.body import read_limited_body
 from tallybook.api.ingesting import decode_events, runtime_of
 from tallybook.api.openapi import json_body, responses
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.routes.events import SINGLE, parse_cloudevents
 from tallybook.api.security import require
 from tallybook.api.wire.voids import AmendBody, VoidBody, VoidPage, VoidPreview, VoidRecord
@@ -57,10 +57,6 @@ def preview_json(preview: model.VoidPreview) -> dict[str, Any]:
     return {"dryRun": True, "eventCount": preview.event_count, "events": [k.as_dict() for k in preview.events]}
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(jsonutil.dumpb(body), status_code=status, media_type="application/json")
-
-
 @router.post(
     "/void",
     status_code=201,
@@ -87,8 +83,8 @@ async def void_events(
         dry_run=body.dryRun,
     )
     if void.dry_run:
-        return _json(preview_json(await run_in_threadpool(runtime.voids.preview, void)))
-    return _json(record_json(await run_in_threadpool(runtime.voids.void, void)), 201)
+        return json_response(preview_json(await run_in_threadpool(runtime.voids.preview, void)))
+    return json_response(record_json(await run_in_threadpool(runtime.voids.void, void)), 201)
 
 
 @router.post(
@@ -124,7 +120,7 @@ async def amend_event(request: Request, key: Annotated[ApiKeyRecord, Depends(req
             400, "invalid-events", f"the corrected event is invalid; nothing changed. {detail}", errors=errors
         ) from None
     amend = model.AmendRequest(model.EventKey(body.source, body.id), event, body.reason, actor_of(key))
-    return _json(record_json(await run_in_threadpool(runtime.voids.amend, amend)), 201)
+    return json_response(record_json(await run_in_threadpool(runtime.voids.amend, amend)), 201)
 
 
 @router.get("/voids", response_class=Response, responses=responses(VoidPage))
@@ -137,7 +133,7 @@ async def list_voids(
     """The audit trail of voids and amends, newest first (each record's events: GET /voids/{id})."""
     runtime = runtime_of(request)
     total, records = await run_in_threadpool(runtime.voids.list, page, pageSize)
-    return _json(
+    return json_response(
         {
             "totalCount": total,
             "page": page,
@@ -153,4 +149,4 @@ async def get_void(
 ) -> Response:
     """One void or amend with the keys of the events it voided (the first 1,000)."""
     runtime = runtime_of(request)
-    return _json(record_json(await run_in_threadpool(runtime.voids.get, void_id)))
+    return json_response(record_json(await run_in_threadpool(runtime.voids.get, void_id)))
