@@ -19,6 +19,8 @@ from tallybook.billing.wiring import build_billing
 from tallybook.clock import Clock, SystemClock
 from tallybook.config import Settings
 from tallybook.customers import CustomerService
+from tallybook.entitlements.service import EntitlementService
+from tallybook.entitlements.sql import SqlEntitlementRepository
 from tallybook.ingest.service import IngestService
 from tallybook.jobs.scheduler import Job, JobScheduler
 from tallybook.jobs.wiring import build_jobs
@@ -57,6 +59,7 @@ class Runtime:
     invoice_sync: InvoiceSyncService = field(init=False)
     portal: PortalService = field(init=False)
     voids: VoidService = field(init=False)
+    entitlements: EntitlementService = field(init=False)
 
     @classmethod
     def build(
@@ -81,6 +84,9 @@ class Runtime:
         if sync_meters:
             runtime.meters.sync_config()
         runtime.voids = VoidService(store, clock)
+        runtime.entitlements = EntitlementService(
+            SqlEntitlementRepository(store), runtime.customers, runtime.meters, clock
+        )
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
         runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters, metrics)

@@ -9,6 +9,7 @@ overage and every grant's balance, for any grants, resets and usage hypothesis d
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -125,7 +126,7 @@ def usage_reader(usage: Sequence[int]):  # type: ignore[no-untyped-def]
     def read(bounds: Sequence[datetime]) -> list[Decimal]:
         calls.append(len(bounds))
         out = []
-        for left, right in zip(bounds, bounds[1:], strict=False):
+        for left, right in itertools.pairwise(bounds):
             a = int((left - T0).total_seconds() // 60)
             b = int((right - T0).total_seconds() // 60)
             out.append(Decimal(sum(usage[i] for i in range(a, b) if i < len(usage))))
@@ -243,9 +244,7 @@ def test_preserved_overage_burns_the_next_period() -> None:
 def test_one_usage_read_per_run() -> None:
     grants = [RefGrant(f"g{i}", 10, 1, i * 7, None, None, 0, 0, 60) for i in range(5)]
     reader = usage_reader([1] * 300)
-    terms = [
-        engine.GrantTerms(g.id, Decimal(g.amount), 1, minute(g.effective), T0, recurrence=None) for g in grants
-    ]
+    terms = [engine.GrantTerms(g.id, Decimal(g.amount), 1, minute(g.effective), T0, recurrence=None) for g in grants]
     engine.run(terms, T0, minute(300), [], reader, UTC_ZONE)
     # One call with six points: the start, four grant activations, the end.
     assert reader.calls == [6]  # type: ignore[attr-defined]

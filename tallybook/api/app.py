@@ -28,6 +28,8 @@ from tallybook.api.routes import (
     voids,
 )
 from tallybook.api.routes import billing_profiles as profile_routes
+from tallybook.api.routes import entitlements as entitlement_routes
+from tallybook.api.routes import features as feature_routes
 from tallybook.api.routes import invoices as invoice_routes
 from tallybook.api.routes import jobs as job_routes
 from tallybook.api.routes import plans as plan_routes
@@ -110,6 +112,8 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(portal.router)
     app.include_router(overview.router)
     app.include_router(export.router)
+    app.include_router(feature_routes.router)
+    app.include_router(entitlement_routes.router)
     app.include_router(ui_router)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
     app.openapi = lambda: complete_openapi(app, portal_dependencies=(portal.portal_holder,))  # type: ignore[method-assign]

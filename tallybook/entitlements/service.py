@@ -19,6 +19,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from tallybook.clock import Clock, SystemClock
+from tallybook.customers.errors import CustomerNotFound
 from tallybook.customers.models import Customer
 from tallybook.entitlements import engine
 from tallybook.entitlements.model import (
@@ -90,10 +91,15 @@ class EntitlementService:
     def customer(self, id_or_key: str) -> Customer:
         try:
             return self.customers.resolve(id_or_key)
-        except DomainError:
-            raise
-        except LookupError as exc:  # CustomerNotFound
-            raise OwnerNotFound(str(exc) or f"no customer has the id or key {id_or_key!r}") from None
+        except CustomerNotFound as exc:
+            raise OwnerNotFound(str(exc)) from None
+
+    def customers_by_id(self, customer_id: str) -> Customer:
+        """The customer owning an entitlement (deleted customers too)."""
+        try:
+            return self.customers.get(customer_id)
+        except CustomerNotFound as exc:
+            raise OwnerNotFound(str(exc)) from None
 
     def customer_of_subject(self, subject: str) -> Customer:
         """The live customer a subject's usage is attributed to (its key, or one of its subjectKeys)."""
@@ -424,7 +430,7 @@ class EntitlementService:
         assert entitlement.measure_usage_from is not None
         if at <= entitlement.measure_usage_from:
             raise InvalidReset("effectiveAt must be after the entitlement's measureUsageFrom")
-        begin, _end = self._period(entitlement, customer, at)
+        begin, _end = self._period(entitlement, customer, now)
         if at <= begin:
             raise InvalidReset(
                 f"effectiveAt must be after the current usage period's start ({begin.isoformat()}): "

@@ -141,6 +141,49 @@ entitlement_resets = Table(
 Index("ix_entitlement_resets_entitlement", entitlement_resets.c.entitlement_id, entitlement_resets.c.at_us)
 
 
+# -- notifications (tallybook/entitlements/notifications.py) -----------------------------------------
+# A rule of type entitlements.balance.threshold keeps its features and thresholds here, next to the
+# generic rule row of notification_rules (tallybook/store/webhooks.py), which other rule types share.
+entitlement_rule_settings = Table(
+    "entitlement_rule_settings",
+    metadata,
+    Column("rule_id", Text, primary_key=True),
+    Column("features", JSON_TYPE, nullable=True),  # feature ids or keys; NULL: every feature
+    Column("thresholds", JSON_TYPE, nullable=True),  # [{"value": "80", "type": "PERCENT"}, ...]
+)
+
+# Whether a threshold is crossed, per rule, entitlement and usage period: a notification is sent
+# when it goes from not crossed to crossed; a void that uncrosses it clears `crossed` (no message),
+# and the next crossing in the same period is sent again (`crossings` numbers them).
+entitlement_threshold_state = Table(
+    "entitlement_threshold_state",
+    metadata,
+    Column("rule_id", Text, primary_key=True),
+    Column("entitlement_id", Text, primary_key=True),
+    Column("period_start_us", BigInteger, primary_key=True),
+    Column("threshold", Text, primary_key=True),  # "PERCENT:80", "NUMBER:1000"
+    Column("crossed", Boolean, nullable=False),
+    Column("crossings", Integer, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+# Per entitlement: the start of the latest usage period an entitlements.reset event was written for.
+entitlement_reset_sent = Table(
+    "entitlement_reset_sent",
+    metadata,
+    Column("entitlement_id", Text, primary_key=True),
+    Column("period_start_us", BigInteger, nullable=False),
+)
+
+# The notifier's watermarks: events ingested (by seq) and voids (by time) it has looked at.
+entitlement_notifier_state = Table(
+    "entitlement_notifier_state",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+
 def _us(value: datetime | None) -> int | None:
     return None if value is None else to_micros(value)
 
