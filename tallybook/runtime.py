@@ -19,6 +19,7 @@ from tallybook.billing.wiring import build_billing
 from tallybook.clock import Clock, SystemClock
 from tallybook.config import Settings
 from tallybook.customers import CustomerService
+from tallybook.entitlements.notifications import NOTIFY_JOB, EntitlementNotifier
 from tallybook.entitlements.service import EntitlementService
 from tallybook.entitlements.sql import SqlEntitlementRepository
 from tallybook.ingest.service import IngestService
@@ -60,6 +61,7 @@ class Runtime:
     portal: PortalService = field(init=False)
     voids: VoidService = field(init=False)
     entitlements: EntitlementService = field(init=False)
+    entitlement_notifier: EntitlementNotifier = field(init=False)
 
     @classmethod
     def build(
@@ -89,7 +91,15 @@ class Runtime:
         )
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
-        runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters, metrics)
+
+        def entitlement_notifications(webhooks: WebhookService, scheduler: JobScheduler) -> None:
+            notifier = EntitlementNotifier(store, webhooks, runtime.entitlements, clock, scheduler.failures)
+            runtime.entitlement_notifier = notifier
+            scheduler.register(Job(NOTIFY_JOB, notifier.run, settings.webhooks.scheduler.close_interval))
+
+        runtime.webhooks, runtime.jobs = build_jobs(
+            store, settings.webhooks, clock, runtime.meters, metrics, producers=entitlement_notifications
+        )
         runtime.stripe = StripeService(
             store, runtime.customers, runtime.meters, settings.stripe, clock, failures=runtime.jobs.failures
         )

@@ -546,6 +546,16 @@ class EntitlementService:
     def current_period(self, customer: Customer, entitlement: Entitlement, at: datetime) -> tuple[datetime, datetime]:
         return self._period(entitlement, customer, at)
 
+    def period_with(
+        self, customer: Customer, entitlement: Entitlement, at: datetime, resets: Sequence[Reset]
+    ) -> tuple[datetime, datetime]:
+        """The usage period containing `at`, given the entitlement's resets (read by the caller)."""
+        assert entitlement.measure_usage_from is not None and entitlement.usage_period is not None
+        manual = [engine.ManualReset(r.at, r.retain_anchor, r.preserve_overage) for r in resets]
+        return engine.current_period(
+            entitlement.measure_usage_from, at, entitlement.usage_period, manual, self._zone(customer)
+        )
+
     # -- history --------------------------------------------------------------------------------------
     def history(
         self,

@@ -43,6 +43,9 @@ INVOICE_PAID = "invoice.paid"
 INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
 INVOICE_UNCOLLECTIBLE = "invoice.uncollectible"
 INVOICE_SYNC_FAILED = "invoice.sync_failed"
+# Written by tallybook.entitlements.notifications (a balance crossing a rule's threshold; a new usage period).
+ENTITLEMENTS_BALANCE_THRESHOLD = "entitlements.balance.threshold"
+ENTITLEMENTS_RESET = "entitlements.reset"
 EventType = Literal[
     "aggregation.completed",
     "aggregation.corrected",
@@ -55,6 +58,8 @@ EventType = Literal[
     "invoice.payment_failed",
     "invoice.uncollectible",
     "invoice.sync_failed",
+    "entitlements.balance.threshold",
+    "entitlements.reset",
 ]
 EVENT_TYPES: tuple[str, ...] = (
     AGGREGATION_COMPLETED,
@@ -68,6 +73,8 @@ EVENT_TYPES: tuple[str, ...] = (
     INVOICE_PAYMENT_FAILED,
     INVOICE_UNCOLLECTIBLE,
     INVOICE_SYNC_FAILED,
+    ENTITLEMENTS_BALANCE_THRESHOLD,
+    ENTITLEMENTS_RESET,
 )
 # What an endpoint from the config file receives when it names no `events`: what the codehooks
 # template sends, plus corrections of it. Usage reports are opt-in.
