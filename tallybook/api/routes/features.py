@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from tallybook import jsonutil
@@ -38,14 +38,16 @@ async def create_feature(request: Request, body: FeatureBody, _k: Admin) -> Resp
 async def list_features(
     request: Request,
     _k: Reader,
-    meterSlug: str | None = None,
+    meterSlug: Annotated[list[str] | None, Query()] = None,
     includeArchived: bool = False,
     page: Page = None,
     pageSize: PageSize = None,
     offset: Offset = None,
     limit: Limit = None,
 ) -> Response:
-    found = await run_in_threadpool(runtime_of(request).entitlements.features, meterSlug, includeArchived)
+    found = await run_in_threadpool(runtime_of(request).entitlements.features, None, includeArchived)
+    if meterSlug:
+        found = [f for f in found if f.meter_slug in meterSlug]
     return _json(_paged([render_feature(f) for f in found], page, pageSize, offset, limit))
 
 
