@@ -83,6 +83,18 @@ class MemoryEntitlementRepository:
             and (include_deleted or e.deleted_at is None)
         ]
 
+    def ledger(
+        self, customer_id: str, feature_key: str | None
+    ) -> tuple[list[Entitlement], dict[str, Feature], list[Grant], list[Reset]]:
+        found = self.entitlements([customer_id], None if feature_key is None else [feature_key])
+        ids = [e.id for e in found]
+        return (
+            found,
+            {e.feature_id: self._features[e.feature_id] for e in found},
+            self.grants(ids),
+            self.resets(ids),
+        )
+
     def end_entitlement(self, entitlement_id: str, at: datetime) -> bool:
         current = self._entitlements.get(entitlement_id)
         if current is None or current.deleted_at is not None:

@@ -47,6 +47,13 @@ class EntitlementRepository(Protocol):
         include_deleted: bool = False,
     ) -> list[Entitlement]: ...
 
+    def ledger(
+        self, customer_id: str, feature_key: str | None
+    ) -> tuple[list[Entitlement], dict[str, Feature], list[Grant], list[Reset]]:
+        """In one read: the customer's live entitlements (to one feature, or all), their features,
+        grants and resets."""
+        ...
+
     def end_entitlement(self, entitlement_id: str, at: datetime) -> bool: ...
 
     # -- grants ---------------------------------------------------------------------------------------

@@ -446,23 +446,26 @@ class EntitlementService:
 
     # -- value and access -----------------------------------------------------------------------------
     def value(self, customer: Customer, id_or_feature: str, at: datetime | None = None) -> EntitlementValue:
-        entitlement = self.entitlement_of(customer, id_or_feature)
-        return self.value_of(customer, entitlement, at or self.clock.now())
+        when = at or self.clock.now()
+        found, features, grants, resets = self.repository.ledger(customer.id, id_or_feature)
+        if not found:  # not a feature key: an entitlement id
+            entitlement = self.entitlement_of(customer, id_or_feature)
+            return self.value_of(customer, entitlement, when)
+        entitlement = found[0]
+        return self._value(customer, entitlement, when, grants, resets, features.get(entitlement.feature_id))
 
     def access(self, customer: Customer, at: datetime | None = None) -> dict[str, EntitlementValue]:
         """Every live entitlement's value, by feature key (one query per metered entitlement)."""
         when = at or self.clock.now()
-        found = self.repository.entitlements([customer.id])
-        metered = [e.id for e in found if e.type == METERED]
-        grants = self.repository.grants(metered)
-        resets = self.repository.resets(metered)
+        found, features, grants, resets = self.repository.ledger(customer.id, None)
         out: dict[str, EntitlementValue] = {}
         for entitlement in found:
             if not entitlement.active_at(when):
                 continue
             mine = [g for g in grants if g.entitlement_id == entitlement.id]
             theirs = [r for r in resets if r.entitlement_id == entitlement.id]
-            out[entitlement.feature_key] = self._value(customer, entitlement, when, mine, theirs)
+            feature = features.get(entitlement.feature_id)
+            out[entitlement.feature_key] = self._value(customer, entitlement, when, mine, theirs, feature)
         return out
 
     def value_of(self, customer: Customer, entitlement: Entitlement, at: datetime) -> EntitlementValue:
@@ -477,13 +480,14 @@ class EntitlementService:
         at: datetime,
         grants: Sequence[Grant],
         resets: Sequence[Reset],
+        feature: Feature | None = None,
     ) -> EntitlementValue:
         active = entitlement.active_at(at)
         if entitlement.type == BOOLEAN:
             return EntitlementValue(entitlement, at, has_access=active)
         if entitlement.type == STATIC:
             return EntitlementValue(entitlement, at, has_access=active, config=entitlement.config)
-        result, begin, end = self._balance(customer, entitlement, ceil_minute(at), grants, resets)
+        result, begin, end = self._balance(customer, entitlement, ceil_minute(at), grants, resets, feature=feature)
         return EntitlementValue(
             entitlement,
             at,
@@ -505,9 +509,10 @@ class EntitlementService:
         resets: Sequence[Reset],
         checkpoints: Sequence[datetime] = (),
         keep_segments: bool = False,
+        feature: Feature | None = None,
     ) -> tuple[engine.Result, datetime, datetime]:
         assert entitlement.measure_usage_from is not None and entitlement.usage_period is not None
-        feature = self.feature(entitlement.feature_id)
+        feature = feature or self.feature(entitlement.feature_id)
         tz = self._zone(customer)
         manual = [engine.ManualReset(r.at, r.retain_anchor, r.preserve_overage) for r in resets]
         start = entitlement.measure_usage_from

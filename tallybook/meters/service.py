@@ -334,27 +334,26 @@ class MeterService:
             return []
         if any(later <= earlier for earlier, later in itertools.pairwise(edges)):
             raise InvalidQuery("usage ranges must be in strictly increasing order")
+        values = [Decimal(0)] * (len(edges) - 1)
+        self.catch_up()
         with self.store.read() as conn:
             found = self._find(conn, meter)
-        values = [Decimal(0)] * (len(edges) - 1)
-        if not subjects:
-            return values
-        self.catch_up()
-        spec = AggregateSpec(
-            meter_key=found.key,
-            aggregation=found.aggregation.value,
-            start_us=edges[0],
-            end_us=edges[-1],
-            step_us=None,
-            bounds_us=tuple(edges),
-            subjects=tuple(dict.fromkeys(subjects)),
-            as_of_us=None,
-            group_filters=dict(filter_group_by or {}),
-            group_keys=(),
-            by_subject=False,
-            by_customer=False,
-        )
-        with self.store.read() as conn:
+            if not subjects:
+                return values
+            spec = AggregateSpec(
+                meter_key=found.key,
+                aggregation=found.aggregation.value,
+                start_us=edges[0],
+                end_us=edges[-1],
+                step_us=None,
+                bounds_us=tuple(edges),
+                subjects=tuple(dict.fromkeys(subjects)),
+                as_of_us=None,
+                group_filters=dict(filter_group_by or {}),
+                group_keys=(),
+                by_subject=False,
+                by_customer=False,
+            )
             rows = meter_store.aggregate(conn, spec)
         for row in rows:
             if 0 <= row.window < len(values):
