@@ -22,6 +22,7 @@ from tallybook.customers import CustomerService
 from tallybook.entitlements.notifications import NOTIFY_JOB, EntitlementNotifier
 from tallybook.entitlements.service import EntitlementService
 from tallybook.entitlements.sql import SqlEntitlementRepository
+from tallybook.entitlements.subscriptions import SubscriptionEntitlements
 from tallybook.ingest.service import IngestService
 from tallybook.jobs.scheduler import Job, JobScheduler
 from tallybook.jobs.wiring import build_jobs
@@ -110,6 +111,8 @@ class Runtime:
         runtime.checkout = CheckoutService(runtime.stripe, runtime.customers, clock)
         # profiles: built by build_billing (runtime.profiles) before invoicing, which reads them.
         runtime.subscriptions, runtime.invoicing = build_billing(runtime)
+        plan_entitlements = SubscriptionEntitlements(runtime.entitlements, runtime.subscriptions)
+        runtime.subscriptions.listeners.append(plan_entitlements.sync)
         runtime.invoice_sync = InvoiceSyncService(
             store,
             runtime.stripe,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -26,6 +27,8 @@ from tallybook.errors import DomainError
 from tallybook.ids import new_ulid
 from tallybook.store import billing as billing_store
 from tallybook.store.base import SqlStore
+
+log = logging.getLogger(__name__)
 
 Timing = Literal["immediate", "next_billing_cycle"] | datetime
 PlanLookup = Callable[[str, int | None], PlanVersion]
@@ -179,6 +182,16 @@ class SubscriptionService:
         self.clock = clock
         self.customers = customers
         self.plans = plans
+        # Told the customer id after a subscription of theirs starts, ends or changes (e.g. the
+        # entitlements a plan's rate cards carry: tallybook/entitlements/subscriptions.py).
+        self.listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, customer_id: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(customer_id)
+            except Exception:
+                log.exception("subscription listener failed", extra={"customer_id": customer_id})
 
     # -- reading ------------------------------------------------------------------------------------
     def get(self, subscription_id: str) -> Subscription:
@@ -269,6 +282,7 @@ class SubscriptionService:
             billing_store.insert_subscription(conn, _row(sub))
             if previous_id is not None:
                 billing_store.update_subscription(conn, previous_id, {"next_id": sub.id})
+        self._changed(sub.customer_id)
         return sub
 
     def cancel(self, subscription_id: str, timing: Timing = "immediate") -> Subscription:
@@ -285,6 +299,7 @@ class SubscriptionService:
                 sub.id,
                 {"active_to_us": to_micros(end), "canceled_us": to_micros(now), "updated_us": to_micros(now)},
             )
+        self._changed(sub.customer_id)
         return changed
 
     def change(
@@ -327,6 +342,7 @@ class SubscriptionService:
                         "canceled_us": None if sub.canceled_at is None else to_micros(sub.canceled_at),
                     },
                 )
+            self._changed(sub.customer_id)
             raise
         return replace(ended, next_id=new.id), new
 

@@ -50,6 +50,10 @@ class MemoryEntitlementRepository:
 
     # -- entitlements ---------------------------------------------------------------------------------
     def insert_entitlement(self, entitlement: Entitlement, grants: Sequence[Grant], replaces: str | None) -> None:
+        def overlaps(e: Entitlement) -> bool:
+            a_end, b_end = e.ends_at, entitlement.ends_at
+            return (a_end is None or entitlement.active_from < a_end) and (b_end is None or e.active_from < b_end)
+
         live = [
             e
             for e in self._entitlements.values()
@@ -57,6 +61,7 @@ class MemoryEntitlementRepository:
             and e.feature_key == entitlement.feature_key
             and e.deleted_at is None
             and e.id != replaces
+            and overlaps(e)
         ]
         if live:
             raise EntitlementConflict(f"the customer already has an entitlement to feature {entitlement.feature_key!r}")
@@ -94,6 +99,10 @@ class MemoryEntitlementRepository:
             self.grants(ids),
             self.resets(ids),
         )
+
+    def set_active_to(self, entitlement_id: str, active_to: datetime | None, at: datetime) -> None:
+        current = self._entitlements[entitlement_id]
+        self._entitlements[entitlement_id] = replace(current, active_to=active_to, updated_at=at)
 
     def end_entitlement(self, entitlement_id: str, at: datetime) -> bool:
         current = self._entitlements.get(entitlement_id)

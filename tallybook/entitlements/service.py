@@ -211,7 +211,7 @@ class EntitlementService:
             return found
         live = self.repository.entitlements([customer.id], [id_or_feature])
         if live:
-            return live[0]
+            return current_of(live, self.clock.now())
         raise EntitlementNotFound(
             f"customer {customer.key or customer.id!r} has no entitlement with id or feature key {id_or_feature!r}"
         )
@@ -451,7 +451,7 @@ class EntitlementService:
         if not found:  # not a feature key: an entitlement id
             entitlement = self.entitlement_of(customer, id_or_feature)
             return self.value_of(customer, entitlement, when)
-        entitlement = found[0]
+        entitlement = current_of(found, when)
         return self._value(customer, entitlement, when, grants, resets, features.get(entitlement.feature_id))
 
     def access(self, customer: Customer, at: datetime | None = None) -> dict[str, EntitlementValue]:
@@ -461,7 +461,7 @@ class EntitlementService:
         out: dict[str, EntitlementValue] = {}
         for entitlement in found:
             if not entitlement.active_at(when):
-                continue
+                continue  # ended, or scheduled by a plan change
             mine = [g for g in grants if g.entitlement_id == entitlement.id]
             theirs = [r for r in resets if r.entitlement_id == entitlement.id]
             feature = features.get(entitlement.feature_id)
@@ -653,6 +653,18 @@ class EntitlementService:
                 listener(entitlement)
             except Exception:
                 log.exception("entitlement change listener failed", extra={"entitlement_id": entitlement.id})
+
+
+def current_of(entitlements: Sequence[Entitlement], at: datetime) -> Entitlement:
+    """Of one customer's live entitlements to a feature (a plan change can schedule the next one),
+    the one active at `at`, else the one that starts next, else the latest."""
+    active = [e for e in entitlements if e.active_at(at)]
+    if active:
+        return active[0]
+    upcoming = sorted((e for e in entitlements if e.active_from > at), key=lambda e: e.active_from)
+    if upcoming:
+        return upcoming[0]
+    return max(entitlements, key=lambda e: e.active_from)
 
 
 def _terms(grant: Grant) -> engine.GrantTerms:

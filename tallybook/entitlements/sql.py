@@ -95,15 +95,6 @@ entitlements = Table(
     Column("config", Text, nullable=True),  # static: the JSON config, as sent
 )
 Index("ix_entitlements_customer_feature", entitlements.c.customer_id, entitlements.c.feature_key)
-# One live entitlement per customer and feature.
-Index(
-    "uq_entitlements_live_customer_feature",
-    entitlements.c.customer_id,
-    entitlements.c.feature_key,
-    unique=True,
-    sqlite_where=entitlements.c.deleted_us.is_(None),
-    postgresql_where=entitlements.c.deleted_us.is_(None),
-)
 
 entitlement_grants = Table(
     "entitlement_grants",
@@ -379,23 +370,38 @@ class SqlEntitlementRepository:
 
     # -- entitlements ---------------------------------------------------------------------------------
     def insert_entitlement(self, entitlement: Entitlement, grants: Sequence[Grant], replaces: str | None) -> None:
-        try:
-            with self.store.write() as conn:
-                if replaces is not None:
-                    at = to_micros(entitlement.created_at)
-                    conn.execute(
-                        update(entitlements)
-                        .where(entitlements.c.id == replaces, entitlements.c.deleted_us.is_(None))
-                        .values(deleted_us=at, updated_us=at)
+        with self.store.write() as conn:
+            if replaces is not None:
+                at = to_micros(entitlement.created_at)
+                conn.execute(
+                    update(entitlements)
+                    .where(entitlements.c.id == replaces, entitlements.c.deleted_us.is_(None))
+                    .values(deleted_us=at, updated_us=at)
+                )
+            # At most one entitlement of a customer to a feature is active at any instant; checked
+            # in the write transaction (SQLite's is serial; on PostgreSQL a lock on the customer's
+            # rows serialises concurrent creates).
+            live = conn.execute(
+                select(entitlements)
+                .where(
+                    entitlements.c.customer_id == entitlement.customer_id,
+                    entitlements.c.feature_key == entitlement.feature_key,
+                    entitlements.c.deleted_us.is_(None),
+                )
+                .with_for_update()
+            ).all()
+            for row in live:
+                other = _entitlement(row)
+                if _overlap(other, entitlement):
+                    raise EntitlementConflict(
+                        f"the customer already has an entitlement to feature {entitlement.feature_key!r} "
+                        f"({other.id}) in that time; delete it first, or replace it with "
+                        "PUT .../entitlements/{feature}/override",
+                        entitlementId=other.id,
                     )
-                conn.execute(insert(entitlements).values(**_entitlement_row(entitlement)))
-                for grant in grants:
-                    conn.execute(insert(entitlement_grants).values(**_grant_row(grant)))
-        except IntegrityError:
-            raise EntitlementConflict(
-                f"the customer already has an entitlement to feature {entitlement.feature_key!r}; "
-                "delete it first, or replace it with PUT .../entitlements/{feature}/override"
-            ) from None
+            conn.execute(insert(entitlements).values(**_entitlement_row(entitlement)))
+            for grant in grants:
+                conn.execute(insert(entitlement_grants).values(**_grant_row(grant)))
 
     def entitlement(self, entitlement_id: str) -> Entitlement | None:
         if not looks_like_ulid(entitlement_id):
@@ -458,6 +464,14 @@ class SqlEntitlementRepository:
                     )
                 ]
         return found, by_id, grants, resets
+
+    def set_active_to(self, entitlement_id: str, active_to: datetime | None, at: datetime) -> None:
+        with self.store.write() as conn:
+            conn.execute(
+                update(entitlements)
+                .where(entitlements.c.id == entitlement_id)
+                .values(active_to_us=_us(active_to), updated_us=to_micros(at))
+            )
 
     def end_entitlement(self, entitlement_id: str, at: datetime) -> bool:
         with self.store.write() as conn:
@@ -533,6 +547,11 @@ class SqlEntitlementRepository:
         )
         with self.store.read() as conn:
             return [_reset(r) for r in conn.execute(query)]
+
+
+def _overlap(a: Entitlement, b: Entitlement) -> bool:
+    a_end, b_end = a.ends_at, b.ends_at
+    return (a_end is None or b.active_from < a_end) and (b_end is None or a.active_from < b_end)
 
 
 def _find_feature(conn: Connection, id_or_key: str) -> Feature | None:

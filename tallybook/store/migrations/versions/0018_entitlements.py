@@ -67,14 +67,6 @@ def upgrade() -> None:
         sa.Column("config", sa.Text(), nullable=True),
     )
     op.create_index("ix_entitlements_customer_feature", "entitlements", ["customer_id", "feature_key"])
-    op.create_index(
-        "uq_entitlements_live_customer_feature",
-        "entitlements",
-        ["customer_id", "feature_key"],
-        unique=True,
-        sqlite_where=sa.text("deleted_us IS NULL"),
-        postgresql_where=sa.text("deleted_us IS NULL"),
-    )
     op.create_table(
         "entitlement_grants",
         sa.Column("id", sa.Text(), primary_key=True),
