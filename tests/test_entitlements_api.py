@@ -411,3 +411,31 @@ def test_late_events_change_the_balance(admin: httpx.Client, rt: Runtime, clock:
     assert value(admin)["balance"] == 70
     rt.voids.void(VoidRequest("wrong", Actor("cli"), events=(EventKey("app", "late"),)))
     assert value(admin)["balance"] == 100
+
+
+def test_portal_token_reads_its_own_entitlements(admin: httpx.Client, clock: FixedClock) -> None:
+    setup_acme(admin)
+    ok(admin.post("/api/v1/customers", json={"name": "Other", "key": "other"}), 201)
+    for customer in ("acme", "other"):
+        ok(
+            admin.post(
+                f"/api/v2/customers/{customer}/entitlements",
+                json={
+                    "type": "metered",
+                    "featureKey": "api_calls",
+                    "usagePeriod": {"interval": "DAY"},
+                    "issueAfterReset": 100,
+                },
+            ),
+            201,
+        )
+    usage(admin, ("e1", 30, "2026-03-10T12:05:00Z"))
+    clock.advance(timedelta(minutes=10))
+    token = ok(admin.post("/api/v1/portal/tokens", json={"customerId": "acme"}))["token"]
+    portal = {"Authorization": f"Bearer {token}"}
+    mine = ok(admin.get("/api/v1/portal/entitlements", headers=portal))["entitlements"]
+    assert [(e["featureKey"], e["balance"], e["usage"]) for e in mine] == [("api_calls", 70, 30)]
+    assert [g["amount"] for g in mine[0]["grants"]] == [100]
+    # The portal token reads nothing else: not another customer's values, not the admin API.
+    assert admin.get("/api/v1/customers/other/access", headers=portal).status_code == 401
+    assert admin.get("/api/v1/customers/acme/entitlements/api_calls/value", headers=portal).status_code == 401

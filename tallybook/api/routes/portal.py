@@ -23,10 +23,12 @@ from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
 from tallybook.api.routes.meters import _json_body, _query_from_params, _run_query
 from tallybook.api.security import presented_key, require
+from tallybook.api.wire.entitlements import PortalEntitlements, render_grant, render_value
 from tallybook.api.wire.meters import CSV_CONTENT, METER_QUERY_PARAMETERS, MeterQueryResult
 from tallybook.api.wire.portal import InvoiceEstimate, PortalHolderInfo
 from tallybook.api.wire.portal import PortalToken as PortalTokenShape
 from tallybook.clock import format_rfc3339
+from tallybook.entitlements.model import EntitlementError
 from tallybook.portal import PortalError, PortalToken
 from tallybook.portal.service import PortalHolder
 from tallybook.store.base import ApiKeyRecord
@@ -254,3 +256,42 @@ async def portal_invoice_estimate(request: Request, holder: Holder) -> Response:
         raise Problem(404, "not-a-customer", "invoice estimates need a token bound to a customer")
     items = await run_in_threadpool(_estimate, runtime, holder)
     return _json({"items": items})
+
+
+def _entitlements(runtime: Any, holder: PortalHolder) -> dict[str, Any]:
+    service = runtime.entitlements
+    if holder.customer is not None:
+        customer = holder.customer
+    else:
+        try:
+            customer = service.customer_of_subject(holder.token.subject)
+        except EntitlementError:
+            return {"entitlements": []}
+    now = runtime.clock.now()
+    items = []
+    for key, value in sorted(service.access(customer, now).items()):
+        entitlement = value.entitlement
+        body: dict[str, Any] = {"featureKey": key, "type": entitlement.type, **render_value(value)}
+        if value.period_start is not None and value.period_end is not None:
+            body["currentUsagePeriod"] = {
+                "from": format_rfc3339(value.period_start),
+                "to": format_rfc3339(value.period_end),
+            }
+        if entitlement.type == "metered":
+            grants = service.grants_of(customer, entitlement.id)
+            body["grants"] = [
+                {
+                    k: v
+                    for k, v in render_grant(g).items()
+                    if k in ("id", "amount", "priority", "effectiveAt", "expiresAt", "recurrence")
+                }
+                for g in grants
+            ]
+        items.append(body)
+    return {"entitlements": items}
+
+
+@router.get("/entitlements", responses=responses(PortalEntitlements))
+async def portal_entitlements(request: Request, holder: Holder) -> Response:
+    """Tallybook extension: the holder's own entitlements, with access, balance and grants (read only)."""
+    return _json(await run_in_threadpool(_entitlements, runtime_of(request), holder))

@@ -200,6 +200,19 @@ class CustomerAccess(Wire):
     entitlements: dict[str, AccessValue]
 
 
+class PortalEntitlement(EntitlementValue):
+    featureKey: str
+    type: str
+    currentUsagePeriod: Period | None = None
+    grants: list[dict[str, Any]] | None = Field(
+        None, description="metered: id, amount, priority, effectiveAt, expiresAt"
+    )
+
+
+class PortalEntitlements(Wire):
+    entitlements: list[PortalEntitlement]
+
+
 class BalanceHistoryWindow(Wire):
     period: Period
     usage: float
