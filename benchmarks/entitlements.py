@@ -178,9 +178,22 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument(
+        "--db", type=Path, default=None, help="keep the database in this file and reuse it when it exists (no refill)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rt = build(f"sqlite:///{tmp}/bench.db", args.events, args.customers)
+        path = args.db or Path(tmp) / "bench.db"
+        if path.exists():
+            rt = Runtime.build(
+                Settings.model_validate(
+                    {"database": {"url": f"sqlite:///{path}"}, "webhooks": {"scheduler": {"run_in_server": False}}}
+                ),
+                clock=FixedClock(NOW),
+                sync_meters=False,
+            )
+        else:
+            rt = build(f"sqlite:///{path}", args.events, args.customers)
         service = rt.entitlements
         rng = random.Random(11)
         keys = [f"cust_{i:05d}" for i in range(args.customers)]

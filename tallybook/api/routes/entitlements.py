@@ -560,6 +560,17 @@ async def create_customer_grant(
 
 
 # -- listings across customers ------------------------------------------------------------------------
+def _known_customers(service: EntitlementService, refs: Sequence[str], by_subject: bool) -> list[Customer]:
+    """The customers a listing filter names (unknown ones match nothing, as a filter does)."""
+    found = []
+    for ref in refs:
+        try:
+            found.append(service.customer_of_subject(ref) if by_subject else service.customer(ref))
+        except EntitlementError:
+            continue
+    return found
+
+
 def _list_entitlements(
     service: EntitlementService,
     features: list[str] | None,
@@ -572,8 +583,7 @@ def _list_entitlements(
     customer_ids = None
     customers: dict[str, Customer] = {}
     if customer_refs:
-        found = [service.customer_of_subject(r) if by_subject else service.customer(r) for r in customer_refs]
-        customers = {c.id: c for c in found}
+        customers = {c.id: c for c in _known_customers(service, customer_refs, by_subject)}
         customer_ids = list(customers)
     entitlements = service.entitlements(customer_ids, features, types, exclude_inactive=exclude_inactive)
     out = []
@@ -588,7 +598,7 @@ def _list_entitlements(
     return out
 
 
-@router.get("/api/v1/entitlements", responses=responses(list[Entitlement]))
+@router.get("/api/v1/entitlements", responses=responses(list[Entitlement] | EntitlementPage))
 async def list_entitlements(
     request: Request,
     _k: Reader,
@@ -659,11 +669,11 @@ def _list_grants(
 ) -> list[dict[str, Any]]:
     customer_ids = None
     if refs:
-        customer_ids = [(service.customer_of_subject(r) if by_subject else service.customer(r)).id for r in refs]
+        customer_ids = [c.id for c in _known_customers(service, refs, by_subject)]
     return [_grant_json(service, None, g) for g in service.grants(customer_ids, features, deleted)]
 
 
-@router.get("/api/v1/grants", responses=responses(list[Grant]))
+@router.get("/api/v1/grants", responses=responses(list[Grant] | GrantPage))
 async def list_grants(
     request: Request,
     _k: Reader,

@@ -12,7 +12,7 @@ from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.routes.entitlements import Limit, Offset, Page, PageSize, _paged
 from tallybook.api.security import require
-from tallybook.api.wire.entitlements import Feature, FeatureBody, render_feature
+from tallybook.api.wire.entitlements import Feature, FeatureBody, FeaturePage, render_feature
 from tallybook.entitlements.model import FeatureSpec
 from tallybook.store.base import ApiKeyRecord
 
@@ -34,7 +34,7 @@ async def create_feature(request: Request, body: FeatureBody, _k: Admin) -> Resp
     return _json(render_feature(feature), 201)
 
 
-@router.get("", responses=responses(list[Feature]))
+@router.get("", responses=responses(list[Feature] | FeaturePage))
 async def list_features(
     request: Request,
     _k: Reader,
