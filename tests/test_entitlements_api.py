@@ -439,3 +439,36 @@ def test_portal_token_reads_its_own_entitlements(admin: httpx.Client, clock: Fix
     # The portal token reads nothing else: not another customer's values, not the admin API.
     assert admin.get("/api/v1/customers/other/access", headers=portal).status_code == 401
     assert admin.get("/api/v1/customers/acme/entitlements/api_calls/value", headers=portal).status_code == 401
+
+
+def test_recurring_grant_refills_and_min_rollover(admin: httpx.Client, clock: FixedClock) -> None:
+    setup_acme(admin)
+    ok(
+        admin.post(
+            "/api/v2/customers/acme/entitlements",
+            json={"type": "metered", "featureKey": "api_calls", "usagePeriod": {"interval": "MONTH"}},
+        ),
+        201,
+    )
+    grants = "/api/v2/customers/acme/entitlements/api_calls/grants"
+    daily = {"amount": 100, "effectiveAt": "2026-03-10T12:00:00Z", "recurrence": {"interval": "DAY"}}
+    floor = {
+        "amount": 5,
+        "priority": 9,
+        "effectiveAt": "2026-03-10T12:00:00Z",
+        "minRolloverAmount": 20,
+        "maxRolloverAmount": 50,
+    }
+    recurring = ok(admin.post(grants, json=daily), 201)
+    assert recurring["recurrence"]["interval"] == "DAY" and recurring["nextRecurrence"] == "2026-03-11T12:00:00Z"
+    ok(admin.post(grants, json=floor), 201)
+    usage(admin, ("a", 90, "2026-03-10T13:00:00Z"))
+    clock.set(datetime(2026, 3, 10, 18, 0, tzinfo=UTC))
+    assert value(admin)["balance"] == 15  # 10 left of the daily 100, and the 5
+    clock.set(datetime(2026, 3, 11, 12, 30, tzinfo=UTC))
+    assert value(admin)["balance"] == 105  # refilled at 12:00; usage in the month is still 90
+    assert value(admin)["usage"] == 90
+    # The monthly reset: the recurring grant would roll over nothing (max 0), but it recurs at the
+    # same instant (after the rollover), so it is 100 again; the other one is raised to its minimum.
+    clock.set(datetime(2026, 4, 10, 12, 0, tzinfo=UTC))
+    assert value(admin)["balance"] == 100 + 20
