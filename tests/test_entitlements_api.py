@@ -157,6 +157,11 @@ def test_hard_limit_overage_and_soft_limit(admin: httpx.Client, clock: FixedCloc
         ),
         201,
     )
+    # Daily periods: a value 8,000 years on would walk millions of periods; refused, not computed.
+    far = admin.get("/api/v1/customers/acme/entitlements/api_calls/value", params={"time": "6332-01-01T00:00:00Z"})
+    assert far.status_code == 400 and far.json()["type"].endswith("too-many-periods")
+    end = admin.get("/api/v1/customers/acme/entitlements/api_calls/value", params={"time": "9999-12-31T23:59:59Z"})
+    assert end.status_code == 400
     usage(
         admin,
         ("e1", 60, "2026-03-10T12:10:00Z"),

@@ -31,9 +31,18 @@ from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from tallybook.entitlements.recurrence import Recurrence
+from tallybook.entitlements.model import EntitlementError
+from tallybook.entitlements.recurrence import APPROX_SECONDS, Recurrence
 
 ZERO = Decimal(0)
+# Points one balance may walk (resets, grant changes, recurrences): a bound on the work one value
+# takes (ten years of daily periods is 3,650).
+MAX_POINTS = 100_000
+
+
+class TooManyPoints(EntitlementError):
+    code = "too-many-periods"
+
 
 # Given points p0 < p1 < ... < pn, the usage in each [p_i, p_(i+1)): n values.
 UsageReader = Callable[[Sequence[datetime]], Sequence[Decimal]]
@@ -105,6 +114,14 @@ def reset_timeline(
     """
     points: list[ResetPoint] = []
     pending = sorted((m for m in manual if start < m.at), key=lambda m: m.at)
+    if through > start:
+        # A cheap bound before walking: roughly how many periods lie between start and through.
+        step = APPROX_SECONDS[usage_period.interval.unit] * usage_period.interval.count
+        if (through - start).total_seconds() / step > MAX_POINTS:
+            raise TooManyPoints(
+                f"{through.isoformat()} is more than {MAX_POINTS:,} usage periods after measurement began; "
+                "ask for a time closer to now"
+            )
     period = usage_period
     last = start
     index = 0
@@ -123,6 +140,11 @@ def reset_timeline(
         if automatic > through:
             break
         points.append(ResetPoint(automatic, preserve_by_default))
+        if len(points) > MAX_POINTS:
+            raise TooManyPoints(
+                f"{through.isoformat()} is more than {MAX_POINTS:,} usage periods after measurement began; "
+                "ask for a time closer to now"
+            )
         last = automatic
     return points
 
@@ -230,7 +252,13 @@ def run(
         if grant.recurrence is not None:
             begin = max(grant.effective_at, start)
             end = grant.ends_at if grant.ends_at is not None and grant.ends_at < until else until
-            for at in grant.recurrence.between(begin, end, tz):
+            found = grant.recurrence.between(begin, end, tz, limit=MAX_POINTS + 1)
+            if len(found) > MAX_POINTS:
+                raise TooManyPoints(
+                    f"grant {grant.id} recurs more than {MAX_POINTS:,} times before {until.isoformat()}; "
+                    "ask for a time closer to now"
+                )
+            for at in found:
                 if at == end and end != until:
                     continue
                 recurring.setdefault(at, []).append(grant)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 UNITS = ("HOUR", "DAY", "WEEK", "MONTH", "YEAR")
-_APPROX_SECONDS = {"HOUR": 3600, "DAY": 86400, "WEEK": 604800, "MONTH": 2629746, "YEAR": 31556952}
+APPROX_SECONDS = {"HOUR": 3600, "DAY": 86400, "WEEK": 604800, "MONTH": 2629746, "YEAR": 31556952}
 _ISO_UNITS = {"Y": "YEAR", "M": "MONTH", "W": "WEEK", "D": "DAY"}
 _ISO_PATTERN = re.compile(r"^P(?:(\d+)([YMWD])|T(\d+)H)$")
 MAX_COUNT = 1000
@@ -108,7 +108,7 @@ class Recurrence:
 
     def _index_at_or_before(self, t: datetime, tz: ZoneInfo) -> int:
         """The largest k with boundary(k) <= t."""
-        approx = _APPROX_SECONDS[self.interval.unit] * self.interval.count
+        approx = APPROX_SECONDS[self.interval.unit] * self.interval.count
         k = int((t - self.anchor).total_seconds() // approx)
         while self.boundary(k, tz) > t:
             k -= 1

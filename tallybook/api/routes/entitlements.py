@@ -74,7 +74,11 @@ def _service(request: Request) -> EntitlementService:
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    return await run_in_threadpool(fn, *args)
+    try:
+        return await run_in_threadpool(fn, *args)
+    except OverflowError:
+        # Calendar arithmetic past year 9999 (a far `time`, a long expiration or recurrence).
+        raise Problem(400, "invalid-parameters", "a date is out of range (past year 9999); use a nearer one") from None
 
 
 def _instant(value: str | None, name: str) -> datetime | None:
@@ -535,8 +539,14 @@ async def list_customer_grants(
         if order == "DESC":
             grants.reverse()
         items = [_grant_json(service, customer, g) for g in grants]
-        if offset is not None or limit is not None:
-            return _paged(items, None, None, offset, limit)
+        if page is None and pageSize is None and (offset is not None or limit is not None):
+            start, size = offset or 0, limit or 100  # OpenMeter's deprecated limit/offset, in a page
+            return {
+                "totalCount": len(items),
+                "page": start // size + 1,
+                "pageSize": size,
+                "items": items[start : start + size],
+            }
         return _paged(items, page or 1, pageSize or 100, None, None)
 
     return _json(await _call(run))
