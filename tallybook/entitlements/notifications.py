@@ -40,6 +40,7 @@ RESET = "entitlements.reset"
 RULE_TYPES = (BALANCE_THRESHOLD, RESET)
 THRESHOLD_TYPES = ("PERCENT", "NUMBER")
 NOTIFY_JOB = "entitlements.notify"
+MAX_THRESHOLD = Decimal("1e15")
 SEQ_MARK = "events.seq"
 VOID_MARK = "voids.us"
 
@@ -87,6 +88,10 @@ def check_rule_settings(
             raise InvalidInput(f"thresholds[{index}].value must be a number") from None
         if not amount.is_finite() or amount <= 0:
             raise InvalidInput(f"thresholds[{index}].value must be a positive number")
+        if amount > MAX_THRESHOLD:
+            raise InvalidInput(f"thresholds[{index}].value must be at most {MAX_THRESHOLD:f}")
+        if amount == amount.to_integral_value():
+            amount = amount.quantize(Decimal(1))  # 80.0 is kept (and shown) as 80
         stored.append({"value": str(amount), "type": kind})
     return stored
 

@@ -68,7 +68,7 @@ class ChannelBody(_Body):
 
 
 class ThresholdBody(_Body):
-    value: float = Field(gt=0)
+    value: Decimal = Field(gt=0)
     type: Literal["PERCENT", "NUMBER"]
 
 
