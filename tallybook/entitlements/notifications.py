@@ -43,6 +43,7 @@ NOTIFY_JOB = "entitlements.notify"
 MAX_THRESHOLD = Decimal("1e15")
 SEQ_MARK = "events.seq"
 VOID_MARK = "voids.us"
+CHANGE_MARK = "changes.us"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +150,14 @@ class EntitlementNotifier:
             # Voids by their instant: the mark is the latest void seen, not the clock.
             void_now = latest_void_us(conn) or 0
             touched_subjects |= {s for s, _, _ in voided_subjects(conn, void_mark or 0, void_now)}
+            change_mark = sql.notifier_value(conn, CHANGE_MARK)
+            now_us = to_micros(now)
+            changed = sql.changed_entitlements(conn, change_mark or 0, now_us)
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
+            dirty, self._dirty = self._dirty | changed, set()
         metered = [e for e in self.entitlements.entitlements(types=[METERED]) if e.active_at(now)]
         if not threshold_rules and not reset_rules:
-            self._advance(seq_now, void_now)
+            self._advance(seq_now, void_now, now_us)
             return counts
         owners = self.entitlements.customers.customer_of_subjects(sorted(touched_subjects))
         touched_customers = set(owners.values())
@@ -164,29 +168,32 @@ class EntitlementNotifier:
         with self.store.read() as conn:
             last_sent = sql.all_reset_sent(conn)
         for entitlement in metered:
+            moved = entitlement.id in dirty or entitlement.customer_id in touched_customers
+            last = last_sent.get(entitlement.id)
+            if not moved and last is not None and last[1] is not None and now_us < last[1]:
+                continue  # nothing new, and its usage period has not ended: no customer read at all
             with run.item("entitlement", entitlement.id, customer_id=entitlement.customer_id) as outcome:
                 customer = customers.get(entitlement.customer_id)
                 if customer is None:
                     customer = customers[entitlement.customer_id] = self.entitlements.customers_by_id(
                         entitlement.customer_id
                     )
-                moved = entitlement.id in dirty or entitlement.customer_id in touched_customers
                 begin = self.entitlements.period_with(customer, entitlement, now, resets.get(entitlement.id, []))[0]
-                last = last_sent.get(entitlement.id)
-                if not moved and last is not None and last >= to_micros(begin):
+                if not moved and last is not None and last[0] >= to_micros(begin):
                     continue
                 sent = self._evaluate(entitlement, customer, now, True, bool(threshold_rules), bool(reset_rules))
                 counts["events"] += sent
                 counts["entitlements"] += 1
             if outcome.failed:
                 self.mark(entitlement)  # try again next pass
-        self._advance(seq_now, void_now)
+        self._advance(seq_now, void_now, now_us)
         return counts
 
-    def _advance(self, seq: int, void_us: int) -> None:
+    def _advance(self, seq: int, void_us: int, now_us: int) -> None:
         with self.store.write() as conn:
             sql.set_notifier_value(conn, SEQ_MARK, seq)
             sql.set_notifier_value(conn, VOID_MARK, void_us)
+            sql.set_notifier_value(conn, CHANGE_MARK, now_us)
 
     def evaluate(self, entitlement: Entitlement, now: datetime | None = None) -> int:
         """Check one entitlement now (what the job does for each one that may have moved)."""
@@ -196,30 +203,31 @@ class EntitlementNotifier:
     def _evaluate(
         self, entitlement: Entitlement, customer: Customer, now: datetime, moved: bool, thresholds: bool, resets: bool
     ) -> int:
-        begin, _end = self.entitlements.current_period(customer, entitlement, now)
+        begin, end = self.entitlements.current_period(customer, entitlement, now)
         begin_us = to_micros(begin)
         sent = 0
         with self.store.read() as conn:
             last_reset = sql.reset_sent(conn, entitlement.id)
         new_period = last_reset is None or last_reset < begin_us
         if not moved and not new_period:
+            with self.store.write() as conn:
+                sql.save_reset_sent(conn, entitlement.id, begin_us, to_micros(end), exists=True)
             return 0
         value = self.entitlements.value_of(customer, entitlement, now)
         feature = self.entitlements.feature(entitlement.feature_id)
         with self.store.write() as conn:
-            if new_period:
-                # The first look at an entitlement records its period without sending: its start is
-                # the entitlement's creation, not a reset.
-                if resets and last_reset is not None:
-                    message = OutboxMessage(
-                        RESET,
-                        f"{RESET}|{entitlement.id}|{begin_us}",
-                        _payload(RESET, now, entitlement, feature.key, customer, value),
-                        subject=entitlement.subject_key,
-                    )
-                    if self.webhooks.enqueue(conn, message, self.webhooks.destinations(conn, RESET), now):
-                        sent += 1
-                sql.save_reset_sent(conn, entitlement.id, begin_us, exists=last_reset is not None)
+            # The first look at an entitlement records its period without sending: its start is the
+            # entitlement's creation, not a reset.
+            if new_period and resets and last_reset is not None:
+                message = OutboxMessage(
+                    RESET,
+                    f"{RESET}|{entitlement.id}|{begin_us}",
+                    _payload(RESET, now, entitlement, feature.key, customer, value),
+                    subject=entitlement.subject_key,
+                )
+                if self.webhooks.enqueue(conn, message, self.webhooks.destinations(conn, RESET), now):
+                    sent += 1
+            sql.save_reset_sent(conn, entitlement.id, begin_us, to_micros(end), exists=last_reset is not None)
             if thresholds:
                 sent += self._thresholds(conn, entitlement, customer, feature.id, feature.key, value, begin_us, now)
         return sent

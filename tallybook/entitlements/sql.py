@@ -165,6 +165,8 @@ entitlement_reset_sent = Table(
     metadata,
     Column("entitlement_id", Text, primary_key=True),
     Column("period_start_us", BigInteger, nullable=False),
+    # Its end as computed then: until it passes (or something changes) the notifier skips it.
+    Column("period_end_us", BigInteger, nullable=True),
 )
 
 # The notifier's watermarks: events ingested (by seq) and voids (by time) it has looked at.
@@ -667,14 +669,32 @@ def reset_sent(conn: Connection, entitlement_id: str) -> int | None:
     return None if value is None else int(value)
 
 
-def save_reset_sent(conn: Connection, entitlement_id: str, period_start_us: int, exists: bool) -> None:
+def save_reset_sent(
+    conn: Connection, entitlement_id: str, period_start_us: int, period_end_us: int, exists: bool
+) -> None:
     t = entitlement_reset_sent
+    values = {"period_start_us": period_start_us, "period_end_us": period_end_us}
     if exists:
-        conn.execute(update(t).where(t.c.entitlement_id == entitlement_id).values(period_start_us=period_start_us))
+        conn.execute(update(t).where(t.c.entitlement_id == entitlement_id).values(**values))
     else:
-        conn.execute(insert(t).values(entitlement_id=entitlement_id, period_start_us=period_start_us))
+        conn.execute(insert(t).values(entitlement_id=entitlement_id, **values))
 
 
-def all_reset_sent(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(select(entitlement_reset_sent.c.entitlement_id, entitlement_reset_sent.c.period_start_us))
-    return {r[0]: int(r[1]) for r in rows}
+def changed_entitlements(conn: Connection, after_us: int, through_us: int) -> set[str]:
+    """Entitlements changed in (after, through]: created, ended or overridden, or given a grant, a
+    grant void or a reset (by any process sharing the database)."""
+    found: set[str] = set()
+    for id_column, time_column in (
+        (entitlements.c.id, entitlements.c.updated_us),
+        (entitlement_grants.c.entitlement_id, entitlement_grants.c.updated_us),
+        (entitlement_resets.c.entitlement_id, entitlement_resets.c.created_us),
+    ):
+        rows = conn.execute(select(id_column).where(time_column > after_us, time_column <= through_us).distinct())
+        found.update(r[0] for r in rows)
+    return found
+
+
+def all_reset_sent(conn: Connection) -> dict[str, tuple[int, int | None]]:
+    t = entitlement_reset_sent
+    rows = conn.execute(select(t.c.entitlement_id, t.c.period_start_us, t.c.period_end_us))
+    return {r[0]: (int(r[1]), None if r[2] is None else int(r[2])) for r in rows}

@@ -119,6 +119,7 @@ def upgrade() -> None:
         "entitlement_reset_sent",
         sa.Column("entitlement_id", sa.Text(), primary_key=True),
         sa.Column("period_start_us", sa.BigInteger(), nullable=False),
+        sa.Column("period_end_us", sa.BigInteger(), nullable=True),
     )
     op.create_table(
         "entitlement_notifier_state",
