@@ -88,21 +88,10 @@ class MemoryEntitlementRepository:
             and (include_deleted or e.deleted_at is None)
         ]
 
-    def ledger(
-        self, customer_id: str, feature_key: str | None
-    ) -> tuple[list[Entitlement], dict[str, Feature], list[Grant], list[Reset]]:
+    def ledger(self, customer_id: str, feature_key: str | None) -> tuple[list[Entitlement], list[Grant], list[Reset]]:
         found = self.entitlements([customer_id], None if feature_key is None else [feature_key])
         ids = [e.id for e in found]
-        return (
-            found,
-            {e.feature_id: self._features[e.feature_id] for e in found},
-            self.grants(ids),
-            self.resets(ids),
-        )
-
-    def set_active_to(self, entitlement_id: str, active_to: datetime | None, at: datetime) -> None:
-        current = self._entitlements[entitlement_id]
-        self._entitlements[entitlement_id] = replace(current, active_to=active_to, updated_at=at)
+        return found, self.grants(ids), self.resets(ids)
 
     def end_entitlement(self, entitlement_id: str, at: datetime) -> bool:
         current = self._entitlements.get(entitlement_id)

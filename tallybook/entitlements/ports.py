@@ -47,11 +47,9 @@ class EntitlementRepository(Protocol):
         include_deleted: bool = False,
     ) -> list[Entitlement]: ...
 
-    def ledger(
-        self, customer_id: str, feature_key: str | None
-    ) -> tuple[list[Entitlement], dict[str, Feature], list[Grant], list[Reset]]:
-        """In one read: the customer's live entitlements (to one feature, or all), their features,
-        grants and resets."""
+    def ledger(self, customer_id: str, feature_key: str | None) -> tuple[list[Entitlement], list[Grant], list[Reset]]:
+        """In one read: the customer's live entitlements (to one feature, or all), their grants and
+        resets."""
         ...
 
     def set_active_to(self, entitlement_id: str, active_to: datetime | None, at: datetime) -> None: ...

@@ -86,6 +86,7 @@ class EntitlementService:
         # Called after a change that can move a balance (grant, reset, override): the notifier
         # re-evaluates thresholds without waiting for its next pass.
         self.on_change: list[Callable[[Entitlement], None]] = []
+        self._features: dict[str, Feature] = {}
 
     # -- owners ---------------------------------------------------------------------------------------
     def customer(self, id_or_key: str) -> Customer:
@@ -447,25 +448,26 @@ class EntitlementService:
     # -- value and access -----------------------------------------------------------------------------
     def value(self, customer: Customer, id_or_feature: str, at: datetime | None = None) -> EntitlementValue:
         when = at or self.clock.now()
-        found, features, grants, resets = self.repository.ledger(customer.id, id_or_feature)
+        found, grants, resets = self.repository.ledger(customer.id, id_or_feature)
         if not found:  # not a feature key: an entitlement id
             entitlement = self.entitlement_of(customer, id_or_feature)
             return self.value_of(customer, entitlement, when)
         entitlement = current_of(found, when)
-        return self._value(customer, entitlement, when, grants, resets, features.get(entitlement.feature_id))
+        return self._value(customer, entitlement, when, grants, resets, self._feature_of(entitlement))
 
     def access(self, customer: Customer, at: datetime | None = None) -> dict[str, EntitlementValue]:
         """Every live entitlement's value, by feature key (one query per metered entitlement)."""
         when = at or self.clock.now()
-        found, features, grants, resets = self.repository.ledger(customer.id, None)
+        found, grants, resets = self.repository.ledger(customer.id, None)
         out: dict[str, EntitlementValue] = {}
         for entitlement in found:
             if not entitlement.active_at(when):
                 continue  # ended, or scheduled by a plan change
             mine = [g for g in grants if g.entitlement_id == entitlement.id]
             theirs = [r for r in resets if r.entitlement_id == entitlement.id]
-            feature = features.get(entitlement.feature_id)
-            out[entitlement.feature_key] = self._value(customer, entitlement, when, mine, theirs, feature)
+            out[entitlement.feature_key] = self._value(
+                customer, entitlement, when, mine, theirs, self._feature_of(entitlement)
+            )
         return out
 
     def value_of(self, customer: Customer, entitlement: Entitlement, at: datetime) -> EntitlementValue:
@@ -512,7 +514,7 @@ class EntitlementService:
         feature: Feature | None = None,
     ) -> tuple[engine.Result, datetime, datetime]:
         assert entitlement.measure_usage_from is not None and entitlement.usage_period is not None
-        feature = feature or self.feature(entitlement.feature_id)
+        feature = feature or self._feature_of(entitlement)
         tz = self._zone(customer)
         manual = [engine.ManualReset(r.at, r.retain_anchor, r.preserve_overage) for r in resets]
         start = entitlement.measure_usage_from
@@ -646,6 +648,14 @@ class EntitlementService:
             return zone(customer.timezone or "UTC")
         except UnknownTimeZone:
             return zone("UTC")
+
+    def _feature_of(self, entitlement: Entitlement) -> Feature:
+        """An entitlement's feature. What a balance reads of it (meter, group-by filters) never
+        changes after creation (features are archived, not edited), so it is kept once read."""
+        cached = self._features.get(entitlement.feature_id)
+        if cached is None:
+            cached = self._features[entitlement.feature_id] = self.feature(entitlement.feature_id)
+        return cached
 
     def _changed(self, entitlement: Entitlement) -> None:
         for listener in self.on_change:

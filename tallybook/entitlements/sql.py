@@ -428,11 +428,9 @@ class SqlEntitlementRepository:
         with self.store.read() as conn:
             return [_entitlement(r) for r in conn.execute(query)]
 
-    def ledger(
-        self, customer_id: str, feature_key: str | None
-    ) -> tuple[list[Entitlement], dict[str, Feature], list[Grant], list[Reset]]:
-        """In one read: the customer's live entitlements (to one feature, or all), their features,
-        grants and resets (what `value` and `access` need besides usage)."""
+    def ledger(self, customer_id: str, feature_key: str | None) -> tuple[list[Entitlement], list[Grant], list[Reset]]:
+        """In one read: the customer's live entitlements (to one feature, or all), their grants and
+        resets (what `value` and `access` need besides usage and the features)."""
         query = select(entitlements).where(
             entitlements.c.customer_id == customer_id, entitlements.c.deleted_us.is_(None)
         )
@@ -440,32 +438,26 @@ class SqlEntitlementRepository:
             query = query.where(entitlements.c.feature_key == feature_key)
         with self.store.read() as conn:
             found = [_entitlement(r) for r in conn.execute(query.order_by(entitlements.c.created_us))]
-            ids = [e.id for e in found]
-            if not ids:
-                return [], {}, [], []
-            feature_rows = conn.execute(select(features).where(features.c.id.in_([e.feature_id for e in found])))
-            by_id = {r.id: _feature(r) for r in feature_rows}
             metered = [e.id for e in found if e.type == "metered"]
-            grants: list[Grant] = []
-            resets: list[Reset] = []
-            if metered:
-                grants = [
-                    _grant(r)
-                    for r in conn.execute(
-                        select(entitlement_grants).where(
-                            entitlement_grants.c.entitlement_id.in_(metered), entitlement_grants.c.deleted_us.is_(None)
-                        )
+            if not metered:
+                return found, [], []
+            grants = [
+                _grant(r)
+                for r in conn.execute(
+                    select(entitlement_grants).where(
+                        entitlement_grants.c.entitlement_id.in_(metered), entitlement_grants.c.deleted_us.is_(None)
                     )
-                ]
-                resets = [
-                    _reset(r)
-                    for r in conn.execute(
-                        select(entitlement_resets)
-                        .where(entitlement_resets.c.entitlement_id.in_(metered))
-                        .order_by(entitlement_resets.c.at_us)
-                    )
-                ]
-        return found, by_id, grants, resets
+                )
+            ]
+            resets = [
+                _reset(r)
+                for r in conn.execute(
+                    select(entitlement_resets)
+                    .where(entitlement_resets.c.entitlement_id.in_(metered))
+                    .order_by(entitlement_resets.c.at_us)
+                )
+            ]
+        return found, grants, resets
 
     def set_active_to(self, entitlement_id: str, active_to: datetime | None, at: datetime) -> None:
         with self.store.write() as conn:
