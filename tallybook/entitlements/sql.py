@@ -44,6 +44,7 @@ from tallybook.entitlements.model import (
 from tallybook.entitlements.recurrence import Interval, Recurrence
 from tallybook.ids import looks_like_ulid
 from tallybook.store.base import SqlStore
+from tallybook.store.customers import customers
 from tallybook.store.schema import events, metadata
 
 JSON_TYPE = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
@@ -381,8 +382,9 @@ class SqlEntitlementRepository:
                     .values(deleted_us=at, updated_us=at)
                 )
             # At most one entitlement of a customer to a feature is active at any instant; checked
-            # in the write transaction (SQLite's is serial; on PostgreSQL a lock on the customer's
-            # rows serialises concurrent creates).
+            # in the write transaction (SQLite's is serial; on PostgreSQL the lock on the customer's
+            # row serialises concurrent creates for one customer).
+            conn.execute(select(customers.c.id).where(customers.c.id == entitlement.customer_id).with_for_update())
             live = conn.execute(
                 select(entitlements)
                 .where(
