@@ -258,3 +258,30 @@ def test_monthly_period_in_the_customer_zone_clamps_the_day() -> None:
     local = [b.astimezone(tz).strftime("%Y-%m-%d %H:%M") for b in boundaries]
     # Feb has no 31st; Mar 31 after the DST change is still local midnight.
     assert local == ["2026-02-28 00:00", "2026-03-31 00:00", "2026-04-30 00:00"]
+
+
+ZONES = [
+    ZoneInfo(name) for name in ("UTC", "Europe/Budapest", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata")
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    unit=st.sampled_from(["HOUR", "DAY", "WEEK", "MONTH", "YEAR"]),
+    count=st.integers(1, 3),
+    anchor_minutes=st.integers(-2_000_000, 2_000_000),
+    offset_minutes=st.integers(-3_000_000, 3_000_000),
+    tz=st.sampled_from(ZONES),
+)
+def test_recurrence_periods_contain_their_instant_and_follow_each_other(
+    unit: str, count: int, anchor_minutes: int, offset_minutes: int, tz: ZoneInfo
+) -> None:
+    """Whatever the zone (DST, half-hour offsets), boundaries strictly increase, the period at `t`
+    contains `t`, and the next boundary after `t` is that period's end."""
+    recurrence = Recurrence(Interval(unit, count), minute(anchor_minutes))
+    t = minute(anchor_minutes + offset_minutes) + timedelta(seconds=17)
+    begin, end = recurrence.period_at(t, tz)
+    assert begin <= t < end
+    assert recurrence.next_after(t, tz) == end
+    assert recurrence.next_after(begin - timedelta(microseconds=1), tz) == begin
+    assert recurrence.between(begin - timedelta(microseconds=1), end, tz) == [begin, end]
