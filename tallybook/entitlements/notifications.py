@@ -26,7 +26,7 @@ from typing import Any
 from tallybook.clock import Clock, format_rfc3339, to_micros
 from tallybook.customers.models import Customer
 from tallybook.entitlements import sql
-from tallybook.entitlements.model import METERED, Entitlement, EntitlementError, EntitlementValue, Reset
+from tallybook.entitlements.model import METERED, Entitlement, EntitlementValue, Reset
 from tallybook.entitlements.service import EntitlementService
 from tallybook.jobs.failures import FailureLog
 from tallybook.store.base import SqlStore
@@ -194,11 +194,6 @@ class EntitlementNotifier:
             sql.set_notifier_value(conn, SEQ_MARK, seq)
             sql.set_notifier_value(conn, VOID_MARK, void_us)
             sql.set_notifier_value(conn, CHANGE_MARK, now_us)
-
-    def evaluate(self, entitlement: Entitlement, now: datetime | None = None) -> int:
-        """Check one entitlement now (what the job does for each one that may have moved)."""
-        customer = self.entitlements.customers_by_id(entitlement.customer_id)
-        return self._evaluate(entitlement, customer, now or self.clock.now(), True, True, True)
 
     def _evaluate(
         self, entitlement: Entitlement, customer: Customer, now: datetime, moved: bool, thresholds: bool, resets: bool
@@ -371,4 +366,4 @@ def _payload(
     }
 
 
-__all__ = ["BALANCE_THRESHOLD", "NOTIFY_JOB", "RESET", "RULE_TYPES", "EntitlementError", "EntitlementNotifier"]
+__all__ = ["BALANCE_THRESHOLD", "NOTIFY_JOB", "RESET", "RULE_TYPES", "EntitlementNotifier"]

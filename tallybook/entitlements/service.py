@@ -403,9 +403,6 @@ class EntitlementService:
             grants = self.repository.grants([e.id for e in owned], include_deleted=True)
         return [g for g in grants if include_deleted or g.voided_at is None]
 
-    def grant_owner(self, grant: Grant) -> Entitlement:
-        return self.entitlement(grant.entitlement_id)
-
     def void_grant(self, grant_id: str, at: datetime | None = None) -> Grant:
         grant = self.repository.grant(grant_id)
         if grant is None:
