@@ -209,3 +209,54 @@ def test_rule_test_sends_a_sample_and_refusals(admin: httpx.Client, rt: Runtime)
         )
         assert wrong.status_code == 400
         assert admin.post("/api/v1/notification/rules/01JNOPE000000000000000000/test").status_code == 404
+
+
+def test_a_broken_entitlement_fails_alone(admin: httpx.Client, rt: Runtime, clock: FixedClock) -> None:
+    """A feature whose meter was deleted: its entitlement answers no access (and why) in `access`,
+    the customer's other features answer as usual, and the notifier records the failure and still
+    alerts the other customers."""
+    setup_acme(admin)
+    ok(admin.post("/api/v1/customers", json={"name": "Other", "key": "other"}), 201)
+    ok(
+        admin.post(
+            "/api/v1/meters",
+            json={"slug": "doomed", "eventType": "doomed", "aggregation": "COUNT"},
+        ),
+        201,
+    )
+    ok(admin.post("/api/v1/features", json={"key": "doomed", "name": "Doomed", "meterSlug": "doomed"}), 201)
+    period = {"usagePeriod": {"interval": "DAY"}, "issueAfterReset": 10}
+    ok(
+        admin.post("/api/v2/customers/acme/entitlements", json={"type": "metered", "featureKey": "doomed", **period}),
+        201,
+    )
+    for customer in ("acme", "other"):
+        body = {"type": "metered", "featureKey": "api_calls", **period}
+        ok(admin.post(f"/api/v2/customers/{customer}/entitlements", json=body), 201)
+    with Receiver() as receiver:
+        channel = ok(
+            admin.post("/api/v1/notification/channels", json={"type": "WEBHOOK", "name": "app", "url": receiver.url}),
+            201,
+        )
+        rule = {
+            "type": "entitlements.balance.threshold",
+            "name": "r",
+            "channels": [channel["id"]],
+            "thresholds": [{"value": 5, "type": "NUMBER"}],
+        }
+        ok(admin.post("/api/v1/notification/rules", json=rule), 201)
+        run_jobs(rt)
+        assert admin.delete("/api/v1/meters/doomed").status_code == 204
+        usage(admin, ("o1", 6, "2026-03-10T12:05:00Z"), subject="other")
+        usage(admin, ("a1", 6, "2026-03-10T12:05:00Z"))
+        clock.advance(timedelta(minutes=30))
+        access = ok(admin.get("/api/v1/customers/acme/access"))["entitlements"]
+        assert access["api_calls"]["balance"] == 4
+        assert access["doomed"]["hasAccess"] is False and "doomed" in access["doomed"]["error"]
+        results = {r.name: r for r in rt.jobs.run_once()}
+        assert results["entitlements.notify"].failed_items == 1
+        sent = receiver.wait_for(2)
+        customers = sorted(jsonutil.loads(r.body)["data"]["customer"]["key"] for r in sent)
+        assert customers == ["acme", "other"]
+        failures = ok(admin.get("/api/v1/jobs/failures"))
+        assert any(f["job"] == "entitlements.notify" for f in failures["items"])

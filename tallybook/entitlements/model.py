@@ -243,6 +243,7 @@ class EntitlementValue:
     period_start: datetime | None = None
     period_end: datetime | None = None
     config: str | None = None
+    error: str | None = None  # access: why this entitlement's value could not be computed
 
 
 @dataclass(frozen=True, slots=True)

@@ -462,9 +462,18 @@ class EntitlementService:
                 continue  # ended, or scheduled by a plan change
             mine = [g for g in grants if g.entitlement_id == entitlement.id]
             theirs = [r for r in resets if r.entitlement_id == entitlement.id]
-            out[entitlement.feature_key] = self._value(
-                customer, entitlement, when, mine, theirs, self._feature_of(entitlement)
-            )
+            try:
+                out[entitlement.feature_key] = self._value(
+                    customer, entitlement, when, mine, theirs, self._feature_of(entitlement)
+                )
+            except DomainError as exc:
+                # One broken entitlement (e.g. its feature's meter was deleted) does not take the
+                # customer's other features down: it answers no access, and why.
+                log.warning(
+                    "entitlement value not computed",
+                    extra={"entitlement_id": entitlement.id, "error": exc.detail},
+                )
+                out[entitlement.feature_key] = EntitlementValue(entitlement, when, has_access=False, error=exc.detail)
         return out
 
     def value_of(self, customer: Customer, entitlement: Entitlement, at: datetime) -> EntitlementValue:

@@ -194,6 +194,7 @@ class EntitlementValue(Wire):
 class AccessValue(EntitlementValue):
     entitlementId: str
     type: str
+    error: str | None = Field(None, description="why this entitlement's value could not be computed (no access)")
 
 
 class CustomerAccess(Wire):
@@ -355,6 +356,7 @@ def render_value(v: model.EntitlementValue) -> dict[str, Any]:
             "overage": v.overage,
             "totalAvailableGrantAmount": v.total_available,
             "config": v.config,
+            "error": v.error,
         }
     )
 
