@@ -22,6 +22,10 @@ from tallybook.config import Settings
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.customers import CustomerService
 from tallybook.customers.sql import SqlCustomerRepository
+from tallybook.entitlements.notifications import NOTIFY_JOB, EntitlementNotifier
+from tallybook.entitlements.service import EntitlementService
+from tallybook.entitlements.sql import SqlEntitlementRepository
+from tallybook.entitlements.subscriptions import SubscriptionEntitlements
 from tallybook.eventlist.service import EventListService
 from tallybook.eventlist.sql import SqlEventList
 from tallybook.ingest.service import IngestService
@@ -74,6 +78,8 @@ class Runtime:
     invoice_checks: InvoiceVerifier = field(init=False)
     credit_notes: CreditNoteService = field(init=False)
     credit_note_sync: CreditNoteSyncService = field(init=False)
+    entitlements: EntitlementService = field(init=False)
+    entitlement_notifier: EntitlementNotifier = field(init=False)
 
     @classmethod
     def build(
@@ -99,9 +105,20 @@ class Runtime:
             runtime.meters.sync_config()
         runtime.voids = VoidService(SqlVoidStorage(store), clock)
         runtime.event_list = EventListService(SqlEventList(store), runtime.meters.catch_up)
+        runtime.entitlements = EntitlementService(
+            SqlEntitlementRepository(store), runtime.customers, runtime.meters, clock
+        )
         runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
-        runtime.webhooks, runtime.jobs = build_jobs(store, settings.webhooks, clock, runtime.meters, metrics)
+
+        def entitlement_notifications(webhooks: WebhookService, scheduler: JobScheduler) -> None:
+            notifier = EntitlementNotifier(store, webhooks, runtime.entitlements, clock, scheduler.failures)
+            runtime.entitlement_notifier = notifier
+            scheduler.register(Job(NOTIFY_JOB, notifier.run, settings.webhooks.scheduler.close_interval))
+
+        runtime.webhooks, runtime.jobs = build_jobs(
+            store, settings.webhooks, clock, runtime.meters, metrics, producers=entitlement_notifications
+        )
         runtime.stripe = StripeService(
             store, runtime.customers, runtime.meters, settings.stripe, clock, failures=runtime.jobs.failures
         )
@@ -121,6 +138,8 @@ class Runtime:
             grace=settings.billing.invoice_grace,
         )
         runtime.jobs.register(Job(UNBILLED_JOB, unbilled_job.run, settings.billing.unbilled_interval))
+        plan_entitlements = SubscriptionEntitlements(runtime.entitlements, runtime.subscriptions)
+        runtime.subscriptions.listeners.append(plan_entitlements.sync)
         runtime.invoice_sync = InvoiceSyncService(
             store,
             runtime.stripe,

@@ -24,6 +24,7 @@ NO_BODY = {
     ("post", "/api/v1/plans/{planId}/publish"),
     ("post", "/api/v1/plans/{planId}/archive"),
     ("post", "/api/v1/plans/{planIdOrKey}/next"),
+    ("post", "/api/v1/notification/rules/{ruleId}/test"),
     *(
         ("post", f"/api/v1/billing/invoices/{{invoiceId}}/{action}")
         for action in (

@@ -34,6 +34,8 @@ from tallybook.api.routes import (
 )
 from tallybook.api.routes import billing_profiles as profile_routes
 from tallybook.api.routes import credit_notes as credit_note_routes
+from tallybook.api.routes import entitlements as entitlement_routes
+from tallybook.api.routes import features as feature_routes
 from tallybook.api.routes import invoices as invoice_routes
 from tallybook.api.routes import jobs as job_routes
 from tallybook.api.routes import plans as plan_routes
@@ -121,6 +123,8 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(portal.router)
     app.include_router(overview.router)
     app.include_router(export.router)
+    app.include_router(feature_routes.router)
+    app.include_router(entitlement_routes.router)
     app.include_router(ui_router)
     app.add_middleware(RefuseNulCharacters)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)

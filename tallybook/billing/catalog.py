@@ -13,6 +13,7 @@ problem answers.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from tallybook.billing.models import (
 )
 from tallybook.billing.settings import TAX_CODE_PATTERN, BillingSettings
 from tallybook.clock import Clock, SystemClock, format_rfc3339, from_micros, to_micros
+from tallybook.entitlements.recurrence import Interval
 from tallybook.ids import looks_like_ulid, new_ulid
 from tallybook.meters.models import MeterNotFound
 from tallybook.meters.service import MeterService
@@ -460,9 +462,12 @@ def _rate_card(raw: Any, path: str, cadence: Cadence | None, errors: FieldErrors
     meter: str | None = None
     price: Any = None
     commitments = Commitments()
+    template = _entitlement_template(raw, path, cadence, errors)
     if kind == "flat_fee":
         price = _flat_price(price_raw, f"{path}.price", errors)
         for name_of_meter in ("meterSlug", "featureKey"):
+            if name_of_meter == "featureKey" and template is not None:
+                continue  # the feature the card's entitlement is to
             if raw.get(name_of_meter) is not None:
                 errors.append((f"{path}.{name_of_meter}", "a flat_fee rate card is not tied to a meter"))
     elif kind == "usage_based":
@@ -486,7 +491,77 @@ def _rate_card(raw: Any, path: str, cadence: Cadence | None, errors: FieldErrors
         tax_code=tax_code,
         commitments=commitments,
         description=description,
+        feature_key=raw.get("featureKey") if template is not None else None,
+        entitlement_template=template,
     )
+
+
+def _entitlement_template(
+    raw: Mapping[str, Any], path: str, cadence: Cadence | None, errors: FieldErrors
+) -> dict[str, Any] | None:
+    """OpenMeter's RateCardEntitlement, checked; stored as given (usagePeriod defaults to the cadence)."""
+    template = raw.get("entitlementTemplate")
+    if template is None:
+        return None
+    where = f"{path}.entitlementTemplate"
+    if not isinstance(template, dict):
+        errors.append((where, "must be an object"))
+        return None
+    feature = raw.get("featureKey")
+    if not isinstance(feature, str) or not KEY_PATTERN.match(feature):
+        errors.append((f"{path}.featureKey", "is required with an entitlementTemplate: the key of the feature"))
+    kind = template.get("type")
+    allowed = {"type", "metadata"}
+    out: dict[str, Any] = {"type": kind}
+    if kind == "metered":
+        allowed |= {
+            "isSoftLimit",
+            "issueAfterReset",
+            "issueAfterResetPriority",
+            "preserveOverageAtReset",
+            "usagePeriod",
+        }
+        period = template.get("usagePeriod")
+        if period is None and cadence is not None:
+            period = format_cadence(cadence)
+        try:
+            Interval.parse(period) if isinstance(period, str) else Interval.parse("")
+        except ValueError:
+            errors.append((f"{where}.usagePeriod", "must be an ISO 8601 duration such as P1M (default: the cadence)"))
+        out["usagePeriod"] = period
+        for flag in ("isSoftLimit", "preserveOverageAtReset"):
+            if flag in template:
+                if not isinstance(template[flag], bool):
+                    errors.append((f"{where}.{flag}", "must be true or false"))
+                out[flag] = template[flag]
+        if template.get("issueAfterReset") is not None:
+            amount = _decimal(template["issueAfterReset"], f"{where}.issueAfterReset", errors)
+            if amount is not None and amount < 0:
+                errors.append((f"{where}.issueAfterReset", "must not be negative"))
+            out["issueAfterReset"] = None if amount is None else plain(amount)
+        priority = template.get("issueAfterResetPriority")
+        if priority is not None:
+            if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 255:
+                errors.append((f"{where}.issueAfterResetPriority", "must be an integer from 1 to 255"))
+            out["issueAfterResetPriority"] = priority
+    elif kind == "static":
+        allowed |= {"config"}
+        config = template.get("config")
+        try:
+            json.loads(config) if isinstance(config, str) else None
+            valid = isinstance(config, str)
+        except ValueError:
+            valid = False
+        if not valid:
+            errors.append((f"{where}.config", 'is required: a JSON-parsable string, e.g. "{\\"seats\\": 5}"'))
+        out["config"] = config
+    elif kind != "boolean":
+        errors.append((f"{where}.type", "must be 'metered', 'static' or 'boolean'"))
+    for extra in sorted(set(template) - allowed):
+        errors.append((f"{where}.{extra}", f"is not a field of a {kind} entitlement template"))
+    if isinstance(template.get("metadata"), dict):
+        out["metadata"] = template["metadata"]
+    return out
 
 
 def parse_plan(body: Any, *, update_of: PlanVersion | None = None) -> PlanInput:
@@ -648,6 +723,9 @@ def rate_card_json(card: RateCard, cadence: Cadence) -> dict[str, Any]:
     body["price"] = price_json(card.price, card.commitments)
     if card.tax_code is not None:
         body["taxConfig"] = {"stripe": {"code": card.tax_code}}
+    if card.entitlement_template is not None:
+        body["featureKey"] = card.feature_key
+        body["entitlementTemplate"] = card.entitlement_template
     return body
 
 
@@ -758,6 +836,11 @@ def plan_document(spec: PlanVersion) -> dict[str, Any]:
                 "tax_code": card.tax_code,
                 "price": _price_document(card.price),
                 "commitments": _commitments_document(card.commitments),
+                **(
+                    {"feature_key": card.feature_key, "entitlement": card.entitlement_template}
+                    if card.entitlement_template is not None
+                    else {}
+                ),
             }
             for card in spec.rate_cards
         ],
@@ -776,6 +859,8 @@ def _spec_from_row(row: PlanVersionRow) -> PlanVersion:
             tax_code=card.get("tax_code"),
             commitments=_commitments_from_document(card.get("commitments") or {}),
             description=card.get("description"),
+            feature_key=card.get("feature_key"),
+            entitlement_template=card.get("entitlement"),
         )
         for card in doc["rate_cards"]
     )

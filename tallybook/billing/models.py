@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 
 class PaymentTerm(StrEnum):
@@ -102,6 +103,10 @@ class RateCard:
     tax_code: str | None = None  # Stripe tax code, e.g. txcd_10103001; None → settings default
     commitments: Commitments = field(default_factory=Commitments)
     description: str | None = None  # shown on invoices under the name (added by the catalog)
+    # Entitlements (tallybook/entitlements): the feature this card entitles to, and OpenMeter's
+    # `entitlementTemplate` ({"type": "metered" | "boolean" | "static", ...}) a subscription creates.
+    feature_key: str | None = None
+    entitlement_template: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from tallybook.ids import new_ulid
 from tallybook.store import billing as billing_store
 from tallybook.store.base import SqlStore
 
+log = logging.getLogger(__name__)
+
 Timing = Literal["immediate", "next_billing_cycle"] | datetime
 PlanLookup = Callable[[str, int | None], PlanVersion]
 EndListener = Callable[["Subscription"], object]
@@ -185,6 +187,16 @@ class SubscriptionService:
         self.customers = customers
         self.plans = plans
         self._end_listeners: list[EndListener] = []
+        # Told the customer id after a subscription of theirs starts, ends or changes (e.g. the
+        # entitlements a plan's rate cards carry: tallybook/entitlements/subscriptions.py).
+        self.listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, customer_id: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(customer_id)
+            except Exception:
+                log.exception("subscription listener failed", extra={"customer_id": customer_id})
 
     # -- reading ------------------------------------------------------------------------------------
     def get(self, subscription_id: str) -> Subscription:
@@ -275,6 +287,7 @@ class SubscriptionService:
             billing_store.insert_subscription(conn, _row(sub))
             if previous_id is not None:
                 billing_store.update_subscription(conn, previous_id, {"next_id": sub.id})
+        self._changed(sub.customer_id)
         return sub
 
     def on_end(self, listener: EndListener) -> None:
@@ -291,6 +304,7 @@ class SubscriptionService:
         now = self.clock.now()
         ended = self._end(sub, self._resolve_timing(sub, timing, now), now)
         self._ended(ended)
+        self._changed(sub.customer_id)
         return ended
 
     def change(
@@ -337,6 +351,7 @@ class SubscriptionService:
                         "canceled_us": None if sub.canceled_at is None else to_micros(sub.canceled_at),
                     },
                 )
+            self._changed(sub.customer_id)
             raise
         ended = replace(ended, next_id=new.id)
         self._ended(ended)

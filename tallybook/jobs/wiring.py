@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -20,12 +21,18 @@ __all__ = ["DELIVERY_JOB", "build_jobs"]
 
 
 def build_jobs(
-    store: SqlStore, settings: WebhookSettings, clock: Clock, meters: Any | None, metrics: Metrics | None = None
+    store: SqlStore,
+    settings: WebhookSettings,
+    clock: Clock,
+    meters: Any | None,
+    metrics: Metrics | None = None,
+    producers: Callable[[WebhookService, JobScheduler], None] | None = None,
 ) -> tuple[WebhookService, JobScheduler]:
     """The webhook service (config endpoints synced) and a scheduler with every job registered.
 
     Order matters for `run_once`: period close and reports put events into the outbox first, then
-    delivery sends them in the same run.
+    delivery sends them in the same run. `producers` registers more outbox-writing jobs (e.g.
+    entitlement notifications) before delivery.
     """
     webhooks = WebhookService(store, settings, clock)
     webhooks.sync_config_endpoints()
@@ -52,6 +59,8 @@ def build_jobs(
         scheduler.register(Job(report.name, report.run, settings.scheduler.close_interval))
     else:
         log.warning("no meter service: period close and usage reports are off")
+    if producers is not None:
+        producers(webhooks, scheduler)
     worker = DeliveryWorker(store, settings, clock, failures=scheduler.failures)
     scheduler.register(
         Job(DELIVERY_JOB, lambda _now: worker.run_once().as_dict(), settings.scheduler.poll_interval, exclusive=False)

@@ -8,6 +8,7 @@ eventFrom), clears its projection and rebuilds it from every stored event before
 from __future__ import annotations
 
 import builtins
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -382,6 +383,53 @@ class MeterService:
                 doc["events"][names[meter.key]] = row.value
                 doc["eventCounts"][names[meter.key]] = item.count
         return [documents[k] for k in sorted(documents, key=lambda k: (k[1], k[0]))]
+
+    def usage_in_ranges(
+        self,
+        meter: str,
+        bounds: Sequence[datetime],
+        subjects: Sequence[str],
+        filter_group_by: dict[str, str] | None = None,
+    ) -> builtins.list[Decimal]:
+        """The meter's value in each [bounds[i], bounds[i+1]) for these subjects, in one query.
+
+        For entitlements (tallybook/entitlements), whose burn-down segments have arbitrary edges
+        (resets, grant changes): one bucketed aggregate instead of one query per segment. Only
+        additive aggregations (SUM, COUNT) make sense per segment; the caller checks that.
+        """
+        edges = [to_micros(b) for b in bounds]
+        if len(edges) < 2:
+            return []
+        if any(later <= earlier for earlier, later in itertools.pairwise(edges)):
+            raise InvalidQuery("usage ranges must be in strictly increasing order")
+        values = [Decimal(0)] * (len(edges) - 1)
+        self.catch_up()
+        with self.store.read() as conn:
+            found = self._find(conn, meter)
+            if not subjects:
+                return values
+            spec = AggregateSpec(
+                meter_key=found.key,
+                aggregation=found.aggregation.value,
+                start_us=edges[0],
+                end_us=edges[-1],
+                step_us=None,
+                bounds_us=tuple(edges),
+                subjects=tuple(dict.fromkeys(subjects)),
+                as_of_us=None,
+                group_filters=dict(filter_group_by or {}),
+                group_keys=(),
+                by_subject=False,
+                by_customer=False,
+            )
+            rows = meter_store.aggregate(conn, spec)
+        for row in rows:
+            if 0 <= row.window < len(values):
+                if found.aggregation is Aggregation.COUNT:
+                    values[row.window] += Decimal(row.count)
+                elif row.value is not None:
+                    values[row.window] += row.value
+        return values
 
     # -- internals ---------------------------------------------------------------------------------------
     def _live_meters(self, conn: Connection) -> builtins.list[Meter]:

@@ -10,6 +10,7 @@ from tallybook.customers import sql as _customer_tables  # noqa: F401
 
 # Every table module registers on the shared MetaData when imported; import them all here so the
 # metadata (and anything that walks it) is complete whichever module is used first.
+from tallybook.entitlements import sql as _entitlement_tables  # noqa: F401
 from tallybook.store import billing as _billing_tables  # noqa: F401
 from tallybook.store import catalog as _catalog_tables  # noqa: F401
 from tallybook.store import credit_note_sync as _credit_note_tables  # noqa: F401  (and tallybook.creditnotes.sql)

@@ -379,6 +379,19 @@ class WebhookService:
             self.db.insert_delivery(conn, event.id, destination.channel_id, now_us)
         return event
 
+    def send_test(self, rule: RuleRow, payload: dict[str, Any]) -> EventRow:
+        """Write a sample event to the rule's (live, enabled) channels: POST /rules/{id}/test."""
+        now = self.clock.now()
+        with self.store.write() as conn:
+            live = {c.id for c in self.db.list_channels(conn, include_disabled=False)}
+            destinations = [Destination(c, rule.id) for c in rule.channel_ids if c in live]
+            if not destinations:
+                raise InvalidInput("the rule has no enabled channel to send a test event to")
+            message = OutboxMessage(rule.type, f"test|{rule.id}|{new_ulid(now)}", payload)
+            event = self.enqueue(conn, message, destinations, now)
+        assert event is not None
+        return event
+
     # -- reading events ---------------------------------------------------------------------------
     def list_events(self, flt: EventFilter) -> tuple[int, list[EventRow]]:
         with self.store.read() as conn:

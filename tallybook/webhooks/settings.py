@@ -47,6 +47,9 @@ INVOICE_SYNC_FAILED = "invoice.sync_failed"
 BILLING_UNBILLED_USAGE = "billing.unbilled_usage"
 # Written by tallybook.creditnotes when a credit note lowers an issued invoice.
 INVOICE_CREDIT_NOTE_CREATED = "invoice.credit_note.created"
+# Written by tallybook.entitlements.notifications (a balance crossing a rule's threshold; a new usage period).
+ENTITLEMENTS_BALANCE_THRESHOLD = "entitlements.balance.threshold"
+ENTITLEMENTS_RESET = "entitlements.reset"
 EventType = Literal[
     "aggregation.completed",
     "aggregation.corrected",
@@ -61,6 +64,8 @@ EventType = Literal[
     "invoice.sync_failed",
     "billing.unbilled_usage",
     "invoice.credit_note.created",
+    "entitlements.balance.threshold",
+    "entitlements.reset",
 ]
 EVENT_TYPES: tuple[str, ...] = (
     AGGREGATION_COMPLETED,
@@ -76,6 +81,8 @@ EVENT_TYPES: tuple[str, ...] = (
     INVOICE_SYNC_FAILED,
     BILLING_UNBILLED_USAGE,
     INVOICE_CREDIT_NOTE_CREATED,
+    ENTITLEMENTS_BALANCE_THRESHOLD,
+    ENTITLEMENTS_RESET,
 )
 # What an endpoint from the config file receives when it names no `events`: what the codehooks
 # template sends, plus corrections of it. Usage reports are opt-in.

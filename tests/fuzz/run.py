@@ -46,7 +46,7 @@ CHECKS = ",".join(
         "response_schema_conformance",
     )
 )
-PORTAL_HOLDER_PATHS = "^/api/v1/portal/(me|invoice-estimate|meters/)"
+PORTAL_HOLDER_PATHS = "^/api/v1/portal/(me|invoice-estimate|entitlements|meters/)"
 # Where SQLite and PostgreSQL can answer differently: events stored, and the queries that read them.
 ENGINE_SENSITIVE_PATHS = (
     "^/(api/v1/events|api/v2/events|usage/|usagebatch|events|aggregations"

@@ -9,6 +9,7 @@ reading and changing channels and rules needs an admin key; reading events needs
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -20,6 +21,7 @@ from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.params import Instant, instant_micros
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.notifications import (
     Channel,
@@ -30,6 +32,8 @@ from tallybook.api.wire.notifications import (
     RulePage,
 )
 from tallybook.clock import format_rfc3339, from_micros
+from tallybook.entitlements.notifications import RULE_TYPES as ENTITLEMENT_RULE_TYPES
+from tallybook.entitlements.notifications import check_rule_settings
 from tallybook.ingest.limits import MAX_PAGE, MAX_PAGE_SIZE
 from tallybook.store.base import ApiKeyRecord
 from tallybook.store.webhooks import AttemptRow, ChannelRow, DeliveryRow, EventFilter, EventRow, RuleRow
@@ -64,20 +68,31 @@ class ChannelBody(_Body):
     signingSecret: str | None = Field(None, pattern=SECRET_PATTERN)
 
 
+class ThresholdBody(_Body):
+    value: Decimal = Field(gt=0)
+    type: Literal["PERCENT", "NUMBER"]
+
+
 class RuleBody(_Body):
-    type: Literal["aggregation.completed", "aggregation.corrected", "report.meter", "billing.unbilled_usage"]
+    type: Literal[
+        "aggregation.completed",
+        "aggregation.corrected",
+        "report.meter",
+        "billing.unbilled_usage",
+        "entitlements.balance.threshold",
+        "entitlements.reset",
+    ]
     name: str = Field(min_length=1, max_length=256)
     disabled: bool = False
     metadata: dict[str, str] | None = None
     channels: list[str] = Field(min_length=1)
+    # entitlements.* rules (tallybook/entitlements/notifications.py)
+    features: list[str] | None = Field(None, max_length=100)
+    thresholds: list[ThresholdBody] | None = Field(None, max_length=10)
 
 
 class ResendBody(_Body):
     channels: list[str] | None = None
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(jsonutil.dumpb(body), status_code=status, media_type="application/json")
 
 
 def _service(request: Request) -> WebhookService:
@@ -182,7 +197,7 @@ async def list_channels(
 ) -> Response:
     rows = await _call(_service(request).list_channels, includeDeleted, includeDisabled)
     total, selected = _page_of(rows, page, pageSize, order, orderBy)
-    return _json(_paginate([channel_json(c) for c in selected], page, pageSize, total))
+    return json_response(_paginate([channel_json(c) for c in selected], page, pageSize, total))
 
 
 def _channel_input(body: ChannelBody) -> ChannelInput:
@@ -200,19 +215,19 @@ def _channel_input(body: ChannelBody) -> ChannelInput:
 async def create_channel(request: Request, body: ChannelBody, _key: Admin) -> Response:
     """Create a webhook channel. Without `signingSecret` a `whsec_...` secret is generated."""
     channel = await _call(_service(request).create_channel, _channel_input(body))
-    return _json(channel_json(channel), status=201)
+    return json_response(channel_json(channel), status=201)
 
 
 @router.get("/channels/{channelId}", responses=responses(Channel, 404))
 async def get_channel(request: Request, channelId: str, _key: Admin) -> Response:
-    return _json(channel_json(await _call(_service(request).get_channel, channelId)))
+    return json_response(channel_json(await _call(_service(request).get_channel, channelId)))
 
 
 @router.put("/channels/{channelId}", responses=responses(Channel, 404))
 async def update_channel(request: Request, channelId: str, body: ChannelBody, _key: Admin) -> Response:
     """Replace a channel's settings. Re-enabling (disabled: false) clears a 410 Gone disablement."""
     channel = await _call(_service(request).update_channel, channelId, _channel_input(body))
-    return _json(channel_json(channel))
+    return json_response(channel_json(channel))
 
 
 @router.delete("/channels/{channelId}", status_code=204, response_class=Response, responses=responses(None, 404))
@@ -244,23 +259,76 @@ async def list_rules(
     if channel:
         rows = [r for r in rows if set(channel) & set(r.channel_ids)]
     total, selected = _page_of(rows, page, pageSize, order, orderBy)
-    return _json(_paginate([rule_json(r) for r in selected], page, pageSize, total))
+    items = await _call(lambda: [_with_settings(request, r) for r in selected])
+    return json_response(_paginate(items, page, pageSize, total))
+
+
+def _entitlement_settings(body: RuleBody) -> tuple[list[str] | None, list[dict[str, Any]] | None]:
+    """An entitlements rule's features and thresholds, checked (InvalidInput: 400)."""
+    if body.type not in ENTITLEMENT_RULE_TYPES:
+        if body.features or body.thresholds:
+            raise InvalidInput("features and thresholds apply to entitlements.* rules only")
+        return None, None
+    thresholds = [t.model_dump() for t in body.thresholds or ()]
+    return body.features, check_rule_settings(body.type, body.features, thresholds)
+
+
+def _with_settings(request: Request, rule: RuleRow) -> dict[str, Any]:
+    body = rule_json(rule)
+    if rule.type in ENTITLEMENT_RULE_TYPES:
+        settings = runtime_of(request).entitlement_notifier.settings([rule.id]).get(rule.id) or {}
+        if settings.get("features"):
+            body["features"] = settings["features"]
+        if settings.get("thresholds"):
+            body["thresholds"] = [{"value": Decimal(t["value"]), "type": t["type"]} for t in settings["thresholds"]]
+    return body
+
+
+def _save_rule(request: Request, body: RuleBody, rule_id: str | None) -> dict[str, Any]:
+    features, thresholds = _entitlement_settings(body)
+    service = _service(request)
+    rule = service.update_rule(rule_id, _rule_input(body)) if rule_id else service.create_rule(_rule_input(body))
+    if body.type in ENTITLEMENT_RULE_TYPES or rule_id:
+        runtime_of(request).entitlement_notifier.save_settings(rule.id, features, thresholds)
+    return _with_settings(request, rule)
 
 
 @router.post("/rules", status_code=201, responses=responses(Rule, status=201))
 async def create_rule(request: Request, body: RuleBody, _key: Admin) -> Response:
-    rule = await _call(_service(request).create_rule, _rule_input(body))
-    return _json(rule_json(rule), status=201)
+    return json_response(await _call(_save_rule, request, body, None), status=201)
 
 
 @router.get("/rules/{ruleId}", responses=responses(Rule, 404))
 async def get_rule(request: Request, ruleId: str, _key: Admin) -> Response:
-    return _json(rule_json(await _call(_service(request).get_rule, ruleId)))
+    rule = await _call(_service(request).get_rule, ruleId)
+    return json_response(await _call(_with_settings, request, rule))
 
 
 @router.put("/rules/{ruleId}", responses=responses(Rule, 404))
 async def update_rule(request: Request, ruleId: str, body: RuleBody, _key: Admin) -> Response:
-    return _json(rule_json(await _call(_service(request).update_rule, ruleId, _rule_input(body))))
+    return json_response(await _call(_save_rule, request, body, ruleId))
+
+
+@router.post("/rules/{ruleId}/test", status_code=201, responses=responses(NotificationEvent, 404, status=201))
+async def test_rule(request: Request, ruleId: str, _key: Admin) -> Response:
+    """Send a sample event of the rule's type to its channels (signed and delivered like any event)."""
+    service = _service(request)
+    runtime = runtime_of(request)
+
+    def send() -> dict[str, Any]:
+        rule = service.get_rule(ruleId)
+        if rule.deleted_us is not None:
+            raise NotFound(f"notification rule {ruleId} not found")
+        now = runtime.clock.now()
+        if rule.type in ENTITLEMENT_RULE_TYPES:
+            settings = runtime.entitlement_notifier.settings([rule.id]).get(rule.id)
+            payload = runtime.entitlement_notifier.sample(rule.type, now, settings)
+        else:
+            payload = {"type": rule.type, "timestamp": format_rfc3339(now), "data": {}, "test": True}
+        event = service.send_test(rule, payload)
+        return _events_json(service, [event])[0]
+
+    return json_response(await _call(send), status=201)
 
 
 @router.delete("/rules/{ruleId}", status_code=204, response_class=Response, responses=responses(None, 404))
@@ -353,7 +421,7 @@ async def list_events(
         total, events = service.list_events(flt)
         return _paginate(_events_json(service, events), page, pageSize, total)
 
-    return _json(await _call(load))
+    return json_response(await _call(load))
 
 
 @router.get("/events/{eventId}", responses=responses(NotificationEvent, 404))
@@ -363,7 +431,7 @@ async def get_event(request: Request, eventId: str, _key: Reader) -> Response:
     def load() -> dict[str, Any]:
         return _events_json(service, [service.get_event(eventId)])[0]
 
-    return _json(await _call(load))
+    return json_response(await _call(load))
 
 
 @router.post(

@@ -16,17 +16,19 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import json_body, responses
 from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
+from tallybook.api.render import json_response
 from tallybook.api.routes.meters import QUERY_PARAMETERS, _json_body, _query_from_params, _run_query
 from tallybook.api.security import presented_key, require
+from tallybook.api.wire.entitlements import PortalEntitlements, render_grant, render_value
 from tallybook.api.wire.meters import CSV_CONTENT, MeterQueryResult
 from tallybook.api.wire.portal import InvoiceEstimate, PortalHolderInfo
 from tallybook.api.wire.portal import PortalToken as PortalTokenShape
 from tallybook.clock import format_rfc3339
+from tallybook.entitlements.model import EntitlementError
 from tallybook.portal import PortalError, PortalToken
 from tallybook.portal.service import PortalHolder
 from tallybook.store.base import ApiKeyRecord
@@ -57,10 +59,6 @@ class InvalidateBody(BaseModel):
 
 def _problem(exc: PortalError) -> Problem:
     return Problem(exc.status, exc.code, exc.detail)
-
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(jsonutil.dumpb(value), status_code=status, media_type="application/json")
 
 
 def token_json(token: PortalToken, now: datetime, plaintext: str | None = None) -> dict[str, Any]:
@@ -115,7 +113,7 @@ async def create_token(request: Request, _key: Admin) -> Response:
         )
     except PortalError as exc:
         raise _problem(exc) from None
-    return _json(token_json(created.token, runtime.clock.now(), created.plaintext))
+    return json_response(token_json(created.token, runtime.clock.now(), created.plaintext))
 
 
 @router.get("/tokens", response_model=list[PortalTokenShape])
@@ -124,7 +122,7 @@ async def list_tokens(request: Request, _key: Admin, limit: Annotated[int, Query
     runtime = runtime_of(request)
     tokens = await run_in_threadpool(runtime.portal.list, limit)
     now = runtime.clock.now()
-    return _json([token_json(t, now) for t in tokens])
+    return json_response([token_json(t, now) for t in tokens])
 
 
 @router.post(
@@ -214,7 +212,7 @@ async def portal_me(request: Request, holder: Holder) -> Response:
             for m in meters
         ],
     }
-    return _json(body)
+    return json_response(body)
 
 
 def _estimate(runtime: Any, holder: PortalHolder) -> list[dict[str, Any]]:
@@ -253,4 +251,43 @@ async def portal_invoice_estimate(request: Request, holder: Holder) -> Response:
     if holder.customer is None:
         raise Problem(404, "not-a-customer", "invoice estimates need a token bound to a customer")
     items = await run_in_threadpool(_estimate, runtime, holder)
-    return _json({"items": items})
+    return json_response({"items": items})
+
+
+def _entitlements(runtime: Any, holder: PortalHolder) -> dict[str, Any]:
+    service = runtime.entitlements
+    if holder.customer is not None:
+        customer = holder.customer
+    else:
+        try:
+            customer = service.customer_of_subject(holder.token.subject)
+        except EntitlementError:
+            return {"entitlements": []}
+    now = runtime.clock.now()
+    items = []
+    for key, value in sorted(service.access(customer, now).items()):
+        entitlement = value.entitlement
+        body: dict[str, Any] = {"featureKey": key, "type": entitlement.type, **render_value(value)}
+        if value.period_start is not None and value.period_end is not None:
+            body["currentUsagePeriod"] = {
+                "from": format_rfc3339(value.period_start),
+                "to": format_rfc3339(value.period_end),
+            }
+        if entitlement.type == "metered":
+            grants = service.grants_of(customer, entitlement.id)
+            body["grants"] = [
+                {
+                    k: v
+                    for k, v in render_grant(g).items()
+                    if k in ("id", "amount", "priority", "effectiveAt", "expiresAt", "recurrence")
+                }
+                for g in grants
+            ]
+        items.append(body)
+    return {"entitlements": items}
+
+
+@router.get("/entitlements", responses=responses(PortalEntitlements))
+async def portal_entitlements(request: Request, holder: Holder) -> Response:
+    """Tallybook extension: the holder's own entitlements, with access, balance and grants (read only)."""
+    return json_response(await run_in_threadpool(_entitlements, runtime_of(request), holder))

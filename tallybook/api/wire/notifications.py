@@ -34,11 +34,22 @@ class ChannelMeta(Wire):
 
 class Rule(_Timestamps):
     id: str
-    type: Literal["aggregation.completed", "aggregation.corrected", "report.meter"]
+    type: Literal[
+        "aggregation.completed",
+        "aggregation.corrected",
+        "report.meter",
+        "billing.unbilled_usage",
+        "entitlements.balance.threshold",
+        "entitlements.reset",
+    ]
     name: str
     disabled: bool
     channels: list[ChannelMeta]
     metadata: StringMap | None = None
+    features: list[str] | None = Field(None, description="entitlements rules: the features it watches (all if absent)")
+    thresholds: list[dict[str, Any]] | None = Field(
+        None, description='entitlements.balance.threshold: [{"value": 80, "type": "PERCENT" | "NUMBER"}]'
+    )
 
 
 class DeliveryAttemptResponse(Wire):

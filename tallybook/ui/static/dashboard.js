@@ -376,6 +376,44 @@
     return TB.windowStart("MONTH", zone, new Date(Date.UTC(year, month - 1, 15)));
   }
 
+  /** The customer's entitlements: access, balance, usage, and each metered one's grants. */
+  async function entitlementsOf(customer, zone) {
+    const base = `/api/v2/customers/${encodeURIComponent(customer.id)}/entitlements`;
+    const [listed, access] = await Promise.all([call("GET", base), call("GET", `/api/v1/customers/${encodeURIComponent(customer.id)}/access`)]);
+    const card = el("div", { class: "card", id: "customer-entitlements" }, el("h2", {}, "Entitlements"));
+    if (!listed.items.length) {
+      card.append(el("p", { class: "muted" }, "No entitlements."));
+      return card;
+    }
+    const num = (value) => (value === undefined ? "—" : formatNumber(value));
+    const grants = await Promise.all(listed.items.map((e) => (e.type === "metered" ? call("GET", `${base}/${encodeURIComponent(e.id)}/grants${query({ includeDeleted: "true" })}`) : null)));
+    card.append(table(["Feature", "Type", "Access", { label: "Balance", num: true }, { label: "Usage", num: true }, { label: "Overage", num: true }, "Period"],
+      listed.items.map((e) => {
+        const value = access.entitlements[e.featureKey] || {};
+        return el("tr", { "data-feature": e.featureKey },
+          el("td", {}, e.featureKey),
+          el("td", {}, e.type, e.isSoftLimit ? el("div", { class: "muted" }, "soft limit") : null),
+          el("td", {}, el("span", { class: `badge ${value.hasAccess ? "active" : "inactive"}` }, value.hasAccess ? "yes" : "no")),
+          el("td", { class: "num" }, num(value.balance)),
+          el("td", { class: "num" }, num(value.usage)),
+          el("td", { class: "num" }, num(value.overage)),
+          el("td", {}, e.currentUsagePeriod ? periodText(e.currentUsagePeriod, zone) : "—"));
+      })));
+    listed.items.forEach((e, i) => {
+      const items = grants[i] ? grants[i].items : [];
+      if (!items.length) return;
+      card.append(el("h3", {}, `Grants: ${e.featureKey}`),
+        table([{ label: "Amount", num: true }, "Priority", "Effective", "Expires", "Rollover (min–max)", "Voided"], items.map((g) => el("tr", { "data-grant": g.id },
+          el("td", { class: "num" }, formatNumber(g.amount)),
+          el("td", {}, String(g.priority)),
+          el("td", {}, formatTime(g.effectiveAt, zone)),
+          el("td", {}, g.expiresAt ? formatTime(g.expiresAt, zone) : "never"),
+          el("td", {}, `${formatNumber(g.minRolloverAmount)}–${formatNumber(g.maxRolloverAmount)}`),
+          el("td", {}, g.voidedAt ? formatTime(g.voidedAt, zone) : "—")))));
+    });
+    return card;
+  }
+
   async function customerPage(params, id) {
     const [customer, meters] = await Promise.all([call("GET", `/api/v1/customers/${encodeURIComponent(id)}`), call("GET", "/api/v1/meters")]);
     const zone = customer.timezone || "UTC";
@@ -409,6 +447,7 @@
         items.length ? invoiceTable(items, false) : el("p", { class: "muted" }, "No invoices yet."),
         el("p", {}, el("a", { href: "#/invoices" }, "All invoices →"))));
     }
+    const entitlementsCard = await entitlementsOf(customer, zone);
     const portalOut = el("div", { id: "portal-link" });
     let stripeCard = null;
     if (features.customerApps) {
@@ -442,6 +481,7 @@
           el("button", { type: "button", id: "issue-portal-token", onclick: () => issuePortalToken().catch((e) => portalOut.replaceChildren(el("p", { class: "error" }, e.message))) }, "Create portal link"),
           portalOut),
         stripeCard),
+      entitlementsCard,
       el("div", { class: "card", id: "customer-usage" }, el("h2", {}, `Usage per meter (calendar months, ${zone})`),
         table(["Meter", "Aggregation", { label: "This month", num: true }, { label: "Last month", num: true }],
           meters.map((m, i) => el("tr", {},

@@ -84,8 +84,27 @@
       const { starts, datasets } = TB.stackedSeries(daily.data, () => meter.name);
       TB.barChart(canvas, starts.map((s) => formatTime(s, zone, "DAY")), datasets, false);
     });
+    await renderEntitlements(call, zone);
     await renderEstimate(call, zone);
     root.append(el("p", { class: "muted" }, `This link is valid until ${formatTime(me.expiresAt, zone)}.`));
+  }
+
+  /** What the customer may still use: access, balance and grants of each entitlement. */
+  async function renderEntitlements(call, zone) {
+    const found = await call("/api/v1/portal/entitlements");
+    if (!found.entitlements.length) return;
+    const num = (value) => (value === undefined ? "—" : formatNumber(value));
+    root.append(el("section", { class: "card", id: "portal-entitlements" },
+      el("h2", {}, "Your entitlements"),
+      el("table", {},
+        el("thead", {}, el("tr", {}, el("th", {}, "Feature"), el("th", {}, "Access"), el("th", { class: "num" }, "Used"),
+          el("th", { class: "num" }, "Left"), el("th", {}, "Period"))),
+        el("tbody", {}, found.entitlements.map((e) => el("tr", { "data-feature": e.featureKey },
+          el("td", {}, e.featureKey, e.config ? el("div", { class: "muted" }, e.config) : null),
+          el("td", {}, el("span", { class: `badge ${e.hasAccess ? "active" : "inactive"}` }, e.hasAccess ? "yes" : "no")),
+          el("td", { class: "num" }, num(e.usage)),
+          el("td", { class: "num entitlement-balance" }, num(e.balance)),
+          el("td", {}, e.currentUsagePeriod ? `${formatTime(e.currentUsagePeriod.from, zone, "DAY")} – ${formatTime(new Date(new Date(e.currentUsagePeriod.to).getTime() - 1).toISOString(), zone, "DAY")}` : "—")))))));
   }
 
   /** The upcoming invoice, when this server bills (404 otherwise: the portal then shows usage only). */

@@ -1,0 +1,1 @@
+"""Entitlements: features, grants and access (OpenMeter\x27s shapes); see README.md."""
