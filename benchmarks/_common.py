@@ -166,24 +166,10 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server process has used so far (all its threads)."""
-        if self.proc is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        # Fields 14 and 15 of stat(5) (utime, stime); the split starts at field 3.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(self.proc)
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        _stop(self.proc, timeout)
 
     def metrics(self) -> dict[str, float]:
         """The server's Prometheus samples that have no labels, by name (empty if unreachable)."""
@@ -207,6 +193,67 @@ class ServerProcess:
             return self.log.read_text(encoding="utf-8", errors="replace")[-limit:]
         except OSError:
             return ""
+
+
+class NoopServer:
+    """benchmarks/noop_app.py under uvicorn with the options `tallybook serve` uses: the same
+    server stack with an endpoint that only reads the body and answers 204."""
+
+    path = "/noop"
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://{self.host}:{self.port}"
+        self.log = directory / "noop.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> NoopServer:
+        command = [sys.executable, "-m", "uvicorn", "benchmarks.noop_app:app", "--host", self.host]
+        command += ["--port", str(self.port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+        command += ["--log-level", "warning"]
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the no-op server exited with {self.proc.returncode}")
+            try:
+                httpx.post(f"{self.url}{self.path}", content=b"{}", timeout=2)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the no-op server was not ready within {timeout:.0f} s")
+
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(self.proc)
+
+    def stop(self) -> None:
+        _stop(self.proc, 20.0)
+
+
+def _cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
+    """User + system CPU time a process has used so far (all its threads)."""
+    if proc is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields 14 and 15 of stat(5) (utime, stime); the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 # -- the load generator ----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from benchmarks._common import (
     PG_ADMIN_URL,
     BenchDatabase,
     LoadResult,
+    NoopServer,
     ServerProcess,
     encode_post,
     median,
@@ -57,6 +58,7 @@ COMMITS_METRIC = "tallybook_ingest_commit_group_events_count"  # one observation
 # The issue's goals, as ratios measured in one run (see benchmarks/README.md).
 GOAL_BATCH_OF_RAW = 0.50  # batch ingest against the engine's own bulk insert
 GOAL_RESENT_OF_NEW = 0.80  # re-sent (duplicate) events against new ones, batch and single
+GOAL_SINGLE_OF_NOOP = 0.70  # single-event ingest against a no-op endpoint on the same server stack
 
 console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 160))
 
@@ -180,6 +182,7 @@ class EngineReport:
     batch_again: ModeRuns = field(default_factory=ModeRuns)  # the same batches re-sent: every event a retry
     single: ModeRuns = field(default_factory=ModeRuns)
     single_again: ModeRuns = field(default_factory=ModeRuns)
+    noop: ModeRuns = field(default_factory=ModeRuns)  # the single bodies sent to a no-op endpoint
     sent: int = 0  # events in requests the server acknowledged
     stored: int | None = None
     problems: list[str] = field(default_factory=list)
@@ -192,8 +195,11 @@ class EngineReport:
 class Driver:
     """Sends one workload to the server and files the outcome in the engine's report."""
 
-    def __init__(self, server: ServerProcess, report: EngineReport, args: argparse.Namespace) -> None:
+    def __init__(
+        self, server: ServerProcess, report: EngineReport, args: argparse.Namespace, noop: NoopServer | None = None
+    ) -> None:
         self.server = server
+        self.noop = noop
         self.report = report
         self.args = args
 
@@ -221,6 +227,22 @@ class Driver:
         if runs is not None:
             runs.add(len(events), load, server_cpu, commits)
 
+    def send_noop(self, events: Sequence[dict[str, Any]], runs: ModeRuns | None) -> None:
+        """The single-event requests, byte for byte, to the no-op endpoint."""
+        noop, args = self.noop, self.args
+        assert noop is not None
+        requests = [
+            encode_post(noop.host, noop.port, noop.path, SINGLE_TYPE, self.server.admin_key, b)
+            for b in single_bodies(events)
+        ]
+        cpu_before = noop.cpu_seconds()
+        load = run_load(noop.host, noop.port, requests, args.concurrency, args.clients, args.request_timeout)
+        if load.failed:
+            self.report.problems.append(f"no-op: {load.failed} of {len(requests)} requests failed: {load.failures}")
+            return
+        if runs is not None:
+            runs.add(len(events), load, noop.cpu_seconds() - cpu_before, 0.0)
+
 
 def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
     report = EngineReport(engine)
@@ -229,15 +251,18 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
         server_db = BenchDatabase(engine, directory, "server", args.postgres_url)
         raw_db = BenchDatabase(engine, directory, "raw", args.postgres_url)
         server = ServerProcess(directory, server_db.url)
-        driver = Driver(server, report, args)
+        noop = NoopServer(directory)
+        driver = Driver(server, report, args, noop)
         try:
             server_db.create()
             raw_db.create().migrate()
             server.start()
+            noop.start()
             # Warm-up, not measured: connections, imports, caches, plans.
             warm = make_events(f"{engine}-warm", 2_000)
             driver.send(warm[:1_500], batched=True, runs=None, what="warm-up (batch)")
             driver.send(warm[1_500:], batched=False, runs=None, what="warm-up (single)")
+            driver.send_noop(warm[1_500:], runs=None)
             # Interleaved, so that drift in the machine's load touches every column alike.
             for run in range(args.runs):
                 console.print(f"  {engine}: run {run + 1} of {args.runs}", style="dim", highlight=False)
@@ -250,6 +275,7 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
                 driver.send(batch, batched=True, runs=report.batch_again, what=again, new=False)
                 del batch
                 single = make_events(f"{engine}-single-{run}", args.single_events)
+                driver.send_noop(single, runs=report.noop)
                 driver.send(single, batched=False, runs=report.single, what=f"single run {run + 1}")
                 again = f"single re-sent, run {run + 1}"
                 driver.send(single, batched=False, runs=report.single_again, what=again, new=False)
@@ -266,6 +292,7 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
                 report.problems.append(f"server log tail:\n{log}")
         finally:
             server.stop()
+            noop.stop()
             for database in (server_db, raw_db):
                 try:
                     database.drop()
@@ -292,7 +319,8 @@ def rows_of(report: EngineReport, args: argparse.Namespace) -> list[Row]:
     return [
         Row(batch, report.batch, "raw", GOAL_BATCH_OF_RAW),
         Row(f"{batch} re-sent", report.batch_again, batch, GOAL_RESENT_OF_NEW),
-        Row("single", report.single, "raw", 0.0),
+        Row("no-op endpoint", report.noop, "raw", 0.0),
+        Row("single", report.single, "no-op endpoint", GOAL_SINGLE_OF_NOOP),
         Row("single re-sent", report.single_again, "single", GOAL_RESENT_OF_NEW),
     ]
 

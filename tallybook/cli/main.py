@@ -189,6 +189,10 @@ def serve(
         create_app(runtime),
         host=bind_host,
         port=bind_port,
+        # uvloop and httptools (uvicorn[standard]) by name: their C event loop and HTTP parser
+        # are what keep the per-request cost low; "auto" would quietly fall back without them.
+        loop="uvloop",
+        http="httptools",
         log_config=None,
         access_log=access_log,
         timeout_graceful_shutdown=10,
