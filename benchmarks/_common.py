@@ -278,6 +278,7 @@ class LoadResult:
     started: float = 0.0  # time.monotonic(), comparable across processes on one machine
     finished: float = 0.0
     latencies: array = field(default_factory=lambda: array("d"))  # seconds, one per request
+    acked: array = field(default_factory=lambda: array("d"))  # time.monotonic() of each 2xx answer
     client_cpu: float = 0.0  # CPU seconds the client process(es) used while sending
 
     @property
@@ -299,6 +300,7 @@ class LoadResult:
             merged.failed += p.failed
             merged.failures.extend(p.failures[: 5 - len(merged.failures)])
             merged.latencies.extend(p.latencies)
+            merged.acked.extend(p.acked)
             merged.client_cpu += p.client_cpu
         return merged
 
@@ -381,6 +383,7 @@ async def _drive(
     result.started = time.monotonic()
     position = 0
     latencies = result.latencies
+    acked = result.acked
     clock = time.monotonic
 
     async def worker(conn: _Connection) -> None:
@@ -395,9 +398,11 @@ async def _drive(
                 result.note_failure(f"connection: {exc}")
                 conn = await _open(host, port)
                 continue
-            latencies.append(clock() - sent)
+            answered = clock()
+            latencies.append(answered - sent)
             if 200 <= status < 300:
                 result.ok += 1
+                acked.append(answered)
             else:
                 result.note_failure(f"HTTP {status}: {body[:300].decode(errors='replace')}")
 

@@ -20,13 +20,16 @@ import signal
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 from rich.console import Console
@@ -59,12 +62,15 @@ COMMITS_METRIC = "tallybook_ingest_commit_group_events_count"  # one observation
 GOAL_BATCH_OF_RAW = 0.50  # batch ingest against the engine's own bulk insert
 GOAL_RESENT_OF_NEW = 0.80  # re-sent (duplicate) events against new ones, batch and single
 GOAL_SINGLE_OF_NOOP = 0.70  # single-event ingest against a no-op endpoint on the same server stack
+GOAL_FRESHNESS_P99 = 2.0  # seconds from acknowledgement to visibility in a meter query, p99
+FRESHNESS_POLL = 0.1  # seconds between the probe's meter queries
+FRESHNESS_TIMEOUT = 60.0  # seconds to wait, after the load, for the meter to show every event
 
 console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 160))
 
 
 # -- workload --------------------------------------------------------------------------------------
-def make_events(tag: str, count: int) -> list[dict[str, Any]]:
+def make_events(tag: str, count: int, event_type: str = "api_call") -> list[dict[str, Any]]:
     """`count` distinct, realistic CloudEvents: 1 ms apart, ~1,000 subjects, a small data object."""
     events = []
     for i in range(count):
@@ -76,7 +82,7 @@ def make_events(tag: str, count: int) -> list[dict[str, Any]]:
                 "specversion": "1.0",
                 "id": f"{tag}-{i:09d}",
                 "source": "benchmark",
-                "type": "api_call",
+                "type": event_type,
                 "subject": f"customer-{i % 997:04d}",
                 "time": stamp,
                 "data": {
@@ -175,6 +181,20 @@ class ModeRuns:
 
 
 @dataclass
+class Freshness:
+    """Acknowledgement to visibility in a meter query, under the batch load (one run)."""
+
+    delays: list[float] = field(default_factory=list)  # seconds, one per acknowledged request
+    events_per_second: float = 0.0  # the ingest rate while it was measured
+    caught_up_after: float | None = None  # seconds from the last acknowledgement to all visible
+    polls: int = 0
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.delays)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+@dataclass
 class EngineReport:
     engine: str
     raw: list[float] = field(default_factory=list)
@@ -183,6 +203,7 @@ class EngineReport:
     single: ModeRuns = field(default_factory=ModeRuns)
     single_again: ModeRuns = field(default_factory=ModeRuns)
     noop: ModeRuns = field(default_factory=ModeRuns)  # the single bodies sent to a no-op endpoint
+    freshness: Freshness | None = None
     sent: int = 0  # events in requests the server acknowledged
     stored: int | None = None
     problems: list[str] = field(default_factory=list)
@@ -243,6 +264,67 @@ class Driver:
         if runs is not None:
             runs.add(len(events), load, noop.cpu_seconds() - cpu_before, 0.0)
 
+    def freshness(self, events: Sequence[dict[str, Any]]) -> Freshness:
+        """Send `events` as batches at full speed while a thread queries a SUM meter (with a
+        groupBy) over their type every FRESHNESS_POLL seconds, and after the load until the meter
+        shows them all. An acknowledged request is visible at the first query answered after its
+        acknowledgement whose total counts at least every event acknowledged up to it."""
+        server, args = self.server, self.args
+        auth = {"Authorization": f"Bearer {server.admin_key}"}
+        event_type = events[0]["type"]
+        meter = {
+            "slug": "bench_fresh",
+            "name": "freshness probe",
+            "eventType": event_type,
+            "aggregation": "COUNT",
+            "groupBy": {"model": "$.model"},
+        }
+        created = httpx.post(f"{server.url}/api/v1/meters", json=meter, headers=auth, timeout=120)
+        created.raise_for_status()
+        bodies = batch_bodies(events, args.batch_size)
+        requests = [encode_post(server.host, server.port, EVENTS_PATH, BATCH_TYPE, server.admin_key, b) for b in bodies]
+        seen: list[tuple[float, int]] = []  # (answered at, events counted)
+        done = threading.Event()
+        total = len(events)
+
+        def poll() -> None:
+            with httpx.Client(base_url=server.url, headers=auth, timeout=60) as client:
+                deadline = None
+                while True:
+                    response = client.get("/api/v1/meters/bench_fresh/query")
+                    answered = time.monotonic()
+                    if response.status_code == 200:
+                        counted = int(sum(Decimal(str(row["value"])) for row in response.json()["data"]))
+                        seen.append((answered, counted))
+                        if done.is_set() and counted >= total:
+                            return
+                    if done.is_set():
+                        deadline = deadline or answered + FRESHNESS_TIMEOUT
+                        if answered > deadline:
+                            return
+                    time.sleep(FRESHNESS_POLL)
+
+        poller = threading.Thread(target=poll, name="freshness-poller")
+        poller.start()
+        try:
+            load = run_load(server.host, server.port, requests, args.concurrency, args.clients, args.request_timeout)
+        finally:
+            done.set()
+            poller.join()
+        result = Freshness(events_per_second=total / load.elapsed, polls=len(seen))
+        if load.failed:
+            self.report.problems.append(f"freshness: {load.failed} of {len(requests)} requests failed")
+            return result
+        self.report.sent += total
+        acked = sorted(load.acked)
+        for index, at in enumerate(acked):
+            needed = (index + 1) * args.batch_size if (index + 1) * args.batch_size <= total else total
+            visible = next((t for t, counted in seen if t >= at and counted >= needed), None)
+            result.delays.append(visible - at if visible is not None else float("inf"))
+        last = next((t for t, counted in seen if counted >= total), None)
+        result.caught_up_after = None if last is None else max(0.0, last - acked[-1])
+        return result
+
 
 def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
     report = EngineReport(engine)
@@ -279,6 +361,10 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
                 driver.send(single, batched=False, runs=report.single, what=f"single run {run + 1}")
                 again = f"single re-sent, run {run + 1}"
                 driver.send(single, batched=False, runs=report.single_again, what=again, new=False)
+            console.print(f"  {engine}: freshness under batch load", style="dim", highlight=False)
+            fresh = make_events(f"{engine}-fresh", args.freshness_events, "fresh_call")
+            report.freshness = driver.freshness(fresh)
+            del fresh
             server.stop()
             if server.proc is not None and server.proc.returncode not in (0, -signal.SIGTERM, None):
                 report.problems.append(f"the server exited with {server.proc.returncode}")
@@ -386,6 +472,16 @@ def goal_lines(reports: Sequence[EngineReport], args: argparse.Namespace) -> lis
             if row.goal and ratio is not None:
                 text = f"{report.engine} {row.label}: {ratio:.1%} of {row.versus} (goal ≥ {row.goal:.0%})"
                 lines.append((text, ratio >= row.goal))
+        fresh = report.freshness
+        if fresh is not None and fresh.delays:
+            p99 = fresh.percentile(0.99)
+            caught = "never" if fresh.caught_up_after is None else f"{fresh.caught_up_after:.2f} s"
+            text = (
+                f"{report.engine} freshness at {fresh.events_per_second:,.0f} events/s: ack to visible in a meter "
+                f"query p50 {fresh.percentile(0.5):.2f} s, p99 {p99:.2f} s (goal ≤ {GOAL_FRESHNESS_P99:.0f} s); "
+                f"all visible {caught} after the last ack; {fresh.polls} queries"
+            )
+            lines.append((text, p99 <= GOAL_FRESHNESS_P99))
     return lines
 
 
@@ -396,6 +492,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: sqlite,postgres")
     parser.add_argument("--events", type=int, default=100_000, help="events per batch-mode run and raw run")
     parser.add_argument("--single-events", type=int, default=10_000, help="events (= requests) per single run")
+    parser.add_argument(
+        "--freshness-events", type=int, default=300_000, help="events sent (in batches) while a meter is queried"
+    )
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request")
     parser.add_argument("--runs", type=int, default=3, help="runs per mode; the table shows the median")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (keep-alive connections)")
@@ -407,7 +506,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.engines) - set(ENGINES))
     if unknown:
         parser.error(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
-    for name in ("events", "single_events", "batch_size", "runs", "concurrency", "clients"):
+    for name in ("events", "single_events", "freshness_events", "batch_size", "runs", "concurrency", "clients"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
