@@ -127,14 +127,22 @@ class ServerProcess:
     """`python -m tallybook serve` on a free loopback port, configured by a file in `directory`
     with a bootstrap admin key (read from the environment, so it never lands in the file)."""
 
-    def __init__(self, directory: Path, database_url: str, settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        database_url: str,
+        settings: dict[str, Any] | None = None,
+        extra_args: Sequence[str] = (),
+        name: str = "tallybook",
+    ) -> None:
         self.directory = directory
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"
         self.admin_key = "tbk_bench_" + secrets.token_urlsafe(24)
-        self.config = directory / "tallybook.yaml"
-        self.log = directory / "server.log"
+        self.config = directory / f"{name}.yaml"
+        self.log = directory / f"{name}.log"
         document: dict[str, Any] = {
             "database": {"url": database_url},
             "auth": {"bootstrap_keys": [{"name": "bench", "scope": "admin", "key": f"${{{_KEY_VARIABLE}}}"}]},
@@ -148,7 +156,7 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         env = {**os.environ, _KEY_VARIABLE: self.admin_key, "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", "tallybook", "serve", "--config", str(self.config)]
-        command += ["--host", self.host, "--port", str(self.port)]
+        command += ["--host", self.host, "--port", str(self.port), *self.extra_args]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(command, cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -165,8 +173,27 @@ class ServerProcess:
         raise RuntimeError(f"the server was not ready within {timeout:.0f} s:\n{self.log_text()}")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far (all its threads)."""
-        return _cpu_seconds(self.proc)
+        """User + system CPU time the server has used so far (all its threads and processes)."""
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """CPU seconds so far of the server process and each of its descendants (--workers)."""
+        if self.proc is None:
+            return {}
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found: dict[int, float] = {}
+        pending = [self.proc.pid]
+        while pending:
+            pid = pending.pop()
+            found[pid] = _pid_cpu_seconds(pid)
+            pending.extend(children.get(pid, ()))
+        return found
 
     def stop(self, timeout: float = 20.0) -> None:
         _stop(self.proc, timeout)
@@ -235,10 +262,12 @@ class NoopServer:
 
 def _cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
     """User + system CPU time a process has used so far (all its threads)."""
-    if proc is None:
-        return 0.0
+    return 0.0 if proc is None else _pid_cpu_seconds(proc.pid)
+
+
+def _pid_cpu_seconds(pid: int) -> float:
     try:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     # Fields 14 and 15 of stat(5) (utime, stime); the split starts at field 3.

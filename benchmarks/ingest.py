@@ -204,6 +204,8 @@ class EngineReport:
     single_again: ModeRuns = field(default_factory=ModeRuns)
     noop: ModeRuns = field(default_factory=ModeRuns)  # the single bodies sent to a no-op endpoint
     freshness: Freshness | None = None
+    batch_workers: ModeRuns = field(default_factory=ModeRuns)  # batches to `serve --workers N` (PostgreSQL)
+    busy_processes: list[int] = field(default_factory=list)  # processes that used CPU, per workers run
     sent: int = 0  # events in requests the server acknowledged
     stored: int | None = None
     problems: list[str] = field(default_factory=list)
@@ -221,13 +223,22 @@ class Driver:
     ) -> None:
         self.server = server
         self.noop = noop
+        self.busy = 0  # processes of the server that used CPU in the last send
         self.report = report
         self.args = args
 
     def send(
-        self, events: Sequence[dict[str, Any]], batched: bool, runs: ModeRuns | None, what: str, new: bool = True
+        self,
+        events: Sequence[dict[str, Any]],
+        batched: bool,
+        runs: ModeRuns | None,
+        what: str,
+        new: bool = True,
+        server: ServerProcess | None = None,
     ) -> None:
-        server, args = self.server, self.args
+        server = server or self.server
+        args = self.args
+        cpu_by_process = server.cpu_by_process()
         if batched:
             bodies, content_type = batch_bodies(events, args.batch_size), BATCH_TYPE
         else:
@@ -239,6 +250,7 @@ class Driver:
         cpu_before = server.cpu_seconds()
         load = run_load(server.host, server.port, requests, args.concurrency, args.clients, args.request_timeout)
         server_cpu = server.cpu_seconds() - cpu_before
+        self.busy = sum(1 for pid, cpu in server.cpu_by_process().items() if cpu - cpu_by_process.get(pid, 0.0) > 0.1)
         commits = server.metrics().get(COMMITS_METRIC, 0.0) - commits_before
         if load.failed:
             self.report.problems.append(f"{what}: {load.failed} of {len(requests)} requests failed: {load.failures}")
@@ -335,11 +347,21 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
         server = ServerProcess(directory, server_db.url)
         noop = NoopServer(directory)
         driver = Driver(server, report, args, noop)
+        # PostgreSQL: a second server on the same database, with --workers, measured in the same runs.
+        multi = None
+        if engine == "postgres" and args.workers > 1:
+            extra = ["--workers", str(args.workers)]
+            multi = ServerProcess(directory, server_db.url, extra_args=extra, name="workers")
+            multi.admin_key = server.admin_key
         try:
             server_db.create()
             raw_db.create().migrate()
             server.start()
             noop.start()
+            if multi is not None:
+                multi.start()
+                warm_multi = make_events(f"{engine}-warm-multi", 4_000)
+                driver.send(warm_multi, batched=True, runs=None, what="warm-up (workers)", server=multi)
             # Warm-up, not measured: connections, imports, caches, plans.
             warm = make_events(f"{engine}-warm", 2_000)
             driver.send(warm[:1_500], batched=True, runs=None, what="warm-up (batch)")
@@ -356,6 +378,12 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
                 again = f"batch re-sent, run {run + 1}"
                 driver.send(batch, batched=True, runs=report.batch_again, what=again, new=False)
                 del batch
+                if multi is not None:
+                    batch = make_events(f"{engine}-batch-multi-{run}", args.events)
+                    what = f"batch, {args.workers} workers, run {run + 1}"
+                    driver.send(batch, batched=True, runs=report.batch_workers, what=what, server=multi)
+                    report.busy_processes.append(driver.busy)
+                    del batch
                 single = make_events(f"{engine}-single-{run}", args.single_events)
                 driver.send_noop(single, runs=report.noop)
                 driver.send(single, batched=False, runs=report.single, what=f"single run {run + 1}")
@@ -365,6 +393,8 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
             fresh = make_events(f"{engine}-fresh", args.freshness_events, "fresh_call")
             report.freshness = driver.freshness(fresh)
             del fresh
+            if multi is not None:
+                multi.stop()
             server.stop()
             if server.proc is not None and server.proc.returncode not in (0, -signal.SIGTERM, None):
                 report.problems.append(f"the server exited with {server.proc.returncode}")
@@ -379,6 +409,8 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
         finally:
             server.stop()
             noop.stop()
+            if multi is not None:
+                multi.stop()
             for database in (server_db, raw_db):
                 try:
                     database.drop()
@@ -405,6 +437,11 @@ def rows_of(report: EngineReport, args: argparse.Namespace) -> list[Row]:
     return [
         Row(batch, report.batch, "raw", GOAL_BATCH_OF_RAW),
         Row(f"{batch} re-sent", report.batch_again, batch, GOAL_RESENT_OF_NEW),
+        *(
+            [Row(f"{batch}, {args.workers} workers", report.batch_workers, "raw", GOAL_BATCH_OF_RAW)]
+            if report.batch_workers.rates
+            else []
+        ),
         Row("no-op endpoint", report.noop, "raw", 0.0),
         Row("single", report.single, "no-op endpoint", GOAL_SINGLE_OF_NOOP),
         Row("single re-sent", report.single_again, "single", GOAL_RESENT_OF_NEW),
@@ -471,7 +508,17 @@ def goal_lines(reports: Sequence[EngineReport], args: argparse.Namespace) -> lis
             ratio = ratio_of(row, report, rows)
             if row.goal and ratio is not None:
                 text = f"{report.engine} {row.label}: {ratio:.1%} of {row.versus} (goal ≥ {row.goal:.0%})"
+                other = next((r for r in rows if r.label == row.versus), None)
+                if other is not None and other.runs.server_us_per_event and row.runs.server_us_per_event:
+                    # The same comparison by the server's CPU time per event, which other load on
+                    # the machine disturbs much less than events/s.
+                    by_cpu = median(other.runs.server_us_per_event) / median(row.runs.server_us_per_event)
+                    text += f"; by server CPU per event {by_cpu:.1%}"
                 lines.append((text, ratio >= row.goal))
+        if report.busy_processes:
+            busy = min(report.busy_processes)
+            text = f"{report.engine} --workers {args.workers}: {busy} server processes busy in every run (goal > 1)"
+            lines.append((text, busy > 1))
         fresh = report.freshness
         if fresh is not None and fresh.delays:
             p99 = fresh.percentile(0.99)
@@ -494,6 +541,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--single-events", type=int, default=10_000, help="events (= requests) per single run")
     parser.add_argument(
         "--freshness-events", type=int, default=300_000, help="events sent (in batches) while a meter is queried"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="PostgreSQL: also measure batches sent to `serve --workers N`"
     )
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request")
     parser.add_argument("--runs", type=int, default=3, help="runs per mode; the table shows the median")
