@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from tallybook.cli.main import app
 from tallybook.config import DatabaseSettings, Settings
 from tallybook.runtime import Runtime
+from tests.conftest import empty_all_tables
 from tests.helpers import BATCH, body, cloudevent
 from tests.serverproc import ADMIN_KEY, ServerProcess
 
@@ -33,6 +34,8 @@ def test_workers_serve_postgresql_and_sqlite_refuses_them(tmp_path, database_url
         assert result.exit_code == 2
         assert "--workers above 1 needs PostgreSQL" in result.output
         return
+    runtime = Runtime.build(Settings(database=DatabaseSettings(url=database_url)), sync_meters=False)
+    empty_all_tables(runtime)  # the database is shared by this pytest process's tests
     server = ServerProcess(tmp_path, database_url, extra_args=("--workers", "2")).start(timeout=60)
     try:
         assert server.proc is not None
@@ -45,7 +48,6 @@ def test_workers_serve_postgresql_and_sqlite_refuses_them(tmp_path, database_url
                 assert client.post("/api/v1/events", content=body(batch), headers=auth).status_code == 204
     finally:
         server.stop()
-    runtime = Runtime.build(Settings(database=DatabaseSettings(url=database_url)), sync_meters=False)
     try:
         assert runtime.store.count_events() == 100
     finally:
