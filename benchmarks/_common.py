@@ -127,14 +127,22 @@ class ServerProcess:
     """`python -m tallybook serve` on a free loopback port, configured by a file in `directory`
     with a bootstrap admin key (read from the environment, so it never lands in the file)."""
 
-    def __init__(self, directory: Path, database_url: str, settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        database_url: str,
+        settings: dict[str, Any] | None = None,
+        extra_args: Sequence[str] = (),
+        name: str = "tallybook",
+    ) -> None:
         self.directory = directory
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"
         self.admin_key = "tbk_bench_" + secrets.token_urlsafe(24)
-        self.config = directory / "tallybook.yaml"
-        self.log = directory / "server.log"
+        self.config = directory / f"{name}.yaml"
+        self.log = directory / f"{name}.log"
         document: dict[str, Any] = {
             "database": {"url": database_url},
             "auth": {"bootstrap_keys": [{"name": "bench", "scope": "admin", "key": f"${{{_KEY_VARIABLE}}}"}]},
@@ -148,7 +156,7 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         env = {**os.environ, _KEY_VARIABLE: self.admin_key, "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", "tallybook", "serve", "--config", str(self.config)]
-        command += ["--host", self.host, "--port", str(self.port)]
+        command += ["--host", self.host, "--port", str(self.port), *self.extra_args]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(command, cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -165,25 +173,30 @@ class ServerProcess:
         raise RuntimeError(f"the server was not ready within {timeout:.0f} s:\n{self.log_text()}")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far (all its threads)."""
+        """User + system CPU time the server has used so far (all its threads and processes)."""
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """CPU seconds so far of the server process and each of its descendants (--workers)."""
         if self.proc is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        # Fields 14 and 15 of stat(5) (utime, stime); the split starts at field 3.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return {}
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found: dict[int, float] = {}
+        pending = [self.proc.pid]
+        while pending:
+            pid = pending.pop()
+            found[pid] = _pid_cpu_seconds(pid)
+            pending.extend(children.get(pid, ()))
+        return found
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        _stop(self.proc, timeout)
 
     def metrics(self) -> dict[str, float]:
         """The server's Prometheus samples that have no labels, by name (empty if unreachable)."""
@@ -209,6 +222,69 @@ class ServerProcess:
             return ""
 
 
+class NoopServer:
+    """benchmarks/noop_app.py under uvicorn with the options `tallybook serve` uses: the same
+    server stack with an endpoint that only reads the body and answers 204."""
+
+    path = "/noop"
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://{self.host}:{self.port}"
+        self.log = directory / "noop.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> NoopServer:
+        command = [sys.executable, "-m", "uvicorn", "benchmarks.noop_app:app", "--host", self.host]
+        command += ["--port", str(self.port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+        command += ["--log-level", "warning"]
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the no-op server exited with {self.proc.returncode}")
+            try:
+                httpx.post(f"{self.url}{self.path}", content=b"{}", timeout=2)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the no-op server was not ready within {timeout:.0f} s")
+
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(self.proc)
+
+    def stop(self) -> None:
+        _stop(self.proc, 20.0)
+
+
+def _cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
+    """User + system CPU time a process has used so far (all its threads)."""
+    return 0.0 if proc is None else _pid_cpu_seconds(proc.pid)
+
+
+def _pid_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields 14 and 15 of stat(5) (utime, stime); the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 # -- the load generator ----------------------------------------------------------------------------
 def encode_post(host: str, port: int, path: str, content_type: str, key: str, body: bytes) -> bytes:
     """One complete HTTP/1.1 keep-alive POST, ready to write to a socket."""
@@ -231,6 +307,7 @@ class LoadResult:
     started: float = 0.0  # time.monotonic(), comparable across processes on one machine
     finished: float = 0.0
     latencies: array = field(default_factory=lambda: array("d"))  # seconds, one per request
+    acked: array = field(default_factory=lambda: array("d"))  # time.monotonic() of each 2xx answer
     client_cpu: float = 0.0  # CPU seconds the client process(es) used while sending
 
     @property
@@ -252,6 +329,7 @@ class LoadResult:
             merged.failed += p.failed
             merged.failures.extend(p.failures[: 5 - len(merged.failures)])
             merged.latencies.extend(p.latencies)
+            merged.acked.extend(p.acked)
             merged.client_cpu += p.client_cpu
         return merged
 
@@ -334,6 +412,7 @@ async def _drive(
     result.started = time.monotonic()
     position = 0
     latencies = result.latencies
+    acked = result.acked
     clock = time.monotonic
 
     async def worker(conn: _Connection) -> None:
@@ -348,9 +427,11 @@ async def _drive(
                 result.note_failure(f"connection: {exc}")
                 conn = await _open(host, port)
                 continue
-            latencies.append(clock() - sent)
+            answered = clock()
+            latencies.append(answered - sent)
             if 200 <= status < 300:
                 result.ok += 1
+                acked.append(answered)
             else:
                 result.note_failure(f"HTTP {status}: {body[:300].decode(errors='replace')}")
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import orjson
 
 from tallybook.ingest.limits import MAX_JSON_DEPTH, MAX_NUMBER_FRACTION_DIGITS, MAX_NUMBER_INTEGER_DIGITS
@@ -233,9 +234,47 @@ def loads_request(raw: bytes | str, max_depth: int | None) -> Any:
     cheaper for batches); decoding still refuses documents Python cannot decode at all.
     Other decode errors raise ValueError (json.JSONDecodeError, UnicodeDecodeError) as `loads`.
     """
+    value = _fast_decode(raw)
+    if value is _UNDECIDED:
+        value = _strict_decode(raw, max_depth)
+    found = []
+    if may_hold_bad_text(raw):
+        for problem in _problems(value, (), max_depth or WALK_DEPTH, max_depth, True):
+            found.append(problem)
+            if len(found) >= MAX_PROBLEMS:
+                break
+    elif max_depth is not None and openings(raw) > max_depth:
+        deep = too_deep(value, max_depth)
+        if deep is not None:
+            found.append((deep, _too_deep_message(max_depth)))
+    if found:
+        raise JsonRefused(found)
+    return value
+
+
+_UNDECIDED = object()
+# msgspec decodes in C and calls back only for numbers with a fraction or exponent (the same
+# _checked_float, given the literal's own text). Integers come back as int: msgspec refuses those
+# past 4,300 digits, far inside numeric's range, and an int writes the same digits a Decimal would.
+_FAST = msgspec.json.Decoder(float_hook=_checked_float)
+
+
+def _fast_decode(raw: bytes | str) -> Any:
+    """The document, or _UNDECIDED when the fast decoder does not read it. Anything it refuses
+    (invalid UTF-8, a lone surrogate, a number out of range, NaN, malformed JSON) is decoded again
+    by the standard decoder, which says what is wrong in the words clients are used to."""
+    if not isinstance(raw, bytes):
+        return _UNDECIDED
+    try:
+        return _FAST.decode(raw)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return _UNDECIDED
+
+
+def _strict_decode(raw: bytes | str, max_depth: int | None) -> Any:
     text = _decode_text(raw)
     try:
-        value = _STRICT.decode(text)
+        return _STRICT.decode(text)
     except RecursionError:
         limit = f"the limit is {max_depth} levels" if max_depth else "too deep to read"
         raise JsonRefused([((), f"nests arrays and objects too deeply ({limit})")]) from None
@@ -252,19 +291,6 @@ def loads_request(raw: bytes | str, max_depth: int | None) -> Any:
             if len(found) >= MAX_PROBLEMS:
                 break
         raise JsonRefused(found or fallback) from None
-    found = []
-    if may_hold_bad_text(raw):
-        for problem in _problems(value, (), max_depth or WALK_DEPTH, max_depth, True):
-            found.append(problem)
-            if len(found) >= MAX_PROBLEMS:
-                break
-    elif max_depth is not None and openings(raw) > max_depth:
-        deep = too_deep(value, max_depth)
-        if deep is not None:
-            found.append((deep, _too_deep_message(max_depth)))
-    if found:
-        raise JsonRefused(found)
-    return value
 
 
 # -- writing ---------------------------------------------------------------------------------------

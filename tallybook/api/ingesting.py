@@ -51,19 +51,27 @@ def field_error(path: jsonutil.Path, message: str) -> FieldError:
 
 
 def decode_events(runtime: Runtime, body: bytes, nested: str) -> Any:
-    """Decode an ingest body: refusals name the event index and field, as validation does.
+    """Decode an ingest body: refusals name the event index and field, as validation does."""
+    try:
+        payload = decode_json(body, max_depth=None, keep_refusals=True)
+    except jsonutil.JsonRefused as exc:
+        raise reject(runtime, InvalidEvents([field_error(p, m) for p, m in exc.problems]), 1) from None
+    errors = nesting_errors(payload, body, nested)
+    if errors:
+        raise reject(runtime, InvalidEvents(errors), len(payload) if isinstance(payload, list) else 1)
+    return payload
+
+
+def nesting_errors(payload: Any, body: bytes, nested: str) -> list[FieldError]:
+    """Events of a decoded body that nest deeper than MAX_JSON_DEPTH, by index and field.
 
     Nesting is checked here, per event, rather than in the decoder: every event opens an object
     and usually a `nested` one (data, metadata), so a count of the body's brackets proves most
     batches shallow without walking them; only the rest are walked.
     """
-    try:
-        payload = decode_json(body, max_depth=None, keep_refusals=True)
-    except jsonutil.JsonRefused as exc:
-        raise reject(runtime, InvalidEvents([field_error(p, m) for p, m in exc.problems]), 1) from None
     opened = jsonutil.openings(body)
     if not isinstance(payload, dict | list) or opened <= MAX_JSON_DEPTH:
-        return payload
+        return []
     batch = isinstance(payload, list)
     items = payload if batch else [payload]
     # Containers every event brings on the first levels: the batch array, each event, its `nested`.
@@ -71,7 +79,7 @@ def decode_events(runtime: Runtime, body: bytes, nested: str) -> Any:
     known = int(batch) + sum(1 for item in items if type(item) is dict)
     known += sum(1 for item in items if type(item) is dict and type(item.get(nested)) in (dict, list))
     if levels + opened - known <= MAX_JSON_DEPTH:
-        return payload
+        return []
     errors = []
     for index, item in enumerate(items):
         deep = jsonutil.too_deep(item, MAX_JSON_DEPTH - int(batch))
@@ -79,9 +87,7 @@ def decode_events(runtime: Runtime, body: bytes, nested: str) -> Any:
             path = (index, *deep) if batch else deep
             message = f"nests deeper than the limit of {MAX_JSON_DEPTH} levels of arrays and objects (whole body)"
             errors.append(field_error(path, message))
-    if errors:
-        raise reject(runtime, InvalidEvents(errors), len(items))
-    return payload
+    return errors
 
 
 async def commit(runtime: Runtime, events: Sequence[Event], indexed: bool = True) -> IngestResult:

@@ -128,6 +128,14 @@ def serve(
     ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request")] = False,
     create_database: CreateDatabaseOption = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes (PostgreSQL only: SQLite has one writer per file, and group commit "
+            "already gives it all requests in one transaction)",
+        ),
+    ] = 1,
 ) -> None:
     """Run the HTTP server. Applies migrations first; on a new database prints a first admin key."""
     import uvicorn
@@ -151,6 +159,13 @@ def serve(
         )
         raise typer.Exit(2)
     lock: ServerLock | None = None
+    if workers > 1 and settings.database.url.startswith("sqlite"):
+        err_console.print(
+            "[red]--workers above 1 needs PostgreSQL[/red]: SQLite lets one process write a database file "
+            "at a time, and one process already commits every request of a moment in one transaction",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     if settings.database.url.startswith("sqlite"):
         lock = ServerLock(settings.database.url)
         try:
@@ -184,11 +199,35 @@ def serve(
             f"  lost the admin key? make another: tallybook keys create --scope admin{config_flag}{database_flag}",
             highlight=False,
         )
+    if workers > 1:
+        from tallybook.cli import serve_worker
+
+        runtime.store.close()  # each worker builds its own runtime
+        os.environ[serve_worker.CONFIG_VARIABLE] = str(config.resolve()) if config else ""
+        os.environ[serve_worker.DATABASE_VARIABLE] = database or ""
+        console.print(f"  {workers} worker processes", highlight=False)
+        uvicorn.run(
+            "tallybook.cli.serve_worker:app_for_worker",
+            factory=True,
+            workers=workers,
+            host=bind_host,
+            port=bind_port,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=access_log,
+            timeout_graceful_shutdown=10,
+        )
+        return
     tune_gc_for_throughput()
     uvicorn.run(
         create_app(runtime),
         host=bind_host,
         port=bind_port,
+        # uvloop and httptools (uvicorn[standard]) by name: their C event loop and HTTP parser
+        # are what keep the per-request cost low; "auto" would quietly fall back without them.
+        loop="uvloop",
+        http="httptools",
         log_config=None,
         access_log=access_log,
         timeout_graceful_shutdown=10,

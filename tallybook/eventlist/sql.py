@@ -5,7 +5,7 @@ comparison `(time_us, seq) < (cursor time, cursor seq)` plus the redundant `time
 that lets both planners start the backward scan of `ix_events_time` at the cursor. On SQLite that
 index holds the rowid (= seq) too, so the order is the index's own; PostgreSQL sorts the rare
 events sharing one time. A filter on subject narrows rows read along the time index; there is
-deliberately no index on subject (see tallybook/store/customers.py `seen_subjects`).
+deliberately no index on subject (see tallybook/customers/sql.py `seen_subjects`).
 """
 
 from __future__ import annotations

@@ -209,27 +209,37 @@ class IngestService:
                         owner[key] = position
             unique = list(first.values())
             inserted = self.store.insert_events(conn, unique, ingested_us)
-            known: dict[tuple[str, str], Event] = {}
-            if len(inserted) < len(unique):
-                missing = [key for key in first if key not in inserted]
-                known = self.store.events_by_key(conn, missing)
+            # Events whose key this group did not insert (it was stored before, or by a
+            # concurrent transaction): one statement says whether each is a retry or a conflict.
+            doubtful = [e for e in unique if (e.source, e.id) not in inserted]
+            doubtful += [e for _, e in repeats if (e.source, e.id) not in inserted]
+            same = self.store.compare_stored(conn, doubtful) if doubtful else []
+        verdicts = iter(same)
         for key, event in first.items():
             result = results[owner[key]]
             if key in inserted:
                 result.accepted += 1
             else:
-                _count_duplicate(result, event, known.get(key))
+                _count_duplicate(result, event, next(verdicts))
         for position, event in repeats:
             key = (event.source, event.id)
-            # The kept version is the stored one if it existed before, else the group's first.
-            kept = known.get(key) or first[key]
-            _count_duplicate(results[position], event, kept)
+            if key in inserted:
+                # Kept: the group's first occurrence, stored just now.
+                _count_duplicate(results[position], event, event.same_content(first[key]))
+            else:
+                verdict = next(verdicts)
+                # Not visible though not inserted (a concurrent transaction): against the first.
+                _count_duplicate(
+                    results[position], event, event.same_content(first[key]) if verdict is None else verdict
+                )
         by_request = iter(results)
         return [None if id(request) in refused else next(by_request) for request in group], refused
 
 
-def _count_duplicate(result: IngestResult, event: Event, kept: Event | None) -> None:
-    if kept is None or event.same_content(kept):
+def _count_duplicate(result: IngestResult, event: Event, same: bool | None) -> None:
+    """Count a not-inserted event: `same` is whether the kept version has the same content (None:
+    the kept version is not visible to this transaction, so it is counted as a retry)."""
+    if same is None or same:
         result.duplicates += 1
     else:
         result.conflicts += 1

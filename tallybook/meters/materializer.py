@@ -37,6 +37,7 @@ from tallybook.store.meters import StoredEvent, UnreadableData, UsageRecord
 log = logging.getLogger(__name__)
 
 CHUNK_EVENTS = 20_000  # events per transaction (bounds how long ingest waits on SQLite)
+PROGRESS_WAIT = 0.5  # seconds a caller waits for another thread's chunk before looking again
 
 
 class Projector:
@@ -171,6 +172,7 @@ class Materializer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one catch-up at a time within this process
+        self._progress = threading.Condition()  # notified after each chunk commits
 
     # -- background thread --------------------------------------------------------------------------
     def start(self) -> None:
@@ -187,10 +189,14 @@ class Materializer:
             thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        # After a pass that found work, the next starts at once: under sustained ingest the
+        # projection follows as fast as it can instead of falling a whole interval behind.
+        wait = self.interval
+        while not self._stop.wait(wait):
             try:
-                self.catch_up()
+                wait = self.interval if self.catch_up() == 0 else 0.0
             except Exception:
+                wait = self.interval
                 log.exception("meter materializer pass failed; it will retry")
 
     # -- work -------------------------------------------------------------------------------------------
@@ -201,18 +207,44 @@ class Materializer:
         return bool(cursors) and min(cursors.values()) < visible
 
     def catch_up(self) -> int:
-        """Project every settled event not yet projected; return how many events were read."""
+        """Project every settled event not yet projected; return how many events were read here.
+
+        On return, every event committed before the call is projected. When another thread of
+        this process is already projecting (the background thread, under sustained ingest), the
+        caller waits for its progress instead of queueing for the lock behind it: Python's locks
+        are not fair, and a busy background thread would take the lock again first each time.
+        """
         if not self.pending():
             return 0
-        with self._lock:
-            with self.store.read() as conn:
-                horizon = meter_store.settled_horizon(conn)
-            total = 0
-            while True:
-                done, read = self._chunk(horizon)
-                total += read
-                if done:
-                    return total
+        with self.store.read() as conn:
+            target = meter_store.visible_max_seq(conn)  # every event committed before this call
+        while True:
+            if self._lock.acquire(blocking=False):
+                try:
+                    return self._catch_up_locked()
+                finally:
+                    self._lock.release()
+            with self._progress:
+                self._progress.wait(timeout=PROGRESS_WAIT)
+            if self._reached(target):
+                return 0
+
+    def _reached(self, target: int) -> bool:
+        with self.store.read() as conn:
+            cursors = meter_store.cursors(conn)
+        return not cursors or min(cursors.values()) >= target
+
+    def _catch_up_locked(self) -> int:
+        with self.store.read() as conn:
+            horizon = meter_store.settled_horizon(conn)
+        total = 0
+        while True:
+            done, read = self._chunk(horizon)
+            total += read
+            with self._progress:
+                self._progress.notify_all()
+            if done:
+                return total
 
     def _chunk(self, horizon: int) -> tuple[bool, int]:
         with self.store.write() as conn:

@@ -122,6 +122,29 @@ class SqlStore(ABC):
                 found[event.key] = event
         return found
 
+    def compare_stored(self, conn: Connection, batch: Sequence[Event]) -> list[bool | None]:
+        """For each event of `batch`, in order: None when no event with its (source, id) is
+        stored, else whether the stored one has the same content (`Event.same_content`: a retry)
+        or not (a conflict). Keys may repeat in `batch`. Runs in the caller's transaction.
+
+        This generic form reads and decodes the stored events; the engines answer in one
+        statement and read back only the rows whose content differs (see `_recheck`).
+        """
+        known = self.events_by_key(conn, list(dict.fromkeys(e.key for e in batch)))
+        return [None if (kept := known.get(e.key)) is None else e.same_content(kept) for e in batch]
+
+    def _recheck(self, conn: Connection, batch: Sequence[Event], answers: list[bool | None]) -> list[bool | None]:
+        """Settle the events an engine's statement found different (False) the way the generic
+        path does, by `Event.same_content` on the decoded stored event: the statement compares
+        JSON text or JSONB, which a retry that reorders keys (or sends 1 for true) does not match."""
+        doubtful = [i for i, same in enumerate(answers) if same is False]
+        if doubtful:
+            known = self.events_by_key(conn, list(dict.fromkeys(batch[i].key for i in doubtful)))
+            for i in doubtful:
+                kept = known.get(batch[i].key)
+                answers[i] = batch[i].same_content(kept) if kept is not None else False
+        return answers
+
     def list_events(self, flt: EventFilter) -> list[Event]:
         query = select(events)
         conditions: list[Any] = []

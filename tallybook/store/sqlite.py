@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.sql import Insert
@@ -20,6 +21,18 @@ _INSERT_EVENTS = (
     "ON CONFLICT (source, event_id) DO NOTHING"
 )
 _SAVEPOINT = "tallybook_insert_events"
+# The rows the last insert added, newest first (see insert_events).
+_LATEST_KEYS = "SELECT source, event_id FROM events ORDER BY seq DESC LIMIT ?"
+# Each element of the JSON array is [source, id, type, subject, time_us, data text, datacontenttype];
+# `key` is its position. Stored keys answer whether the content is the same, as text.
+_COMPARE_STORED = """
+SELECT k.key,
+       e.type = json_extract(k.value, '$[2]') AND e.subject = json_extract(k.value, '$[3]')
+       AND e.time_us = json_extract(k.value, '$[4]') AND e.data = json_extract(k.value, '$[5]')
+       AND e.datacontenttype IS json_extract(k.value, '$[6]')
+FROM json_each(?) AS k
+JOIN events AS e ON e.source = json_extract(k.value, '$[0]') AND e.event_id = json_extract(k.value, '$[1]')
+"""
 
 
 class SqliteStore(SqlStore):
@@ -61,14 +74,15 @@ class SqliteStore(SqlStore):
         return insert(events).on_conflict_do_nothing(index_elements=["source", "event_id"])
 
     def insert_events(self, conn: Connection, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
-        """The common case, where every key is new, as one executemany on the sqlite3 connection.
+        """One executemany on the sqlite3 connection, new keys and known keys alike.
 
-        sqlite3 cannot return rows from executemany, but it sums the rows each execution changed
-        into `rowcount`: when that equals the batch size, every event was inserted. Otherwise some
-        key was already stored (a retry); the savepoint undoes this attempt and the generic
-        INSERT ... RETURNING path names the inserted keys. Retries are rare, so that path's cost
-        is paid rarely. Column values are the ones the generic path writes, `data` included: the
-        JSON text from jsonutil.dumps, 'null' for an event without data.
+        ON CONFLICT DO NOTHING skips known keys; sqlite3 sums the rows each execution changed into
+        `rowcount`. When that equals the batch size every event was inserted. Otherwise (a retry)
+        the rows this statement inserted are the `rowcount` highest seqs: the writer holds the
+        write lock (BEGIN IMMEDIATE) and SQLite gives each new row max(seq) + 1, so one indexed
+        read names them; no second insert. A savepoint undoes a failing executemany so the
+        caller's transaction stays usable. Column values are the ones the generic path writes,
+        `data` included: the JSON text from jsonutil.dumps, 'null' for an event without data.
         """
         if not batch:
             return set()
@@ -79,20 +93,56 @@ class SqliteStore(SqlStore):
         driver = conn.connection.driver_connection  # the sqlite3.Connection, in the caller's transaction
         assert driver is not None
         cursor = driver.cursor()
+        inserted: set[tuple[str, str]] | None
         try:
             cursor.execute(f"SAVEPOINT {_SAVEPOINT}")
             try:
                 cursor.executemany(_INSERT_EVENTS, rows)
-                all_new = cursor.rowcount == len(rows)
+                count = cursor.rowcount
+                if count == len(rows):
+                    inserted = {(e.source, e.id) for e in batch}
+                elif count == 0:
+                    inserted = set()
+                else:
+                    cursor.execute(_LATEST_KEYS, (count,))
+                    inserted = {(row[0], row[1]) for row in cursor.fetchall()}
+                    wanted = {(e.source, e.id) for e in batch}
+                    if len(inserted) != count or not inserted <= wanted:
+                        inserted = None  # not this statement's rows after all: take the generic path
             except BaseException:
                 cursor.execute(f"ROLLBACK TO {_SAVEPOINT}")
                 cursor.execute(f"RELEASE {_SAVEPOINT}")
                 raise
-            if not all_new:
+            if inserted is None:
                 cursor.execute(f"ROLLBACK TO {_SAVEPOINT}")
             cursor.execute(f"RELEASE {_SAVEPOINT}")
         finally:
             cursor.close()
-        if all_new:
-            return {(e.source, e.id) for e in batch}
-        return super().insert_events(conn, batch, ingested_us)
+        if inserted is None:
+            return super().insert_events(conn, batch, ingested_us)
+        return inserted
+
+    def compare_stored(self, conn: Connection, batch: Sequence[Event]) -> list[bool | None]:
+        """One statement for the whole batch: the keys travel as one JSON array, joined to the
+        (source, event_id) index, and the content is compared in SQL as stored text (what
+        jsonutil.dumps wrote). Only rows whose text differs are decoded (`_recheck`)."""
+        if not batch:
+            return []
+        dumps = jsonutil.dumps
+        try:
+            keys = orjson.dumps(
+                [[e.source, e.id, e.type, e.subject, e.time_us, dumps(e.data), e.datacontenttype] for e in batch]
+            ).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            return super().compare_stored(conn, batch)
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        try:
+            cursor.execute(_COMPARE_STORED, (keys,))
+            answers: list[bool | None] = [None] * len(batch)
+            for position, same in cursor.fetchall():
+                answers[int(position)] = bool(same)
+        finally:
+            cursor.close()
+        return self._recheck(conn, batch, answers)

@@ -1,0 +1,136 @@
+"""The common ingest request, served without FastAPI's routing and dependency machinery.
+
+A single-event POST to /api/v1/events spends most of its CPU outside ingest: matching the path
+against every route, solving dependencies, building a Request and a Response. This ASGI middleware
+answers the request that needs none of that (an identity-encoded body of valid events, with a
+cached API key allowed to ingest) by calling the same functions the route calls: the body limit,
+`jsonutil.loads_request`, `parse_cloudevents` and the group-commit writer, then 204.
+
+Everything else goes to the FastAPI route, which answers exactly as before: an unknown key, a
+refusal of any kind, gzip, a writer that is stopping. The middleware hands over the body it read
+(replayed as the request's messages) and has stored nothing, or stored the events once: a commit
+that failed is retried by the route, and a retry of stored events is a duplicate by design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tallybook import jsonutil
+from tallybook.api.ingesting import nesting_errors
+from tallybook.api.routes.events import BATCH, PLAIN, SINGLE, parse_cloudevents
+from tallybook.api.routes.events import router as events_router
+from tallybook.auth.keys import scope_allows
+from tallybook.clock import to_micros
+from tallybook.runtime import Runtime
+
+PATH = "/api/v1/events"
+_KINDS = frozenset((SINGLE, BATCH, PLAIN))
+_NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
+_EMPTY = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class FastIngest:
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.route = _events_route()  # named in the scope, as routing does
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        kind = self._admitted(scope)
+        if kind is None:
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = await self._body(receive, messages)
+        if body is None or not await self._ingest(body, kind):
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        scope["route"] = self.route
+        await send(_NO_CONTENT)
+        await send(_EMPTY)
+
+    def _admitted(self, scope: Scope) -> str | None:
+        """The media type, when the headers allow the fast path (else None: the route decides)."""
+        secret = media = apikey = None
+        bearer = False  # the first Authorization header decides, as for the route
+        for name, value in scope["headers"]:
+            if name == b"content-type" and media is None:
+                media = value.split(b";", 1)[0].strip().lower().decode("latin-1")
+            elif name == b"authorization" and not bearer:
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                bearer = True
+                if scheme.lower() == "bearer" and token.strip():
+                    secret = token.strip()
+            elif name == b"x-apikey" and apikey is None:
+                apikey = value.decode("latin-1") or None
+            elif name == b"content-encoding" and value.strip().lower() != b"identity":
+                return None
+        secret = secret or apikey
+        if media not in _KINDS or secret is None:
+            return None
+        hit, record = self.runtime.keys.cached(secret)
+        if not hit or record is None or not scope_allows(record.scope, "ingest"):
+            return None
+        return media
+
+    async def _body(self, receive: Receive, messages: list[Message]) -> bytes | None:
+        """The whole body, or None past the size limit or on anything but body messages."""
+        limit = self.runtime.settings.ingest.max_batch_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _ingest(self, body: bytes, kind: str) -> bool:
+        """True once the events are committed; False leaves the request to the route."""
+        runtime = self.runtime
+        try:
+            if not body.strip():
+                return False
+            payload = jsonutil.loads_request(body, None)
+            if nesting_errors(payload, body, "data"):
+                return False
+            limits = runtime.settings.ingest
+            events = parse_cloudevents(payload, kind, to_micros(runtime.clock.now()), limits.max_batch_events)
+            future = runtime.ingest.submit(events, isinstance(payload, list))
+            await asyncio.wrap_future(future)
+        except Exception:
+            return False
+        return True
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` for the route: the messages already read, then the request's own."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
+def _events_route() -> Any:
+    """The route's APIRoute, for the metrics middleware (it labels requests by `route.path`)."""
+    for route in events_router.routes:
+        if getattr(route, "path", None) == PATH and "POST" in (getattr(route, "methods", None) or ()):
+            return route
+    return None
