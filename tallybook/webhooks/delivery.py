@@ -15,9 +15,11 @@ that failed stays claimed until its lease runs out, then it is sent again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import secrets
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +42,13 @@ USER_AGENT = f"Tallybook-Webhooks/{tallybook.__version__}"
 RESPONSE_BODY_LIMIT = 1024  # characters of the receiver's answer kept per attempt
 MAX_ROUNDS = 250  # claim rounds per run_once call; each takes up to max_concurrency deliveries
 DELIVERY_JOB = "webhooks.deliver"
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once per process: loading the CA bundle takes tens of
+    milliseconds of CPU, and every worker of the process trusts the same roots."""
+    return httpx.create_ssl_context()
 
 
 @dataclass
@@ -96,6 +105,7 @@ class DeliveryWorker:
         self._client = httpx.Client(
             timeout=settings.timeout.total_seconds(),
             follow_redirects=False,
+            verify=_tls_context(),
             transport=transport,
             headers={"User-Agent": USER_AGENT},
         )
