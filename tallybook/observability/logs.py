@@ -66,8 +66,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not when logging was set up.
+
+    A CLI command run in-process (tests, embedding) may set logging up while `sys.stderr` is a
+    temporary stream; a handler holding that stream would fail on every later record once it is
+    closed, and print "--- Logging error ---" into whatever output comes next.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", json_format: bool = True) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderrHandler()
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:

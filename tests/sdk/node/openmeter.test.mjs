@@ -249,8 +249,9 @@ test('the OpenMeter Node SDK against tallybook serve', async (t) => {
       subject: ['node-acme-prod'],
       advancedMeterGroupByFilters: { type: { $in: ['output', 'refund'] } },
     })
+    // A subject filter also groups by subject, as in OpenMeter.
     assert.deepEqual(rows(output), [
-      { windowStart: '2026-01-01T00:00:00Z', windowEnd: '2026-01-01T02:00:00Z', value: 2.5 },
+      { windowStart: '2026-01-01T00:00:00Z', windowEnd: '2026-01-01T02:00:00Z', value: 2.5, subject: 'node-acme-prod' },
     ])
 
     await assert.rejects(
