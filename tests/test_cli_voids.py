@@ -82,7 +82,9 @@ def test_void_by_id_then_the_audit_trail(database_url: str, client: httpx.Client
     done = cli("events", "void", "--source", "app", "--id", "e2", "--reason", "load test", database=database_url)
     assert done.exit_code == 0, done.output
     assert "1 event(s) voided" in done.output and "app/e2" in done.output
-    void_id = done.output.split()[1].rstrip(":")
+    # The summary line, wherever it is (log lines of the run may share the captured output).
+    [summary] = [line for line in done.output.splitlines() if "event(s) voided at" in line]
+    void_id = summary.split()[1].rstrip(":")
     assert total(client) == "16"
 
     listed = cli("events", "voids", database=database_url)
