@@ -14,6 +14,7 @@ fsync on every commit is then nearly free, and crash tests still crash real proc
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -105,6 +106,19 @@ _EMPTY_POSTGRES = "; ".join(
     [f'DELETE FROM "{table.name}"' for table in reversed(metadata.sorted_tables)]
     + ["SELECT setval(pg_get_serial_sequence('events', 'seq'), 1, false)"]
 )
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A CLI command run in-process (serve, worker, jobs run) sets up the root logger; put it back
+    after each test, so one test's log setup never writes into another test's captured output."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def empty_all_tables(runtime: Runtime) -> None:

@@ -174,7 +174,7 @@ def test_the_documented_report_and_reconcile_session(
         at(when)
         args = [*command.split()[1:], "-c", str(config)]
         result = runner.invoke(cli, args)
-        actual = "\n".join(line.rstrip() for line in result.output.rstrip("\n").splitlines())
+        actual = "\n".join(line.rstrip() for line in result.stdout.rstrip("\n").splitlines())
         assert result.exit_code == code, f"{command}\n{result.output}"
         assert output_matches(expected, actual), f"{command}\n--- documented:\n{expected}\n--- actual:\n{actual}"
     assert fake.state.summarize(
