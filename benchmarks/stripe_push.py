@@ -44,8 +44,8 @@ from tallybook.customers.model import CustomerInput  # noqa: E402
 from tallybook.ingest.events import Event  # noqa: E402
 from tallybook.meters.models import Aggregation, MeterSpec  # noqa: E402
 from tallybook.runtime import Runtime  # noqa: E402
-from tallybook.store.stripe import CustomerLink, ReportFilter  # noqa: E402
 from tallybook.stripe.client import BudgetedRequestsClient  # noqa: E402
+from tallybook.stripe.model import CustomerLink, ReportFilter  # noqa: E402
 from tallybook.stripe.service import StripeService  # noqa: E402
 from tallybook.stripe.settings import StripeMeterMapping, StripeSettings  # noqa: E402
 from tests.fakestripe import FakeStripeServer  # noqa: E402

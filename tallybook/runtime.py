@@ -40,6 +40,7 @@ from tallybook.stripe.credit_notes import SYNC_JOB as CREDIT_NOTE_SYNC_JOB
 from tallybook.stripe.credit_notes import CreditNoteSyncService
 from tallybook.stripe.invoices import INVOICE_EVENTS, SYNC_JOB, InvoiceSyncService
 from tallybook.stripe.service import REPORT_JOB, StripeService
+from tallybook.stripe.sql_sync import SqlSyncStorage
 from tallybook.unbilled.service import EVENT_TYPE as UNBILLED_EVENT
 from tallybook.unbilled.service import JOB_NAME as UNBILLED_JOB
 from tallybook.unbilled.service import UnbilledNotifications, UnbilledService
@@ -140,19 +141,19 @@ class Runtime:
         runtime.jobs.register(Job(UNBILLED_JOB, unbilled_job.run, settings.billing.unbilled_interval))
         plan_entitlements = SubscriptionEntitlements(runtime.entitlements, runtime.subscriptions)
         runtime.subscriptions.listeners.append(plan_entitlements.sync)
+        sync_storage = SqlSyncStorage(store, runtime.webhooks)
         runtime.invoice_sync = InvoiceSyncService(
-            store,
+            sync_storage,
             runtime.stripe,
             runtime.invoicing,
             runtime.profiles,
             runtime.customers,
-            runtime.webhooks,
             settings.billing,
             clock,
             failures=runtime.jobs.failures,
         )
         runtime.credit_note_sync = CreditNoteSyncService(
-            store, runtime.stripe, runtime.credit_notes, runtime.invoicing, clock, failures=runtime.jobs.failures
+            sync_storage, runtime.stripe, runtime.credit_notes, runtime.invoicing, clock, failures=runtime.jobs.failures
         )
         runtime.use_stripe(runtime.stripe)
         if settings.stripe.enabled:

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from tallybook.meters.models import Aggregation, MeterSpec
-from tallybook.store.stripe import PENDING, REJECTED, SENT
 from tallybook.stripe.client import TokenBucket
+from tallybook.stripe.model import PENDING, REJECTED, SENT
 from tallybook.stripe.reporter import Reporter
 from tallybook.stripe.settings import StripeMeterMapping
 from tests.fakestripe import FakeStripeServer

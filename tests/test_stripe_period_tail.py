@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tallybook.store.stripe import SENT, USAGE_RECORD
+from tallybook.stripe.model import SENT, USAGE_RECORD
 from tallybook.stripe.settings import LEGACY_API_VERSION, StripeMeterMapping
 from tests.conftest import LiveServer
 from tests.fakestripe import FakeStripeServer

@@ -7,7 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from tallybook.meters.models import Aggregation
-from tallybook.store.stripe import CANCEL, EVENT, OUT_OF_RANGE, SENT, USAGE_RECORD
+from tallybook.stripe.model import CANCEL, EVENT, OUT_OF_RANGE, SENT, USAGE_RECORD
 from tallybook.stripe.reporter import make_identifier, stripe_formula
 from tallybook.stripe.settings import LEGACY_API_VERSION, StripeMeterMapping
 from tests.fakestripe import FakeStripeServer

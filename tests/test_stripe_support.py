@@ -20,8 +20,8 @@ from tallybook.customers.model import CustomerInput
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.runtime import Runtime
-from tallybook.store.stripe import ReportFilter, ReportRow
 from tallybook.stripe.client import TokenBucket, build_client
+from tallybook.stripe.model import ReportFilter, ReportRow
 from tallybook.stripe.service import StripeService
 from tallybook.stripe.settings import StripeMeterMapping, StripeSettings
 from tests.conftest import empty_all_tables

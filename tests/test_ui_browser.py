@@ -657,7 +657,7 @@ def _expect_invoice_on_page(page: Any, invoice: dict[str, Any]) -> None:
 def _record_stripe_sync(runtime: Runtime, invoice_id: str) -> None:
     """The sync row Stripe invoicing writes once the invoice is finalized in Stripe."""
     from tallybook.clock import to_micros
-    from tallybook.store import invoice_sync
+    from tallybook.stripe import sql_sync as invoice_sync
 
     now = to_micros(runtime.clock.now())
     with runtime.store.write() as conn:

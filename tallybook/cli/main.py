@@ -589,7 +589,7 @@ def stripe_reports(
     database: DatabaseOption = None,
 ) -> None:
     """Show the report ledger: what was sent to Stripe, its answer and status."""
-    from tallybook.store.stripe import ReportFilter
+    from tallybook.stripe.model import ReportFilter
 
     runtime = _runtime(_settings(config, database))
     try:

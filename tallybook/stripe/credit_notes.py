@@ -38,11 +38,11 @@ from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
 from tallybook.creditnotes.model import CORRECTION, VOID, CreditNote, CreditNoteLine
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.jobs.failures import FailureLog
-from tallybook.store import credit_note_sync as sync_store
-from tallybook.store import invoice_sync as invoice_sync_store
-from tallybook.store.base import SqlStore
 from tallybook.stripe.client import error_json
-from tallybook.stripe.invoices import line_keys, to_minor
+from tallybook.stripe.items import line_keys, to_minor
+from tallybook.stripe.model import SYNC_DONE, SYNC_FAILED, SYNC_PENDING
+from tallybook.stripe.planner import is_permanent, retry_delay
+from tallybook.stripe.ports import SyncStorage
 from tallybook.stripe.service import StripeService
 
 log = logging.getLogger(__name__)
@@ -55,25 +55,25 @@ STRIPE = "stripe"
 class CreditNoteSyncService:
     def __init__(
         self,
-        store: SqlStore,
+        storage: SyncStorage,
         stripe_service: StripeService,
         credit_notes: CreditNoteService,
         invoicing: InvoicingService,
         clock: Clock,
-        failures: FailureLog | None = None,
+        failures: FailureLog,
     ) -> None:
-        self.store = store
+        self.storage = storage
         self.stripe = stripe_service
         self.credit_notes = credit_notes
         self.invoicing = invoicing
         self.clock = clock
-        self.failures = failures or FailureLog(store, clock)
+        self.failures = failures
 
     def run(self, now: datetime | None = None) -> dict[str, Any]:
         """Hand Stripe the credit notes that are due (new, retrying, voided here since)."""
         now = now or self.clock.now()
-        with self.store.read() as conn:
-            due = sync_store.due(conn, to_micros(now), BATCH)
+        with self.storage.reading() as tx:
+            due = tx.due_credit_notes(to_micros(now), BATCH)
         counts: dict[str, int] = {}
         with self.failures.run(SYNC_JOB) as run:
             for credit_note_id in due:
@@ -93,23 +93,20 @@ class CreditNoteSyncService:
         its invoice, nothing to do)."""
         now = now or self.clock.now()
         note = self.credit_notes.get(credit_note_id)
-        with self.store.read() as conn:
-            invoice_row = invoice_sync_store.get(conn, note.invoice_id)
+        with self.storage.reading() as tx:
+            invoice_row = tx.invoice_row(note.invoice_id)
         if invoice_row is None or invoice_row["external_id"] is None:
             return None
         self.stripe.require_enabled()
-        with self.store.write() as conn:
-            sync_store.ensure(conn, note.id, STRIPE, to_micros(now))
-            row = sync_store.get(conn, note.id)
+        with self.storage.writing() as tx:
+            tx.ensure_credit_note_row(note.id, STRIPE, to_micros(now))
+            row = tx.credit_note_row(note.id)
         assert row is not None
         try:
             return self._converge(note, str(invoice_row["external_id"]), row, now)
         except stripe.StripeError as exc:
             error = error_json(exc)
-            permanent = (
-                exc.http_status is not None and 400 <= exc.http_status < 500 and exc.http_status not in (409, 429)
-            )
-            status = sync_store.FAILED if permanent else sync_store.PENDING
+            status = SYNC_FAILED if is_permanent(exc.http_status) else SYNC_PENDING
             self._retry(note.id, now, error, status)
             return status
 
@@ -119,26 +116,26 @@ class CreditNoteSyncService:
         if external_id is None:
             if note.status == VOID:  # voided before it reached Stripe: nothing to mirror
                 self._record(note, now, synced_status=VOID)
-                return sync_store.DONE
+                return SYNC_DONE
             s_invoice = client.v1.invoices.retrieve(s_invoice_id)
             if s_invoice.status == "draft":
                 message = (
                     f"waiting for Stripe invoice {s_invoice_id} to be finalized (Stripe credits finalized invoices)"
                 )
-                self._retry(note.id, now, {"message": message}, sync_store.PENDING)
-                return sync_store.PENDING
+                self._retry(note.id, now, {"message": message}, SYNC_PENDING)
+                return SYNC_PENDING
             params = self._params(client, note, s_invoice)
             fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
             created = client.v1.credit_notes.create(
                 cast(Any, params), {"idempotency_key": f"tallybook-credit-note-{note.id}-{fingerprint}"}
             )
             self._record(note, now, external_id=str(created.id), number=created.number, synced_status=note.status)
-            return sync_store.DONE
+            return SYNC_DONE
         s_note = client.v1.credit_notes.retrieve(external_id)
         if note.status == VOID and s_note.status != "void":
             s_note = client.v1.credit_notes.void_credit_note(external_id)
         self._record(note, now, external_id=external_id, number=s_note.number, synced_status=note.status)
-        return sync_store.DONE
+        return SYNC_DONE
 
     @staticmethod
     def _find_existing(client: stripe.StripeClient, s_invoice_id: str, credit_note_id: str) -> str | None:
@@ -193,12 +190,11 @@ class CreditNoteSyncService:
         return found
 
     def _record(self, note: CreditNote, now: datetime, **values: Any) -> None:
-        with self.store.write() as conn:
-            sync_store.update(
-                conn,
+        with self.storage.writing() as tx:
+            tx.update_credit_note_row(
                 note.id,
                 {
-                    "status": sync_store.DONE,
+                    "status": SYNC_DONE,
                     "attempts": 0,
                     "next_attempt_us": None,
                     "error": None,
@@ -207,18 +203,15 @@ class CreditNoteSyncService:
                 },
             )
 
-    def _retry(
-        self, credit_note_id: str, now: datetime, error: dict[str, Any], status: str = sync_store.PENDING
-    ) -> None:
+    def _retry(self, credit_note_id: str, now: datetime, error: dict[str, Any], status: str = SYNC_PENDING) -> None:
         settings = self.stripe.settings
-        with self.store.write() as conn:
-            row = sync_store.get(conn, credit_note_id)
+        with self.storage.writing() as tx:
+            row = tx.credit_note_row(credit_note_id)
             if row is None:
                 return
             attempts = int(row["attempts"]) + 1
-            delay = min(settings.retry_base * (2 ** (attempts - 1)), settings.retry_max)
-            sync_store.update(
-                conn,
+            delay = retry_delay(attempts, settings.retry_base, settings.retry_max)
+            tx.update_credit_note_row(
                 credit_note_id,
                 {
                     "status": status,
@@ -233,8 +226,8 @@ class CreditNoteSyncService:
         """Where Stripe holds these credit notes, as API JSON (`externalIds`, `sync`)."""
         if not credit_note_ids:
             return {}
-        with self.store.read() as conn:
-            rows = sync_store.rows_for(conn, list(credit_note_ids))
+        with self.storage.reading() as tx:
+            rows = tx.credit_note_rows(list(credit_note_ids))
         return {cid: external_json(row) for cid, row in rows.items()}
 
 

@@ -27,7 +27,7 @@ from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, window_start
 from tallybook.store.base import SqlStore
 from tallybook.store.jobs import JobStore
-from tallybook.store.stripe import SENT, StripeStore
+from tallybook.stripe.model import SENT
 from tallybook.stripe.reporter import (
     UTC_ZONE,
     ReportedRange,
@@ -38,6 +38,7 @@ from tallybook.stripe.reporter import (
     reported_from_cursor,
 )
 from tallybook.stripe.settings import StripeMeterMapping, StripeSettings
+from tallybook.stripe.sql import StripeStore
 
 
 @dataclass(frozen=True, slots=True)

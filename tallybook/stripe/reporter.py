@@ -52,7 +52,8 @@ from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, next_window_start, window_start, zone
 from tallybook.store.base import SqlStore
 from tallybook.store.jobs import JobStore
-from tallybook.store.stripe import (
+from tallybook.stripe.client import TokenBucket, error_json
+from tallybook.stripe.model import (
     CANCEL,
     EVENT,
     OUT_OF_RANGE,
@@ -62,10 +63,9 @@ from tallybook.store.stripe import (
     USAGE_RECORD,
     CustomerLink,
     ReportRow,
-    StripeStore,
 )
-from tallybook.stripe.client import TokenBucket, error_json
 from tallybook.stripe.settings import LEGACY_API_VERSION, StripeMeterMapping, StripeSettings
+from tallybook.stripe.sql import StripeStore
 
 log = logging.getLogger(__name__)
 

@@ -16,23 +16,27 @@ import stripe
 from tallybook.clock import Clock, to_micros
 from tallybook.customers import CustomerService
 from tallybook.customers.model import Customer
-from tallybook.errors import DomainError
 from tallybook.jobs.failures import FailureLog
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, window_start
 from tallybook.store.base import SqlStore
-from tallybook.store.stripe import (
+from tallybook.stripe.client import TokenBucket, budget_for, build_client
+from tallybook.stripe.explain import Drift, Explainer, UsageLine
+from tallybook.stripe.model import (
     CustomerLink,
+    InvalidStripeData,
     MeterLink,
+    NotLinked,
     ReportFilter,
     ReportRow,
     StripeCustomerTaken,
-    StripeStore,
+    StripeDisabled,
+    StripeProblem,
+    WebhookRejected,
 )
-from tallybook.stripe.client import TokenBucket, budget_for, build_client
-from tallybook.stripe.explain import Drift, Explainer, UsageLine
 from tallybook.stripe.reporter import REPORT_JOB, UTC_ZONE, Reporter, RunSummary, stripe_formula
 from tallybook.stripe.settings import StripeSettings
+from tallybook.stripe.sql import StripeStore
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +45,6 @@ EventHandler = Callable[[stripe.Event], dict[str, Any]]
 WEBHOOK_TOLERANCE_SECONDS = 300
 # The OpenMeter example's price: $0.20 per 1,000,000 units = 0.00002 cents per unit.
 SETUP_UNIT_AMOUNT_DECIMAL = Decimal("0.00002")
-
-
-class StripeProblem(DomainError):
-    """A domain error the API answers as problem+json with `status` and `code`."""
-
-    status = 400
-    code = "invalid-stripe-request"
-
-
-class InvalidStripeData(StripeProblem):
-    status = 400
-    code = "invalid-stripe-data"
-
-
-class NotLinked(StripeProblem):
-    status = 404
-    code = "stripe-not-linked"
-
-
-class WebhookRejected(StripeProblem):
-    status = 400
-    code = "invalid-stripe-signature"
-
-
-class StripeDisabled(StripeProblem):
-    status = 409
-    code = "stripe-not-configured"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from tallybook.api.wire.customers import CustomerAppDataPage, StripeCustomerLink
 from tallybook.api.wire.stripe import CheckoutSession, StripeReportPage, WebhookReceipt
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.store.base import ApiKeyRecord
-from tallybook.store.stripe import OUT_OF_RANGE, PENDING, REJECTED, SENT, CustomerLink, ReportFilter, ReportRow
+from tallybook.stripe.model import OUT_OF_RANGE, PENDING, REJECTED, SENT, CustomerLink, ReportFilter, ReportRow
 
 router = APIRouter(prefix="/api/v1", tags=["stripe"])
 

@@ -1,5 +1,5 @@
 """Credit notes: `credit_notes` and `credit_note_lines` (tallybook/creditnotes/sql.py), and
-`credit_note_syncs`, where each one stands in Stripe (tallybook/store/credit_note_sync.py).
+`credit_note_syncs`, where each one stands in Stripe (tallybook/stripe/sql_sync.py).
 
 New tables only: nothing existing is rewritten.
 

@@ -1,4 +1,4 @@
-"""Stripe tables and their SQL: customer links, meter links and the report ledger.
+"""The Stripe room's tables and their SQL: customer links, meter links and the report ledger.
 
 The ledger (`stripe_reports`) has one row per thing sent to Stripe about one (meter, customer,
 window): a meter event, a cancel adjustment or a usage record. A row is written as PENDING before
@@ -9,7 +9,6 @@ is deterministic, so resending a PENDING row after a crash can never count twice
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -34,21 +33,18 @@ from sqlalchemy.exc import IntegrityError
 
 from tallybook.store.base import SqlStore
 from tallybook.store.schema import SEQUENCE_TYPE, metadata
+from tallybook.stripe.model import (
+    PENDING,
+    CustomerLink,
+    MeterLink,
+    ReportFilter,
+    ReportRow,
+    StripeCustomerTaken,
+)
 
 JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
 
 INSERT_PAGE = 500  # rows per statement (SQLite's bound-parameter limit)
-
-# Ledger row states.
-PENDING = "PENDING"  # intent written; not (yet) confirmed by Stripe; retried at next_attempt_us
-SENT = "SENT"  # Stripe accepted it (or had it already: a duplicate identifier)
-REJECTED = "REJECTED"  # Stripe refused it for good (4xx other than a duplicate); needs a person
-OUT_OF_RANGE = "OUT_OF_RANGE"  # never sent: the timestamp is outside what Stripe accepts
-
-# Ledger row kinds.
-EVENT = "event"  # a meter event carrying `value`
-CANCEL = "cancel"  # a meter event adjustment cancelling the event `cancels`
-USAGE_RECORD = "usage_record"  # a legacy usage record (action=set, quantity=`value`)
 
 stripe_customers = Table(
     "stripe_customers",
@@ -123,69 +119,6 @@ stripe_report_attempts = Table(
     Column("error", Text, nullable=True),
 )
 Index("ix_stripe_report_attempts_report", stripe_report_attempts.c.report_id)
-
-
-class StripeCustomerTaken(ValueError):
-    """Another Tallybook customer is linked to this Stripe customer (a concurrent write won)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerLink:
-    customer_id: str
-    stripe_customer_id: str
-    stripe_default_payment_method_id: str | None
-    period_start_us: int | None
-    updated_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class MeterLink:
-    meter: str
-    event_name: str | None
-    stripe_meter_id: str | None
-    price_id: str | None
-    formula: str | None
-    mode: str
-    updated_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReportRow:
-    id: int
-    meter: str
-    customer_id: str
-    stripe_customer_id: str
-    window_start_us: int
-    window_end_us: int
-    kind: str
-    version: int
-    identifier: str
-    value: Decimal
-    target: Decimal
-    cancels: str | None
-    cancelled: bool
-    timestamp_us: int
-    status: str
-    attempts: int
-    next_attempt_us: int | None
-    request: Any
-    response: Any
-    error: str | None
-    created_us: int
-    updated_us: int
-    sent_us: int | None
-    carried: Decimal | None = None  # usage records: usage of earlier periods included in `value`
-
-
-@dataclass(frozen=True, slots=True)
-class ReportFilter:
-    meter: str | None = None
-    customer_id: str | None = None
-    status: str | None = None
-    from_us: int | None = None  # window start, inclusive
-    to_us: int | None = None  # window start, exclusive
-    limit: int = 100
-    offset: int = 0
 
 
 def _report(row: Any) -> ReportRow:
