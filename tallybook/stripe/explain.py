@@ -25,20 +25,18 @@ from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.meters.models import UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, window_start
-from tallybook.store.base import SqlStore
-from tallybook.store.jobs import JobStore
-from tallybook.stripe.model import SENT
-from tallybook.stripe.reporter import (
+from tallybook.stripe.ledger import (
     UTC_ZONE,
     ReportedRange,
-    Reporter,
     RunSummary,
     held_in_window,
     reported_cursor,
     reported_from_cursor,
 )
+from tallybook.stripe.model import SENT
+from tallybook.stripe.ports import StripeStorage
+from tallybook.stripe.reporter import Reporter
 from tallybook.stripe.settings import StripeMeterMapping, StripeSettings
-from tallybook.stripe.sql import StripeStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +102,10 @@ class Drift:
 class Explainer:
     """Computes the report and reconcile breakdowns from the ledger, the cursors and the meters."""
 
-    def __init__(self, store: SqlStore, meters: MeterService, settings: StripeSettings, reporter: Reporter) -> None:
-        self.db = StripeStore(store)
-        self.jobs = JobStore(store)
-        self.store = store
+    def __init__(
+        self, storage: StripeStorage, meters: MeterService, settings: StripeSettings, reporter: Reporter
+    ) -> None:
+        self.db = storage
         self.meters = meters
         self.settings = settings
         self.reporter = reporter
@@ -115,9 +113,9 @@ class Explainer:
     # -- cursors ------------------------------------------------------------------------------------
     def cursors(self, meter: str) -> tuple[datetime | None, datetime | None]:
         """(where reporting of `meter` started, the end of what was reported so far)."""
-        with self.store.read() as conn:
-            first = self.jobs.get_cursor(conn, reported_from_cursor(meter))
-            last = self.jobs.get_cursor(conn, reported_cursor(meter))
+        with self.db.reading() as tx:
+            first = tx.cursor(reported_from_cursor(meter))
+            last = tx.cursor(reported_cursor(meter))
         return (None if first is None else from_micros(first), None if last is None else from_micros(last))
 
     def usage(self, meter: str, customer_id: str, start: datetime, end: datetime) -> Decimal:

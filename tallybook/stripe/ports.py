@@ -1,5 +1,9 @@
 """What the Stripe room's services need from storage.
 
+`StripeStorage` holds the links (customer and meter) and the report ledger: reads and single writes
+are one transaction each; the reporter's multi-row writes (intents, outcomes and their attempts,
+the reporting cursors) go through a `writing()` unit of work. `sql.SqlStripeStorage` is its adapter.
+
 Invoice and credit note sync run each step in one `writing()` (or `reading()`) transaction, a unit
 of work like `voids/ports.py`'s: the service never sees a connection. A sync row is a plain dict
 with the columns of `invoice_syncs` / `credit_note_syncs` (tallybook/stripe/sql_sync.py).
@@ -13,6 +17,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
+
+from tallybook.stripe.model import CustomerLink, MeterLink, ReportFilter, ReportRow
 
 
 class SyncTransaction(Protocol):
@@ -75,4 +81,74 @@ class SyncStorage(Protocol):
     def writing(self) -> AbstractContextManager[SyncTransaction]: ...
 
 
-__all__ = ["SyncStorage", "SyncTransaction"]
+class LedgerTransaction(Protocol):
+    def cursor(self, name: str) -> int | None:
+        """A job cursor (microseconds): how far reporting of a meter reached, or began."""
+        ...
+
+    def set_cursor(self, name: str, value_us: int) -> None: ...
+
+    def insert_reports(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Write intents (PENDING rows); their ids, in order."""
+        ...
+
+    def record_outcome(self, report_id: int, values: dict[str, Any]) -> None: ...
+
+    def insert_attempts(self, rows: Sequence[dict[str, Any]]) -> None: ...
+
+    def mark_cancelled(self, identifier: str, now_us: int) -> None:
+        """The event `identifier` was cancelled at Stripe (a cancel adjustment was sent for it)."""
+        ...
+
+
+class StripeStorage(Protocol):
+    def reading(self) -> AbstractContextManager[LedgerTransaction]: ...
+
+    def writing(self) -> AbstractContextManager[LedgerTransaction]: ...
+
+    # -- links ------------------------------------------------------------------------------------------
+    def put_customer(self, link: CustomerLink) -> None:
+        """Link (or relink) a customer; StripeCustomerTaken if another customer holds that Stripe customer."""
+        ...
+
+    def customer_owning(self, stripe_customer_id: str) -> CustomerLink | None: ...
+
+    def get_customer(self, customer_id: str) -> CustomerLink | None: ...
+
+    def customers(self, customer_ids: Sequence[str] | None = None) -> dict[str, CustomerLink]: ...
+
+    def set_period_start(self, customer_id: str, period_start_us: int, now_us: int) -> None: ...
+
+    def set_default_payment_method(
+        self, customer_id: str, stripe_customer_id: str, payment_method_id: str, now_us: int
+    ) -> bool:
+        """Store it only while the customer is still linked to `stripe_customer_id` (False: relinked)."""
+        ...
+
+    def put_meter_link(self, link: MeterLink) -> None: ...
+
+    def meter_links(self) -> list[MeterLink]: ...
+
+    # -- the ledger ---------------------------------------------------------------------------------------
+    def due_pending(self, now_us: int, meter: str | None = None, limit: int = 10_000) -> list[ReportRow]:
+        """PENDING rows whose next attempt is due, oldest first."""
+        ...
+
+    def latest_per_window(
+        self, meter: str, from_us: int, to_us: int, customer_ids: Sequence[str] | None = None
+    ) -> dict[tuple[str, int], list[ReportRow]]:
+        """Every row of `meter` for windows starting in [from_us, to_us), per (customer, window start)."""
+        ...
+
+    def item_rows(self, meter: str, customer_id: str, item_key: str) -> list[ReportRow]:
+        """Every usage-record row of one subscription item, all periods, oldest first."""
+        ...
+
+    def list_reports(self, flt: ReportFilter) -> tuple[int, list[ReportRow]]: ...
+
+    def attempts_of(self, report_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]: ...
+
+    def status_counts(self) -> dict[str, int]: ...
+
+
+__all__ = ["LedgerTransaction", "StripeStorage", "SyncStorage", "SyncTransaction"]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import stripe
@@ -18,14 +16,12 @@ from tallybook.customers import CustomerService
 from tallybook.customers.model import Customer
 from tallybook.jobs.failures import FailureLog
 from tallybook.meters.service import MeterService
-from tallybook.meters.windows import WindowSize, window_start
 from tallybook.store.base import SqlStore
 from tallybook.stripe.client import TokenBucket, budget_for, build_client
 from tallybook.stripe.explain import Drift, Explainer, UsageLine
 from tallybook.stripe.model import (
     CustomerLink,
     InvalidStripeData,
-    MeterLink,
     NotLinked,
     ReportFilter,
     ReportRow,
@@ -34,27 +30,17 @@ from tallybook.stripe.model import (
     StripeProblem,
     WebhookRejected,
 )
-from tallybook.stripe.reporter import REPORT_JOB, UTC_ZONE, Reporter, RunSummary, stripe_formula
+from tallybook.stripe.reconcile import active_subscription_items, reconcile_drifts
+from tallybook.stripe.reporter import REPORT_JOB, Reporter, RunSummary
 from tallybook.stripe.settings import StripeSettings
-from tallybook.stripe.sql import StripeStore
+from tallybook.stripe.setup import SetupResult, StripeSetup, finished_period
+from tallybook.stripe.sql import SqlStripeStorage
 
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[stripe.Event], dict[str, Any]]
 
 WEBHOOK_TOLERANCE_SECONDS = 300
-# The OpenMeter example's price: $0.20 per 1,000,000 units = 0.00002 cents per unit.
-SETUP_UNIT_AMOUNT_DECIMAL = Decimal("0.00002")
-
-
-@dataclass(frozen=True, slots=True)
-class SetupResult:
-    product: str
-    meter: str
-    price: str
-    customer: str
-    subscription: str
-    urls: dict[str, str]
 
 
 def _check_id(value: Any, field: str, prefixes: tuple[str, ...]) -> str:
@@ -82,7 +68,7 @@ class StripeService:
         self.store = store
         # Where the reporting run records the meters it skipped (GET /api/v1/jobs/failures).
         self.failures = failures or FailureLog(store, clock)
-        self.db = StripeStore(store)
+        self.db = SqlStripeStorage(store)
         self.customers = customers
         self.meters = meters
         self.settings = settings
@@ -103,7 +89,7 @@ class StripeService:
     def reporter(self) -> Reporter:
         if self._reporter is None:
             self._reporter = Reporter(
-                self.store,
+                self.db,
                 self.meters,
                 self.settings,
                 self.clock,
@@ -268,7 +254,7 @@ class StripeService:
         window) is carried into the new period's quantity, at once."""
         data = event.data.to_dict()
         subscription = data.get("object") or {}
-        finished = _finished_period(subscription, data.get("previous_attributes"))
+        finished = finished_period(subscription, data.get("previous_attributes"))
         if finished is None:
             return {"handled": False, "reason": "no new billing period"}
         old_start, new_start = finished
@@ -291,37 +277,13 @@ class StripeService:
 
     # -- reconciliation -----------------------------------------------------------------------------
     def explainer(self) -> Explainer:
-        return Explainer(self.store, self.meters, self.settings, self.reporter())
+        return Explainer(self.db, self.meters, self.settings, self.reporter())
 
     def reconcile(self, from_: datetime, to: datetime) -> list[Drift]:
         """Stripe's meter event summaries vs Tallybook's figures, per customer and meter, over
         [from, to) rounded down to each meter's windows, with what each drift is made of."""
         self.require_enabled()
-        links = self.db.customers()
-        drifts = []
-        reporter = self.reporter()
-        reporter.forget_meter_ids()
-        explainer = self.explainer()
-        for mapping in reporter.mappings():
-            if mapping.mode != "billing_meter":
-                continue
-            meter = self.meters.get(mapping.meter)
-            formula = stripe_formula(meter.aggregation)
-            target = reporter.target(mapping, formula)
-            if reporter.stripe_meter_id(mapping.event_name) is None:
-                continue
-            start = window_start(mapping_window(mapping), from_, UTC_ZONE)
-            end = window_start(mapping_window(mapping), to, UTC_ZONE)
-            if end <= start:
-                continue
-            for customer_id, link in sorted(links.items()):
-                theirs = reporter.stripe_window_total(target, link.stripe_customer_id, to_micros(start), to_micros(end))
-                drifts.append(
-                    explainer.drift(
-                        mapping, formula, customer_id, link.stripe_customer_id, theirs or Decimal(0), start, end
-                    )
-                )
-        return drifts
+        return reconcile_drifts(self.reporter(), self.explainer(), self.db.customers(), from_, to)
 
     def explain_report(
         self,
@@ -332,107 +294,14 @@ class StripeService:
     ) -> list[UsageLine]:
         """After `report`: per subscription item (or linked customer), what was sent of its period,
         what is held back and what is not sent, with window-rounded bounds."""
-        return self.explainer().report_lines(summary, self.active_subscription_items(), now, start, end)
+        items = active_subscription_items(self.client(), self.db, self.reporter().mappings())
+        return self.explainer().report_lines(summary, items, now, start, end)
 
-    # -- setup (mirrors OpenMeter's Go example) ----------------------------------------------------
     def setup(self, meter_slug: str, customer_id_or_key: str, event_name: str | None = None) -> SetupResult:
         """Create product, Billing Meter, metered monthly price, customer and subscription in Stripe,
-        link them to a Tallybook meter and customer."""
+        link them to a Tallybook meter and customer (mirrors OpenMeter's Go example)."""
         self.require_enabled()
-        meter = self.meters.get(meter_slug)
-        customer = self.customers.resolve(customer_id_or_key)
-        client = self.client()
-        formula = stripe_formula(meter.aggregation)
-        name = event_name or meter.slug
-        product = client.v1.products.create({"name": f"{meter.name} (Tallybook)"})
-        stripe_meter = client.v1.billing.meters.create(
-            {
-                "display_name": meter.name,
-                "event_name": name,
-                "default_aggregation": {"formula": formula},
-                "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
-                "value_settings": {"event_payload_key": "value"},
-            }
-        )
-        price = client.v1.prices.create(
-            {
-                "currency": "usd",
-                "product": product.id,
-                "unit_amount_decimal": SETUP_UNIT_AMOUNT_DECIMAL,
-                "recurring": {"interval": "month", "usage_type": "metered", "meter": stripe_meter.id},
-            }
-        )
-        existing = self.db.get_customer(customer.id)
-        if existing is not None:
-            stripe_customer_id = existing.stripe_customer_id
-        else:
-            params: Any = {"name": customer.name, "metadata": {"tallybook_customer_id": customer.id}}
-            if customer.primary_email:
-                params["email"] = customer.primary_email
-            stripe_customer_id = client.v1.customers.create(params).id
-            self.put_customer_stripe(customer.id, {"stripeCustomerId": stripe_customer_id})
-        subscription = client.v1.subscriptions.create({"customer": stripe_customer_id, "items": [{"price": price.id}]})
-        period_start = _period_start_of(subscription.to_dict())
-        if period_start:
-            self.db.set_period_start(customer.id, int(period_start) * 1_000_000, to_micros(self.clock.now()))
-        self.db.put_meter_link(
-            MeterLink(
-                meter=meter.slug,
-                event_name=name,
-                stripe_meter_id=stripe_meter.id,
-                price_id=price.id,
-                formula=formula,
-                mode="billing_meter",
-                updated_us=to_micros(self.clock.now()),
-            )
-        )
-        base = "https://dashboard.stripe.com/test" if self._test_mode() else "https://dashboard.stripe.com"
-        return SetupResult(
-            product=product.id,
-            meter=stripe_meter.id,
-            price=price.id,
-            customer=stripe_customer_id,
-            subscription=subscription.id,
-            urls={
-                "product": f"{base}/products/{product.id}",
-                "meter": f"{base}/billing/meters/{stripe_meter.id}",
-                "price": f"{base}/prices/{price.id}",
-                "customer": f"{base}/customers/{stripe_customer_id}",
-                "subscription": f"{base}/subscriptions/{subscription.id}",
-            },
-        )
-
-    def _test_mode(self) -> bool:
-        return not (self.settings.secret_key() or "").startswith(("sk_live_", "rk_live_"))
-
-    def active_subscription_items(self) -> list[dict[str, Any]]:
-        """For `stripe report`: each linked customer's subscription items on a mapped price (linked
-        by `setup`, or a usage-record mapping's) and their current period."""
-        client = self.client()
-        links = {link.stripe_customer_id: link for link in self.db.customers().values()}
-        prices: dict[str, Any] = {m.price_id: m for m in self.db.meter_links() if m.price_id}
-        prices.update({m.price: m for m in self.reporter().mappings() if m.price})
-        found = []
-        for subscription in client.v1.subscriptions.list({"status": "active", "limit": 100}).auto_paging_iter():
-            link = links.get(str(subscription.customer))
-            if link is None:
-                continue
-            for item in subscription["items"].data:
-                meter_link = prices.get(item.price.id)
-                if meter_link is None:
-                    continue
-                found.append(
-                    {
-                        "customer_id": link.customer_id,
-                        "stripe_customer_id": link.stripe_customer_id,
-                        "item_id": item.id,
-                        "price": item.price.id,
-                        "meter": meter_link.meter,
-                        "from": datetime.fromtimestamp(int(item.current_period_start), UTC),
-                        "to": datetime.fromtimestamp(int(item.current_period_end), UTC),
-                    }
-                )
-        return found
+        return StripeSetup(self).run(meter_slug, customer_id_or_key, event_name)
 
 
 def stripe_address(customer: Customer) -> dict[str, str] | None:
@@ -449,32 +318,6 @@ def stripe_address(customer: Customer) -> dict[str, str] | None:
         "line2": address.line2,
     }
     return {k: v for k, v in fields.items() if v} or None
-
-
-def mapping_window(mapping: Any) -> WindowSize:
-    return WindowSize(mapping.window)
-
-
-def _period_start_of(obj: Any) -> int | None:
-    """current_period_start of a subscription dict: on it (before basil) or on its items."""
-    if not isinstance(obj, dict):
-        return None
-    if obj.get("current_period_start"):
-        return int(obj["current_period_start"])
-    items = obj.get("items")
-    for item in (items.get("data") if isinstance(items, dict) else None) or []:
-        if isinstance(item, dict) and item.get("current_period_start"):
-            return int(item["current_period_start"])
-    return None
-
-
-def _finished_period(subscription: Any, previous: Any) -> tuple[datetime, datetime] | None:
-    """[old period start, new period start) when the update moved the subscription to a new period."""
-    old = _period_start_of(previous)
-    new = _period_start_of(subscription)
-    if old is None or new is None or new <= old:
-        return None
-    return datetime.fromtimestamp(old, UTC), datetime.fromtimestamp(new, UTC)
 
 
 __all__ = [

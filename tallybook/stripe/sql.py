@@ -8,7 +8,8 @@ is deterministic, so resending a PENDING row after a crash can never count twice
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
 from tallybook.store.base import SqlStore
+from tallybook.store.jobs import JobStore
 from tallybook.store.schema import SEQUENCE_TYPE, metadata
 from tallybook.stripe.model import (
     PENDING,
@@ -133,9 +135,67 @@ def _upsert(dialect: str, table: Table, values: dict[str, Any], keys: list[str])
     return statement.on_conflict_do_update(index_elements=keys, set_=changes)
 
 
-class StripeStore:
+class SqlLedgerTransaction:
+    """`ports.LedgerTransaction` on one connection: the ledger's writes and the reporting cursors."""
+
+    def __init__(self, conn: Connection, jobs: JobStore) -> None:
+        self.conn = conn
+        self.jobs = jobs
+
+    def cursor(self, name: str) -> int | None:
+        return self.jobs.get_cursor(self.conn, name)
+
+    def set_cursor(self, name: str, value_us: int) -> None:
+        self.jobs.set_cursor(self.conn, name, value_us)
+
+    def insert_reports(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Write intents (PENDING rows) in the caller's transaction; returns their ids in order."""
+        if not rows:
+            return []
+        for start in range(0, len(rows), INSERT_PAGE):
+            self.conn.execute(stripe_reports.insert(), list(rows[start : start + INSERT_PAGE]))
+        identifiers = [r["identifier"] for r in rows]
+        ids: dict[str, int] = {}
+        for start in range(0, len(identifiers), INSERT_PAGE):
+            page = identifiers[start : start + INSERT_PAGE]
+            query = select(stripe_reports.c.identifier, stripe_reports.c.id).where(
+                stripe_reports.c.identifier.in_(page)
+            )
+            ids.update((str(r[0]), int(r[1])) for r in self.conn.execute(query))
+        return [ids[identifier] for identifier in identifiers]
+
+    def record_outcome(self, report_id: int, values: dict[str, Any]) -> None:
+        self.conn.execute(update(stripe_reports).where(stripe_reports.c.id == report_id).values(**values))
+
+    def insert_attempts(self, rows: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), INSERT_PAGE):
+            self.conn.execute(stripe_report_attempts.insert(), list(rows[start : start + INSERT_PAGE]))
+
+    def mark_cancelled(self, identifier: str, now_us: int) -> None:
+        self.conn.execute(
+            update(stripe_reports)
+            .where(stripe_reports.c.identifier == identifier)
+            .values(cancelled=True, updated_us=now_us)
+        )
+
+
+class SqlStripeStorage:
+    """`ports.StripeLedger` on the SQL store: links and ledger reads (each its own transaction), and
+    `reading()`/`writing()` units of work for the ledger's writes."""
+
     def __init__(self, store: SqlStore) -> None:
         self.store = store
+        self.jobs = JobStore(store)
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlLedgerTransaction]:
+        with self.store.read() as conn:
+            yield SqlLedgerTransaction(conn, self.jobs)
+
+    @contextmanager
+    def writing(self) -> Iterator[SqlLedgerTransaction]:
+        with self.store.write() as conn:
+            yield SqlLedgerTransaction(conn, self.jobs)
 
     @property
     def _dialect(self) -> str:
@@ -202,29 +262,6 @@ class StripeStore:
             return [MeterLink(**r._mapping) for r in rows]
 
     # -- the ledger ---------------------------------------------------------------------------------
-    def insert_reports(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
-        """Write intents (PENDING rows) in the caller's transaction; returns their ids in order."""
-        if not rows:
-            return []
-        for start in range(0, len(rows), INSERT_PAGE):
-            conn.execute(stripe_reports.insert(), list(rows[start : start + INSERT_PAGE]))
-        identifiers = [r["identifier"] for r in rows]
-        ids: dict[str, int] = {}
-        for start in range(0, len(identifiers), INSERT_PAGE):
-            page = identifiers[start : start + INSERT_PAGE]
-            query = select(stripe_reports.c.identifier, stripe_reports.c.id).where(
-                stripe_reports.c.identifier.in_(page)
-            )
-            ids.update((str(r[0]), int(r[1])) for r in conn.execute(query))
-        return [ids[identifier] for identifier in identifiers]
-
-    def record_outcome(self, conn: Connection, report_id: int, values: dict[str, Any]) -> None:
-        conn.execute(update(stripe_reports).where(stripe_reports.c.id == report_id).values(**values))
-
-    def insert_attempts(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        for start in range(0, len(rows), INSERT_PAGE):
-            conn.execute(stripe_report_attempts.insert(), list(rows[start : start + INSERT_PAGE]))
-
     def attempts_of(self, report_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         found: dict[int, list[dict[str, Any]]] = {}
         if not report_ids:
@@ -240,13 +277,6 @@ class StripeStore:
                 for row in conn.execute(query):
                     found.setdefault(int(row.report_id), []).append(dict(row._mapping))
         return found
-
-    def mark_cancelled(self, conn: Connection, identifier: str, now_us: int) -> None:
-        conn.execute(
-            update(stripe_reports)
-            .where(stripe_reports.c.identifier == identifier)
-            .values(cancelled=True, updated_us=now_us)
-        )
 
     def due_pending(self, now_us: int, meter: str | None = None, limit: int = 10_000) -> list[ReportRow]:
         """PENDING rows whose next attempt is due, oldest first (a cancel before its replacement)."""
