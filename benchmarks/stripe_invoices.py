@@ -4,7 +4,7 @@
     python -m benchmarks.stripe_invoices                   # 200 customers on the seed plan
     python -m benchmarks.stripe_invoices --customers 50    # quicker
 
-A fresh SQLite database and a fresh fake Stripe server (tests/fakestripe, the real SDK over HTTP on
+A fresh SQLite database and a fresh fake Stripe server (fakestripe, the real SDK over HTTP on
 loopback). N customers subscribe to the seed plan ($49/month in advance, three usage rate cards)
 from 1 January, with a month of usage; the default billing profile's app is Stripe and invoices
 are issued without approval. The billing job drafts and issues each customer's opening invoice
@@ -34,15 +34,15 @@ if str(REPO_ROOT) not in sys.path:
 
 import stripe  # noqa: E402
 
+from benchmarks._inprocess import SEED_METERS, client_for, ok, run_billing, send, utc  # noqa: E402
 from benchmarks.stripe_push import TimedClient  # noqa: E402
+from fakestripe import FakeStripeServer  # noqa: E402
 from tallybook.billing.seed import SEED_PLAN  # noqa: E402
 from tallybook.clock import FixedClock  # noqa: E402
 from tallybook.config import Settings  # noqa: E402
 from tallybook.runtime import Runtime  # noqa: E402
-from tallybook.stripe.invoices import to_minor  # noqa: E402
+from tallybook.stripe.items import to_minor  # noqa: E402
 from tallybook.stripe.service import StripeService  # noqa: E402
-from tests.billing_helpers import SEED_METERS, client_for, ok, run_billing, send, utc  # noqa: E402
-from tests.fakestripe import FakeStripeServer  # noqa: E402
 
 
 def run(customers: int, fake: FakeStripeServer, directory: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ meter event stream, and Tallybook's own cost per reported window.
     python -m benchmarks.stripe_push                      # 10,000 customers x 3 meters, both transports
     python -m benchmarks.stripe_push --customers 1000     # quicker
 
-For each transport: a fresh SQLite database and a fresh fake Stripe server (tests/fakestripe, real
+For each transport: a fresh SQLite database and a fresh fake Stripe server (fakestripe, real
 SDK over HTTP on loopback); N customers linked to N Stripe customers, 3 SUM meters, one event per
 customer and meter in one hour, so each run reports N x 3 windows. Then:
 
@@ -38,6 +38,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import stripe  # noqa: E402
 
+from fakestripe import FakeStripeServer  # noqa: E402
 from tallybook.clock import FixedClock, to_micros  # noqa: E402
 from tallybook.config import DatabaseSettings, Settings  # noqa: E402
 from tallybook.customers.model import CustomerInput  # noqa: E402
@@ -48,7 +49,6 @@ from tallybook.stripe.client import BudgetedRequestsClient  # noqa: E402
 from tallybook.stripe.model import CustomerLink, ReportFilter  # noqa: E402
 from tallybook.stripe.service import StripeService  # noqa: E402
 from tallybook.stripe.settings import StripeMeterMapping, StripeSettings  # noqa: E402
-from tests.fakestripe import FakeStripeServer  # noqa: E402
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 METERS = ("api_calls", "tokens", "storage")

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import stripe
 
-from tests.fakestripe import FakeStripeServer
-from tests.fakestripe.testing import error_body, metered_setup
+from fakestripe import FakeStripeServer
+from fakestripe.testing import error_body, metered_setup
 
 T0 = int(datetime(2026, 3, 10, 0, 0, tzinfo=UTC).timestamp())  # midnight UTC
 DAY = 86_400

@@ -12,9 +12,9 @@ import httpx
 import pytest
 import stripe
 
-from tests.fakestripe import FakeStripeServer, sign
-from tests.fakestripe.routes import ROUTER, Ctx, Router
-from tests.fakestripe.testing import ReceivedWebhook, WebhookReceiver, error_body, metered_setup
+from fakestripe import FakeStripeServer, sign
+from fakestripe.routes import ROUTER, Ctx, Router
+from fakestripe.testing import ReceivedWebhook, WebhookReceiver, error_body, metered_setup
 
 JAN_31 = int(datetime(2026, 1, 31, 12, 0, tzinfo=UTC).timestamp())
 

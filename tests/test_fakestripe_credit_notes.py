@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import stripe
 
-from tests.fakestripe import FakeStripeServer
+from fakestripe import FakeStripeServer
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import httpx
 import pytest
 import stripe
 
-from tests.fakestripe import FakeStripeServer, FastRetryRequestsClient
-from tests.fakestripe.faults import Faults
-from tests.fakestripe.routes import ROUTER, Ctx, Router
-from tests.fakestripe.testing import error_body, metered_setup
+from fakestripe import FakeStripeServer, FastRetryRequestsClient
+from fakestripe.faults import Faults
+from fakestripe.routes import ROUTER, Ctx, Router
+from fakestripe.testing import error_body, metered_setup
 
 
 @pytest.fixture

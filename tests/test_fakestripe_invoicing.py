@@ -12,8 +12,8 @@ import httpx
 import pytest
 import stripe
 
-from tests.fakestripe import FakeStripeServer, StripeAPIError
-from tests.fakestripe.testing import WebhookReceiver, error_body
+from fakestripe import FakeStripeServer, StripeAPIError
+from fakestripe.testing import WebhookReceiver, error_body
 
 DE = {"country": "DE", "postal_code": "10115", "line1": "Invalidenstr. 1", "city": "Berlin"}
 HU = {"country": "HU", "postal_code": "1051", "city": "Budapest"}

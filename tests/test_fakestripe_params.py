@@ -11,10 +11,10 @@ import stripe.params as p
 import stripe.params.billing as pb
 from stripe.params.v2.billing import MeterEventStreamCreateParams
 
-from tests.fakestripe import FakeStripeServer, StripeAPIError
-from tests.fakestripe.params import decode_form, spec_for, validate
-from tests.fakestripe.pytest_plugin import fake_stripe, stripe_client  # noqa: F401 (fixtures)
-from tests.fakestripe.testing import error_body
+from fakestripe import FakeStripeServer, StripeAPIError
+from fakestripe.params import decode_form, spec_for, validate
+from fakestripe.pytest_plugin import fake_stripe, stripe_client  # noqa: F401 (fixtures)
+from fakestripe.testing import error_body
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_v2_json_body_is_validated(fake: FakeStripeServer) -> None:
 
 
 def test_every_stripe_route_takes_its_params_from_the_sdk() -> None:
-    from tests.fakestripe.routes import ROUTER
+    from fakestripe.routes import ROUTER
 
     legacy = {"/v1/subscription_items/{id}/usage_records", "/v1/subscription_items/{id}/usage_record_summaries"}
     for route in ROUTER.routes:
@@ -167,7 +167,7 @@ def test_every_stripe_route_takes_its_params_from_the_sdk() -> None:
             continue
         assert route.params is not None, route.pattern
         if route.pattern in legacy:
-            assert route.params.__module__ == "tests.fakestripe.resources.legacy_params"
+            assert route.params.__module__ == "fakestripe.resources.legacy_params"
         else:
             assert route.params.__module__.startswith("stripe.params."), route.pattern
 

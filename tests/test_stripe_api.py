@@ -15,6 +15,7 @@ import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from fakestripe import FakeStripeServer
 from tallybook.api.app import create_app
 from tallybook.cli.main import app as cli
 from tallybook.clock import to_micros
@@ -24,7 +25,6 @@ from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.runtime import Runtime
 from tests.conftest import LiveServer
-from tests.fakestripe import FakeStripeServer
 from tests.test_stripe_support import StripeEnv, fake_fixture, hour, stripe_env_fixture  # noqa: F401  (fixtures)
 
 

@@ -17,11 +17,11 @@ import pytest
 import stripe
 from fastapi.testclient import TestClient
 
+from fakestripe.webhooks import redeliver
 from tallybook.api.app import create_app
 from tallybook.customers.model import Address, CustomerInput, CustomerListQuery
 from tallybook.stripe.checkout import CHECKOUT_EVENTS
 from tests.conftest import LiveServer
-from tests.fakestripe.webhooks import redeliver
 from tests.test_stripe_support import NOW, StripeEnv, fake_fixture, stripe_env_fixture  # noqa: F401  (fixtures)
 
 URL = "/api/v1/stripe/checkout/sessions"

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from fakestripe import FakeStripeServer
 from tallybook.stripe.credit_notes import SYNC_JOB
 from tests.billing_helpers import ok, utc
-from tests.fakestripe import FakeStripeServer
 from tests.test_stripe_invoicing import Env, issue, make_env, seed, stripe_profile
 
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from fakestripe import FakeStripeServer
 from tallybook.cli.main import app as cli
 from tallybook.clock import FixedClock, to_micros
 from tallybook.config import DatabaseSettings, Settings
@@ -24,7 +25,6 @@ from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.runtime import Runtime
 from tallybook.stripe.explain import report_text
 from tests.conftest import empty_all_tables
-from tests.fakestripe import FakeStripeServer
 from tests.test_docs_examples import examples_of, output_matches
 from tests.test_stripe_support import StripeEnv, fake_fixture, hour, stripe_env_fixture  # noqa: F401  (fixtures)
 

@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from fakestripe import FakeStripeServer
 from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.stripe.client import TokenBucket
 from tallybook.stripe.model import PENDING, REJECTED, SENT
 from tallybook.stripe.reporter import Reporter
 from tallybook.stripe.settings import StripeMeterMapping
-from tests.fakestripe import FakeStripeServer
 from tests.test_stripe_support import NOW, StripeEnv, build_env, fake_fixture, hour, stripe_env_fixture  # noqa: F401  (fixtures)
 
 EVENTS = "/v1/billing/meter_events"

@@ -14,6 +14,8 @@ import httpx
 import pytest
 import stripe
 
+from fakestripe import FakeStripeServer
+from fakestripe.webhooks import redeliver
 from tallybook.clock import FixedClock
 from tallybook.config import Settings
 from tallybook.runtime import Runtime
@@ -33,8 +35,6 @@ from tests.billing_helpers import (
     utc,
 )
 from tests.conftest import LiveServer
-from tests.fakestripe import FakeStripeServer
-from tests.fakestripe.webhooks import redeliver
 from tests.test_webhook_helpers import reset_database
 
 WEBHOOK_SECRET = "whsec_test_invoicing_secret"

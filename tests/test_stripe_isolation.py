@@ -12,11 +12,11 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from fakestripe import FakeStripeServer
 from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.stripe.reporter import REPORT_JOB
 from tallybook.stripe.settings import StripeMeterMapping
 from tests.billing_helpers import ok
-from tests.fakestripe import FakeStripeServer
 from tests.test_stripe_invoicing import Env, make_env, seed, stripe_profile
 from tests.test_stripe_support import NOW, build_env, hour
 from tests.test_webhook_helpers import api as admin_api

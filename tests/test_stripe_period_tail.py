@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fakestripe import FakeStripeServer
+from fakestripe.resources.subscriptions import legacy_usage_total
 from tallybook.stripe.model import SENT, USAGE_RECORD
 from tallybook.stripe.settings import LEGACY_API_VERSION, StripeMeterMapping
 from tests.conftest import LiveServer
-from tests.fakestripe import FakeStripeServer
-from tests.fakestripe.resources.subscriptions import legacy_usage_total
 from tests.test_stripe_support import NOW, StripeEnv, build_env, fake_fixture  # noqa: F401  (fixtures)
 
 LEGACY = {"stripe_version": LEGACY_API_VERSION}

@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+from fakestripe import FakeStripeServer
 from tallybook.meters.models import Aggregation
 from tallybook.stripe.model import CANCEL, EVENT, OUT_OF_RANGE, SENT, USAGE_RECORD
 from tallybook.stripe.reporter import make_identifier, stripe_formula
 from tallybook.stripe.settings import LEGACY_API_VERSION, StripeMeterMapping
-from tests.fakestripe import FakeStripeServer
 from tests.test_stripe_support import NOW, StripeEnv, build_env, fake_fixture, hour, stripe_env_fixture  # noqa: F401  (fixtures)
 
 

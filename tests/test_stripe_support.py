@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import stripe
 
+from fakestripe import FakeStripeServer
 from tallybook.clock import FixedClock, to_micros
 from tallybook.config import DatabaseSettings, Settings
 from tallybook.customers.model import CustomerInput
@@ -25,7 +26,6 @@ from tallybook.stripe.model import ReportFilter, ReportRow
 from tallybook.stripe.service import StripeService
 from tallybook.stripe.settings import StripeMeterMapping, StripeSettings
 from tests.conftest import empty_all_tables
-from tests.fakestripe import FakeStripeServer
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 WEBHOOK_SECRET = "whsec_test_tallybook_secret"

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from fakestripe import FakeStripeServer
 from tallybook.config import DatabaseSettings, Settings
 from tallybook.runtime import Runtime
 from tests.conftest import _postgres_database, empty_all_tables
-from tests.fakestripe import FakeStripeServer
 from tests.serverproc import ADMIN_KEY, ServerProcess
 
 

@@ -1,6 +1,6 @@
 """Pytest fixtures for the fake Stripe server.
 
-Enable with ``pytest_plugins = ["tests.fakestripe.pytest_plugin"]`` in the root ``conftest.py``.
+Enable with ``pytest_plugins = ["fakestripe.pytest_plugin"]`` in the root ``conftest.py``.
 ``fake_stripe`` is a running :class:`FakeStripeServer` (fresh state per test) that fails the test if
 the fake itself hit an internal error; ``stripe_client`` is a real ``stripe.StripeClient`` aimed at it.
 """
