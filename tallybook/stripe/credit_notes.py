@@ -34,7 +34,7 @@ from typing import Any, cast
 import stripe
 
 from tallybook.billing.invoicing import Invoice, InvoicingService
-from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
+from tallybook.clock import Clock, to_micros
 from tallybook.creditnotes.model import CORRECTION, VOID, CreditNote, CreditNoteLine
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.jobs.failures import FailureLog
@@ -44,6 +44,7 @@ from tallybook.stripe.model import SYNC_DONE, SYNC_FAILED, SYNC_PENDING
 from tallybook.stripe.planner import is_permanent, retry_delay
 from tallybook.stripe.ports import SyncStorage
 from tallybook.stripe.service import StripeService
+from tallybook.stripe.sync_json import credit_note_external_json
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ class CreditNoteSyncService:
             return {}
         with self.storage.reading() as tx:
             rows = tx.credit_note_rows(list(credit_note_ids))
-        return {cid: external_json(row) for cid, row in rows.items()}
+        return {cid: credit_note_external_json(row) for cid, row in rows.items()}
 
 
 def _credited_line(invoice: Invoice, line: CreditNoteLine) -> str | None:
@@ -253,25 +254,4 @@ def _credited_line(invoice: Invoice, line: CreditNoteLine) -> str | None:
     return None
 
 
-def external_json(row: dict[str, Any]) -> dict[str, Any]:
-    sync: dict[str, Any] = {
-        "app": row["app"],
-        "status": row["status"],
-        "updatedAt": format_rfc3339(from_micros(row["updated_us"])),
-    }
-    optional = {
-        "number": row["number"],
-        "error": row["error"],
-        "attempts": row["attempts"] or None,
-        "nextAttemptAt": None
-        if row["next_attempt_us"] is None
-        else format_rfc3339(from_micros(row["next_attempt_us"])),
-    }
-    sync.update({k: v for k, v in optional.items() if v is not None})
-    body: dict[str, Any] = {"sync": sync}
-    if row["external_id"]:
-        body["externalIds"] = {"invoicing": row["external_id"]}
-    return body
-
-
-__all__ = ["SYNC_JOB", "CreditNoteSyncService", "external_json"]
+__all__ = ["SYNC_JOB", "CreditNoteSyncService"]

@@ -60,7 +60,7 @@ from tallybook.billing.invoicing import (
 )
 from tallybook.billing.profiles import STRIPE, BillingProfile, ProfileService
 from tallybook.billing.settings import BillingSettings
-from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
+from tallybook.clock import Clock, format_rfc3339, to_micros
 from tallybook.customers import CustomerService
 from tallybook.jobs.failures import FailureLog
 from tallybook.stripe.client import error_json
@@ -89,6 +89,7 @@ from tallybook.stripe.planner import (
 )
 from tallybook.stripe.ports import SyncStorage, SyncTransaction
 from tallybook.stripe.service import StripeService, stripe_address
+from tallybook.stripe.sync_json import invoice_external_json
 from tallybook.webhooks.settings import (
     INVOICE_PAID,
     INVOICE_PAYMENT_FAILED,
@@ -410,7 +411,7 @@ class InvoiceSyncService:
 
     @staticmethod
     def _external(tx: SyncTransaction, invoice_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return {iid: external_json(row) for iid, row in tx.invoice_rows(invoice_ids).items()}
+        return {iid: invoice_external_json(row) for iid, row in tx.invoice_rows(invoice_ids).items()}
 
     def sync_now(self, invoice_id: str) -> SyncOutcome:
         """Sync one invoice now (the API's retry button), whatever its backoff says."""
@@ -473,35 +474,4 @@ class InvoiceSyncService:
         return {"handled": True, "invoiceId": invoice.id, "status": changed.status}
 
 
-def _instant(us: int | None) -> str | None:
-    return None if us is None else format_rfc3339(from_micros(us))
-
-
-def external_json(row: dict[str, Any]) -> dict[str, Any]:
-    """`number`, `externalIds` (OpenMeter's names) and the sync state of one invoice."""
-    sync: dict[str, Any] = {
-        "app": row["app"],
-        "status": row["status"],
-        "syncedRevision": row["synced_revision"],
-        "updatedAt": format_rfc3339(from_micros(row["updated_us"])),
-    }
-    optional = {
-        "externalStatus": row["external_status"],
-        "hostedInvoiceUrl": row["hosted_url"],
-        "invoicePdf": row["pdf_url"],
-        "taxStatus": row["tax_status"],
-        "tax": row["tax_amount"],
-        "totalWithTax": row["total"],
-        "paymentStatus": row["payment_status"],
-        "paymentError": row["payment_error"],
-        "error": row["error"],
-        "attempts": row["attempts"] or None,
-        "nextAttemptAt": _instant(row["next_attempt_us"]),
-    }
-    sync.update({k: v for k, v in optional.items() if v is not None})
-    body: dict[str, Any] = {"sync": sync}
-    if row["external_id"]:
-        body["externalIds"] = {"invoicing": row["external_id"], "payment": row["external_id"]}
-    if row["number"]:
-        body["number"] = row["number"]
-    return body
+__all__ = ["INVOICE_EVENTS", "SYNC_JOB", "InvoiceSyncService", "SyncOutcome"]

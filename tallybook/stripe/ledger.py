@@ -17,6 +17,7 @@ from typing import Any
 
 import stripe
 
+from tallybook.clock import format_rfc3339, from_micros
 from tallybook.meters.models import Aggregation
 from tallybook.meters.windows import WindowSize, zone
 from tallybook.stripe.client import error_json
@@ -146,6 +147,19 @@ class Target:
     @property
     def size(self) -> WindowSize:
         return WindowSize(self.mapping.window)
+
+
+def range_problem(timestamp_us: int, now: datetime) -> str | None:
+    """Why Stripe would refuse a meter event with this timestamp now (None: it accepts it)."""
+    ts = from_micros(timestamp_us)
+    if ts < now - MAX_PAST + PAST_MARGIN:
+        return (
+            f"timestamp {format_rfc3339(ts)} is more than 35 days before now; Stripe refuses it. "
+            "Bill this usage by hand (e.g. an invoice item)"
+        )
+    if ts > now + MAX_FUTURE:
+        return f"timestamp {format_rfc3339(ts)} is more than 5 minutes ahead; Stripe refuses it"
+    return None
 
 
 def held_in_window(history: list[ReportRow]) -> Decimal:

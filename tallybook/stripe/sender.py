@@ -18,17 +18,14 @@ from typing import Any
 
 import stripe
 
-from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
+from tallybook.clock import Clock, format_rfc3339, to_micros
 from tallybook.jobs.failures import FailureLog, JobRun
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import window_start
 from tallybook.stripe.client import TokenBucket
 from tallybook.stripe.ledger import (
     KEY_TAKEN,
-    MAX_FUTURE,
-    MAX_PAST,
     OUTCOME_BATCH,
-    PAST_MARGIN,
     SESSION_REFRESH,
     STREAM_BATCH,
     UTC_ZONE,
@@ -42,6 +39,7 @@ from tallybook.stripe.ledger import (
     idempotency_key,
     jsonable,
     outcome_name,
+    range_problem,
 )
 from tallybook.stripe.model import (
     CANCEL,
@@ -119,7 +117,7 @@ class LedgerSender:
                 "updated_us": now_us,
                 "sent_us": None,
             }
-            problem = self._range_problem(plan, now) if plan["kind"] == EVENT else None
+            problem = range_problem(plan["timestamp_us"], now) if plan["kind"] == EVENT else None
             if problem is not None:
                 values.update(status=OUT_OF_RANGE, error=problem, next_attempt_us=None)
                 out_of_range.append(plan)
@@ -146,17 +144,6 @@ class LedgerSender:
             if values["status"] == PENDING
         ]
         self._send(target, pending, now, summary)
-
-    def _range_problem(self, plan: dict[str, Any], now: datetime) -> str | None:
-        ts = from_micros(plan["timestamp_us"])
-        if ts < now - MAX_PAST + PAST_MARGIN:
-            return (
-                f"timestamp {format_rfc3339(ts)} is more than 35 days before now; Stripe refuses it. "
-                "Bill this usage by hand (e.g. an invoice item)"
-            )
-        if ts > now + MAX_FUTURE:
-            return f"timestamp {format_rfc3339(ts)} is more than 5 minutes ahead; Stripe refuses it"
-        return None
 
     def _request_body(self, target: Target, plan: dict[str, Any], item_id: str | None) -> dict[str, Any]:
         if plan["kind"] == USAGE_RECORD:
