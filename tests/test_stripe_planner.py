@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tallybook.billing import invoicing
@@ -176,6 +176,7 @@ def wanted_and_present(draw: st.DrawFn) -> tuple[Target, Draft]:
     return tb, Draft(draw(st.booleans()), draw(st.sampled_from(["charge_automatically", "send_invoice"])), items)
 
 
+@settings(max_examples=300, deadline=None)  # pure and fast; no deadline on a loaded machine
 @given(wanted_and_present())
 def test_applying_the_plan_yields_the_target_lines_and_replanning_finds_nothing(case: tuple[Target, Draft]) -> None:
     wanted, present = case

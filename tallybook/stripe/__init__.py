@@ -1,2 +1,3 @@
-"""Stripe usage reporting: Billing Meters (v1 events or the v2 stream), legacy usage records,
-period-end reports from subscription webhooks, and reconciliation. Never imports FastAPI."""
+"""The Stripe room: usage reporting (Billing Meters, the v2 stream, legacy usage records), invoice and
+credit note sync, Checkout onboarding, the signed webhook and reconciliation. Never imports FastAPI;
+see README.md for its shape."""
