@@ -180,7 +180,7 @@ class SqlLedgerTransaction:
 
 
 class SqlStripeStorage:
-    """`ports.StripeLedger` on the SQL store: links and ledger reads (each its own transaction), and
+    """`ports.StripeStorage` on the SQL store: links and ledger reads (each its own transaction), and
     `reading()`/`writing()` units of work for the ledger's writes."""
 
     def __init__(self, store: SqlStore) -> None:
