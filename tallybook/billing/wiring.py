@@ -16,6 +16,7 @@ from tallybook.billing.catalog import PlanNotFound as CatalogPlanNotFound
 from tallybook.billing.invoicing import INVOICE_JOB, InvoicingService
 from tallybook.billing.models import PlanVersion
 from tallybook.billing.profiles import STRIPE, ProfileService
+from tallybook.billing.profiles_sql import SqlProfileStorage
 from tallybook.billing.subscriptions import PlanNotFound, SubscriptionService
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.creditnotes.sql import SqlCreditNotes, void_of_invoice
@@ -40,7 +41,9 @@ def build_billing(runtime: Runtime) -> tuple[SubscriptionService, InvoicingServi
 
     settings = runtime.settings.billing
     stripe_enabled = runtime.settings.stripe.enabled
-    runtime.profiles = ProfileService(runtime.store, runtime.clock, runtime.customers, settings, stripe_enabled)
+    runtime.profiles = ProfileService(
+        SqlProfileStorage(runtime.store), runtime.clock, runtime.customers, settings, stripe_enabled
+    )
     runtime.profiles.sync_config()
     if settings.profile.collector == STRIPE and not stripe_enabled:
         log.warning(
