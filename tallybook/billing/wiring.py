@@ -18,6 +18,7 @@ from tallybook.billing.models import PlanVersion
 from tallybook.billing.profiles import STRIPE, ProfileService
 from tallybook.billing.profiles_sql import SqlProfileStorage
 from tallybook.billing.subscriptions import PlanNotFound, SubscriptionService
+from tallybook.billing.subscriptions_sql import SqlSubscriptionStorage
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.creditnotes.sql import SqlCreditNotes, void_of_invoice
 from tallybook.jobs.scheduler import Job
@@ -50,7 +51,9 @@ def build_billing(runtime: Runtime) -> tuple[SubscriptionService, InvoicingServi
             "billing.profile.collector is stripe but stripe.enabled is false: invoices of the default "
             "profile are not sent to Stripe until it is enabled"
         )
-    subscriptions = SubscriptionService(runtime.store, runtime.clock, runtime.customers, plan_lookup)
+    subscriptions = SubscriptionService(
+        SqlSubscriptionStorage(runtime.store), runtime.clock, runtime.customers, plan_lookup
+    )
     credit_note_store = SqlCreditNotes(runtime.store, runtime.webhooks)
     runtime.credit_notes = CreditNoteService(
         credit_note_store, credit_note_store, runtime.clock, customer_id=subscriptions.customer_id
