@@ -158,7 +158,7 @@ def _entitlement_json(
 
 
 def _grant_json(service: EntitlementService, customer: Customer | None, g: model.Grant) -> dict[str, Any]:
-    tz = service._zone(customer) if customer is not None else None
+    tz = service.zone_of(customer) if customer is not None else None
     return render_grant(g, service.clock.now(), tz)
 
 
