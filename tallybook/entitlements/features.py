@@ -4,6 +4,7 @@ Never edited; archived once no live entitlement uses them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from tallybook.entitlements.core import ServiceCore
@@ -52,8 +53,10 @@ class FeatureOperations(ServiceCore):
         self.repository.insert_feature(feature)
         return feature
 
-    def features(self, meter_slug: str | None = None, include_archived: bool = False) -> list[Feature]:
-        return self.repository.features(meter_slug, include_archived)
+    def features(self, meter_slugs: Sequence[str] | None = None, include_archived: bool = False) -> list[Feature]:
+        """Features (on any of these meters), oldest first."""
+        found = self.repository.features(None, include_archived)
+        return [f for f in found if f.meter_slug in meter_slugs] if meter_slugs else found
 
     def archive_feature(self, id_or_key: str) -> Feature:
         feature = self.feature(id_or_key)

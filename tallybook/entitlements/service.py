@@ -24,18 +24,28 @@ from tallybook.entitlements.model import (
     BOOLEAN,
     DEFAULT_ISSUE_PRIORITY,
     ENTITLEMENT_TYPES,
+    GRANT_ORDERS,
     ISSUE_AFTER_RESET_ANNOTATION,
     MAX_CONFIG_LENGTH,
+    METERED,
     STATIC,
     Entitlement,
     EntitlementError,
     EntitlementSpec,
+    EntitlementValue,
+    EntitlementView,
     FeatureNotFound,
     Grant,
+    GrantSpec,
+    GrantView,
+    History,
+    Owner,
+    ResetSpec,
     check_amount,
 )
 from tallybook.entitlements.recurrence import Recurrence, floor_minute
 from tallybook.ids import new_ulid
+from tallybook.meters.windows import WindowSize
 
 __all__ = ["EntitlementService", "current_of", "parse_interval"]
 
@@ -191,3 +201,135 @@ class EntitlementService(FeatureOperations, GrantOperations, BalanceOperations):
                 )
             )
         return entitlement, grants
+
+    # -- as the API addresses them: by an Owner, answered with what the answer shows ------------------
+    def owner(self, owner: Owner) -> Customer:
+        """The live customer a path names (by subject: the customer the subject is attributed to)."""
+        return self.customer_of_subject(owner.ref) if owner.by_subject else self.customer(owner.ref)
+
+    def view(self, customer: Customer, entitlement: Entitlement) -> EntitlementView:
+        period = None
+        if entitlement.type == METERED:
+            period = self.current_period(customer, entitlement, self.clock.now())
+        return EntitlementView(entitlement, customer, period)
+
+    def create_for(self, owner: Owner, spec: EntitlementSpec, grants: Sequence[GrantSpec] = ()) -> EntitlementView:
+        """Create the owner's entitlement, then its grants (v2 bodies may carry some)."""
+        customer = self.owner(owner)
+        entitlement = self.create_entitlement(customer, spec)
+        for grant in grants:
+            self.create_grant(customer, entitlement.id, grant)
+        return self.view(customer, entitlement)
+
+    def override_for(
+        self, owner: Owner, id_or_feature: str, spec: EntitlementSpec, grants: Sequence[GrantSpec] = ()
+    ) -> EntitlementView:
+        """Replace the owner's entitlement with a new one (the old one ends now; its grants stay with it)."""
+        customer = self.owner(owner)
+        entitlement = self.override(customer, id_or_feature, spec)
+        for grant in grants:
+            self.create_grant(customer, entitlement.id, grant)
+        return self.view(customer, entitlement)
+
+    def views_of(self, owner: Owner, include_deleted: bool = False) -> list[EntitlementView]:
+        customer = self.owner(owner)
+        return [self.view(customer, e) for e in self.entitlements([customer.id], include_deleted=include_deleted)]
+
+    def view_of(self, owner: Owner, id_or_feature: str) -> EntitlementView:
+        """The owner's entitlement with this id (ended ones too), or its live one to this feature."""
+        customer = self.owner(owner)
+        return self.view(customer, self.entitlement_of(customer, id_or_feature, include_deleted=True))
+
+    def delete_for(self, owner: Owner, id_or_feature: str) -> None:
+        self.delete_entitlement(self.owner(owner), id_or_feature)
+
+    def value_for(self, owner: Owner, id_or_feature: str, at: datetime | None = None) -> EntitlementValue:
+        return self.value(self.owner(owner), id_or_feature, at)
+
+    def access_for(self, owner: Owner) -> dict[str, EntitlementValue]:
+        return self.access(self.owner(owner))
+
+    def history_for(
+        self,
+        owner: Owner,
+        id_or_feature: str,
+        from_: datetime | None,
+        to: datetime | None,
+        window_size: WindowSize,
+        window_tz: str = "UTC",
+    ) -> History:
+        return self.history(self.owner(owner), id_or_feature, from_, to, window_size, window_tz)
+
+    def reset_for(self, owner: Owner, id_or_feature: str, spec: ResetSpec) -> EntitlementValue:
+        return self.reset(self.owner(owner), id_or_feature, spec)
+
+    def grants_for(
+        self,
+        owner: Owner,
+        id_or_feature: str,
+        include_deleted: bool = False,
+        order_by: str = "created_at",
+        descending: bool = False,
+    ) -> list[GrantView]:
+        """The grants of the owner's entitlement, ordered by `order_by` (one of GRANT_ORDERS), then id."""
+        if order_by not in GRANT_ORDERS:
+            raise EntitlementError(f"orderBy must be one of {', '.join(GRANT_ORDERS)}")
+        customer = self.owner(owner)
+        grants = self.grants_of(customer, id_or_feature, include_deleted)
+        grants.sort(key=lambda g: (g.id,) if order_by == "id" else (getattr(g, order_by), g.id), reverse=descending)
+        now, tz = self.clock.now(), self.zone_of(customer)
+        return [GrantView(g, now, tz) for g in grants]
+
+    def grant_for(self, owner: Owner, id_or_feature: str, spec: GrantSpec) -> GrantView:
+        customer = self.owner(owner)
+        grant = self.create_grant(customer, id_or_feature, spec)
+        return GrantView(grant, self.clock.now(), self.zone_of(customer))
+
+    # -- listings across customers --------------------------------------------------------------------
+    def entitlement_view(self, entitlement_id: str) -> EntitlementView:
+        entitlement = self.entitlement(entitlement_id)
+        return self.view(self.customers_by_id(entitlement.customer_id), entitlement)
+
+    def entitlement_views(
+        self,
+        feature_keys: Sequence[str] | None = None,
+        owners: Sequence[Owner] | None = None,
+        types: Sequence[str] | None = None,
+        exclude_inactive: bool = False,
+    ) -> list[EntitlementView]:
+        """Entitlements (of these owners: unknown ones match nothing, as a filter does)."""
+        customers: dict[str, Customer] = {}
+        customer_ids = None
+        if owners:
+            customers = {c.id: c for c in self._known(owners)}
+            customer_ids = list(customers)
+        out = []
+        for e in self.entitlements(customer_ids, feature_keys, types, exclude_inactive=exclude_inactive):
+            customer = customers.get(e.customer_id)
+            if customer is None:
+                try:
+                    customer = customers[e.customer_id] = self.customers_by_id(e.customer_id)
+                except EntitlementError:
+                    continue
+            out.append(self.view(customer, e))
+        return out
+
+    def grant_views(
+        self,
+        feature_keys: Sequence[str] | None = None,
+        owners: Sequence[Owner] | None = None,
+        include_deleted: bool = False,
+    ) -> list[GrantView]:
+        """Grants (of these owners' entitlements: unknown owners match nothing)."""
+        customer_ids = [c.id for c in self._known(owners)] if owners else None
+        now = self.clock.now()
+        return [GrantView(g, now, None) for g in self.grants(customer_ids, feature_keys, include_deleted)]
+
+    def _known(self, owners: Sequence[Owner]) -> list[Customer]:
+        found = []
+        for owner in owners:
+            try:
+                found.append(self.owner(owner))
+            except EntitlementError:
+                continue
+        return found
