@@ -24,6 +24,7 @@ from tallybook.api.params import Instant
 from tallybook.api.problems import Problem
 from tallybook.api.render import json_response
 from tallybook.api.security import require
+from tallybook.api.wire.entitlement_specs import entitlement_spec, grant_spec, reset_spec
 from tallybook.api.wire.entitlements import (
     CustomerAccess,
     Entitlement,
@@ -35,9 +36,7 @@ from tallybook.api.wire.entitlements import (
     GrantPage,
     ResetBody,
     WindowedBalanceHistory,
-    entitlement_spec,
     grant_page,
-    grant_spec,
     listing,
     page_of,
     render_access,
@@ -45,7 +44,6 @@ from tallybook.api.wire.entitlements import (
     render_history,
     render_value,
     render_view,
-    reset_spec,
 )
 from tallybook.entitlements.model import Owner
 from tallybook.entitlements.service import EntitlementService

@@ -12,7 +12,8 @@ from tallybook.api.openapi import responses
 from tallybook.api.render import json_response
 from tallybook.api.routes.entitlements import Limit, Offset, Page, PageSize
 from tallybook.api.security import require
-from tallybook.api.wire.entitlements import Feature, FeatureBody, FeaturePage, feature_spec, listing, render_feature
+from tallybook.api.wire.entitlement_specs import feature_spec
+from tallybook.api.wire.entitlements import Feature, FeatureBody, FeaturePage, listing, render_feature
 from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/features", tags=["entitlements"])
