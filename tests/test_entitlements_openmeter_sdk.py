@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 import inspect
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -30,15 +30,11 @@ import pytest
 from tallybook.clock import FixedClock
 from tallybook.runtime import Runtime
 from tests.conftest import LiveServer
-from tests.test_entitlements_api import METERS
-from tests.test_webhook_helpers import build_runtime
+from tests.entitlement_helpers import T0, rt_fixture, usage  # noqa: F401  (fixture rt)
 
 openmeter = pytest.importorskip("openmeter")
 from openmeter import models  # noqa: E402
 from openmeter._generated.operations import _operations as generated  # noqa: E402
-
-T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-
 
 SHADOWED_BUILDERS = ("build_subjects_list_request", "build_subjects_get_request", "build_subjects_delete_request")
 RECOVERED = (*SHADOWED_BUILDERS, "SubjectsOperations")
@@ -61,12 +57,8 @@ def subject_entitlements(client: Any) -> Any:
 
 
 @pytest.fixture
-def rt(database_url: str) -> Iterator[Runtime]:
-    runtime = build_runtime(database_url, FixedClock(datetime(2026, 3, 10, 13, 0, tzinfo=UTC)), meters=METERS)
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
+def clock() -> FixedClock:
+    return FixedClock(T0 + timedelta(hours=1))
 
 
 @pytest.fixture
@@ -80,20 +72,7 @@ def test_sdk_entitlement_and_grant_calls(server: tuple[str, str], rt: Runtime) -
     url, key = server
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"})
     assert http.post("/api/v1/customers", json={"name": "Acme", "key": "acme"}).status_code == 201
-    events = [
-        {
-            "specversion": "1.0",
-            "id": f"e{i}",
-            "source": "app",
-            "type": "api.calls",
-            "subject": "acme",
-            "time": "2026-03-10T12:05:00Z",
-            "data": {"value": 10, "model": "gpt"},
-        }
-        for i in range(3)
-    ]
-    ingested = http.post("/api/v1/events", json=events, headers={"Content-Type": "application/cloudevents-batch+json"})
-    assert ingested.status_code == 204
+    usage(http, *[(f"e{i}", 10, "2026-03-10T12:05:00Z") for i in range(3)], subject="acme")
     client = openmeter.Client(endpoint=url, token=key)
 
     feature = client.features.create(
@@ -180,20 +159,7 @@ def test_sdk_v1_subject_entitlement_calls(server: tuple[str, str], rt: Runtime) 
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"})
     customer = {"name": "Acme", "key": "acme", "usageAttribution": {"subjectKeys": ["acme-app"]}}
     assert http.post("/api/v1/customers", json=customer).status_code == 201
-    events = [
-        {
-            "specversion": "1.0",
-            "id": f"e{i}",
-            "source": "app",
-            "type": "api.calls",
-            "subject": "acme-app",
-            "time": "2026-03-10T12:05:00Z",
-            "data": {"value": 10, "model": "gpt"},
-        }
-        for i in range(2)
-    ]
-    ingested = http.post("/api/v1/events", json=events, headers={"Content-Type": "application/cloudevents-batch+json"})
-    assert ingested.status_code == 204
+    usage(http, *[(f"e{i}", 10, "2026-03-10T12:05:00Z") for i in range(2)], subject="acme-app")
     client = openmeter.Client(endpoint=url, token=key)
     subjects = subject_entitlements(client)
     client.features.create(models.FeatureCreateInputs(key="api_calls", name="API calls", meter_slug="api_calls"))

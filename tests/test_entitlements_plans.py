@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -14,8 +14,7 @@ import pytest
 from tallybook.clock import FixedClock
 from tallybook.runtime import Runtime
 from tests.billing_helpers import build, client_for, create_customer, create_plan, ok, send, subscribe
-
-T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+from tests.entitlement_helpers import T0, clock_fixture  # noqa: F401  (fixture clock)
 
 
 def plan(key: str, calls: int, soft: bool = False) -> dict[str, Any]:
@@ -47,11 +46,6 @@ def plan(key: str, calls: int, soft: bool = False) -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(T0)
-
-
-@pytest.fixture
 def rt(database_url: str, clock: FixedClock) -> Iterator[Runtime]:
     runtime = build(database_url, clock)
     try:
@@ -73,10 +67,14 @@ def access(client: httpx.Client) -> dict[str, Any]:
     return ok(client.get("/api/v1/customers/acme/access"))["entitlements"]  # type: ignore[no-any-return]
 
 
-def test_subscription_creates_changes_and_ends_entitlements(client: httpx.Client, clock: FixedClock) -> None:
+def features(client: httpx.Client) -> None:
     for key, name in (("sso", "SSO"), ("api_calls", "API calls")):
         body = {"key": key, "name": name, **({"meterSlug": "api_calls"} if key == "api_calls" else {})}
         ok(client.post("/api/v1/features", json=body), 201)
+
+
+def test_subscription_creates_changes_and_ends_entitlements(client: httpx.Client, clock: FixedClock) -> None:
+    features(client)
     basic = create_plan(client, plan("basic", 1000))
     card = basic["phases"][0]["rateCards"][1] if "phases" in basic else basic["rateCards"][1]
     assert card["entitlementTemplate"]["issueAfterReset"] == "1000" and card["featureKey"] == "api_calls"
@@ -121,18 +119,12 @@ def test_template_refusals(client: httpx.Client) -> None:
     assert refused.status_code == 400 and "config" in refused.text
 
 
-def _features(client: httpx.Client) -> None:
-    for key, name in (("sso", "SSO"), ("api_calls", "API calls")):
-        body = {"key": key, "name": name, **({"meterSlug": "api_calls"} if key == "api_calls" else {})}
-        ok(client.post("/api/v1/features", json=body), 201)
-
-
 def test_cancelling_a_deleted_customers_subscription_ends_its_entitlements(
     client: httpx.Client, rt: Runtime, clock: FixedClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The subscription listener reads a deleted customer's subscriptions by id (it used to resolve
     a live customer, fail, and leave the entitlements running)."""
-    _features(client)
+    features(client)
     create_plan(client, plan("basic", 1000))
     customer_id = create_customer(client)["id"]
     sub = subscribe(client, "acme", plan="basic")
@@ -158,7 +150,7 @@ def test_cancelling_a_deleted_customers_subscription_ends_its_entitlements(
 def test_a_deleted_plan_version_still_ends_its_entitlements(client: httpx.Client, rt: Runtime) -> None:
     """Archiving and deleting the plan a subscription uses does not stop the sync (the exact version
     stays readable); a cancel still ends the entitlements."""
-    _features(client)
+    features(client)
     basic = create_plan(client, plan("basic", 1000))
     create_customer(client)
     sub = subscribe(client, "acme", plan="basic")
