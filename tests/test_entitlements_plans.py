@@ -159,3 +159,15 @@ def test_a_deleted_plan_version_still_ends_its_entitlements(client: httpx.Client
     assert set(access(client)) == {"sso", "api_calls"}
     ok(client.post(f"/api/v1/subscriptions/{sub['id']}/cancel", json={}))
     assert access(client) == {}
+
+
+def test_an_archived_feature_skips_only_its_template(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    features(client)
+    create_plan(client, plan("basic", 1000))
+    ok(client.delete("/api/v1/features/sso"), 204)
+    create_customer(client)
+    with caplog.at_level(logging.WARNING):
+        subscribe(client, "acme", plan="basic")
+    assert set(access(client)) == {"api_calls"}
+    skipped = [r for r in caplog.records if r.getMessage() == "entitlement from a plan's rate card not created"]
+    assert [getattr(r, "feature", None) for r in skipped] == ["sso"]
