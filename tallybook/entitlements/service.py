@@ -203,7 +203,7 @@ class EntitlementService(FeatureOperations, GrantOperations, BalanceOperations):
         return entitlement, grants
 
     # -- as the API addresses them: by an Owner, answered with what the answer shows ------------------
-    def owner(self, owner: Owner) -> Customer:
+    def customer_for(self, owner: Owner) -> Customer:
         """The live customer a path names (by subject: the customer the subject is attributed to)."""
         return self.customer_of_subject(owner.ref) if owner.by_subject else self.customer(owner.ref)
 
@@ -215,7 +215,7 @@ class EntitlementService(FeatureOperations, GrantOperations, BalanceOperations):
 
     def create_for(self, owner: Owner, spec: EntitlementSpec, grants: Sequence[GrantSpec] = ()) -> EntitlementView:
         """Create the owner's entitlement, then its grants (v2 bodies may carry some)."""
-        customer = self.owner(owner)
+        customer = self.customer_for(owner)
         entitlement = self.create_entitlement(customer, spec)
         for grant in grants:
             self.create_grant(customer, entitlement.id, grant)
@@ -225,29 +225,29 @@ class EntitlementService(FeatureOperations, GrantOperations, BalanceOperations):
         self, owner: Owner, id_or_feature: str, spec: EntitlementSpec, grants: Sequence[GrantSpec] = ()
     ) -> EntitlementView:
         """Replace the owner's entitlement with a new one (the old one ends now; its grants stay with it)."""
-        customer = self.owner(owner)
+        customer = self.customer_for(owner)
         entitlement = self.override(customer, id_or_feature, spec)
         for grant in grants:
             self.create_grant(customer, entitlement.id, grant)
         return self.view(customer, entitlement)
 
     def views_of(self, owner: Owner, include_deleted: bool = False) -> list[EntitlementView]:
-        customer = self.owner(owner)
+        customer = self.customer_for(owner)
         return [self.view(customer, e) for e in self.entitlements([customer.id], include_deleted=include_deleted)]
 
     def view_of(self, owner: Owner, id_or_feature: str) -> EntitlementView:
         """The owner's entitlement with this id (ended ones too), or its live one to this feature."""
-        customer = self.owner(owner)
+        customer = self.customer_for(owner)
         return self.view(customer, self.entitlement_of(customer, id_or_feature, include_deleted=True))
 
     def delete_for(self, owner: Owner, id_or_feature: str) -> None:
-        self.delete_entitlement(self.owner(owner), id_or_feature)
+        self.delete_entitlement(self.customer_for(owner), id_or_feature)
 
     def value_for(self, owner: Owner, id_or_feature: str, at: datetime | None = None) -> EntitlementValue:
-        return self.value(self.owner(owner), id_or_feature, at)
+        return self.value(self.customer_for(owner), id_or_feature, at)
 
     def access_for(self, owner: Owner) -> dict[str, EntitlementValue]:
-        return self.access(self.owner(owner))
+        return self.access(self.customer_for(owner))
 
     def history_for(
         self,
@@ -258,10 +258,10 @@ class EntitlementService(FeatureOperations, GrantOperations, BalanceOperations):
         window_size: WindowSize,
         window_tz: str = "UTC",
     ) -> History:
-        return self.history(self.owner(owner), id_or_feature, from_, to, window_size, window_tz)
+        return self.history(self.customer_for(owner), id_or_feature, from_, to, window_size, window_tz)
 
     def reset_for(self, owner: Owner, id_or_feature: str, spec: ResetSpec) -> EntitlementValue:
-        return self.reset(self.owner(owner), id_or_feature, spec)
+        return self.reset(self.customer_for(owner), id_or_feature, spec)
 
     def grants_for(
         self,
@@ -274,14 +274,14 @@ class EntitlementService(FeatureOperations, GrantOperations, BalanceOperations):
         """The grants of the owner's entitlement, ordered by `order_by` (one of GRANT_ORDERS), then id."""
         if order_by not in GRANT_ORDERS:
             raise EntitlementError(f"orderBy must be one of {', '.join(GRANT_ORDERS)}")
-        customer = self.owner(owner)
+        customer = self.customer_for(owner)
         grants = self.grants_of(customer, id_or_feature, include_deleted)
         grants.sort(key=lambda g: (g.id,) if order_by == "id" else (getattr(g, order_by), g.id), reverse=descending)
         now, tz = self.clock.now(), self.zone_of(customer)
         return [GrantView(g, now, tz) for g in grants]
 
     def grant_for(self, owner: Owner, id_or_feature: str, spec: GrantSpec) -> GrantView:
-        customer = self.owner(owner)
+        customer = self.customer_for(owner)
         grant = self.create_grant(customer, id_or_feature, spec)
         return GrantView(grant, self.clock.now(), self.zone_of(customer))
 
@@ -329,7 +329,7 @@ class EntitlementService(FeatureOperations, GrantOperations, BalanceOperations):
         found = []
         for owner in owners:
             try:
-                found.append(self.owner(owner))
+                found.append(self.customer_for(owner))
             except EntitlementError:
                 continue
         return found
