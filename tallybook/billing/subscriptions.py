@@ -216,8 +216,8 @@ class SubscriptionService:
     def of_customer_id(self, customer_id: str) -> list[Subscription]:
         """Every subscription of the customer with this id, oldest first; a deleted customer's too
         (no live-customer lookup: listeners run after a deleted customer's subscription is cancelled)."""
-        with self.store.read() as conn:
-            rows = billing_store.list_subscriptions(conn, [customer_id])
+        with self.storage.reading() as tx:
+            rows = tx.list([customer_id])
         return [subscription_from_row(r) for r in rows]
 
     def of_customers(self, customer_ids: list[str], start: datetime, end: datetime) -> list[Subscription]:
