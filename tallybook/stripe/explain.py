@@ -22,11 +22,11 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from tallybook.clock import format_rfc3339, from_micros, to_micros
+from tallybook.jobs.sql import JobStore
 from tallybook.meters.models import UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, window_start
 from tallybook.store.base import SqlStore
-from tallybook.store.jobs import JobStore
 from tallybook.store.stripe import SENT, StripeStore
 from tallybook.stripe.reporter import (
     UTC_ZONE,

@@ -47,11 +47,11 @@ import stripe
 
 from tallybook.clock import Clock, format_rfc3339, from_micros, to_micros
 from tallybook.jobs.failures import FailureLog, JobRun
+from tallybook.jobs.sql import JobStore
 from tallybook.meters.models import Aggregation, UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, next_window_start, window_start, zone
 from tallybook.store.base import SqlStore
-from tallybook.store.jobs import JobStore
 from tallybook.store.stripe import (
     CANCEL,
     EVENT,
