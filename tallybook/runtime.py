@@ -36,7 +36,7 @@ from tallybook.jobs.scheduler import Job, JobScheduler
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import period_bounds
 from tallybook.observability.metrics import Metrics
-from tallybook.portal import PortalService
+from tallybook.portal.service import PortalService
 from tallybook.store import SqlStore, open_store
 from tallybook.stripe.checkout import CHECKOUT_EVENTS, CheckoutService
 from tallybook.stripe.credit_notes import SYNC_JOB as CREDIT_NOTE_SYNC_JOB

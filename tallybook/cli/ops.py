@@ -72,7 +72,7 @@ def restore(
     """Replace the SQLite database with a backup (stop the server first); then run `tallybook verify`."""
     from tallybook.ops.backup import OpsError
     from tallybook.ops.backup import restore as restore_database
-    from tallybook.ops.verify import head_revisions
+    from tallybook.ops.sql_verify import head_revisions
 
     settings = settings_or_exit(config, database)
     try:
@@ -94,7 +94,7 @@ def verify(config: ConfigOption = None, database: DatabaseOption = None) -> None
     Exits 1 when a check fails. Never migrates or writes."""
     from sqlalchemy.engine import make_url
 
-    from tallybook.ops.verify import verify as verify_database
+    from tallybook.ops.sql_verify import verify as verify_database
     from tallybook.store import UnsupportedDatabase, open_store
 
     settings = settings_or_exit(config, database)
@@ -133,7 +133,8 @@ def export(
     memory. Decimals are written as strings, never floats."""
     import sys
 
-    from tallybook.ops.export import ExportError, ExportFormat, ExportKind, ExportRequest, prepare
+    from tallybook.ops.export import ExportError, ExportFormat, ExportKind, ExportRequest
+    from tallybook.ops.sql_export import prepare
 
     if kind not in ExportKind.__members__.values():
         err_console.print(f"[red]KIND must be one of {', '.join(ExportKind)}, not {escape(kind)!r}[/red]")

@@ -17,8 +17,9 @@ from sqlalchemy import JSON, BigInteger, Column, Connection, Table, Text, func, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 
+# The module, not its names: the store package imports both table modules while one may be half loaded.
+from tallybook.jobs import sql as job_tables
 from tallybook.jobs.model import SentFigures
-from tallybook.jobs.sql import JobStore
 from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
 from tallybook.store.schema import events, metadata
@@ -52,7 +53,7 @@ def _insert(conn: Connection, table: Table) -> Any:
 class SqlAggregationTransaction:
     """One transaction of a period-close or report job (ports.AggregationTransaction)."""
 
-    def __init__(self, jobs: JobStore, conn: Connection) -> None:
+    def __init__(self, jobs: job_tables.JobStore, conn: Connection) -> None:
         self.jobs = jobs
         self.conn = conn
 
@@ -158,7 +159,7 @@ class SqlAggregationStorage:
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store
-        self.jobs = JobStore(store)
+        self.jobs = job_tables.JobStore(store)
 
     @contextmanager
     def reading(self) -> Iterator[SqlAggregationTransaction]:
