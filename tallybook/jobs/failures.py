@@ -1,17 +1,7 @@
-"""Fault isolation for job loops: an item that fails is recorded and skipped, the rest goes on.
+"""The failure log every room's jobs use, bound to the SQL store's `job_failures` table.
 
-Every job that loops over rows (customers, subjects, meters, invoices, deliveries) processes each
-item inside `run.item(kind, id, **ids)`. An exception there is caught, logged with the ids, counted
-in `tallybook_job_item_failures_total{job,kind}` and kept in the `job_failures` table (listed at
-GET /api/v1/jobs/failures and on the dashboard) until the same item next succeeds. The job goes on
-with the next item and finishes; its run is marked as having skipped items (`failedItems` in its
-result), not as crashed.
-
-The item's own database work must be in a transaction or savepoint of its own, opened *inside*
-the `item` block: on PostgreSQL a failed statement aborts the whole transaction, so catching the
-exception without rolling back to a point before the item would make every later item fail too.
-Failures are written when the run ends (`JobRun.flush`, called by `FailureLog.run`), in a
-transaction of their own, so recording never waits on a transaction the job still holds.
+How a job isolates a failing item (and why its database work must be in a transaction of its own
+inside the `item` block) is explained in `runs.py`, where that logic lives without SQL.
 """
 
 from __future__ import annotations
