@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from tallybook.jobs.ports import FailureRecords
 from tallybook.jobs.runs import ItemFailureLog
 from tallybook.jobs.sql import JobStore
 from tallybook.store import open_store
-from tests.conftest import _postgres_database
+from tests.conftest import _postgres_database, empty_all_tables
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -28,6 +29,7 @@ def records(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[FailureRe
     url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else _postgres_database()
     store = open_store(url)
     store.migrate()
+    empty_all_tables(SimpleNamespace(store=store))  # type: ignore[arg-type]  # PostgreSQL tests share a database
     try:
         yield JobStore(store)
     finally:
