@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tallybook.billing.catalog import parse_plan  # noqa: E402
+from tallybook.api.wire.plans import parse_plan  # noqa: E402
 from tallybook.billing.currency import round_money  # noqa: E402
 from tallybook.billing.models import RoundingMode  # noqa: E402
 from tallybook.billing.seed import SEED_PLAN  # noqa: E402

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from tallybook.auth.keys import ApiKeyService
 from tallybook.billing.catalog import CatalogService
+from tallybook.billing.catalog_sql import SqlPlanRepository
 from tallybook.billing.invoicing import InvoicingService
 from tallybook.billing.profiles import ProfileService
 from tallybook.billing.subscriptions import SubscriptionService
@@ -113,7 +114,7 @@ class Runtime:
         runtime.entitlements = EntitlementService(
             SqlEntitlementRepository(store), runtime.customers, runtime.meters, clock
         )
-        runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
+        runtime.catalog = CatalogService(SqlPlanRepository(store), clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
 
         # The webhook service (config endpoints synced) and every job, registered here in the order

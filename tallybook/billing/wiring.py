@@ -16,7 +16,9 @@ from tallybook.billing.catalog import PlanNotFound as CatalogPlanNotFound
 from tallybook.billing.invoicing import INVOICE_JOB, InvoicingService
 from tallybook.billing.models import PlanVersion
 from tallybook.billing.profiles import STRIPE, ProfileService
+from tallybook.billing.profiles_sql import SqlProfileStorage
 from tallybook.billing.subscriptions import PlanNotFound, SubscriptionService
+from tallybook.billing.subscriptions_sql import SqlSubscriptionStorage
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.creditnotes.sql import SqlCreditNotes, void_of_invoice
 from tallybook.jobs.scheduler import Job
@@ -40,14 +42,18 @@ def build_billing(runtime: Runtime) -> tuple[SubscriptionService, InvoicingServi
 
     settings = runtime.settings.billing
     stripe_enabled = runtime.settings.stripe.enabled
-    runtime.profiles = ProfileService(runtime.store, runtime.clock, runtime.customers, settings, stripe_enabled)
+    runtime.profiles = ProfileService(
+        SqlProfileStorage(runtime.store), runtime.clock, runtime.customers, settings, stripe_enabled
+    )
     runtime.profiles.sync_config()
     if settings.profile.collector == STRIPE and not stripe_enabled:
         log.warning(
             "billing.profile.collector is stripe but stripe.enabled is false: invoices of the default "
             "profile are not sent to Stripe until it is enabled"
         )
-    subscriptions = SubscriptionService(runtime.store, runtime.clock, runtime.customers, plan_lookup)
+    subscriptions = SubscriptionService(
+        SqlSubscriptionStorage(runtime.store), runtime.clock, runtime.customers, plan_lookup
+    )
     credit_note_store = SqlCreditNotes(runtime.store, runtime.webhooks)
     runtime.credit_notes = CreditNoteService(
         credit_note_store, credit_note_store, runtime.clock, customer_id=subscriptions.customer_id

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from tallybook.billing import catalog_sql as _catalog_tables  # noqa: F401
+from tallybook.billing import profiles_sql as _profile_tables  # noqa: F401
 from tallybook.customers import sql as _customer_tables  # noqa: F401
 
 # Every table module registers on the shared MetaData when imported; import them all here so the
@@ -15,11 +17,9 @@ from tallybook.jobs import aggregation_sql as _aggregation_tables  # noqa: F401
 from tallybook.jobs import sql as _job_tables  # noqa: F401
 from tallybook.portal import sql as _portal_tables  # noqa: F401
 from tallybook.store import billing as _billing_tables  # noqa: F401
-from tallybook.store import catalog as _catalog_tables  # noqa: F401
 from tallybook.store import credit_note_sync as _credit_note_tables  # noqa: F401  (and tallybook.creditnotes.sql)
 from tallybook.store import invoice_sync as _invoice_sync_tables  # noqa: F401
 from tallybook.store import meters as _meter_tables  # noqa: F401
-from tallybook.store import profiles as _profile_tables  # noqa: F401
 from tallybook.store import stripe as _stripe_tables  # noqa: F401
 from tallybook.store.base import ApiKeyRecord, EventFilter, SqlStore
 from tallybook.webhooks import sql as _webhook_tables  # noqa: F401
