@@ -30,11 +30,14 @@ from tallybook.entitlements.subscriptions import SubscriptionEntitlements
 from tallybook.eventlist.service import EventListService
 from tallybook.eventlist.sql import SqlEventList
 from tallybook.ingest.service import IngestService
+from tallybook.jobs.aggregation import PeriodCloseJob
+from tallybook.jobs.aggregation_sql import SqlAggregationStorage
+from tallybook.jobs.reports import MeterReportJob, meter_usage_query
 from tallybook.jobs.scheduler import Job, JobScheduler
-from tallybook.jobs.wiring import build_jobs
 from tallybook.meters.service import MeterService
+from tallybook.meters.windows import period_bounds
 from tallybook.observability.metrics import Metrics
-from tallybook.portal import PortalService
+from tallybook.portal.service import PortalService
 from tallybook.store import SqlStore, open_store
 from tallybook.stripe.checkout import CHECKOUT_EVENTS, CheckoutService
 from tallybook.stripe.credit_notes import SYNC_JOB as CREDIT_NOTE_SYNC_JOB
@@ -48,7 +51,9 @@ from tallybook.unbilled.service import UnbilledNotifications, UnbilledService
 from tallybook.unbilled.sql import OutboxNotifier, SqlUnbilledSources
 from tallybook.voids.service import VoidService
 from tallybook.voids.sql import SqlVoidStorage
+from tallybook.webhooks.delivery import DELIVERY_JOB, DeliveryWorker
 from tallybook.webhooks.service import WebhookService
+from tallybook.webhooks.sql import SqlWebhookStorage
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +118,32 @@ class Runtime:
         runtime.catalog = CatalogService(SqlPlanRepository(store), clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
 
-        def entitlement_notifications(webhooks: WebhookService, scheduler: JobScheduler) -> None:
-            notifier = EntitlementNotifier(store, webhooks, runtime.entitlements, clock, scheduler.failures)
-            runtime.entitlement_notifier = notifier
-            scheduler.register(Job(NOTIFY_JOB, notifier.run, settings.webhooks.scheduler.close_interval))
-
-        runtime.webhooks, runtime.jobs = build_jobs(
-            store, settings.webhooks, clock, runtime.meters, metrics, producers=entitlement_notifications
+        # The webhook service (config endpoints synced) and every job, registered here in the order
+        # `run_once` runs them: period close, reports and entitlement notifications put events into
+        # the outbox first, then delivery sends them in the same run.
+        webhook_storage = SqlWebhookStorage(store)
+        runtime.webhooks = WebhookService(webhook_storage, settings.webhooks, clock)
+        runtime.webhooks.sync_config_endpoints()
+        hooks = settings.webhooks
+        runtime.jobs = JobScheduler(store, clock, poll_interval=hooks.scheduler.poll_interval, metrics=metrics)
+        failures = runtime.jobs.failures
+        aggregation = SqlAggregationStorage(store)
+        close = PeriodCloseJob(aggregation, runtime.webhooks, runtime.meters, hooks, period_bounds, failures)
+        runtime.jobs.register(Job(close.name, close.run, hooks.scheduler.close_interval))
+        report = MeterReportJob(
+            aggregation, runtime.webhooks, runtime.meters, hooks, period_bounds, meter_usage_query, failures
         )
+        runtime.jobs.register(Job(report.name, report.run, hooks.scheduler.close_interval))
+        notifier = EntitlementNotifier(store, runtime.webhooks, runtime.entitlements, clock, failures)
+        runtime.entitlement_notifier = notifier
+        runtime.jobs.register(Job(NOTIFY_JOB, notifier.run, hooks.scheduler.close_interval))
+        delivery = DeliveryWorker(webhook_storage, hooks, clock, failures=failures)
+        runtime.jobs.register(
+            Job(
+                DELIVERY_JOB, lambda _now: delivery.run_once().as_dict(), hooks.scheduler.poll_interval, exclusive=False
+            )
+        )
+        runtime.jobs.on_stop(delivery.close)
         runtime.stripe = StripeService(
             store, runtime.customers, runtime.meters, settings.stripe, clock, failures=runtime.jobs.failures
         )

@@ -13,7 +13,7 @@ from tallybook.billing.seed import SEED_PLAN
 from tallybook.clock import FixedClock, to_micros
 from tallybook.config import Settings
 from tallybook.runtime import Runtime
-from tallybook.store.webhooks import EventFilter
+from tallybook.webhooks.model import EventFilter
 from tallybook.webhooks.service import ChannelInput, RuleInput
 from tests.test_webhook_helpers import api, reset_database
 

@@ -14,8 +14,8 @@ from standardwebhooks.webhooks import Webhook
 
 from tallybook import jsonutil
 from tallybook.runtime import Runtime
-from tallybook.store.webhooks import EventRow
 from tallybook.webhooks.delivery import DeliveryWorker
+from tallybook.webhooks.model import EventRow
 from tallybook.webhooks.service import OutboxMessage
 from tallybook.webhooks.settings import WebhookSettings
 from tests.test_webhook_helpers import (

@@ -22,8 +22,9 @@ from tallybook import jsonutil
 from tallybook.cli.main import app
 from tallybook.clock import format_rfc3339
 from tallybook.config import DatabaseSettings, Settings
-from tallybook.ops.export import COLUMNS, ExportFormat, ExportKind, ExportRequest, prepare
-from tallybook.ops.export import Export as ExportJob
+from tallybook.ops.export import COLUMNS, ExportFormat, ExportKind, ExportRequest
+from tallybook.ops.sql_export import Export as ExportJob
+from tallybook.ops.sql_export import prepare
 from tallybook.runtime import Runtime
 from tallybook.store import open_store
 from tests.ops_helpers import BIG, seed
@@ -320,6 +321,6 @@ def test_export_runtime_does_not_touch_meters(tmp_path):
 @given(st.integers(min_value=-(10**16), max_value=253_402_300_799_999_999))
 def test_instants_are_written_as_the_api_writes_them(micros):
     from tallybook.clock import from_micros
-    from tallybook.ops.export import _time_text
+    from tallybook.ops.export import time_text as _time_text
 
     assert _time_text(micros) == format_rfc3339(from_micros(micros))

@@ -19,7 +19,9 @@ from sqlalchemy import text
 
 from tallybook import jsonutil
 from tallybook.clock import FixedClock
-from tallybook.store.webhooks import EventFilter, WebhookStore
+from tallybook.jobs.aggregation_sql import SqlAggregationTransaction
+from tallybook.webhooks.model import EventFilter
+from tallybook.webhooks.sql import SqlWebhookTransaction
 from tests.test_webhook_aggregation import make, run_jobs, usage
 from tests.test_webhook_helpers import SECRET, Receiver, api
 
@@ -49,16 +51,16 @@ def metric(client: Any, job: str, kind: str) -> float:
     return float(rows[0].split()[-1]) if rows else 0.0
 
 
-def fail_inside_sql_for(monkeypatch: pytest.MonkeyPatch, method: str, bad: Any) -> None:
-    """WebhookStore.`method` runs a statement the database refuses when `bad(args)` says so."""
-    real = getattr(WebhookStore, method)
+def fail_inside_sql_for(monkeypatch: pytest.MonkeyPatch, adapter: Any, method: str, bad: Any) -> None:
+    """The SQL adapter's `method` runs a statement the database refuses when `bad(args)` says so."""
+    real = getattr(adapter, method)
 
-    def wrapped(self: WebhookStore, conn: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
         if bad(*args):
-            conn.execute(text("SELECT no_such_column FROM no_such_table"))
-        return real(self, conn, *args, **kwargs)
+            self.conn.execute(text("SELECT no_such_column FROM no_such_table"))
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(WebhookStore, method, wrapped)
+    monkeypatch.setattr(adapter, method, wrapped)
 
 
 def test_period_close_skips_the_subject_that_fails_and_retries_it(
@@ -69,7 +71,9 @@ def test_period_close_skips_the_subject_that_fails_and_retries_it(
     try:
         for customer in ("cust_a", "cust_bad", "cust_c"):
             usage(client, "api.calls", customer, 2)
-        fail_inside_sql_for(monkeypatch, "record_sent", lambda figures, _now: figures.subject == "cust_bad")
+        fail_inside_sql_for(
+            monkeypatch, SqlAggregationTransaction, "record_sent", lambda figures, _now: figures.subject == "cust_bad"
+        )
         clock.set(datetime(2026, 1, 12, 12, 0, tzinfo=UTC))
         with caplog.at_level(logging.ERROR, logger="tallybook.jobs.failures"):
             jobs = run_jobs(client)
@@ -163,7 +167,9 @@ def test_delivery_worker_goes_on_when_recording_one_attempt_fails(
         assert runtime.jobs.run_job(close, force=True).result["completed"] == 3
         _, events = runtime.webhooks.list_events(EventFilter(limit=10))
         bad_events = {e.id for e in events if e.subject == "cust_bad"}
-        fail_inside_sql_for(monkeypatch, "finish_attempt", lambda claimed, *_: claimed.event_id in bad_events)
+        fail_inside_sql_for(
+            monkeypatch, SqlWebhookTransaction, "finish_attempt", lambda claimed, *_: claimed.event_id in bad_events
+        )
         deliver = run_jobs(client)["webhooks.deliver"]
         assert (deliver["status"], deliver["result"]["delivered"], deliver["result"]["failedItems"]) == (
             "partial",

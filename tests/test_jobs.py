@@ -21,8 +21,8 @@ from sqlalchemy import text
 from tallybook import jsonutil
 from tallybook.clock import FixedClock, format_rfc3339
 from tallybook.jobs.scheduler import Job, JobScheduler
+from tallybook.jobs.sql import advisory_key
 from tallybook.store import open_store
-from tallybook.store.jobs import advisory_key
 from tests.test_webhook_helpers import SECRET, Receiver, api, build_runtime, reset_database
 
 METERS = [{"slug": "api_calls", "eventType": "api.calls", "aggregation": "SUM", "valueProperty": "$.value"}]

@@ -13,7 +13,7 @@ from tallybook.clock import FixedClock, to_micros
 from tallybook.customers import CustomerInput
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterSpec
-from tallybook.portal import PortalService
+from tallybook.portal.service import PortalService
 from tests.conftest import auth
 
 PROBLEM = "application/problem+json"
@@ -223,7 +223,7 @@ def test_tokens_expire(runtime, usage):
 
 def test_tokens_are_stored_hashed(runtime, usage):
     created = runtime.portal.create(subject="loner")
-    from tallybook.store.portal import portal_tokens
+    from tallybook.portal.sql import portal_tokens
 
     with runtime.store.read() as conn:
         stored = [tuple(row) for row in conn.execute(portal_tokens.select())]

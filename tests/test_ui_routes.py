@@ -9,7 +9,7 @@ import pytest
 from tallybook.clock import to_micros
 from tallybook.demo import DEMO_CUSTOMERS, DEMO_DRAFT_CUSTOMER, load_demo_events
 from tallybook.ingest.events import Event
-from tallybook.ui.stats import MINUTE_US, events_per_minute
+from tallybook.ui.stats_sql import MINUTE_US, events_per_minute
 from tests.conftest import auth
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import text, update
 from typer.testing import CliRunner
 
 from tallybook.cli.main import app
-from tallybook.ops.verify import head_revisions, verify
+from tallybook.ops.sql_verify import head_revisions, verify
 from tallybook.store.billing import invoice_lines, invoices
 from tallybook.store.meters import meters
 from tests.ops_helpers import insert_invoice, seed

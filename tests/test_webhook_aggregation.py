@@ -358,7 +358,7 @@ def test_a_backfill_into_closed_periods_is_sent_on_the_next_run(database_url, cl
 def test_an_install_that_followed_ingest_time_continues_by_seq(database_url, clock, receiver):
     """Upgrading from the ingest-time cursor: the commit-watermark cursor starts where that one stood,
     so nothing is sent twice and nothing after it is missed."""
-    from tallybook.store.jobs import job_cursors
+    from tallybook.jobs.sql import job_cursors
 
     runtime = make(database_url, clock, receiver, periods=["hourly"])
     client = api(runtime)

@@ -25,7 +25,7 @@ DATABASE_VARIABLE = "TALLYBOOK_SERVE_DATABASE"
 
 def app_for_worker() -> FastAPI:
     from tallybook.api.app import create_app
-    from tallybook.cli.main import tune_gc_for_throughput
+    from tallybook.cli.common import tune_gc_for_throughput
     from tallybook.config import load_settings
     from tallybook.observability.logs import configure_logging
     from tallybook.runtime import Runtime

@@ -124,7 +124,7 @@ Index("ix_entitlement_resets_entitlement", entitlement_resets.c.entitlement_id, 
 
 # -- notifications (tallybook/entitlements/notifications.py) -----------------------------------------
 # A rule of type entitlements.balance.threshold keeps its features and thresholds here, next to the
-# generic rule row of notification_rules (tallybook/store/webhooks.py), which other rule types share.
+# generic rule row of notification_rules (tallybook/webhooks/sql.py), which other rule types share.
 entitlement_rule_settings = Table(
     "entitlement_rule_settings",
     metadata,

@@ -28,12 +28,11 @@ from typing import Any, Protocol
 
 from tallybook import jsonutil
 from tallybook.clock import format_rfc3339, from_micros, to_micros
-from tallybook.jobs.failures import FailureLog, JobRun
-from tallybook.store import meters as meter_store
-from tallybook.store.base import SqlStore
-from tallybook.store.jobs import JobStore
-from tallybook.store.webhooks import SentFigures, WebhookStore
-from tallybook.webhooks.service import Destination, OutboxMessage, WebhookService
+from tallybook.jobs.model import SentFigures
+from tallybook.jobs.ports import AggregationStorage, AggregationTransaction
+from tallybook.jobs.runs import ItemFailureLog, JobRun
+from tallybook.webhooks.model import Destination, OutboxMessage
+from tallybook.webhooks.service import WebhookService
 from tallybook.webhooks.settings import AGGREGATION_COMPLETED, AGGREGATION_CORRECTED, WebhookSettings
 
 log = logging.getLogger(__name__)
@@ -109,21 +108,19 @@ class PeriodCloseJob:
 
     def __init__(
         self,
-        store: SqlStore,
+        storage: AggregationStorage,
         webhooks: WebhookService,
         meters: PeriodMeters,
         settings: WebhookSettings,
         period_bounds: PeriodBounds,
-        failures: FailureLog,
+        failures: ItemFailureLog,
     ) -> None:
-        self.store = store
+        self.storage = storage
         self.webhooks = webhooks
         self.meters = meters
         self.settings = settings
         self.period_bounds = period_bounds
         self.failures = failures
-        self.db = WebhookStore(store)
-        self.cursors = JobStore(store)
 
     def __call__(self, now: datetime) -> dict[str, Any]:
         return self.run(now)
@@ -133,10 +130,10 @@ class PeriodCloseJob:
         if not self.settings.periods:
             return counts
         with self.failures.run(self.name) as run:
-            with self.store.read() as conn:
+            with self.storage.reading() as tx:
                 active = bool(
-                    self.webhooks.destinations(conn, AGGREGATION_COMPLETED)
-                    or self.webhooks.destinations(conn, AGGREGATION_CORRECTED)
+                    self.webhooks.destinations(tx.outbox, AGGREGATION_COMPLETED)
+                    or self.webhooks.destinations(tx.outbox, AGGREGATION_CORRECTED)
                 )
             if active:
                 self._retry_failed(run, now, counts)
@@ -188,8 +185,8 @@ class PeriodCloseJob:
     def _close_periods(self, period: str, now: datetime, active: bool, counts: dict[str, int], run: JobRun) -> None:
         zone = self.settings.zone
         name = self._cursor_name(period)
-        with self.store.read() as conn:
-            cursor_us = self.cursors.get_cursor(conn, name)
+        with self.storage.reading() as tx:
+            cursor_us = tx.get_cursor(name)
         if cursor_us is None:
             start, _ = self.period_bounds(period, now - FIRST_RUN_LOOKBACK[period], zone)
         else:
@@ -204,15 +201,15 @@ class PeriodCloseJob:
             if active:
                 for subject in self.meters.subjects_with_events(start, end):
                     self._publish_isolated(run, subject, period, start, end, now, counts, first_close=True)
-                with self.store.write() as conn:
-                    self.cursors.set_cursor(conn, name, to_micros(end))
+                with self.storage.writing() as tx:
+                    tx.set_cursor(name, to_micros(end))
             closed_through = end
             counts["periodsClosed"] += 1
             start = end
         if not active and closed_through is not None:
             # Nobody listens: move past these periods in one write; new channels get new periods.
-            with self.store.write() as conn:
-                self.cursors.set_cursor(conn, name, to_micros(closed_through))
+            with self.storage.writing() as tx:
+                tx.set_cursor(name, to_micros(closed_through))
 
     def _publish(
         self,
@@ -227,20 +224,20 @@ class PeriodCloseJob:
         usage = self.meters.period_usage(subject, start, end)
         figures = figures_of(usage)
         start_us = to_micros(start)
-        with self.store.write() as conn:
-            sent = self.db.sent_figures(conn, subject, period, start_us)
+        with self.storage.writing() as tx:
+            sent = tx.sent_figures(subject, period, start_us)
             if not sent:
                 if figures["eventCount"] == 0 and not figures["events"]:
                     return
-                destinations = self.webhooks.destinations(conn, AGGREGATION_COMPLETED)
-                self._send_completed(conn, subject, period, start, end, figures, destinations, now, counts)
+                destinations = self.webhooks.destinations(tx.outbox, AGGREGATION_COMPLETED)
+                self._send_completed(tx, subject, period, start, end, figures, destinations, now, counts)
                 return
             if first_close:
                 return  # already sent by an earlier (or concurrent) run
             changed = [s for s in sent if not _same(s.figures, figures)]
             if not changed:
                 return
-            receiving = {d.channel_id: d for d in self.webhooks.destinations(conn, AGGREGATION_CORRECTED)}
+            receiving = {d.channel_id: d for d in self.webhooks.destinations(tx.outbox, AGGREGATION_CORRECTED)}
             groups: dict[str, list[SentFigures]] = {}
             for row in changed:
                 if row.channel_id in receiving:
@@ -248,7 +245,7 @@ class PeriodCloseJob:
             for previous_event_id, rows in sorted(groups.items()):
                 destinations = [receiving[r.channel_id] for r in rows]
                 self._send_corrected(
-                    conn,
+                    tx,
                     subject,
                     period,
                     start,
@@ -263,7 +260,7 @@ class PeriodCloseJob:
 
     def _send_completed(
         self,
-        conn: Any,
+        tx: AggregationTransaction,
         subject: str,
         period: str,
         start: datetime,
@@ -292,12 +289,11 @@ class PeriodCloseJob:
             subject=subject,
             stable_id=True,
         )
-        event = self.webhooks.enqueue(conn, message, destinations, now, id_time=end)
+        event = self.webhooks.enqueue(tx.outbox, message, destinations, now, id_time=end)
         if event is None:
             return
         for destination in destinations:
-            self.db.record_sent(
-                conn,
+            tx.record_sent(
                 SentFigures(
                     subject, period, to_micros(start), destination.channel_id, to_micros(end), figures, event.id
                 ),
@@ -307,7 +303,7 @@ class PeriodCloseJob:
 
     def _send_corrected(
         self,
-        conn: Any,
+        tx: AggregationTransaction,
         subject: str,
         period: str,
         start: datetime,
@@ -342,12 +338,11 @@ class PeriodCloseJob:
             subject=subject,
             stable_id=True,
         )
-        event = self.webhooks.enqueue(conn, message, destinations, now)
+        event = self.webhooks.enqueue(tx.outbox, message, destinations, now)
         if event is None:
             return
         for destination in destinations:
-            self.db.update_sent(
-                conn,
+            tx.update_sent(
                 SentFigures(
                     subject, period, to_micros(start), destination.channel_id, to_micros(end), figures, event.id
                 ),
@@ -359,18 +354,18 @@ class PeriodCloseJob:
     # -- corrections ------------------------------------------------------------------------------
     def _corrections(self, now: datetime, active: bool, counts: dict[str, int], run: JobRun) -> None:
         through_us = to_micros(now - VOID_SETTLE)
-        with self.store.read() as conn:  # its own short transaction: it may wait for inserts to commit
-            horizon = meter_store.settled_horizon(conn)
-        with self.store.read() as conn:
-            cursor_us = self.cursors.get_cursor(conn, CORRECTIONS_CURSOR)
-            seq = self.cursors.get_cursor(conn, CORRECTIONS_SEQ_CURSOR)
+        with self.storage.reading() as tx:  # its own short transaction: it may wait for inserts to commit
+            horizon = tx.settled_horizon()
+        with self.storage.reading() as tx:
+            cursor_us = tx.get_cursor(CORRECTIONS_CURSOR)
+            seq = tx.get_cursor(CORRECTIONS_SEQ_CURSOR)
             if seq is None and cursor_us is not None:
                 # An install that followed ingest time: continue by seq from where that scan stood.
-                seq = self.db.seq_ingested_through(conn, cursor_us)
-            closed = {p: self.cursors.get_cursor(conn, self._cursor_name(p)) for p in self.settings.periods}
+                seq = tx.seq_ingested_through(cursor_us)
+            closed = {p: tx.get_cursor(self._cursor_name(p)) for p in self.settings.periods}
             moved = cursor_us is None or seq is None or through_us > cursor_us or horizon > seq
             late = (
-                self.db.late_subjects(conn, seq, horizon, cursor_us, through_us)
+                tx.late_subjects(seq, horizon, cursor_us, through_us)
                 if cursor_us is not None and seq is not None and moved and active
                 else []
             )
@@ -386,6 +381,6 @@ class PeriodCloseJob:
                 while to_micros(start) <= latest_us and to_micros(end) <= closed_us:
                     self._publish_isolated(run, subject, period, start, end, now, counts, first_close=False)
                     start, end = self.period_bounds(period, end, zone)
-        with self.store.write() as conn:
-            self.cursors.set_cursor(conn, CORRECTIONS_CURSOR, max(through_us, cursor_us or through_us))
-            self.cursors.set_cursor(conn, CORRECTIONS_SEQ_CURSOR, max(horizon, seq or horizon))
+        with self.storage.writing() as tx:
+            tx.set_cursor(CORRECTIONS_CURSOR, max(through_us, cursor_us or through_us))
+            tx.set_cursor(CORRECTIONS_SEQ_CURSOR, max(horizon, seq or horizon))

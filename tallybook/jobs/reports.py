@@ -20,10 +20,12 @@ from typing import Any, Protocol
 
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.jobs.aggregation import PeriodBounds, plain_number
-from tallybook.jobs.failures import FailureLog, JobRun
-from tallybook.store.base import SqlStore
-from tallybook.store.jobs import JobStore
-from tallybook.webhooks.service import OutboxMessage, WebhookService
+from tallybook.jobs.ports import AggregationStorage
+from tallybook.jobs.runs import ItemFailureLog, JobRun
+from tallybook.meters.models import UsageQuery
+from tallybook.meters.windows import WindowSize
+from tallybook.webhooks.model import OutboxMessage
+from tallybook.webhooks.service import WebhookService
 from tallybook.webhooks.settings import REPORT_METER, WebhookSettings
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,18 @@ class ReportMeters(Protocol):
     def list(self) -> Any: ...
 
     def query(self, query: Any) -> Any: ...
+
+
+def meter_usage_query(slug: str, start: datetime, end: datetime, window: str, tz: str) -> UsageQuery:
+    """The query a report runs for one meter's window: usage per subject in windows of `window`."""
+    return UsageQuery(
+        meter=slug,
+        from_=start,
+        to=end,
+        window_size=WindowSize(window),
+        window_time_zone=tz,
+        group_by=("subject",),
+    )
 
 
 def meter_summary(meter: Any) -> dict[str, Any]:
@@ -59,22 +73,21 @@ class MeterReportJob:
 
     def __init__(
         self,
-        store: SqlStore,
+        storage: AggregationStorage,
         webhooks: WebhookService,
         meters: ReportMeters,
         settings: WebhookSettings,
         period_bounds: PeriodBounds,
         usage_query: Callable[[str, datetime, datetime, str, str], Any],
-        failures: FailureLog,
+        failures: ItemFailureLog,
     ) -> None:
-        self.store = store
+        self.storage = storage
         self.webhooks = webhooks
         self.meters = meters
         self.settings = settings
         self.period_bounds = period_bounds
         self.usage_query = usage_query  # (meter slug, from, to, window size, time zone) -> a query
         self.failures = failures
-        self.cursors = JobStore(store)
 
     def __call__(self, now: datetime) -> dict[str, Any]:
         return self.run(now)
@@ -89,9 +102,9 @@ class MeterReportJob:
         interval = self.settings.reports.interval
         zone = self.settings.zone
         cursor_name = f"report.meter:{interval}"
-        with self.store.read() as conn:
-            cursor_us = self.cursors.get_cursor(conn, cursor_name)
-            active = bool(self.webhooks.destinations(conn, REPORT_METER))
+        with self.storage.reading() as tx:
+            cursor_us = tx.get_cursor(cursor_name)
+            active = bool(self.webhooks.destinations(tx.outbox, REPORT_METER))
         if active:
             counts["reports"] += self._retry_failed(run, now)
         if cursor_us is None:
@@ -109,14 +122,14 @@ class MeterReportJob:
                 break
             if active:
                 counts["reports"] += self._report_window(start, end, now, run)
-                with self.store.write() as conn:
-                    self.cursors.set_cursor(conn, cursor_name, to_micros(end))
+                with self.storage.writing() as tx:
+                    tx.set_cursor(cursor_name, to_micros(end))
             reported_through = end
             counts["windows"] += 1
             start = end
         if not active and reported_through is not None:
-            with self.store.write() as conn:
-                self.cursors.set_cursor(conn, cursor_name, to_micros(reported_through))
+            with self.storage.writing() as tx:
+                tx.set_cursor(cursor_name, to_micros(reported_through))
         return counts
 
     def _meters(self) -> list[Any]:
@@ -189,10 +202,10 @@ class MeterReportJob:
                 ],
             }
             key = f"{REPORT_METER}|{meter.slug}|{subject}|{to_micros(start)}|{to_micros(end)}|{window_size}"
-            with self.store.write() as conn:
-                destinations = self.webhooks.destinations(conn, REPORT_METER)
+            with self.storage.writing() as tx:
+                destinations = self.webhooks.destinations(tx.outbox, REPORT_METER)
                 message = OutboxMessage(REPORT_METER, key, payload, subject=subject, stable_id=True)
                 # The id's time part is the window end: the same report gets the same id.
-                if self.webhooks.enqueue(conn, message, destinations, now, id_time=end) is not None:
+                if self.webhooks.enqueue(tx.outbox, message, destinations, now, id_time=end) is not None:
                     sent += 1
         return sent

@@ -26,9 +26,9 @@ from typing import Any
 
 from tallybook.clock import Clock, to_micros
 from tallybook.jobs.failures import FailureLog
+from tallybook.jobs.sql import JobStore
 from tallybook.observability.metrics import Metrics
 from tallybook.store.base import SqlStore
-from tallybook.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy.engine import URL, make_url
-
 from tallybook.errors import DomainError
+from tallybook.ops.sql import libpq_url, sqlite_database
 
 # Rows a first start writes by itself (a first admin key, the default billing profile, the config's
 # meters, job bookkeeping): a database holding only these holds no one's data.
@@ -64,20 +63,12 @@ class BackupResult:
 
 def sqlite_path(url: str) -> Path | None:
     """The file of a sqlite:/// URL; None for another engine."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+    database = sqlite_database(url)
+    if database is None:
         return None
-    if not parsed.database or parsed.database == ":memory:":
+    if not database or database == ":memory:":
         raise OpsError("an in-memory SQLite database cannot be backed up or restored; use a file URL")
-    return Path(parsed.database).expanduser().resolve()
-
-
-def libpq_url(url: str) -> str:
-    """The URL for pg_dump/psql: no SQLAlchemy driver suffix, the password left out (use PGPASSWORD
-    or ~/.pgpass so it never lands in shell history)."""
-    given = make_url(url)
-    plain = URL.create("postgresql", given.username, None, given.host, given.port, given.database, given.query)
-    return plain.render_as_string(hide_password=False)
+    return Path(database).expanduser().resolve()
 
 
 def pg_dump_command(url: str, file: Path) -> str:
@@ -156,7 +147,7 @@ def inspect(path: Path) -> DatabaseFileInfo:
 
 def check_backup_file(path: Path) -> DatabaseFileInfo:
     """A restorable backup: a Tallybook database at a schema revision this version knows."""
-    from tallybook.ops.verify import known_revisions
+    from tallybook.ops.sql_verify import known_revisions
 
     info = inspect(path)
     if info.revision is None or "events" not in info.counts:

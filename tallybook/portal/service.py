@@ -20,8 +20,8 @@ from tallybook.customers.model import Customer, CustomerNotFound
 from tallybook.ids import new_ulid
 from tallybook.meters.models import Meter, MeterError, UsageQuery
 from tallybook.meters.service import MeterService
+from tallybook.portal.sql import PortalTokenRepository, PortalTokenRow
 from tallybook.store.base import SqlStore
-from tallybook.store.portal import PortalTokenRepository, PortalTokenRow
 
 TOKEN_PREFIX = "tbp_"
 DEFAULT_LIFETIME = timedelta(days=1)

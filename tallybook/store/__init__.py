@@ -13,14 +13,15 @@ from tallybook.customers import sql as _customer_tables  # noqa: F401
 # Every table module registers on the shared MetaData when imported; import them all here so the
 # metadata (and anything that walks it) is complete whichever module is used first.
 from tallybook.entitlements import sql as _entitlement_tables  # noqa: F401
+from tallybook.jobs import aggregation_sql as _aggregation_tables  # noqa: F401
+from tallybook.jobs import sql as _job_tables  # noqa: F401
+from tallybook.portal import sql as _portal_tables  # noqa: F401
 from tallybook.store import billing as _billing_tables  # noqa: F401
-from tallybook.store import jobs as _job_tables  # noqa: F401
 from tallybook.store import meters as _meter_tables  # noqa: F401
-from tallybook.store import portal as _portal_tables  # noqa: F401
-from tallybook.store import webhooks as _webhook_tables  # noqa: F401
 from tallybook.store.base import ApiKeyRecord, EventFilter, SqlStore
 from tallybook.stripe import sql as _stripe_tables  # noqa: F401
 from tallybook.stripe import sql_sync as _stripe_sync_tables  # noqa: F401  (and tallybook.creditnotes.sql)
+from tallybook.webhooks import sql as _webhook_tables  # noqa: F401
 
 
 class UnsupportedDatabase(ValueError):

@@ -32,8 +32,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
+from tallybook.jobs.sql import JobStore
 from tallybook.store.base import SqlStore
-from tallybook.store.jobs import JobStore
 from tallybook.store.schema import SEQUENCE_TYPE, metadata
 from tallybook.stripe.model import (
     PENDING,

@@ -30,9 +30,9 @@ import httpx
 
 import tallybook
 from tallybook.clock import Clock, format_rfc3339, to_micros
-from tallybook.jobs.failures import FailureLog, JobRun
-from tallybook.store.base import SqlStore
-from tallybook.store.webhooks import FAILED, PENDING, SUCCESS, Claimed, WebhookStore
+from tallybook.jobs.runs import ItemFailureLog, JobRun
+from tallybook.webhooks.model import FAILED, PENDING, SUCCESS, Claimed
+from tallybook.webhooks.ports import WebhookStorage
 from tallybook.webhooks.settings import WebhookSettings
 from tallybook.webhooks.signing import signature_headers
 
@@ -89,16 +89,17 @@ class _Outcome:
 class DeliveryWorker:
     def __init__(
         self,
-        store: SqlStore,
+        store: WebhookStorage,
         settings: WebhookSettings,
         clock: Clock,
         rng: random.Random | None = None,
         transport: httpx.BaseTransport | None = None,
-        failures: FailureLog | None = None,
+        failures: ItemFailureLog | None = None,
     ) -> None:
-        self.store = store
-        self.failures = failures or FailureLog(store, clock)
-        self.db = WebhookStore(store)
+        self.storage = store
+        # Where undeliverable outcomes are recorded; the runtime always passes its log (a worker
+        # built without one, e.g. to compute retry delays, cannot run).
+        self.failures = failures
         self.settings = settings
         self.clock = clock
         self.rng = rng or random.Random()
@@ -127,6 +128,8 @@ class DeliveryWorker:
     def run_once(self) -> DeliveryReport:
         """Send everything due now (including retries whose time has come); return what happened."""
         report = DeliveryReport()
+        if self.failures is None:
+            raise RuntimeError("the delivery worker needs a failure log to run")
         with self.failures.run(DELIVERY_JOB) as run:
             self._rounds(report, run)
         report.failed_items = run.failed
@@ -139,13 +142,13 @@ class DeliveryWorker:
         for _ in range(MAX_ROUNDS):
             now = self.clock.now()
             now_us = to_micros(now)
-            with self.store.read() as conn:
-                if not self.db.has_due(conn, now_us):
+            with self.storage.reading() as tx:
+                if not tx.has_due(now_us):
                     break
             token = secrets.token_hex(8)
             lease_until_us = to_micros(now + self.settings.claim_lease)
-            with self.store.write() as conn:
-                claimed = self.db.claim_due(conn, now_us, lease_until_us, token, batch)
+            with self.storage.writing() as tx:
+                claimed = tx.claim_due(now_us, lease_until_us, token, batch)
             if not claimed:
                 break
             outcomes = list(self._pool.map(self._send, claimed))
@@ -236,10 +239,10 @@ class DeliveryWorker:
             "error": outcome.error,
             "response_body": outcome.response_body,
         }
-        with self.store.write() as conn:
-            kept = self.db.finish_attempt(conn, delivery, attempt, state, next_attempt_us, reason, now_us)
+        with self.storage.writing() as tx:
+            kept = tx.finish_attempt(delivery, attempt, state, next_attempt_us, reason, now_us)
             if disable_reason is not None:
-                self.db.disable_channel(conn, item.channel.id, disable_reason, now_us)
+                tx.disable_channel(item.channel.id, disable_reason, now_us)
         # Counted once recorded: an outcome whose record failed is not an outcome yet.
         report.attempted += 1
         if state == SUCCESS:

@@ -9,33 +9,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from sqlalchemy import Connection
 
 from tallybook import jsonutil
 from tallybook.clock import Clock, to_micros
 from tallybook.ids import new_ulid, stable_ulid
-from tallybook.store.base import SqlStore
-from tallybook.store.webhooks import (
+from tallybook.webhooks.model import (
+    CHANNEL_TYPE,
+    SOURCE_API,
+    SOURCE_CONFIG,
     AttemptRow,
+    ChannelInput,
     ChannelRow,
     DeliveryRow,
+    Destination,
+    EventDetail,
     EventFilter,
     EventRow,
+    InvalidInput,
+    NotFound,
+    OutboxMessage,
+    RuleInput,
     RuleRow,
-    WebhookStore,
 )
+from tallybook.webhooks.ports import WebhookStorage, WebhookTransaction
 from tallybook.webhooks.settings import EVENT_TYPES, WebhookSettings, check_webhook_url
 from tallybook.webhooks.signing import generate_secret
 
 log = logging.getLogger(__name__)
 
-SOURCE_API = "api"
-SOURCE_CONFIG = "config"
-CHANNEL_TYPE = "WEBHOOK"
 # Headers the signature scheme owns; a channel's custom headers cannot replace them.
 RESERVED_HEADERS = frozenset(
     {
@@ -51,60 +54,6 @@ RESERVED_HEADERS = frozenset(
 )
 
 
-class NotFound(LookupError):
-    pass
-
-
-class InvalidInput(ValueError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelInput:
-    name: str
-    url: str
-    disabled: bool = False
-    signing_secret: str | None = None
-    custom_headers: dict[str, str] | None = None
-    metadata: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RuleInput:
-    type: str
-    name: str
-    channels: Sequence[str]
-    disabled: bool = False
-    metadata: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EventDetail:
-    """An outbox event with its deliveries (per channel), their attempts, and its rule."""
-
-    event: EventRow
-    deliveries: list[tuple[DeliveryRow, list[AttemptRow]]]
-    rule: RuleRow | None
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    channel_id: str
-    rule_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    """An event to write: its type, a key naming what it is about, and the JSON payload."""
-
-    type: str
-    dedup_key: str
-    payload: dict[str, Any]
-    subject: str | None = None
-    # A stable id (the `webhook-id`) for events that must keep theirs across re-runs.
-    stable_id: bool = False
-
-
 def _check_headers(headers: dict[str, str] | None) -> dict[str, str]:
     headers = dict(headers or {})
     reserved = sorted(h for h in headers if h.lower() in RESERVED_HEADERS)
@@ -114,9 +63,8 @@ def _check_headers(headers: dict[str, str] | None) -> dict[str, str]:
 
 
 class WebhookService:
-    def __init__(self, store: SqlStore, settings: WebhookSettings, clock: Clock) -> None:
-        self.store = store
-        self.db = WebhookStore(store)
+    def __init__(self, storage: WebhookStorage, settings: WebhookSettings, clock: Clock) -> None:
+        self.storage = storage
         self.settings = settings
         self.clock = clock
 
@@ -132,8 +80,8 @@ class WebhookService:
         """
         now_us = self._now_us()
         wanted = {stable_ulid(f"config-endpoint:{e.url}"): e for e in self.settings.endpoints}
-        with self.store.write() as conn:
-            existing = {c.id: c for c in self.db.list_channels(conn, include_deleted=True, source=SOURCE_CONFIG)}
+        with self.storage.writing() as tx:
+            existing = {c.id: c for c in tx.list_channels(include_deleted=True, source=SOURCE_CONFIG)}
             for channel_id, endpoint in wanted.items():
                 current = existing.get(channel_id)
                 secret = endpoint.secret or (current.signing_secret if current else None) or generate_secret()
@@ -147,8 +95,7 @@ class WebhookService:
                     "deleted_us": None,
                 }
                 if current is None:
-                    self.db.insert_channel(
-                        conn,
+                    tx.insert_channel(
                         {
                             "id": channel_id,
                             "type": CHANNEL_TYPE,
@@ -174,10 +121,10 @@ class WebhookService:
                         values["disabled_reason"] = None
                     elif current.deleted_us is not None or (current.disabled and current.disabled_reason is None):
                         values["disabled"] = False
-                    self.db.update_channel(conn, channel_id, values, include_deleted=True)
+                    tx.update_channel(channel_id, values, include_deleted=True)
             for channel_id, channel in existing.items():
                 if channel_id not in wanted and channel.deleted_us is None:
-                    self.db.update_channel(conn, channel_id, {"deleted_us": now_us, "updated_us": now_us})
+                    tx.update_channel(channel_id, {"deleted_us": now_us, "updated_us": now_us})
 
     # -- channels (API) ---------------------------------------------------------------------------
     def create_channel(self, data: ChannelInput) -> ChannelRow:
@@ -200,9 +147,9 @@ class WebhookService:
             "updated_us": now_us,
             "deleted_us": None,
         }
-        with self.store.write() as conn:
-            self.db.insert_channel(conn, values)
-            created = self.db.get_channel(conn, channel_id)
+        with self.storage.writing() as tx:
+            tx.insert_channel(values)
+            created = tx.get_channel(channel_id)
         assert created is not None
         return created
 
@@ -218,51 +165,51 @@ class WebhookService:
         }
         if data.signing_secret:
             values["signing_secret"] = data.signing_secret
-        with self.store.write() as conn:
-            current = self.db.get_channel(conn, channel_id)
+        with self.storage.writing() as tx:
+            current = tx.get_channel(channel_id)
             if current is None or current.deleted_us is not None:
                 raise NotFound(f"notification channel {channel_id} not found")
             if current.source == SOURCE_CONFIG and current.url != values["url"]:
                 raise InvalidInput("this channel comes from the config file; change its url there")
-            self.db.update_channel(conn, channel_id, values)
-            updated = self.db.get_channel(conn, channel_id)
+            tx.update_channel(channel_id, values)
+            updated = tx.get_channel(channel_id)
         assert updated is not None
         return updated
 
     def get_channel(self, channel_id: str) -> ChannelRow:
-        with self.store.read() as conn:
-            channel = self.db.get_channel(conn, channel_id)
+        with self.storage.reading() as tx:
+            channel = tx.get_channel(channel_id)
         if channel is None:
             raise NotFound(f"notification channel {channel_id} not found")
         return channel
 
     def list_channels(self, include_deleted: bool = False, include_disabled: bool = False) -> list[ChannelRow]:
-        with self.store.read() as conn:
-            return self.db.list_channels(conn, include_deleted=include_deleted, include_disabled=include_disabled)
+        with self.storage.reading() as tx:
+            return tx.list_channels(include_deleted=include_deleted, include_disabled=include_disabled)
 
     def delete_channel(self, channel_id: str) -> None:
         now_us = self._now_us()
-        with self.store.write() as conn:
-            current = self.db.get_channel(conn, channel_id)
+        with self.storage.writing() as tx:
+            current = tx.get_channel(channel_id)
             if current is None or current.deleted_us is not None:
                 raise NotFound(f"notification channel {channel_id} not found")
             if current.source == SOURCE_CONFIG:
                 raise InvalidInput("this channel comes from the config file; remove it there (or disable it)")
-            rules = [r for r in self.db.list_rules(conn) if channel_id in r.channel_ids]
+            rules = [r for r in tx.list_rules() if channel_id in r.channel_ids]
             if rules:
                 names = ", ".join(r.id for r in rules)
                 raise InvalidInput(f"the channel is used by notification rule(s) {names}; remove it there first")
-            self.db.update_channel(conn, channel_id, {"deleted_us": now_us, "updated_us": now_us})
+            tx.update_channel(channel_id, {"deleted_us": now_us, "updated_us": now_us})
 
     # -- rules ------------------------------------------------------------------------------------
-    def _check_rule(self, conn: Connection, data: RuleInput) -> list[str]:
+    def _check_rule(self, tx: WebhookTransaction, data: RuleInput) -> list[str]:
         if data.type not in EVENT_TYPES:
             raise InvalidInput(f"type must be one of {', '.join(EVENT_TYPES)}")
         channel_ids = list(dict.fromkeys(data.channels))
         if not channel_ids:
             raise InvalidInput("channels: name at least one notification channel")
         for channel_id in channel_ids:
-            channel = self.db.get_channel(conn, channel_id)
+            channel = tx.get_channel(channel_id)
             if channel is None or channel.deleted_us is not None:
                 raise InvalidInput(f"channels: notification channel {channel_id} does not exist")
         return channel_ids
@@ -271,10 +218,9 @@ class WebhookService:
         now = self.clock.now()
         now_us = to_micros(now)
         rule_id = new_ulid(now)
-        with self.store.write() as conn:
-            channel_ids = self._check_rule(conn, data)
-            self.db.insert_rule(
-                conn,
+        with self.storage.writing() as tx:
+            channel_ids = self._check_rule(tx, data)
+            tx.insert_rule(
                 {
                     "id": rule_id,
                     "name": data.name,
@@ -287,18 +233,17 @@ class WebhookService:
                     "deleted_us": None,
                 },
             )
-            created = self.db.get_rule(conn, rule_id)
+            created = tx.get_rule(rule_id)
         assert created is not None
         return created
 
     def update_rule(self, rule_id: str, data: RuleInput) -> RuleRow:
-        with self.store.write() as conn:
-            current = self.db.get_rule(conn, rule_id)
+        with self.storage.writing() as tx:
+            current = tx.get_rule(rule_id)
             if current is None or current.deleted_us is not None:
                 raise NotFound(f"notification rule {rule_id} not found")
-            channel_ids = self._check_rule(conn, data)
-            self.db.update_rule(
-                conn,
+            channel_ids = self._check_rule(tx, data)
+            tx.update_rule(
                 rule_id,
                 {
                     "name": data.name,
@@ -309,36 +254,40 @@ class WebhookService:
                     "updated_us": self._now_us(),
                 },
             )
-            updated = self.db.get_rule(conn, rule_id)
+            updated = tx.get_rule(rule_id)
         assert updated is not None
         return updated
 
     def get_rule(self, rule_id: str) -> RuleRow:
-        with self.store.read() as conn:
-            rule = self.db.get_rule(conn, rule_id)
+        with self.storage.reading() as tx:
+            rule = tx.get_rule(rule_id)
         if rule is None:
             raise NotFound(f"notification rule {rule_id} not found")
         return rule
 
     def list_rules(self, include_deleted: bool = False, include_disabled: bool = False) -> list[RuleRow]:
-        with self.store.read() as conn:
-            return self.db.list_rules(conn, include_deleted=include_deleted, include_disabled=include_disabled)
+        with self.storage.reading() as tx:
+            return tx.list_rules(include_deleted=include_deleted, include_disabled=include_disabled)
 
     def delete_rule(self, rule_id: str) -> None:
         now_us = self._now_us()
-        with self.store.write() as conn:
-            if not self.db.update_rule(conn, rule_id, {"deleted_us": now_us, "updated_us": now_us}):
+        with self.storage.writing() as tx:
+            if not tx.update_rule(rule_id, {"deleted_us": now_us, "updated_us": now_us}):
                 raise NotFound(f"notification rule {rule_id} not found")
 
     # -- routing and the outbox -------------------------------------------------------------------
-    def destinations(self, conn: Connection, event_type: str) -> list[Destination]:
-        """Channels that receive `event_type` now (deterministic order, each channel once)."""
+    def destinations(self, conn: object, event_type: str) -> list[Destination]:
+        """Channels that receive `event_type` now (deterministic order, each channel once), read in
+        the caller's open transaction `conn`."""
+        return self._destinations(self.storage.joining(conn), event_type)
+
+    def _destinations(self, tx: WebhookTransaction, event_type: str) -> list[Destination]:
         found: dict[str, Destination] = {}
-        channels = {c.id: c for c in self.db.list_channels(conn, include_disabled=False)}
+        channels = {c.id: c for c in tx.list_channels(include_disabled=False)}
         for channel in channels.values():
             if channel.source == SOURCE_CONFIG and event_type in (channel.event_types or ()):
                 found.setdefault(channel.id, Destination(channel.id, None))
-        for rule in self.db.list_rules(conn, include_disabled=False):
+        for rule in tx.list_rules(include_disabled=False):
             if rule.type != event_type:
                 continue
             for channel_id in rule.channel_ids:
@@ -348,17 +297,27 @@ class WebhookService:
 
     def enqueue(
         self,
-        conn: Connection,
+        conn: object,
         message: OutboxMessage,
         destinations: Sequence[Destination],
         now: datetime,
         id_time: datetime | None = None,
     ) -> EventRow | None:
-        """Write one event and its deliveries in the caller's transaction.
+        """Write one event and its deliveries in the caller's open transaction `conn`.
 
         Returns the event, or None when an event with the same dedup key exists already (then
         nothing is written: the same report or period is never queued twice).
         """
+        return self._enqueue(self.storage.joining(conn), message, destinations, now, id_time)
+
+    def _enqueue(
+        self,
+        tx: WebhookTransaction,
+        message: OutboxMessage,
+        destinations: Sequence[Destination],
+        now: datetime,
+        id_time: datetime | None = None,
+    ) -> EventRow | None:
         if not destinations:
             return None
         now_us = to_micros(now)
@@ -373,42 +332,42 @@ class WebhookService:
             body=jsonutil.dumps(message.payload),
             created_us=now_us,
         )
-        if not self.db.insert_event(conn, event):
+        if not tx.insert_event(event):
             return None
         for destination in destinations:
-            self.db.insert_delivery(conn, event.id, destination.channel_id, now_us)
+            tx.insert_delivery(event.id, destination.channel_id, now_us)
         return event
 
     def send_test(self, rule: RuleRow, payload: dict[str, Any]) -> EventRow:
         """Write a sample event to the rule's (live, enabled) channels: POST /rules/{id}/test."""
         now = self.clock.now()
-        with self.store.write() as conn:
-            live = {c.id for c in self.db.list_channels(conn, include_disabled=False)}
+        with self.storage.writing() as tx:
+            live = {c.id for c in tx.list_channels(include_disabled=False)}
             destinations = [Destination(c, rule.id) for c in rule.channel_ids if c in live]
             if not destinations:
                 raise InvalidInput("the rule has no enabled channel to send a test event to")
             message = OutboxMessage(rule.type, f"test|{rule.id}|{new_ulid(now)}", payload)
-            event = self.enqueue(conn, message, destinations, now)
+            event = self._enqueue(tx, message, destinations, now)
         assert event is not None
         return event
 
     # -- reading events ---------------------------------------------------------------------------
     def list_events(self, flt: EventFilter) -> tuple[int, list[EventRow]]:
-        with self.store.read() as conn:
-            return self.db.list_events(conn, flt)
+        with self.storage.reading() as tx:
+            return tx.list_events(flt)
 
     def get_event(self, event_id: str) -> EventRow:
-        with self.store.read() as conn:
-            event = self.db.get_event(conn, event_id)
+        with self.storage.reading() as tx:
+            event = tx.get_event(event_id)
         if event is None:
             raise NotFound(f"notification event {event_id} not found")
         return event
 
     def details(self, events: Sequence[EventRow]) -> list[EventDetail]:
-        with self.store.read() as conn:
-            deliveries = self.db.deliveries_of(conn, [e.id for e in events])
-            attempts = self.db.attempts_of(conn, [d.id for d in deliveries])
-            rules = {rid: self.db.get_rule(conn, rid) for rid in {e.rule_id for e in events if e.rule_id}}
+        with self.storage.reading() as tx:
+            deliveries = tx.deliveries_of([e.id for e in events])
+            attempts = tx.attempts_of([d.id for d in deliveries])
+            rules = {rid: tx.get_rule(rid) for rid in {e.rule_id for e in events if e.rule_id}}
         attempts_by: dict[int, list[AttemptRow]] = {}
         for attempt in attempts:
             attempts_by.setdefault(attempt.delivery_id, []).append(attempt)
@@ -422,17 +381,31 @@ class WebhookService:
     def resend(self, event_id: str, channel_ids: Sequence[str] = ()) -> None:
         """Send the event again (to the given channels, or to every channel it went to)."""
         now_us = self._now_us()
-        with self.store.write() as conn:
-            event = self.db.get_event(conn, event_id)
+        with self.storage.writing() as tx:
+            event = tx.get_event(event_id)
             if event is None:
                 raise NotFound(f"notification event {event_id} not found")
-            deliveries = {d.channel_id: d for d in self.db.deliveries_of(conn, [event_id])}
+            deliveries = {d.channel_id: d for d in tx.deliveries_of([event_id])}
             targets = list(dict.fromkeys(channel_ids)) or list(deliveries)
             for channel_id in targets:
-                channel = self.db.get_channel(conn, channel_id)
+                channel = tx.get_channel(channel_id)
                 if channel is None or channel.deleted_us is not None:
                     raise InvalidInput(f"channels: notification channel {channel_id} does not exist")
                 if channel_id not in deliveries:
-                    self.db.insert_delivery(conn, event_id, channel_id, now_us)
+                    tx.insert_delivery(event_id, channel_id, now_us)
                     continue
-                self.db.schedule_resend(conn, deliveries[channel_id].id, now_us)
+                tx.schedule_resend(deliveries[channel_id].id, now_us)
+
+
+__all__ = [
+    "SOURCE_API",
+    "SOURCE_CONFIG",
+    "ChannelInput",
+    "Destination",
+    "EventDetail",
+    "InvalidInput",
+    "NotFound",
+    "OutboxMessage",
+    "RuleInput",
+    "WebhookService",
+]

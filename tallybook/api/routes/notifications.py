@@ -34,17 +34,23 @@ from tallybook.api.wire.notifications import (
 from tallybook.clock import format_rfc3339, from_micros
 from tallybook.entitlements.notifications import RULE_TYPES as ENTITLEMENT_RULE_TYPES
 from tallybook.entitlements.notifications import check_rule_settings
+from tallybook.errors import DomainError
 from tallybook.ingest.limits import MAX_PAGE, MAX_PAGE_SIZE
 from tallybook.store.base import ApiKeyRecord
-from tallybook.store.webhooks import AttemptRow, ChannelRow, DeliveryRow, EventFilter, EventRow, RuleRow
-from tallybook.webhooks.service import (
+from tallybook.webhooks.model import (
     SOURCE_CONFIG,
+    AttemptRow,
     ChannelInput,
+    ChannelRow,
+    DeliveryRow,
+    EventFilter,
+    EventRow,
     InvalidInput,
     NotFound,
     RuleInput,
-    WebhookService,
+    RuleRow,
 )
+from tallybook.webhooks.service import WebhookService
 
 router = APIRouter(prefix="/api/v1/notification", tags=["notifications"])
 
@@ -100,12 +106,12 @@ def _service(request: Request) -> WebhookService:
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    # NotFound and InvalidInput are DomainErrors, answered by the API's one handler; a ValueError
+    # from a checker (e.g. a webhook URL) is bad input too.
     try:
         return await run_in_threadpool(fn, *args)
-    except NotFound as exc:
-        raise Problem(404, "not-found", str(exc)) from None
-    except InvalidInput as exc:
-        raise Problem(400, "invalid-parameters", str(exc)) from None
+    except DomainError:
+        raise
     except ValueError as exc:
         raise Problem(400, "invalid-parameters", str(exc)) from None
 

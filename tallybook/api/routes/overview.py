@@ -15,7 +15,7 @@ from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.observability.metrics import Metrics
 from tallybook.runtime import Runtime
 from tallybook.store.base import ApiKeyRecord
-from tallybook.ui import stats
+from tallybook.ui import stats_sql as stats
 
 router = APIRouter(prefix="/api/v1", tags=["overview"])
 

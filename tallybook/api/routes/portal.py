@@ -29,8 +29,7 @@ from tallybook.api.wire.portal import InvoiceEstimate, PortalHolderInfo
 from tallybook.api.wire.portal import PortalToken as PortalTokenShape
 from tallybook.clock import format_rfc3339
 from tallybook.entitlements.model import EntitlementError
-from tallybook.portal import PortalError, PortalToken
-from tallybook.portal.service import PortalHolder
+from tallybook.portal.service import PortalError, PortalHolder, PortalToken
 from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/portal", tags=["portal"])

@@ -1,4 +1,4 @@
-"""Webhook tables and their SQL: channels, rules, the outbox and what was sent per period.
+"""Webhook tables and their SQL adapter (ports.WebhookStorage): channels, rules and the outbox.
 
 The outbox is `notification_events` (one row per event, its exact JSON body) plus
 `notification_deliveries` (one row per event and channel: state, retry schedule, lease). Callers
@@ -11,8 +11,8 @@ runs out; the next claim takes it again, so nothing is lost (delivery is at leas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -37,17 +37,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 
 from tallybook.store.base import SqlStore
-from tallybook.store.schema import SEQUENCE_TYPE, events, metadata
-from tallybook.voids.sql import voided_subjects
+from tallybook.store.schema import SEQUENCE_TYPE, metadata
+from tallybook.webhooks.model import (
+    PENDING,
+    RESENDING,
+    SENDING,
+    AttemptRow,
+    ChannelRow,
+    Claimed,
+    DeliveryRow,
+    EventFilter,
+    EventRow,
+    RuleRow,
+)
 
 JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
-
-# Delivery states, as OpenMeter names them.
-PENDING = "PENDING"
-SENDING = "SENDING"
-SUCCESS = "SUCCESS"
-FAILED = "FAILED"
-RESENDING = "RESENDING"
 
 notification_channels = Table(
     "notification_channels",
@@ -134,124 +138,6 @@ notification_attempts = Table(
 )
 Index("ix_notification_attempts_delivery", notification_attempts.c.delivery_id)
 
-# What each channel was told about each (subject, period, period start): the key makes the
-# aggregation.completed event exactly once per channel; the figures are what corrections compare to.
-aggregation_sent = Table(
-    "aggregation_sent",
-    metadata,
-    Column("subject", Text, primary_key=True),
-    Column("period", Text, primary_key=True),
-    Column("period_start_us", BigInteger, primary_key=True),
-    Column("channel_id", Text, primary_key=True),
-    Column("period_end_us", BigInteger, nullable=False),
-    Column("figures", JSON_TYPE, nullable=False),  # {"events": {...}, "eventCount": n}
-    Column("event_id", Text, nullable=False),  # the last event sent about it
-    Column("updated_us", BigInteger, nullable=False),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelRow:
-    id: str
-    name: str
-    type: str
-    url: str
-    signing_secret: str
-    custom_headers: dict[str, str]
-    disabled: bool
-    disabled_reason: str | None
-    metadata: dict[str, Any] | None
-    source: str
-    event_types: list[str] | None
-    created_us: int
-    updated_us: int
-    deleted_us: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class RuleRow:
-    id: str
-    name: str
-    type: str
-    disabled: bool
-    channel_ids: list[str]
-    metadata: dict[str, Any] | None
-    created_us: int
-    updated_us: int
-    deleted_us: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    id: str
-    type: str
-    dedup_key: str
-    subject: str | None
-    rule_id: str | None
-    body: str
-    created_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    id: int
-    event_id: str
-    channel_id: str
-    state: str
-    attempt_count: int
-    next_attempt_us: int | None
-    lease_until_us: int | None
-    claim_token: str | None
-    reason: str | None
-    updated_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRow:
-    id: int
-    delivery_id: int
-    attempted_us: int
-    state: str
-    status_code: int | None
-    duration_ms: int
-    url: str
-    error: str | None
-    response_body: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A delivery taken by one worker, with everything needed to send it."""
-
-    delivery: DeliveryRow
-    event: EventRow
-    channel: ChannelRow
-
-
-@dataclass(frozen=True, slots=True)
-class SentFigures:
-    subject: str
-    period: str
-    period_start_us: int
-    channel_id: str
-    period_end_us: int
-    figures: dict[str, Any]
-    event_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    from_us: int | None = None
-    to_us: int | None = None
-    subjects: Sequence[str] = ()
-    rules: Sequence[str] = ()
-    channels: Sequence[str] = ()
-    types: Sequence[str] = ()
-    descending: bool = True
-    order_by: str = "createdAt"
-    offset: int = 0
-    limit: int = 100
-
 
 def _channel(row: Any) -> ChannelRow:
     m = row._mapping
@@ -318,36 +204,33 @@ def _insert(conn: Connection, table: Table) -> Any:
     return sqlite.insert(table).on_conflict_do_nothing()
 
 
-class WebhookStore:
-    """SQL for the webhook tables. Methods taking `conn` run inside the caller's transaction."""
+class SqlWebhookTransaction:
+    """One transaction of the webhook service (ports.WebhookTransaction) on a SQLAlchemy connection."""
 
-    def __init__(self, store: SqlStore) -> None:
-        self.store = store
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
 
     # -- channels ---------------------------------------------------------------------------------
-    def insert_channel(self, conn: Connection, values: dict[str, Any], ignore_existing: bool = False) -> None:
+    def insert_channel(self, values: dict[str, Any], ignore_existing: bool = False) -> None:
         """Insert a channel; with ignore_existing, a channel with the same id (another process
         syncing the same config file at the same moment) is left as it is."""
         if ignore_existing:
-            conn.execute(_insert(conn, notification_channels).values(**values))
+            self.conn.execute(_insert(self.conn, notification_channels).values(**values))
         else:
-            conn.execute(notification_channels.insert().values(**values))
+            self.conn.execute(notification_channels.insert().values(**values))
 
-    def update_channel(
-        self, conn: Connection, channel_id: str, values: dict[str, Any], include_deleted: bool = False
-    ) -> bool:
+    def update_channel(self, channel_id: str, values: dict[str, Any], include_deleted: bool = False) -> bool:
         query = update(notification_channels).where(notification_channels.c.id == channel_id)
         if not include_deleted:
             query = query.where(notification_channels.c.deleted_us.is_(None))
-        return conn.execute(query.values(**values)).rowcount > 0
+        return self.conn.execute(query.values(**values)).rowcount > 0
 
-    def get_channel(self, conn: Connection, channel_id: str) -> ChannelRow | None:
-        row = conn.execute(select(notification_channels).where(notification_channels.c.id == channel_id)).first()
+    def get_channel(self, channel_id: str) -> ChannelRow | None:
+        row = self.conn.execute(select(notification_channels).where(notification_channels.c.id == channel_id)).first()
         return _channel(row) if row else None
 
     def list_channels(
         self,
-        conn: Connection,
         include_deleted: bool = False,
         include_disabled: bool = True,
         source: str | None = None,
@@ -360,37 +243,35 @@ class WebhookStore:
         if source is not None:
             query = query.where(notification_channels.c.source == source)
         query = query.order_by(notification_channels.c.created_us, notification_channels.c.id)
-        return [_channel(row) for row in conn.execute(query)]
+        return [_channel(row) for row in self.conn.execute(query)]
 
     # -- rules ------------------------------------------------------------------------------------
-    def insert_rule(self, conn: Connection, values: dict[str, Any]) -> None:
-        conn.execute(notification_rules.insert().values(**values))
+    def insert_rule(self, values: dict[str, Any]) -> None:
+        self.conn.execute(notification_rules.insert().values(**values))
 
-    def update_rule(self, conn: Connection, rule_id: str, values: dict[str, Any]) -> bool:
-        result = conn.execute(
+    def update_rule(self, rule_id: str, values: dict[str, Any]) -> bool:
+        result = self.conn.execute(
             update(notification_rules)
             .where(notification_rules.c.id == rule_id, notification_rules.c.deleted_us.is_(None))
             .values(**values)
         )
         return result.rowcount > 0
 
-    def get_rule(self, conn: Connection, rule_id: str) -> RuleRow | None:
-        row = conn.execute(select(notification_rules).where(notification_rules.c.id == rule_id)).first()
+    def get_rule(self, rule_id: str) -> RuleRow | None:
+        row = self.conn.execute(select(notification_rules).where(notification_rules.c.id == rule_id)).first()
         return _rule(row) if row else None
 
-    def list_rules(
-        self, conn: Connection, include_deleted: bool = False, include_disabled: bool = True
-    ) -> list[RuleRow]:
+    def list_rules(self, include_deleted: bool = False, include_disabled: bool = True) -> list[RuleRow]:
         query = select(notification_rules)
         if not include_deleted:
             query = query.where(notification_rules.c.deleted_us.is_(None))
         if not include_disabled:
             query = query.where(notification_rules.c.disabled.is_(False))
         query = query.order_by(notification_rules.c.created_us, notification_rules.c.id)
-        return [_rule(row) for row in conn.execute(query)]
+        return [_rule(row) for row in self.conn.execute(query)]
 
     # -- outbox -----------------------------------------------------------------------------------
-    def insert_event(self, conn: Connection, event: EventRow) -> bool:
+    def insert_event(self, event: EventRow) -> bool:
         """Insert the event unless one with its id or dedup key exists; True when inserted."""
         values = {
             "id": event.id,
@@ -401,12 +282,12 @@ class WebhookStore:
             "body": event.body,
             "created_us": event.created_us,
         }
-        statement = _insert(conn, notification_events).values(**values).returning(notification_events.c.id)
-        return conn.execute(statement).first() is not None
+        statement = _insert(self.conn, notification_events).values(**values).returning(notification_events.c.id)
+        return self.conn.execute(statement).first() is not None
 
-    def insert_delivery(self, conn: Connection, event_id: str, channel_id: str, now_us: int) -> bool:
+    def insert_delivery(self, event_id: str, channel_id: str, now_us: int) -> bool:
         statement = (
-            _insert(conn, notification_deliveries)
+            _insert(self.conn, notification_deliveries)
             .values(
                 event_id=event_id,
                 channel_id=channel_id,
@@ -417,13 +298,13 @@ class WebhookStore:
             )
             .returning(notification_deliveries.c.id)
         )
-        return conn.execute(statement).first() is not None
+        return self.conn.execute(statement).first() is not None
 
-    def get_event(self, conn: Connection, event_id: str) -> EventRow | None:
-        row = conn.execute(select(notification_events).where(notification_events.c.id == event_id)).first()
+    def get_event(self, event_id: str) -> EventRow | None:
+        row = self.conn.execute(select(notification_events).where(notification_events.c.id == event_id)).first()
         return _event(row) if row else None
 
-    def list_events(self, conn: Connection, flt: EventFilter) -> tuple[int, list[EventRow]]:
+    def list_events(self, flt: EventFilter) -> tuple[int, list[EventRow]]:
         conditions: list[Any] = []
         e = notification_events
         if flt.from_us is not None:
@@ -445,28 +326,28 @@ class WebhookStore:
         if where is not None:
             count_query = count_query.where(where)
             query = query.where(where)
-        total = int(conn.execute(count_query).scalar_one())
+        total = int(self.conn.execute(count_query).scalar_one())
         key = e.c.id if flt.order_by == "id" else e.c.created_us
         ordering = [key.desc(), e.c.id.desc()] if flt.descending else [key.asc(), e.c.id.asc()]
         query = query.order_by(*ordering).offset(flt.offset).limit(flt.limit)
-        return total, [_event(row) for row in conn.execute(query)]
+        return total, [_event(row) for row in self.conn.execute(query)]
 
-    def deliveries_of(self, conn: Connection, event_ids: Sequence[str]) -> list[DeliveryRow]:
+    def deliveries_of(self, event_ids: Sequence[str]) -> list[DeliveryRow]:
         if not event_ids:
             return []
         d = notification_deliveries
-        rows = conn.execute(select(d).where(d.c.event_id.in_(list(event_ids))).order_by(d.c.id))
+        rows = self.conn.execute(select(d).where(d.c.event_id.in_(list(event_ids))).order_by(d.c.id))
         return [_delivery(row) for row in rows]
 
-    def attempts_of(self, conn: Connection, delivery_ids: Sequence[int]) -> list[AttemptRow]:
+    def attempts_of(self, delivery_ids: Sequence[int]) -> list[AttemptRow]:
         if not delivery_ids:
             return []
         a = notification_attempts
-        rows = conn.execute(select(a).where(a.c.delivery_id.in_(list(delivery_ids))).order_by(a.c.id))
+        rows = self.conn.execute(select(a).where(a.c.delivery_id.in_(list(delivery_ids))).order_by(a.c.id))
         return [_attempt(row) for row in rows]
 
-    def schedule_resend(self, conn: Connection, delivery_id: int, now_us: int) -> None:
-        conn.execute(
+    def schedule_resend(self, delivery_id: int, now_us: int) -> None:
+        self.conn.execute(
             update(notification_deliveries)
             .where(notification_deliveries.c.id == delivery_id)
             .values(
@@ -492,7 +373,7 @@ class WebhookStore:
         c = notification_channels
         return and_(c.c.disabled.is_(False), c.c.deleted_us.is_(None))
 
-    def has_due(self, conn: Connection, now_us: int) -> bool:
+    def has_due(self, now_us: int) -> bool:
         d, c = notification_deliveries, notification_channels
         query = (
             select(d.c.id)
@@ -500,9 +381,9 @@ class WebhookStore:
             .where(self._due_condition(now_us), self._deliverable_channels())
             .limit(1)
         )
-        return conn.execute(query).first() is not None
+        return self.conn.execute(query).first() is not None
 
-    def claim_due(self, conn: Connection, now_us: int, lease_until_us: int, token: str, limit: int) -> list[Claimed]:
+    def claim_due(self, now_us: int, lease_until_us: int, token: str, limit: int) -> list[Claimed]:
         """Take up to `limit` due deliveries for this worker (call inside a write transaction)."""
         d, c = notification_deliveries, notification_channels
         query = (
@@ -513,20 +394,20 @@ class WebhookStore:
             .limit(limit)
             .with_for_update(skip_locked=True, of=d)
         )
-        ids = [row[0] for row in conn.execute(query)]
+        ids = [row[0] for row in self.conn.execute(query)]
         if not ids:
             return []
-        conn.execute(
+        self.conn.execute(
             update(d)
             .where(d.c.id.in_(ids))
             .values(state=SENDING, lease_until_us=lease_until_us, claim_token=token, updated_us=now_us)
         )
-        deliveries = [_delivery(row) for row in conn.execute(select(d).where(d.c.id.in_(ids)).order_by(d.c.id))]
+        deliveries = [_delivery(row) for row in self.conn.execute(select(d).where(d.c.id.in_(ids)).order_by(d.c.id))]
         events = {
             e.id: e
             for e in (
                 _event(row)
-                for row in conn.execute(
+                for row in self.conn.execute(
                     select(notification_events).where(notification_events.c.id.in_({x.event_id for x in deliveries}))
                 )
             )
@@ -534,14 +415,14 @@ class WebhookStore:
         channels = {
             ch.id: ch
             for ch in (
-                _channel(row) for row in conn.execute(select(c).where(c.c.id.in_({x.channel_id for x in deliveries})))
+                _channel(row)
+                for row in self.conn.execute(select(c).where(c.c.id.in_({x.channel_id for x in deliveries})))
             )
         }
         return [Claimed(x, events[x.event_id], channels[x.channel_id]) for x in deliveries]
 
     def finish_attempt(
         self,
-        conn: Connection,
         claimed: DeliveryRow,
         attempt: dict[str, Any],
         state: str,
@@ -550,9 +431,9 @@ class WebhookStore:
         now_us: int,
     ) -> bool:
         """Record an attempt and the delivery's new state, if this worker still holds the claim."""
-        conn.execute(notification_attempts.insert().values(delivery_id=claimed.id, **attempt))
+        self.conn.execute(notification_attempts.insert().values(delivery_id=claimed.id, **attempt))
         d = notification_deliveries
-        result = conn.execute(
+        result = self.conn.execute(
             update(d)
             .where(d.c.id == claimed.id, d.c.claim_token == claimed.claim_token, d.c.state == SENDING)
             .values(
@@ -567,91 +448,31 @@ class WebhookStore:
         )
         return result.rowcount > 0
 
-    def disable_channel(self, conn: Connection, channel_id: str, reason: str, now_us: int) -> None:
-        conn.execute(
+    def disable_channel(self, channel_id: str, reason: str, now_us: int) -> None:
+        self.conn.execute(
             update(notification_channels)
             .where(notification_channels.c.id == channel_id)
             .values(disabled=True, disabled_reason=reason, updated_us=now_us)
         )
 
-    # -- aggregation bookkeeping ------------------------------------------------------------------
-    def sent_figures(self, conn: Connection, subject: str, period: str, period_start_us: int) -> list[SentFigures]:
-        s = aggregation_sent
-        rows = conn.execute(
-            select(s).where(s.c.subject == subject, s.c.period == period, s.c.period_start_us == period_start_us)
-        )
-        return [
-            SentFigures(
-                subject=r.subject,
-                period=r.period,
-                period_start_us=r.period_start_us,
-                channel_id=r.channel_id,
-                period_end_us=r.period_end_us,
-                figures=r.figures,
-                event_id=r.event_id,
-            )
-            for r in rows
-        ]
 
-    def record_sent(self, conn: Connection, sent: SentFigures, now_us: int) -> bool:
-        """Remember what a channel was sent; False when it was already sent (nothing changes)."""
-        statement = (
-            _insert(conn, aggregation_sent)
-            .values(
-                subject=sent.subject,
-                period=sent.period,
-                period_start_us=sent.period_start_us,
-                channel_id=sent.channel_id,
-                period_end_us=sent.period_end_us,
-                figures=sent.figures,
-                event_id=sent.event_id,
-                updated_us=now_us,
-            )
-            .returning(aggregation_sent.c.subject)
-        )
-        return conn.execute(statement).first() is not None
+class SqlWebhookStorage:
+    """ports.WebhookStorage on the SQL store."""
 
-    def update_sent(self, conn: Connection, sent: SentFigures, previous_event_id: str, now_us: int) -> bool:
-        """Replace the figures a channel holds, if nobody else replaced them first."""
-        s = aggregation_sent
-        result = conn.execute(
-            update(s)
-            .where(
-                s.c.subject == sent.subject,
-                s.c.period == sent.period,
-                s.c.period_start_us == sent.period_start_us,
-                s.c.channel_id == sent.channel_id,
-                s.c.event_id == previous_event_id,
-            )
-            .values(figures=sent.figures, event_id=sent.event_id, updated_us=now_us)
-        )
-        return result.rowcount > 0
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
 
-    def late_subjects(
-        self, conn: Connection, after_seq: int, through_seq: int, voided_after_us: int, voided_through_us: int
-    ) -> list[tuple[str, int, int]]:
-        """(subject, earliest, latest event time) of events stored with a seq in (after, through]
-        or voided in (voided_after, voided_through].
+    @contextmanager
+    def reading(self) -> Iterator[SqlWebhookTransaction]:
+        with self.store.read() as conn:
+            yield SqlWebhookTransaction(conn)
 
-        A void changes a period's figures just as a late event does, so both trigger corrections.
-        """
-        query = (
-            select(events.c.subject, func.min(events.c.time_us), func.max(events.c.time_us))
-            .where(events.c.seq > after_seq, events.c.seq <= through_seq)
-            .group_by(events.c.subject)
-        )
-        spans: dict[str, tuple[int, int]] = {}
-        rows = [(r[0], int(r[1]), int(r[2])) for r in conn.execute(query)] if through_seq > after_seq else []
-        voided = (
-            voided_subjects(conn, voided_after_us, voided_through_us) if voided_through_us > voided_after_us else []
-        )
-        for subject, earliest, latest in rows + voided:
-            low, high = spans.get(subject, (earliest, latest))
-            spans[subject] = (min(low, earliest), max(high, latest))
-        return [(subject, low, high) for subject, (low, high) in sorted(spans.items())]
+    @contextmanager
+    def writing(self) -> Iterator[SqlWebhookTransaction]:
+        with self.store.write() as conn:
+            yield SqlWebhookTransaction(conn)
 
-    def seq_ingested_through(self, conn: Connection, ingested_through_us: int) -> int:
-        """The highest seq of an event ingested at or before that instant (0 if none): where a
-        corrections scan that followed ingest time continues by seq."""
-        value = conn.execute(select(func.max(events.c.seq)).where(events.c.ingested_us <= ingested_through_us))
-        return int(value.scalar_one() or 0)
+    def joining(self, transaction: object) -> SqlWebhookTransaction:
+        if not isinstance(transaction, Connection):
+            raise TypeError(f"the outbox joins a SQL connection's transaction, not {type(transaction).__name__}")
+        return SqlWebhookTransaction(transaction)

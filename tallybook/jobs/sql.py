@@ -1,5 +1,6 @@
-"""Job bookkeeping: when each job runs next, the cursors jobs advance, and the lock that makes a job
-run in one process at a time.
+"""Job bookkeeping tables and their SQL (ports.JobBookkeeping, ports.FailureRecords): when each job
+runs next, the cursors jobs advance, the items jobs skipped, and the lock that makes a job run in
+one process at a time.
 
 The lock: on PostgreSQL a session advisory lock (pg_try_advisory_lock) held on a dedicated
 connection for as long as the job runs; the server drops it when the holder's connection ends, so
@@ -14,12 +15,12 @@ import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from tallybook.jobs.model import ItemFailure, JobFailureRow, JobRunRow
 from tallybook.store.base import SqlStore
 from tallybook.store.schema import metadata
 
@@ -63,40 +64,6 @@ job_failures = Table(
 Index("ix_job_failures_last_seen", job_failures.c.last_seen_us)
 
 
-@dataclass(frozen=True, slots=True)
-class JobRunRow:
-    name: str
-    next_run_us: int | None
-    last_started_us: int | None
-    last_finished_us: int | None
-    last_error: str | None
-    last_failed_items: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemFailure:
-    """One failure of one item in one run, as recorded."""
-
-    job: str
-    item_kind: str
-    item_id: str
-    error: str
-    context: dict[str, Any]
-    seen_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class JobFailureRow:
-    job: str
-    item_kind: str
-    item_id: str
-    error: str
-    context: dict[str, Any]
-    first_seen_us: int
-    last_seen_us: int
-    count: int
-
-
 def _failure_filter(job: str | None, item_kind: str | None) -> list[Any]:
     conditions: list[Any] = []
     if job:
@@ -118,6 +85,8 @@ def _insert_ignore(dialect: str, table: Table) -> Any:
 
 
 class JobStore:
+    """The scheduler's rows, the failed items and the job cursors, on the SQL store."""
+
     def __init__(self, store: SqlStore) -> None:
         self.store = store
 

@@ -1,5 +1,8 @@
 """Checks that a database (a restored one, typically) is whole and consistent, on either engine.
 
+Every check is a query over some room's tables (counts, anti-joins, a pass over invoices and their
+lines), and verify reads them all as stored, so the module is an SQL adapter through and through.
+
 Each check is cheap next to reading the data once: counts, index-backed anti-joins, and one
 streaming pass over invoices and their lines. A check that cannot run (a table missing because
 the schema is behind) is reported as a failure of that check; the others still run.

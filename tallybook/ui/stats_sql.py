@@ -1,5 +1,7 @@
-"""Small read-only statistics for the dashboard overview.
+"""Small read-only statistics for the dashboard overview: an SQL adapter through and through.
 
+Each function is one query the overview shows as it comes back (counts, nothing decided here), so
+the module is SQL-shaped on purpose and lives beside the tables it reads rather than behind a port.
 Each query stays cheap on a large events table: the per-minute ingest rate is a range scan of the
 `ix_events_ingested` index over the last hour, never a scan of the whole table.
 """
@@ -12,7 +14,7 @@ from sqlalchemy import func, select
 
 from tallybook.store.base import SqlStore
 from tallybook.store.schema import events
-from tallybook.store.webhooks import notification_channels, notification_deliveries
+from tallybook.webhooks.sql import notification_channels, notification_deliveries
 
 MINUTE_US = 60_000_000
 
