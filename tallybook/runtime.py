@@ -31,7 +31,7 @@ from tallybook.eventlist.sql import SqlEventList
 from tallybook.ingest.service import IngestService
 from tallybook.jobs.scheduler import Job, JobScheduler
 from tallybook.jobs.wiring import build_jobs
-from tallybook.meters.service import MeterService
+from tallybook.meters.service import REBUILD_INTERVAL, REBUILD_JOB, MeterService
 from tallybook.observability.metrics import Metrics
 from tallybook.portal import PortalService
 from tallybook.store import SqlStore, open_store
@@ -138,6 +138,8 @@ class Runtime:
             grace=settings.billing.invoice_grace,
         )
         runtime.jobs.register(Job(UNBILLED_JOB, unbilled_job.run, settings.billing.unbilled_interval))
+        # Meter rebuilds for `worker` and `jobs run` (serve's materializer thread does them too).
+        runtime.jobs.register(Job(REBUILD_JOB, runtime.meters.rebuild_job, REBUILD_INTERVAL, exclusive=False))
         plan_entitlements = SubscriptionEntitlements(runtime.entitlements, runtime.subscriptions)
         runtime.subscriptions.listeners.append(plan_entitlements.sync)
         runtime.invoice_sync = InvoiceSyncService(

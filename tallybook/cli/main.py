@@ -1006,3 +1006,13 @@ def _register_billing_tools() -> None:
 
 
 _register_billing_tools()
+
+
+# -- meters: projection status and rebuilds (tallybook/cli/meters.py) -----------------------------
+def _register_meters() -> None:
+    from tallybook.cli.meters import register
+
+    register(app)
+
+
+_register_meters()
