@@ -141,6 +141,9 @@ class MeterSettings(BaseModel):
     # A new or changed meter is built within the API call when at most this many stored events are
     # left to read (well under a second); above it, in the background (docs/meters.md, "Rebuilds").
     rebuild_inline_events: int = Field(10_000, ge=0)
+    # Events per materializer transaction (with the cursor move): what a crash can cost in redone work,
+    # and how long a chunk holds SQLite's single writer.
+    materialize_chunk_events: int = Field(20_000, ge=1)
     # Filled from `from_codehooks` when the settings are read; other modules read `periods` here.
     codehooks: CodehooksSystemConfig | None = None
 

@@ -96,6 +96,7 @@ class MeterService:
             store,
             self._projection_meters,
             interval=self.settings.materialize_interval_seconds,
+            chunk_events=self.settings.materialize_chunk_events,
             now_us=lambda: to_micros(self.clock.now()),
         )
 
