@@ -220,16 +220,21 @@ class Materializer:
 
     def background_pass(self) -> int:
         """Ready projections up to date, then one chunk of a build and one of cleanup; the work done."""
-        return self.catch_up() + self.build_step() + self.purge_step()
+        read, purged = self._pass()
+        return read + purged
+
+    def _pass(self) -> tuple[int, int]:
+        """(events read, retired rows deleted) by one background pass."""
+        return self.catch_up() + self.build_step(), self.purge_step()
 
     def run_builds(self, should_stop: Callable[[], bool] = lambda: False) -> int:
         """Run passes until every build is swapped in and every retired projection deleted (or
         `should_stop`); return the events read. Interrupted, the next run resumes at the cursors."""
         total = 0
         while not should_stop():
-            done = self.background_pass()
-            total += done
-            if done == 0:
+            read, purged = self._pass()
+            total += read
+            if read == 0 and purged == 0:
                 return total
         return total
 
@@ -285,6 +290,10 @@ class Materializer:
         """One chunk of the build furthest behind (of the builds with usage keys in `only`, if
         given); builds that reach the settled horizon are swapped in. Returns the work done: events
         read, or 1 for a swap that read none, 0 when no build is left."""
+        with self.store.read() as conn:
+            # Most passes find no build: they must not take PostgreSQL's SHARE lock on events for it.
+            if not meter_store.cursors(conn, "building"):
+                return 0
         with self._lock:
             with self.store.read() as conn:
                 horizon = meter_store.settled_horizon(conn)
@@ -300,6 +309,9 @@ class Materializer:
 
     def purge_step(self, rows: int | None = None) -> int:
         """Delete one batch of a retired projection's rows; the rows deleted (0: none left)."""
+        with self.store.read() as conn:
+            if not meter_store.has_retired(conn):  # the common case, without a write transaction
+                return 0
         with self.store.write() as conn:
             meter_store.lock_materializer(conn)
             return meter_store.purge_retired(conn, rows or self.chunk_events)

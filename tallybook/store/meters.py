@@ -442,6 +442,11 @@ def projection_rows(
     return [dict(r._mapping) for r in conn.execute(query)]
 
 
+def has_retired(conn: Connection) -> bool:
+    p = meter_projections.c
+    return conn.execute(select(p.usage_key).where(p.state == "retired").limit(1)).first() is not None
+
+
 def purge_retired(conn: Connection, limit: int) -> int:
     """Delete up to `limit` rows of one retired projection (the projection itself once it has
     none left); return how many rows went, so callers know whether to go on."""
