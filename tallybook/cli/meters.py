@@ -61,6 +61,9 @@ def status(
         payload = {m.slug: m.projection.to_json() for m in meters if m.projection is not None}
         main.console.print_json(jsonutil.dumps(payload[meter] if meter and len(meters) == 1 else payload))
         return
+    if not meters:
+        main.console.print("no meters", highlight=False)
+        return
     table = Table()
     for column in ("meter", "state", "queries answer", "events processed", "of", "percent", "eta"):
         table.add_column(column)
@@ -118,7 +121,7 @@ def rebuild(config: ConfigOption = None, database: DatabaseOption = None) -> Non
     if building:
         main.console.print(f"stopped; still rebuilding: {', '.join(building)} (run again to resume)", highlight=False)
         raise typer.Exit(1)
-    main.console.print(f"every meter is ready ({read:,} events read)", highlight=False)
+    main.console.print(f"every meter is ready ({read:,} events projected here)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

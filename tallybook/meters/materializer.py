@@ -224,8 +224,10 @@ class Materializer:
         return read + purged
 
     def _pass(self) -> tuple[int, int]:
-        """(events read, retired rows deleted) by one background pass."""
-        return self.catch_up() + self.build_step(), self.purge_step()
+        """(events read, other work: swaps and retired rows deleted) by one background pass."""
+        read = self.catch_up()  # the ready projections first: queries never wait behind a rebuild
+        built, swapped = self._build_step(None)
+        return read + built, int(swapped) + self.purge_step()
 
     def run_builds(self, should_stop: Callable[[], bool] = lambda: False) -> int:
         """Run passes until every build is swapped in and every retired projection deleted (or
@@ -290,17 +292,22 @@ class Materializer:
         """One chunk of the build furthest behind (of the builds with usage keys in `only`, if
         given); builds that reach the settled horizon are swapped in. Returns the work done: events
         read, or 1 for a swap that read none, 0 when no build is left."""
+        read, swapped = self._build_step(only)
+        return read or int(swapped)
+
+    def _build_step(self, only: Sequence[int] | None) -> tuple[int, bool]:
+        """(events read, whether a build was swapped in) by one build chunk."""
         with self.store.read() as conn:
             # Most passes find no build: they must not take PostgreSQL's SHARE lock on events for it.
             if not meter_store.cursors(conn, "building"):
-                return 0
+                return 0, False
         with self._lock:
             with self.store.read() as conn:
                 horizon = meter_store.settled_horizon(conn)
             done, read = self._advance(horizon, "building", only)
         with self._progress:
             self._progress.notify_all()
-        return 0 if done else max(read, 1)
+        return read, not done and read == 0
 
     def finish_builds(self, only: Sequence[int]) -> None:
         """Run these builds to the end here (create and update do, when little is left to read)."""
