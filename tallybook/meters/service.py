@@ -17,6 +17,7 @@ import builtins
 import itertools
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -117,17 +118,11 @@ class MeterService:
 
     def rebuild_job(self, _now: datetime, budget_seconds: float = 5.0) -> dict[str, Any]:
         """The scheduler's job (worker, jobs run): a few seconds of build work; the next run resumes."""
-        deadline = self._monotonic() + budget_seconds
-        read = self.materializer.run_builds(lambda: self._monotonic() >= deadline)
+        deadline = time.monotonic() + budget_seconds
+        read = self.materializer.run_builds(lambda: time.monotonic() >= deadline)
         with self.store.read() as conn:
             building = len(meter_store.projection_rows(conn, ("building",)))
         return {"eventsRead": read, "building": building}
-
-    @staticmethod
-    def _monotonic() -> float:
-        import time
-
-        return time.monotonic()
 
     # -- definitions ------------------------------------------------------------------------------------
     def list(self) -> list[Meter]:

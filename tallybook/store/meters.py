@@ -455,12 +455,16 @@ def purge_retired(conn: Connection, limit: int) -> int:
     if key is None:
         return 0
     u = meter_usage.c
-    page = select(u.subject, u.time_us, u.event_seq).where(u.meter_key == key).limit(limit)
-    deleted = conn.execute(
-        delete(meter_usage).where(u.meter_key == key, tuple_(u.subject, u.time_us, u.event_seq).in_(page))
-    ).rowcount
-    if deleted < limit:
+    # A page in event time order, bounded through ix_meter_usage_time: the (limit+1)th row's time.
+    # Rows sharing that time go with it, so a page always shrinks the rest.
+    bound = conn.execute(
+        select(u.time_us).where(u.meter_key == key).order_by(u.time_us).offset(limit).limit(1)
+    ).scalar()
+    if bound is None:  # the last page: the projection goes with it
+        deleted = conn.execute(delete(meter_usage).where(u.meter_key == key)).rowcount
         conn.execute(delete(meter_projections).where(p.usage_key == key))
+    else:
+        deleted = conn.execute(delete(meter_usage).where(u.meter_key == key, u.time_us <= bound)).rowcount
     return max(int(deleted), 1)
 
 

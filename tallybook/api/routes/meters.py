@@ -148,8 +148,6 @@ def meter_json(meter: Meter) -> dict[str, Any]:
         body["metadata"] = meter.metadata
     if meter.deleted_at is not None:
         body["deletedAt"] = format_rfc3339(meter.deleted_at)
-    if meter.projection is not None:
-        body["annotations"]["tallybook.projection"] = meter.projection.state
     return body
 
 

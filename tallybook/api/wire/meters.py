@@ -19,12 +19,6 @@ class MeterAnnotations(Wire):
     billedAt: str | None = Field(
         alias="tallybook.billedAt", json_schema_extra=DATE_TIME, description="locked since it was first billed"
     )
-    projection: Literal["ready", "rebuilding"] | None = Field(
-        None,
-        alias="tallybook.projection",
-        description="`rebuilding` while a new or changed definition is built in the background; progress: "
-        "GET /api/v1/meters/{meterIdOrSlug}/projection",
-    )
 
 
 class Meter(Wire):

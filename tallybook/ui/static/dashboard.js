@@ -264,6 +264,8 @@
   // -- meters ---------------------------------------------------------------------------------------------
   async function metersPage() {
     const meters = await call("GET", "/api/v1/meters");
+    const projections = await Promise.all(meters.map((m) => call("GET", `/api/v1/meters/${encodeURIComponent(m.slug)}/projection`)));
+    const projectionText = (p) => (p.state === "ready" ? "ready" : `rebuilding, ${p.percent}%`);
     page.replaceChildren(
       el("h1", {}, "Meters"),
       meters.length
@@ -275,7 +277,7 @@
             el("td", {}, m.aggregation),
             el("td", {}, Object.keys(m.groupBy).join(", ") || "—"),
             el("td", { class: "num" }, formatNumber(m.annotations["tallybook.invalidEvents"] || 0)),
-            el("td", {}, m.annotations["tallybook.projection"] || "ready"))))
+            el("td", {}, projectionText(projections[meters.indexOf(m)])))))
         : el("p", { class: "muted" }, "No meters yet. Create one with POST /api/v1/meters or in tallybook.yaml."),
     );
   }
