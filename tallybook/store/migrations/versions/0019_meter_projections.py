@@ -52,6 +52,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Back to one projection per meter under its own key: drop the rows of builds and retired
+    # projections, move each ready projection's rows to the meter's key (usage key mod 2**32), and
+    # restart from scratch the meters whose first build had not finished.
+    op.execute(
+        "DELETE FROM meter_usage WHERE meter_key IN (SELECT usage_key FROM meter_projections WHERE state <> 'ready')"
+    )
+    op.execute("UPDATE meter_usage SET meter_key = meter_key % 4294967296 WHERE meter_key >= 4294967296")
+    op.execute("UPDATE meters SET projected_seq = 0 WHERE usage_key IS NULL")
     with op.batch_alter_table("meters") as batch:
         batch.drop_column("usage_key")
     op.drop_index("uq_meter_projections_generation", table_name="meter_projections")
