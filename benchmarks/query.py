@@ -197,6 +197,7 @@ def load_sqlite(path: Path, n: int, log: Callable[[str], None]) -> None:
     db.executemany("INSERT INTO customers (id, key, name, created_us, updated_us) VALUES (?,?,?,?,?)", rows)
     db.executemany("INSERT INTO customer_subjects (subject, customer_id) VALUES (?,?)", links)
     db.execute("UPDATE meters SET projected_seq = ?", (n,))
+    db.execute("UPDATE meter_projections SET projected_seq = ?", (n,))
     db.execute("COMMIT")
     db.execute("ANALYZE")
     db.close()
@@ -227,6 +228,7 @@ def load_postgres(url: str, raw_url: str, n: int, log: Callable[[str], None]) ->
             )
             cur.executemany("INSERT INTO customer_subjects (subject, customer_id) VALUES (%s,%s)", links)
         db.execute("UPDATE meters SET projected_seq = %s", (n,))
+        db.execute("UPDATE meter_projections SET projected_seq = %s", (n,))
         db.execute("VACUUM ANALYZE")
         log(f"  meter_usage: {n:,} rows + index, vacuum in {time.perf_counter() - started:.0f} s")
 

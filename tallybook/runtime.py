@@ -34,7 +34,7 @@ from tallybook.jobs.aggregation import PeriodCloseJob
 from tallybook.jobs.aggregation_sql import SqlAggregationStorage
 from tallybook.jobs.reports import MeterReportJob, meter_usage_query
 from tallybook.jobs.scheduler import Job, JobScheduler
-from tallybook.meters.service import MeterService
+from tallybook.meters.service import REBUILD_INTERVAL, REBUILD_JOB, MeterService
 from tallybook.meters.windows import period_bounds
 from tallybook.observability.metrics import Metrics
 from tallybook.portal.service import PortalService
@@ -163,6 +163,8 @@ class Runtime:
             grace=settings.billing.invoice_grace,
         )
         runtime.jobs.register(Job(UNBILLED_JOB, unbilled_job.run, settings.billing.unbilled_interval))
+        # Meter rebuilds for `worker` and `jobs run` (serve's materializer thread does them too).
+        runtime.jobs.register(Job(REBUILD_JOB, runtime.meters.rebuild_job, REBUILD_INTERVAL, exclusive=False))
         plan_entitlements = SubscriptionEntitlements(runtime.entitlements, runtime.subscriptions)
         runtime.subscriptions.listeners.append(plan_entitlements.sync)
         sync_storage = SqlSyncStorage(store, runtime.webhooks)

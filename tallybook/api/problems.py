@@ -59,15 +59,21 @@ def problem_response(
     return Response(jsonutil.dumpb(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
+def _retry_after(extra: dict[str, Any]) -> dict[str, str] | None:
+    """A problem that says when to retry (e.g. a meter still being built, 503) says it in the header too."""
+    seconds = extra.get("retryAfterSeconds")
+    return {"Retry-After": str(seconds)} if isinstance(seconds, int) else None
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else _retry_after(exc.extra)
         return problem_response(request, exc.status, exc.code, exc.detail, headers=headers, **exc.extra)
 
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> Response:
-        return problem_response(request, exc.status, exc.code, exc.detail, **exc.extra)
+        return problem_response(request, exc.status, exc.code, exc.detail, _retry_after(exc.extra), **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

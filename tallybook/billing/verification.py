@@ -194,12 +194,12 @@ def _event_changes(conn: Any, invoice: Invoice, line: Line, subjects: list[str])
     this line's meter, period and the customer's subjects."""
     assert line.meter is not None
     meter = meter_store.meter_row(conn, line.meter)
-    if meter is None or not subjects or invoice.as_of is None:
+    if meter is None or meter["usage_key"] is None or not subjects or invoice.as_of is None:
         return 0, 0
     u = meter_store.meter_usage.c
     period: Period = line.period
     base = [
-        u.meter_key == meter["key"],
+        u.meter_key == meter["usage_key"],
         u.subject.in_(subjects),
         u.time_us >= to_micros(period.start),
         u.time_us < to_micros(period.end),

@@ -46,7 +46,16 @@ def _register_billing_tools() -> None:
 
 _register_billing_tools()
 
+
 # -- more groups register here, one line each -----------------------------------------------------------
+# meters: projection status and rebuilds (tallybook/cli/meters.py)
+def _register_meters() -> None:
+    from tallybook.cli.meters import register
+
+    register(app)
+
+
+_register_meters()
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

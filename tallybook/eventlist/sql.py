@@ -93,7 +93,7 @@ def _validation_errors(conn: Connection, seqs: list[int]) -> dict[int, str]:
         return {}
     rows = conn.execute(
         select(meter_usage.c.event_seq, meters.c.slug, meter_usage.c.error)
-        .select_from(meter_usage.join(meters, meters.c.key == meter_usage.c.meter_key))
+        .select_from(meter_usage.join(meters, meters.c.usage_key == meter_usage.c.meter_key))
         .where(meter_usage.c.event_seq.in_(seqs), meter_usage.c.error.isnot(None), meters.c.deleted_us.is_(None))
         .order_by(meter_usage.c.event_seq, meters.c.slug)
     )

@@ -9,6 +9,7 @@
           groupBy: {model: $.model}
       from_codehooks: ./systemconfig.json   # optional; its `events` become meters
       materialize_interval_seconds: 1.0
+      rebuild_inline_events: 10000          # build within the API call up to this many events
 
 A bare list under `meters:` is read as `definitions`.
 """
@@ -137,6 +138,12 @@ class MeterSettings(BaseModel):
     definitions: list[MeterDefinition] = Field(default_factory=list)
     from_codehooks: str | None = Field(None, description="path to a codehooks systemconfig.json")
     materialize_interval_seconds: float = Field(1.0, gt=0)
+    # A new or changed meter is built within the API call when at most this many stored events are
+    # left to read (well under a second); above it, in the background (docs/meters.md, "Rebuilds").
+    rebuild_inline_events: int = Field(10_000, ge=0)
+    # Events per materializer transaction (with the cursor move): what a crash can cost in redone work,
+    # and how long a chunk holds SQLite's single writer.
+    materialize_chunk_events: int = Field(20_000, ge=1)
     # Filled from `from_codehooks` when the settings are read; other modules read `periods` here.
     codehooks: CodehooksSystemConfig | None = None
 

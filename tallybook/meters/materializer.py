@@ -1,9 +1,15 @@
 """Keeps `meter_usage` up to date behind ingest.
 
 Ingest only appends to `events`. The materializer reads new events by `seq` cursor (one cursor per
-meter, in `meters.projected_seq`), extracts each meter's value and group values, and appends one
-`meter_usage` row per (meter, event). It runs in a background thread every `interval` seconds and
-also on demand before every query, so a query always sees every event committed before it began.
+projection, in `meter_projections.projected_seq`), extracts each meter's value and group values,
+and appends one `meter_usage` row per (projection, event). It runs in a background thread every
+`interval` seconds and also on demand before every query, so a query always sees every event
+committed before it began.
+
+A new or changed meter definition gets its own projection (a new generation, state "building"),
+built from seq 0 one chunk per background pass beside the projection queries read; once its cursor
+reaches the settled horizon it is swapped in, in one transaction, and the old one's rows are
+deleted in the background. See docs/meters.md, "Rebuilds".
 
 Work is done in chunks, each in its own transaction together with the cursor move, so a crash
 loses nothing and never double counts. On PostgreSQL an advisory lock makes materializers in
@@ -32,7 +38,7 @@ from tallybook.meters.extract import (
 from tallybook.meters.models import Aggregation, Meter
 from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
-from tallybook.store.meters import StoredEvent, UnreadableData, UsageRecord
+from tallybook.store.meters import EVENT_PAGE, StoredEvent, UnreadableData, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +164,30 @@ def _show(value: Any) -> str:
 
 
 class Materializer:
+    """Projects events into every meter's projections.
+
+    `load_projections(conn, state)` gives the live meters' projections in `state` ("ready": those
+    queries read; "building": new or changed definitions), each as a `Meter` whose `key` is the
+    projection's usage key and whose definition is the one it is built with.
+
+    Queries only wait for the ready projections (`catch_up`). Builds advance one chunk per
+    background pass (`build_step`), after the ready projections are current, so a rebuild of
+    millions of events never holds back the freshness of the other meters or of queries.
+    """
+
     def __init__(
         self,
         store: SqlStore,
-        load_meters: Callable[[Any], Sequence[Meter]],
+        load_projections: Callable[[Any, str], Sequence[Meter]],
         interval: float = 1.0,
         chunk_events: int = CHUNK_EVENTS,
+        now_us: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
-        self.load_meters = load_meters  # reads live meters inside the given connection
+        self.load_projections = load_projections
         self.interval = interval
         self.chunk_events = chunk_events
+        self.now_us = now_us or _system_now_us
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one catch-up at a time within this process
@@ -194,10 +213,32 @@ class Materializer:
         wait = self.interval
         while not self._stop.wait(wait):
             try:
-                wait = self.interval if self.catch_up() == 0 else 0.0
+                wait = self.interval if self.background_pass() == 0 else 0.0
             except Exception:
                 wait = self.interval
                 log.exception("meter materializer pass failed; it will retry")
+
+    def background_pass(self) -> int:
+        """Ready projections up to date, then one chunk of a build and one of cleanup; the work done."""
+        read, purged = self._pass()
+        return read + purged
+
+    def _pass(self) -> tuple[int, int]:
+        """(events read, other work: swaps and retired rows deleted) by one background pass."""
+        read = self.catch_up()  # the ready projections first: queries never wait behind a rebuild
+        built, swapped = self._build_step(None)
+        return read + built, int(swapped) + self.purge_step()
+
+    def run_builds(self, should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Run passes until every build is swapped in and every retired projection deleted (or
+        `should_stop`); return the events read. Interrupted, the next run resumes at the cursors."""
+        total = 0
+        while not should_stop():
+            read, purged = self._pass()
+            total += read
+            if read == 0 and purged == 0:
+                return total
+        return total
 
     # -- work -------------------------------------------------------------------------------------------
     def pending(self) -> bool:
@@ -207,7 +248,8 @@ class Materializer:
         return bool(cursors) and min(cursors.values()) < visible
 
     def catch_up(self) -> int:
-        """Project every settled event not yet projected; return how many events were read here.
+        """Project every settled event not yet projected into the ready projections; return how
+        many events were read here.
 
         On return, every event committed before the call is projected. When another thread of
         this process is already projecting (the background thread, under sustained ingest), the
@@ -246,24 +288,69 @@ class Materializer:
             if done:
                 return total
 
-    def _chunk(self, horizon: int) -> tuple[bool, int]:
+    def build_step(self, only: Sequence[int] | None = None) -> int:
+        """One chunk of the build furthest behind (of the builds with usage keys in `only`, if
+        given); builds that reach the settled horizon are swapped in. Returns the work done: events
+        read, or 1 for a swap that read none, 0 when no build is left."""
+        read, swapped = self._build_step(only)
+        return read or int(swapped)
+
+    def _build_step(self, only: Sequence[int] | None) -> tuple[int, bool]:
+        """(events read, whether a build was swapped in) by one build chunk."""
+        with self.store.read() as conn:
+            # Most passes find no build: they must not take PostgreSQL's SHARE lock on events for it.
+            if not meter_store.cursors(conn, "building"):
+                return 0, False
+        with self._lock:
+            with self.store.read() as conn:
+                horizon = meter_store.settled_horizon(conn)
+            done, read = self._advance(horizon, "building", only)
+        with self._progress:
+            self._progress.notify_all()
+        return read, not done and read == 0
+
+    def finish_builds(self, only: Sequence[int]) -> None:
+        """Run these builds to the end here (create and update do, when little is left to read)."""
+        while self.build_step(only):
+            pass
+
+    def purge_step(self, rows: int | None = None) -> int:
+        """Delete one batch of a retired projection's rows; the rows deleted (0: none left)."""
+        with self.store.read() as conn:
+            if not meter_store.has_retired(conn):  # the common case, without a write transaction
+                return 0
         with self.store.write() as conn:
             meter_store.lock_materializer(conn)
-            meters = {m.key: m for m in self.load_meters(conn)}
-            cursors = meter_store.cursors(conn)
-            lagging = {key: seq for key, seq in cursors.items() if seq < horizon and key in meters}
+            return meter_store.purge_retired(conn, rows or self.chunk_events)
+
+    def _chunk(self, horizon: int) -> tuple[bool, int]:
+        return self._advance(horizon, "ready", None)
+
+    def _advance(self, horizon: int, state: str, only: Sequence[int] | None) -> tuple[bool, int]:
+        with self.store.write() as conn:
+            meter_store.lock_materializer(conn)
+            meters = {m.key: m for m in self.load_projections(conn, state)}
+            cursors = meter_store.cursors(conn, state)
+            lagging = {key: seq for key, seq in cursors.items() if key in meters and (only is None or key in only)}
+            if state == "building":
+                caught_up = [key for key, seq in lagging.items() if seq >= horizon]
+                if caught_up:
+                    meter_store.swap_in(conn, caught_up, self.now_us())
+                    return False, 0
+            lagging = {key: seq for key, seq in lagging.items() if seq < horizon}
             if not lagging:
                 return True, 0
             low = min(lagging.values())
             group = [meters[key] for key, seq in lagging.items() if seq == low]
-            # Stop where the next-lowest cursor is, so that meter joins the group from there on.
+            # Stop where the next-lowest cursor is, so that projection joins the group from there on.
             stop = min([seq for seq in lagging.values() if seq > low] + [horizon])
             projectors: dict[str, list[Projector]] = {}
             for meter in group:
                 projectors.setdefault(meter.event_type, []).append(Projector(meter))
             read = 0
             records: list[UsageRecord] = []
-            for page in meter_store.events_after(conn, low, stop, projectors):
+            pages = meter_store.events_after(conn, low, stop, projectors, page=min(EVENT_PAGE, self.chunk_events))
+            for page in pages:
                 for event in page:
                     for projector in projectors[event.type]:
                         record = projector.project_safely(event)
@@ -276,3 +363,9 @@ class Materializer:
             meter_store.insert_usage(conn, records)
             meter_store.set_cursor(conn, [m.key for m in group], stop)
         return False, read
+
+
+def _system_now_us() -> int:
+    from tallybook.clock import SystemClock, to_micros
+
+    return to_micros(SystemClock().now())

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
+from tallybook.clock import format_rfc3339
 from tallybook.errors import DomainError
 from tallybook.filters.model import StringFilter
 from tallybook.meters.windows import WindowSize
@@ -64,6 +66,56 @@ class MeterConflict(MeterError):
     code = "meter-conflict"
 
 
+class MeterRebuilding(MeterError):
+    """The meter's projection for what was asked is still being built (a new meter, or a groupBy
+    key only the changed definition has). `extra` carries the progress and `retryAfterSeconds`."""
+
+    status = 503
+    code = "meter-rebuilding"
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionStatus:
+    """Where a meter's projection stands (GET /api/v1/meters/{idOrSlug}/projection).
+
+    `state` is "ready" (queries answer from the current definition) or "rebuilding" (a new or
+    changed definition is being built in the background); `answers_from` says what queries answer
+    meanwhile: "current", "previous" (the definition before the change) or "none" (a new meter:
+    queries answer 503 until its first build is done). Progress counts stored events: the build
+    reads the event log from its start, so `events_processed` is its position in it (every event
+    with a lower or equal sequence number is done) and `events_total` the log's end now.
+    """
+
+    state: str
+    answers_from: str
+    generation: int
+    events_processed: int
+    events_total: int
+    started_at: datetime
+    ready_at: datetime | None
+    eta_seconds: int | None  # at the rate since the build started; None before it has a rate
+
+    @property
+    def percent(self) -> float:
+        if self.events_total <= 0:
+            return 100.0
+        return round(min(100.0, 100.0 * self.events_processed / self.events_total), 1)
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's shape (GET .../projection, and the `projection` member of a 503 problem)."""
+        return {
+            "state": self.state,
+            "answersFrom": self.answers_from,
+            "generation": self.generation,
+            "eventsProcessed": self.events_processed,
+            "eventsTotal": self.events_total,
+            "percent": self.percent,
+            "startedAt": format_rfc3339(self.started_at),
+            "readyAt": format_rfc3339(self.ready_at) if self.ready_at else None,
+            "etaSeconds": self.eta_seconds,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class MeterSpec:
     """What a user defines (API body or tallybook.yaml entry), validated by `MeterService`."""
@@ -98,6 +150,7 @@ class Meter:
     locked_at: datetime | None  # set once an invoice billed this meter; see MeterService.lock
     invalid_events: int = 0  # events of this type whose value could not be used
     deleted_at: datetime | None = None  # deleted meters are listed only when asked for
+    projection: ProjectionStatus | None = None  # set by MeterService.get, list and listing
 
 
 # listMeters' orderBy values, in OpenMeter's names ("key" is the slug).

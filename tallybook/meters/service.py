@@ -1,8 +1,14 @@
 """Meter definitions and usage queries.
 
 Events are the source of truth; `meter_usage` is a projection of them that the materializer keeps
-current. Creating a meter, or changing how it reads events (event type, value, group-by,
-eventFrom), clears its projection and rebuilds it from every stored event before returning.
+current. Creating a meter, or changing how it reads events (event type, aggregation, value,
+group-by, eventFrom), starts a new projection of every stored event under the new definition (a
+generation). It is built within the call when few events are stored (`rebuild_inline_events`),
+else in the background; meanwhile queries answer from the previous definition's projection, or,
+for a new meter, with `MeterRebuilding` (503). The swap is one transaction (docs/meters.md).
+
+Query paths read "served" meters: the `Meter` with `key` set to its ready projection's usage key
+(meter_usage.meter_key) and the definition that projection was built with (`_served`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import builtins
 import itertools
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -35,8 +43,10 @@ from tallybook.meters.models import (
     Meter,
     MeterConflict,
     MeterNotFound,
+    MeterRebuilding,
     MeterSpec,
     PeriodUsage,
+    ProjectionStatus,
     UsageQuery,
     UsageResult,
     UsageRow,
@@ -67,6 +77,9 @@ BILLING_FIELDS = ("aggregation", "value_property", "event_type", "event_from")
 GROUP_VALUES_DEFAULT_SPAN = timedelta(hours=24)
 # Fields whose change needs the projection rebuilt.
 PROJECTION_FIELDS = (*BILLING_FIELDS, "group_by")
+# The scheduler job that advances rebuilds in `worker` and `jobs run` (a few seconds per run).
+REBUILD_JOB = "meters.rebuild"
+REBUILD_INTERVAL = timedelta(seconds=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +93,13 @@ class MeterService:
         self.store = store
         self.clock = clock or SystemClock()
         self.settings = settings or MeterSettings()
-        self.materializer = Materializer(store, self._live_meters, interval=self.settings.materialize_interval_seconds)
+        self.materializer = Materializer(
+            store,
+            self._projection_meters,
+            interval=self.settings.materialize_interval_seconds,
+            chunk_events=self.settings.materialize_chunk_events,
+            now_us=lambda: to_micros(self.clock.now()),
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,12 +112,44 @@ class MeterService:
         """Bring the projection up to every committed event (queries call this themselves)."""
         return self.materializer.catch_up()
 
+    def run_builds(self, should_stop: Any = lambda: False) -> int:
+        """Finish every pending build and cleanup here (`tallybook meters rebuild`, the rebuild job)."""
+        return self.materializer.run_builds(should_stop)
+
+    def rebuild_job(self, _now: datetime, budget_seconds: float = 5.0) -> dict[str, Any]:
+        """The scheduler's job (worker, jobs run): a few seconds of build work; the next run resumes."""
+        deadline = time.monotonic() + budget_seconds
+        read = self.materializer.run_builds(lambda: time.monotonic() >= deadline)
+        with self.store.read() as conn:
+            building = len(meter_store.projection_rows(conn, ("building",)))
+        return {"eventsRead": read, "building": building}
+
     # -- definitions ------------------------------------------------------------------------------------
     def list(self) -> list[Meter]:
         with self.store.read() as conn:
             meters = self._live_meters(conn)
-            counts = meter_store.invalid_counts(conn, [m.key for m in meters])
-        return [replace(m, invalid_events=counts.get(m.key, 0)) for m in meters]
+            return self._with_status(conn, meters)
+
+    def _with_status(self, conn: Connection, meters: Sequence[Meter]) -> builtins.list[Meter]:
+        """The meters with their invalid-event counts (from the projection queries read) and
+        projection status."""
+        rows = meter_store.projection_rows(conn, ("building", "ready"))
+        visible = meter_store.visible_max_seq(conn)
+        now_us = to_micros(self.clock.now())
+        by_meter: dict[int, builtins.list[dict[str, Any]]] = {}
+        for row in rows:
+            by_meter.setdefault(int(row["meter_key"]), []).append(row)
+        served = {m.key: _ready_key(by_meter.get(m.key, [])) for m in meters if m.deleted_at is None}
+        counts = meter_store.invalid_counts(conn, [k for k in served.values() if k is not None])
+        out = []
+        for m in meters:
+            if m.deleted_at is not None:
+                out.append(m)
+                continue
+            key = served.get(m.key)
+            status = _status(by_meter.get(m.key, []), visible, now_us)
+            out.append(replace(m, invalid_events=counts.get(key, 0) if key else 0, projection=status))
+        return out
 
     def listing(
         self,
@@ -114,8 +165,7 @@ class MeterService:
             raise InvalidQuery(f"orderBy must be one of {', '.join(METER_ORDERS)}, got {order_by!r}")
         with self.store.read() as conn:
             rows = meter_store.all_meter_rows(conn) if include_deleted else meter_store.live_meter_rows(conn)
-            found = [_meter_from_row(row) for row in rows]
-            counts = meter_store.invalid_counts(conn, [m.key for m in found if m.deleted_at is None])
+            found = self._with_status(conn, [_meter_from_row(row) for row in rows])
         field = {
             "key": lambda m: m.slug,
             "name": lambda m: m.name,
@@ -129,13 +179,46 @@ class MeterService:
             size = page_size or 100
             start = ((page or 1) - 1) * size
             found = found[start : start + size]
-        return [replace(m, invalid_events=counts.get(m.key, 0)) for m in found]
+        return found
 
     def get(self, id_or_slug: str) -> Meter:
         with self.store.read() as conn:
-            meter = self._find(conn, id_or_slug)
-            counts = meter_store.invalid_counts(conn, [meter.key])
-        return replace(meter, invalid_events=counts.get(meter.key, 0))
+            return self._with_status(conn, [self._find(conn, id_or_slug)])[0]
+
+    def projection(self, id_or_slug: str) -> ProjectionStatus:
+        """Where the meter's projection stands: ready, or rebuilding with progress."""
+        status = self.get(id_or_slug).projection
+        assert status is not None  # every live meter has a ready or a building projection
+        return status
+
+    def _served(self, conn: Connection, id_or_slug: str) -> Meter:
+        """The meter as queries read it: its ready projection's key and definition. A meter whose
+        first build is still running has none: `MeterRebuilding`."""
+        meter = self._find(conn, id_or_slug)
+        rows = meter_store.projection_rows(conn, ("building", "ready"), meter.key)
+        ready = [r for r in rows if r["state"] == "ready"]
+        if not ready:
+            status = _status(rows, meter_store.visible_max_seq(conn), to_micros(self.clock.now()))
+            raise _rebuilding(
+                f"meter {meter.slug!r} is being built from the stored events ({status.percent}% done); "
+                "its usage can be queried once the build is done",
+                status,
+            )
+        return _serve(meter, ready[0])
+
+    def _check_keys_served(self, conn: Connection, served: Meter, keys: Sequence[str]) -> None:
+        """A groupBy key only the definition being built has: say so (503), not "unknown key" (400)."""
+        current = self._find(conn, served.id)
+        for key in keys:
+            if key in current.group_by and key not in served.group_by:
+                rows = meter_store.projection_rows(conn, ("building",), current.key)
+                status = _status(rows, meter_store.visible_max_seq(conn), to_micros(self.clock.now()))
+                raise _rebuilding(
+                    f"groupBy key {key!r} is new in meter {served.slug!r}'s changed definition, which is being "
+                    f"rebuilt ({status.percent}% done); until it is done queries answer from the previous "
+                    f"definition (its keys: {', '.join(sorted(served.group_by)) or 'none'})",
+                    status,
+                )
 
     def _find(self, conn: Connection, id_or_slug: str) -> Meter:
         row = meter_store.meter_row(conn, id_or_slug)
@@ -161,8 +244,19 @@ class MeterService:
                     **_spec_columns(spec),
                 },
             )
-        self.catch_up()
+            key = int(meter_store.meter_row(conn, spec.slug)["key"])  # type: ignore[index]
+            build = meter_store.add_projection(conn, key, _spec_columns(spec), now_us)
+        self._build_if_small(build)
         return self.get(spec.slug)
+
+    def _build_if_small(self, usage_key: int | None) -> None:
+        """Finish a build within the call when little is left to read; else the background does."""
+        if usage_key is None:
+            return
+        with self.store.read() as conn:
+            left = meter_store.visible_max_seq(conn) - meter_store.cursors(conn, "building").get(usage_key, 0)
+        if left <= self.settings.rebuild_inline_events:
+            self.materializer.finish_builds([usage_key])
 
     def update(self, id_or_slug: str, spec: MeterSpec, managed_by: str = "api") -> Meter:
         """Replace a meter's definition (the slug stays). Rebuilds the projection when needed."""
@@ -187,12 +281,23 @@ class MeterService:
                     f"{current.slug}_v2) with the new definition and move prices to it from the next period.",
                     fields=[_api_name(n) for n in billing_changes],
                 )
+            build = None
             if changed:
-                meter_store.update_meter(conn, current.key, {**wanted, "updated_us": to_micros(self.clock.now())})
+                now_us = to_micros(self.clock.now())
+                meter_store.update_meter(conn, current.key, {**wanted, "updated_us": now_us})
                 if any(name in PROJECTION_FIELDS for name in changed):
-                    meter_store.clear_projection(conn, current.key)
-        self.catch_up()
+                    build = self._rebuild(conn, current.key, wanted, now_us)
+        self._build_if_small(build)
         return self.get(current.id)
+
+    def _rebuild(self, conn: Connection, meter_key: int, wanted: dict[str, Any], now_us: int) -> int | None:
+        """Start a build for the changed definition, unless the ready projection already has it (a
+        change reverted while its build ran): then only the build stops."""
+        ready = [r for r in meter_store.projection_rows(conn, ("ready",), meter_key)]
+        if ready and all(_same_definition(ready[0], wanted, name) for name in meter_store.DEFINITION_COLUMNS):
+            meter_store.retire_building(conn, meter_key)
+            return None
+        return meter_store.add_projection(conn, meter_key, wanted, now_us)
 
     def delete(self, id_or_slug: str, managed_by: str = "api") -> None:
         with self.store.write() as conn:
@@ -207,7 +312,7 @@ class MeterService:
                 raise MeterConflict(
                     f"meter {meter.slug!r} has been billed; it cannot be deleted while invoices refer to it"
                 )
-            meter_store.clear_projection(conn, meter.key)
+            meter_store.retire_projections(conn, meter.key)  # rows deleted in the background
             meter_store.update_meter(conn, meter.key, {"deleted_us": to_micros(self.clock.now())})
 
     def lock(self, id_or_slug: str, at: datetime | None = None) -> Meter:
@@ -258,7 +363,8 @@ class MeterService:
 
     def query_result(self, q: UsageQuery) -> UsageResult:
         with self.store.read() as conn:
-            meter = self._find(conn, q.meter)
+            meter = self._served(conn, q.meter)
+            self._check_keys_served(conn, meter, [*q.group_by, *q.filter_group_by])
         counted = self._run(meter, q)
         return UsageResult(
             q.from_.astimezone(UTC) if q.from_ else None,
@@ -274,7 +380,7 @@ class MeterService:
         """Subjects seen in the meter's events (optionally with event time in [start, end))."""
         _check_range(start, end)
         with self.store.read() as conn:
-            meter = self._find(conn, id_or_slug)
+            meter = self._served(conn, id_or_slug)
         self.catch_up()
         with self.store.read() as conn:
             return meter_store.subjects_in(conn, [meter.key], _opt_micros(start), _opt_micros(end))
@@ -289,7 +395,8 @@ class MeterService:
             start = self.clock.now() - GROUP_VALUES_DEFAULT_SPAN
         _check_range(start, end)
         with self.store.read() as conn:
-            meter = self._find(conn, id_or_slug)
+            meter = self._served(conn, id_or_slug)
+            self._check_keys_served(conn, meter, [group_key])
         if group_key not in meter.group_by:
             known = ", ".join(sorted(meter.group_by)) or "none"
             hint = (
@@ -308,13 +415,13 @@ class MeterService:
         """Subjects with events of any metered type in [start, end)."""
         self.catch_up()
         with self.store.read() as conn:
-            keys = [m.key for m in self._live_meters(conn)]
+            keys = [m.key for m in self._served_meters(conn)]
             return meter_store.subjects_in(conn, keys, to_micros(start), to_micros(end))
 
     def period_usage(self, subject: str, start: datetime, end: datetime, as_of: datetime | None = None) -> PeriodUsage:
         """Every meter's value for one subject over [start, end), codehooks style (see PeriodUsage)."""
         with self.store.read() as conn:
-            meters = self._live_meters(conn)
+            meters = self._served_meters(conn)
         names = usage_keys(meters)
         self.catch_up()
         values: dict[str, Decimal] = {}
@@ -349,7 +456,7 @@ class MeterService:
         first = window_start(size, start, tz)
         last = window_end(size, end - _ONE_US if end > start else start, tz)
         with self.store.read() as conn:
-            meters = self._live_meters(conn)
+            meters = self._served_meters(conn)
         names = usage_keys(meters)
         self.catch_up()
         documents: dict[tuple[str, datetime], dict[str, Any]] = {}
@@ -405,7 +512,7 @@ class MeterService:
         values = [Decimal(0)] * (len(edges) - 1)
         self.catch_up()
         with self.store.read() as conn:
-            found = self._find(conn, meter)
+            found = self._served(conn, meter)
             if not subjects:
                 return values
             spec = AggregateSpec(
@@ -434,6 +541,21 @@ class MeterService:
     # -- internals ---------------------------------------------------------------------------------------
     def _live_meters(self, conn: Connection) -> builtins.list[Meter]:
         return [_meter_from_row(row) for row in meter_store.live_meter_rows(conn)]
+
+    def _served_meters(self, conn: Connection) -> builtins.list[Meter]:
+        """Live meters as queries read them (see `_served`); meters in their first build are left
+        out: billing and period documents count them once they are built."""
+        return self._projection_meters(conn, "ready")
+
+    def _projection_meters(self, conn: Connection, state: str) -> builtins.list[Meter]:
+        """Every live meter's projection in `state`, as the meter with that projection's usage key
+        and definition (what the materializer projects with and queries read)."""
+        meters = {m.key: m for m in self._live_meters(conn)}
+        return [
+            _serve(meters[int(row["meter_key"])], row)
+            for row in meter_store.projection_rows(conn, (state,))
+            if int(row["meter_key"]) in meters
+        ]
 
     def _run(
         self, meter: Meter, q: UsageQuery, catch_up: bool = True, check_alignment: bool = True
@@ -664,6 +786,57 @@ def _distinct_events(
     if as_of is not None:
         conditions.append(u.c.ingested_us <= to_micros(as_of))
     return int(conn.execute(select(func.count(func.distinct(u.c.event_seq))).where(*conditions)).scalar_one())
+
+
+def _serve(meter: Meter, projection: dict[str, Any]) -> Meter:
+    return replace(
+        meter,
+        key=int(projection["usage_key"]),
+        event_type=projection["event_type"],
+        aggregation=Aggregation(projection["aggregation"]),
+        value_property=projection["value_property"],
+        group_by=dict(projection["group_by"] or {}),
+        event_from=None if projection["event_from_us"] is None else from_micros(projection["event_from_us"]),
+    )
+
+
+def _same_definition(projection: dict[str, Any], wanted: dict[str, Any], name: str) -> bool:
+    if name == "group_by":
+        return dict(projection[name] or {}) == dict(wanted[name] or {})
+    return bool(projection[name] == wanted[name])
+
+
+def _ready_key(rows: Sequence[dict[str, Any]]) -> int | None:
+    return next((int(r["usage_key"]) for r in rows if r["state"] == "ready"), None)
+
+
+def _status(rows: Sequence[dict[str, Any]], visible_seq: int, now_us: int) -> ProjectionStatus:
+    """A meter's projection status from its ready and building projections (see ProjectionStatus)."""
+    building = max((r for r in rows if r["state"] == "building"), key=lambda r: r["generation"], default=None)
+    ready = next((r for r in rows if r["state"] == "ready"), None)
+    row = building or ready
+    if row is None:  # not reachable for a live meter; answer something true rather than fail
+        return ProjectionStatus("rebuilding", "none", 0, 0, visible_seq, from_micros(now_us), None, None)
+    processed = min(int(row["projected_seq"]), visible_seq)
+    eta = None
+    elapsed = now_us - int(row["started_us"])
+    if building is not None and processed > 0 and elapsed > 0:
+        eta = math.ceil((visible_seq - processed) / (processed / elapsed) / 1_000_000)
+    return ProjectionStatus(
+        state="rebuilding" if building is not None else "ready",
+        answers_from="current" if building is None else ("previous" if ready is not None else "none"),
+        generation=int(row["generation"]),
+        events_processed=processed,
+        events_total=visible_seq,
+        started_at=from_micros(int(row["started_us"])),
+        ready_at=None if row["ready_us"] is None else from_micros(int(row["ready_us"])),
+        eta_seconds=eta,
+    )
+
+
+def _rebuilding(detail: str, status: ProjectionStatus) -> MeterRebuilding:
+    retry = max(1, min(status.eta_seconds or 5, 60))
+    return MeterRebuilding(detail, projection=status.to_json(), retryAfterSeconds=retry)
 
 
 def _check_range(start: datetime | None, end: datetime | None) -> None:

@@ -101,7 +101,7 @@ class Export:
                     _text(u.groups),
                     u.error,
                 )
-                .select_from(meter_usage.join(meters, m.key == u.meter_key))
+                .select_from(meter_usage.join(meters, m.usage_key == u.meter_key))
                 .where(m.deleted_us.is_(None))
             )
             if r.meter is not None:

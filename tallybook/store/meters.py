@@ -94,8 +94,12 @@ meters = Table(
     Column("deleted_us", BigInteger, nullable=True),
     # Set by invoicing once a bill used this meter: its aggregation and value may not change.
     Column("locked_us", BigInteger, nullable=True),
-    # Materializer cursor: every event with seq <= projected_seq is in meter_usage.
+    # The cursor of the projection queries read (usage_key), mirrored from meter_projections, where
+    # the materializer keeps every projection's cursor since 0019 (`tallybook verify` reads it here).
     Column("projected_seq", BigInteger, nullable=False, server_default=text("0")),
+    # meter_usage.meter_key of the projection queries read (meter_projections, state "ready"); NULL
+    # while a new meter's first build runs. Other rooms join meter_usage on it.
+    Column("usage_key", BigInteger, nullable=True),
 )
 Index(
     "uq_meters_live_slug",
@@ -104,6 +108,41 @@ Index(
     sqlite_where=meters.c.deleted_us.is_(None),
     postgresql_where=meters.c.deleted_us.is_(None),
 )
+
+# One projection of a meter's events under one definition (generation). A meter has at most one
+# "ready" projection (the one queries read) and at most one "building" one (a new or changed
+# definition, built beside it in the background); "retired" projections wait for their rows to be
+# deleted in the background. The definition columns are the ones the projection was built with, so
+# queries read a ready projection with its own definition while a changed one builds.
+meter_projections = Table(
+    "meter_projections",
+    metadata,
+    Column("usage_key", BigInteger, primary_key=True, autoincrement=False),  # meter_usage.meter_key
+    Column("meter_key", BigInteger, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("state", Text, nullable=False),  # building | ready | retired
+    Column("event_type", Text, nullable=False),
+    Column("aggregation", Text, nullable=False),
+    Column("value_property", Text, nullable=True),
+    Column("group_by", JSON_TYPE, nullable=False),
+    Column("event_from_us", BigInteger, nullable=True),
+    # Materializer cursor: every event with seq <= projected_seq is in meter_usage.
+    Column("projected_seq", BigInteger, nullable=False, server_default=text("0")),
+    Column("started_us", BigInteger, nullable=False),
+    Column("ready_us", BigInteger, nullable=True),
+)
+Index("uq_meter_projections_generation", meter_projections.c.meter_key, meter_projections.c.generation, unique=True)
+
+# usage_key = meter key + generation * 2**32: generation 0 keeps the meter's own key (the rows
+# stored before 0019 stay where they are) and no two projections of any meters share a key.
+GENERATION_SHIFT = 32
+PROJECTION_STATES = ("building", "ready", "retired")
+DEFINITION_COLUMNS = ("event_type", "aggregation", "value_property", "group_by", "event_from_us")
+
+
+def usage_key_of(meter_key: int, generation: int) -> int:
+    return meter_key + (generation << GENERATION_SHIFT)
+
 
 meter_usage = Table(
     "meter_usage",
@@ -326,9 +365,107 @@ def invalid_counts(conn: Connection, keys: Sequence[int]) -> dict[int, int]:
     return {int(k): int(n) for k, n in rows}
 
 
-def clear_projection(conn: Connection, key: int) -> None:
-    conn.execute(delete(meter_usage).where(meter_usage.c.meter_key == key))
-    conn.execute(update(meters).where(meters.c.key == key).values(projected_seq=0))
+# -- projections (generations) -------------------------------------------------------------------------
+
+
+def add_projection(conn: Connection, meter_key: int, definition: dict[str, Any], now_us: int) -> int:
+    """Start building a projection of the meter under `definition`; return its usage key.
+
+    A build still running for an earlier definition is superseded (retired). The ready projection,
+    if any, keeps answering queries until this one has caught up (`swap_in`)."""
+    p = meter_projections.c
+    generation = int(
+        conn.execute(select(func.coalesce(func.max(p.generation) + 1, 0)).where(p.meter_key == meter_key)).scalar_one()
+    )
+    key = usage_key_of(meter_key, generation)
+    _set_state(conn, meter_key, "building", "retired")
+    conn.execute(
+        insert(meter_projections).values(
+            usage_key=key,
+            meter_key=meter_key,
+            generation=generation,
+            state="building",
+            projected_seq=0,
+            started_us=now_us,
+            **{name: definition[name] for name in DEFINITION_COLUMNS},
+        )
+    )
+    return key
+
+
+def _set_state(conn: Connection, meter_key: int, old: str, new: str) -> None:
+    p = meter_projections.c
+    conn.execute(update(meter_projections).where(p.meter_key == meter_key, p.state == old).values(state=new))
+
+
+def retire_building(conn: Connection, meter_key: int) -> None:
+    """Drop a build that is no longer wanted (the definition went back to the ready one's)."""
+    _set_state(conn, meter_key, "building", "retired")
+
+
+def retire_projections(conn: Connection, meter_key: int) -> None:
+    """A deleted meter's projections: their rows are deleted in the background (`purge_retired`)."""
+    p = meter_projections.c
+    conn.execute(update(meter_projections).where(p.meter_key == meter_key).values(state="retired"))
+    conn.execute(update(meters).where(meters.c.key == meter_key).values(usage_key=None))
+
+
+def swap_in(conn: Connection, usage_keys: Sequence[int], now_us: int) -> None:
+    """Make caught-up builds the projections queries read, in one transaction: each meter's previous
+    ready projection is retired and `meters.usage_key` points at the new one."""
+    p = meter_projections.c
+    for key in usage_keys:
+        meter_key = conn.execute(
+            select(p.meter_key).where(p.usage_key == key, p.state == "building")
+        ).scalar_one_or_none()
+        if meter_key is None:
+            continue
+        _set_state(conn, meter_key, "ready", "retired")
+        conn.execute(update(meter_projections).where(p.usage_key == key).values(state="ready", ready_us=now_us))
+        cursor = select(p.projected_seq).where(p.usage_key == key).scalar_subquery()
+        conn.execute(update(meters).where(meters.c.key == meter_key).values(usage_key=key, projected_seq=cursor))
+
+
+def projection_rows(
+    conn: Connection, states: Sequence[str] = ("building", "ready"), meter_key: int | None = None
+) -> list[dict[str, Any]]:
+    """Projections in these states of live meters, with the meter's id and slug, by usage key."""
+    p = meter_projections.c
+    query = (
+        select(meter_projections, meters.c.id.label("meter_id"), meters.c.slug.label("meter_slug"))
+        .select_from(meter_projections.join(meters, meters.c.key == p.meter_key))
+        .where(p.state.in_(list(states)), meters.c.deleted_us.is_(None))
+        .order_by(p.usage_key)
+    )
+    if meter_key is not None:
+        query = query.where(p.meter_key == meter_key)
+    return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def has_retired(conn: Connection) -> bool:
+    p = meter_projections.c
+    return conn.execute(select(p.usage_key).where(p.state == "retired").limit(1)).first() is not None
+
+
+def purge_retired(conn: Connection, limit: int) -> int:
+    """Delete up to `limit` rows of one retired projection (the projection itself once it has
+    none left); return how many rows went, so callers know whether to go on."""
+    p = meter_projections.c
+    key = conn.execute(select(p.usage_key).where(p.state == "retired").order_by(p.usage_key).limit(1)).scalar()
+    if key is None:
+        return 0
+    u = meter_usage.c
+    # A page in event time order, bounded through ix_meter_usage_time: the (limit+1)th row's time.
+    # Rows sharing that time go with it, so a page always shrinks the rest.
+    bound = conn.execute(
+        select(u.time_us).where(u.meter_key == key).order_by(u.time_us).offset(limit).limit(1)
+    ).scalar()
+    if bound is None:  # the last page: the projection goes with it
+        deleted = conn.execute(delete(meter_usage).where(u.meter_key == key)).rowcount
+        conn.execute(delete(meter_projections).where(p.usage_key == key))
+    else:
+        deleted = conn.execute(delete(meter_usage).where(u.meter_key == key, u.time_us <= bound)).rowcount
+    return max(int(deleted), 1)
 
 
 # -- materializer -----------------------------------------------------------------------------------------
@@ -366,8 +503,14 @@ def settled_horizon(conn: Connection) -> int:
     return visible_max_seq(conn)
 
 
-def cursors(conn: Connection) -> dict[int, int]:
-    rows = conn.execute(select(meters.c.key, meters.c.projected_seq).where(meters.c.deleted_us.is_(None)))
+def cursors(conn: Connection, state: str = "ready") -> dict[int, int]:
+    """{usage key: cursor} of live meters' projections in `state`."""
+    p = meter_projections.c
+    rows = conn.execute(
+        select(p.usage_key, p.projected_seq)
+        .select_from(meter_projections.join(meters, meters.c.key == p.meter_key))
+        .where(p.state == state, meters.c.deleted_us.is_(None))
+    )
     return {int(k): int(s) for k, s in rows}
 
 
@@ -518,15 +661,17 @@ def _primary_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
 def mark_usage_voided(conn: Connection, voided: Sequence[tuple[int, str, str, int]], voided_us: int) -> int:
     """Stamp the projected rows of voided events, given as (seq, type, subject, time_us).
 
-    Each row is found by its primary key (meter, subject, time, seq), one lookup per live meter of
-    the event's type. Events not projected yet get the stamp from `events` when the materializer
-    reaches them; callers hold the materializer lock so the two cannot interleave.
+    Each row is found by its primary key (meter, subject, time, seq), one lookup per projection
+    (ready or building) of the event's type. Events not projected yet get the stamp from `events`
+    when the materializer reaches them; callers hold the materializer lock so the two cannot interleave.
     """
     if not voided:
         return 0
     by_type: dict[str, list[int]] = {}
-    for key, event_type in conn.execute(select(meters.c.key, meters.c.event_type).where(meters.c.deleted_us.is_(None))):
-        by_type.setdefault(event_type, []).append(int(key))
+    # Every projection that is read or being built: a build that already passed the event must
+    # get the stamp too, or the voided event would count again once the build is swapped in.
+    for row in projection_rows(conn):
+        by_type.setdefault(row["event_type"], []).append(int(row["usage_key"]))
     marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (
         f"UPDATE meter_usage SET voided_us = {marker} WHERE meter_key = {marker} AND subject = {marker} "
@@ -551,8 +696,12 @@ def counts_as_of(as_of_us: int | None) -> ColumnElement[bool]:
 
 
 def set_cursor(conn: Connection, keys: Sequence[int], seq: int) -> None:
+    p = meter_projections.c
     conn.execute(
-        update(meters).where(meters.c.key.in_(list(keys)), meters.c.projected_seq < seq).values(projected_seq=seq)
+        update(meter_projections).where(p.usage_key.in_(list(keys)), p.projected_seq < seq).values(projected_seq=seq)
+    )
+    conn.execute(
+        update(meters).where(meters.c.usage_key.in_(list(keys)), meters.c.projected_seq < seq).values(projected_seq=seq)
     )
 
 
@@ -856,7 +1005,7 @@ def validation_errors(
             .select_from(
                 events.join(
                     meter_usage, and_(meter_usage.c.event_seq == events.c.seq, meter_usage.c.error.isnot(None))
-                ).join(meters, meters.c.key == meter_usage.c.meter_key)
+                ).join(meters, meters.c.usage_key == meter_usage.c.meter_key)
             )
             .where(tuple_(events.c.source, events.c.event_id).in_(page), meters.c.deleted_us.is_(None))
             .order_by(meters.c.slug)

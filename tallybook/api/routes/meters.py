@@ -25,6 +25,7 @@ from tallybook.api.wire.meters import (
     CSV_CONTENT,
     METER_QUERY_PARAMETERS,
     SUBJECT_PARAMETERS,
+    MeterProjection,
     MeterQueryResult,
 )
 from tallybook.api.wire.meters import (
@@ -203,6 +204,20 @@ async def get_meter(
     except MeterError as exc:
         raise _problem(exc) from None
     return json_response(meter_json(meter))
+
+
+@router.get("/meters/{meterIdOrSlug}/projection", responses=responses(MeterProjection, 404))
+async def get_meter_projection(
+    meterIdOrSlug: str, request: Request, _key: Annotated[ApiKeyRecord, Depends(require("read"))]
+) -> Response:
+    """Where the meter's projection stands: `ready`, or `rebuilding` with progress (a new or changed
+    definition is built in the background; queries meanwhile answer from the previous definition, or
+    503 `meter-rebuilding` for a new meter)."""
+    try:
+        status = await run_in_threadpool(runtime_of(request).meters.projection, meterIdOrSlug)
+    except MeterError as exc:
+        raise _problem(exc) from None
+    return json_response(status.to_json())
 
 
 @router.put(
@@ -447,7 +462,7 @@ async def _run_query(request: Request, q: UsageQuery) -> Response:
 
 @router.get(
     "/meters/{meterIdOrSlug}/query",
-    responses=responses(MeterQueryResult, 404, content=CSV_CONTENT),
+    responses=responses(MeterQueryResult, 404, 503, content=CSV_CONTENT),
     openapi_extra=QUERY_PARAMETERS,
 )
 async def query_meter(
@@ -460,7 +475,7 @@ async def query_meter(
 
 @router.post(
     "/meters/{meterIdOrSlug}/query",
-    responses=responses(MeterQueryResult, 404, 413, content=CSV_CONTENT),
+    responses=responses(MeterQueryResult, 404, 413, 503, content=CSV_CONTENT),
     openapi_extra=json_body(("application/json", MeterQueryBody)),
 )
 async def query_meter_post(
@@ -472,7 +487,7 @@ async def query_meter_post(
 
 @router.get(
     "/meters/{meterIdOrSlug}/subjects",
-    responses=responses(list[str], 404),
+    responses=responses(list[str], 404, 503),
     openapi_extra=query_parameters(SUBJECT_PARAMETERS),
 )
 async def meter_subjects(

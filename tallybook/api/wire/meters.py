@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SkipValidation
 
@@ -36,6 +36,29 @@ class Meter(Wire):
     updatedAt: str = Field(json_schema_extra=DATE_TIME)
     deletedAt: str | None = Field(None, json_schema_extra=DATE_TIME, description="listed with includeDeleted=true")
     annotations: MeterAnnotations
+
+
+class MeterProjection(Wire):
+    """Where a meter's projection (the usage rows queries read) stands; see docs/meters.md, "Rebuilds"."""
+
+    state: Literal["ready", "rebuilding"] = Field(
+        description="`rebuilding`: a new or changed definition is being built in the background"
+    )
+    answersFrom: Literal["current", "previous", "none"] = Field(
+        description="what queries answer meanwhile: the current definition, the previous one (until the "
+        "rebuild is swapped in), or none (a new meter: 503 `meter-rebuilding` until its first build is done)"
+    )
+    generation: int = Field(description="the definition's number: 0 at creation, +1 per change that needs a rebuild")
+    eventsProcessed: int = Field(
+        description="stored events the build has read past (its position in the event log, all event types)"
+    )
+    eventsTotal: int = Field(description="stored events now (the end of the event log)")
+    percent: float = Field(description="eventsProcessed / eventsTotal, in percent")
+    startedAt: str = Field(json_schema_extra=DATE_TIME, description="when this generation's build started")
+    readyAt: str | None = Field(None, json_schema_extra=DATE_TIME, description="when it was swapped in")
+    etaSeconds: int | None = Field(
+        None, description="while rebuilding: seconds left at the rate since the build started (null before it has one)"
+    )
 
 
 class MeterQueryRow(Wire):

@@ -264,25 +264,47 @@
   // -- meters ---------------------------------------------------------------------------------------------
   async function metersPage() {
     const meters = await call("GET", "/api/v1/meters");
+    const projections = await Promise.all(meters.map((m) => call("GET", `/api/v1/meters/${encodeURIComponent(m.slug)}/projection`)));
+    const projectionText = (p) => (p.state === "ready" ? "ready" : `rebuilding, ${p.percent}%`);
     page.replaceChildren(
       el("h1", {}, "Meters"),
       meters.length
-        ? table(["Slug", "Name", "Event type", "Aggregation", "Group by", { label: "Invalid events", num: true }],
+        ? table(["Slug", "Name", "Event type", "Aggregation", "Group by", { label: "Invalid events", num: true }, "Projection"],
           meters.map((m) => el("tr", { class: "clickable", onclick: () => setHash(`/meters/${m.slug}`) },
             el("td", {}, el("a", { href: `#/meters/${encodeURIComponent(m.slug)}` }, m.slug)),
             el("td", {}, m.name),
             el("td", {}, el("code", {}, m.eventType)),
             el("td", {}, m.aggregation),
             el("td", {}, Object.keys(m.groupBy).join(", ") || "—"),
-            el("td", { class: "num" }, formatNumber(m.annotations["tallybook.invalidEvents"] || 0)))))
+            el("td", { class: "num" }, formatNumber(m.annotations["tallybook.invalidEvents"] || 0)),
+            el("td", {}, projectionText(projections[meters.indexOf(m)])))))
         : el("p", { class: "muted" }, "No meters yet. Create one with POST /api/v1/meters or in tallybook.yaml."),
     );
   }
 
   const RANGES = { "24h": 1, "7d": 7, "30d": 30, "90d": 90, "365d": 365 };
 
+  /** The meter's projection while a new or changed definition is built (docs/meters.md, "Rebuilds"). */
+  function projectionCard(p) {
+    const answers = {
+      previous: "Queries answer from the previous definition until the rebuild is swapped in.",
+      none: "A new meter: its usage can be queried once this first build is done.",
+      current: "",
+    }[p.answersFrom];
+    const eta = p.etaSeconds === null ? "" : `, about ${p.etaSeconds} s left`;
+    return el("div", { class: "card", id: "meter-projection" },
+      el("h2", {}, "Rebuilding"),
+      el("progress", { max: 100, value: p.percent }),
+      el("p", {}, `${p.percent}% — ${formatNumber(p.eventsProcessed)} of ${formatNumber(p.eventsTotal)} stored events read${eta} (started ${formatTime(p.startedAt, localZone)}).`),
+      el("p", { class: "muted" }, answers));
+  }
+
   async function meterPage(params, slug) {
-    const [meter] = await Promise.all([call("GET", `/api/v1/meters/${encodeURIComponent(slug)}`), loadCustomerNames()]);
+    const [meter, projection] = await Promise.all([
+      call("GET", `/api/v1/meters/${encodeURIComponent(slug)}`),
+      call("GET", `/api/v1/meters/${encodeURIComponent(slug)}/projection`),
+      loadCustomerNames(),
+    ]);
     const state = {
       range: RANGES[params.get("range")] ? params.get("range") : "30d",
       windowSize: ["MINUTE", "HOUR", "DAY", "MONTH"].includes(params.get("window")) ? params.get("window") : "DAY",
@@ -304,8 +326,17 @@
     const canvas = el("canvas", { id: "meter-chart" });
     const top = el("div", { id: "top-customers" });
     const status = el("p", { class: "muted", id: "chart-status" });
+    const rebuilding = projection.state === "rebuilding" ? projectionCard(projection) : "";
+    if (projection.answersFrom === "none") {
+      page.replaceChildren(
+        el("h1", {}, `${meter.name} `, el("span", { class: "muted" }, `(${meter.slug})`)),
+        rebuilding,
+        el("div", { class: "card" }, el("h2", {}, "Definition"), el("pre", { id: "meter-definition" }, JSON.stringify(meter, null, 2))));
+      return;
+    }
     page.replaceChildren(
       el("h1", {}, `${meter.name} `, el("span", { class: "muted" }, `(${meter.slug})`)),
+      rebuilding,
       el("div", { class: "row" },
         el("div", { class: "card" }, el("h2", {}, "Definition"), el("pre", { id: "meter-definition" }, JSON.stringify(meter, null, 2))),
         el("div", { class: "card" }, el("h2", {}, "Top customers"), top)),
@@ -418,8 +449,10 @@
     const [customer, meters] = await Promise.all([call("GET", `/api/v1/customers/${encodeURIComponent(id)}`), call("GET", "/api/v1/meters")]);
     const zone = customer.timezone || "UTC";
     const previous = monthBounds(zone, 1);
+    // A meter in its first build answers 503 (docs/meters.md, "Rebuilds"): no figures for it yet.
     const usage = await Promise.all(meters.map((m) => call("GET", `/api/v1/meters/${encodeURIComponent(m.slug)}/query${query({
-      from: previous.toISOString(), to: TB.windowEnd("MONTH", zone, new Date()).toISOString(), windowSize: "MONTH", windowTimeZone: zone, filterCustomerId: customer.id })}`)));
+      from: previous.toISOString(), to: TB.windowEnd("MONTH", zone, new Date()).toISOString(), windowSize: "MONTH", windowTimeZone: zone, filterCustomerId: customer.id })}`)
+      .catch((e) => { if (e.status === 503) return { data: [] }; throw e; })));
     const current = monthBounds(zone, 0).toISOString();
     const valueIn = (result, startIso) => {
       const row = result.data.find((r) => new Date(r.windowStart).getTime() === new Date(startIso).getTime());
