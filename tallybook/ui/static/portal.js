@@ -64,14 +64,27 @@
       cards.append(el("p", { class: "muted" }, "No meters are shared with you yet."));
       return;
     }
+    // A meter in its first build answers 503 with its progress (docs/meters.md, "Rebuilds"): its card
+    // says so and the other meters still show; one meter never blanks the page.
     const results = await Promise.all(me.meters.map((m) => {
       const base = `/api/v1/portal/meters/${encodeURIComponent(m.slug)}/query`;
       return Promise.all([
         call(base + query({ from: period.from, to: period.to })),
         call(base + query({ from: period.from, to: period.to, windowSize: "DAY", windowTimeZone: zone })),
-      ]);
+      ]).catch((error) => {
+        if (error.status === 503) return { rebuilding: error.problem && error.problem.projection };
+        throw error;
+      });
     }));
     me.meters.forEach((meter, i) => {
+      if (results[i].rebuilding !== undefined) {
+        const progress = results[i].rebuilding;
+        cards.append(el("section", { class: "card meter-card rebuilding", "data-meter": meter.slug },
+          el("h2", {}, meter.name),
+          el("p", { class: "muted meter-rebuilding" },
+            `Being recalculated${progress && progress.percent !== undefined ? ` (${progress.percent}% done)` : ""}: figures appear here when it is done.`)));
+        return;
+      }
       const [total, daily] = results[i];
       const sum = total.data.reduce((acc, row) => acc + Number(row.value), 0);
       const canvas = el("canvas", { "data-meter": meter.slug });
