@@ -36,7 +36,6 @@ from tallybook.billing.catalog import parse_plan  # noqa: E402
 from tallybook.billing.currency import round_money  # noqa: E402
 from tallybook.billing.invoicing_ports import InvoiceSearch  # noqa: E402
 from tallybook.billing.models import RoundingMode  # noqa: E402
-from tallybook.billing.seed import SEED_PLAN  # noqa: E402
 from tallybook.clock import FixedClock, to_micros  # noqa: E402
 from tallybook.config import Settings  # noqa: E402
 from tallybook.customers.sql import customer_subjects, customers  # noqa: E402
@@ -44,6 +43,7 @@ from tallybook.ids import new_ulid  # noqa: E402
 from tallybook.ingest.events import Event  # noqa: E402
 from tallybook.runtime import Runtime  # noqa: E402
 from tallybook.store import billing as billing_store  # noqa: E402
+from tests.seed_plan import SEED_PLAN  # noqa: E402
 
 METERS = [
     {"slug": "api_calls", "eventType": "api.calls", "aggregation": "SUM", "valueProperty": "$.value"},

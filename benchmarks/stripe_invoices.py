@@ -35,7 +35,6 @@ if str(REPO_ROOT) not in sys.path:
 import stripe  # noqa: E402
 
 from benchmarks.stripe_push import TimedClient  # noqa: E402
-from tallybook.billing.seed import SEED_PLAN  # noqa: E402
 from tallybook.clock import FixedClock  # noqa: E402
 from tallybook.config import Settings  # noqa: E402
 from tallybook.runtime import Runtime  # noqa: E402
@@ -43,6 +42,7 @@ from tallybook.stripe.invoices import to_minor  # noqa: E402
 from tallybook.stripe.service import StripeService  # noqa: E402
 from tests.billing_helpers import SEED_METERS, client_for, ok, run_billing, send, utc  # noqa: E402
 from tests.fakestripe import FakeStripeServer  # noqa: E402
+from tests.seed_plan import SEED_PLAN  # noqa: E402
 
 
 def run(customers: int, fake: FakeStripeServer, directory: Path) -> dict[str, Any]:

@@ -9,12 +9,12 @@ from typing import Any
 import httpx
 
 from tallybook.billing.invoicing import INVOICE_EVENT_TYPES
-from tallybook.billing.seed import SEED_PLAN
 from tallybook.clock import FixedClock, to_micros
 from tallybook.config import Settings
 from tallybook.runtime import Runtime
 from tallybook.store.webhooks import EventFilter
 from tallybook.webhooks.service import ChannelInput, RuleInput
+from tests.seed_plan import SEED_PLAN
 from tests.test_webhook_helpers import api, reset_database
 
 SEED_METERS = [

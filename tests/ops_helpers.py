@@ -5,9 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from tallybook.billing.invoicing_sql import invoice_lines, invoices
 from tallybook.clock import to_micros
 from tallybook.runtime import Runtime
+from tallybook.store.billing import invoice_lines, invoices
 from tests.test_meters_helpers import add_customer, event, ingest, meter, utc
 
 # The most digits a metered value may carry (12 before the point, 6 after: docs/refusals.md).

@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import text, update
 from typer.testing import CliRunner
 
-from tallybook.billing.invoicing_sql import invoice_lines, invoices
 from tallybook.cli.main import app
 from tallybook.ops.verify import head_revisions, verify
+from tallybook.store.billing import invoice_lines, invoices
 from tallybook.store.meters import meters
 from tests.ops_helpers import insert_invoice, seed
 from tests.test_meters_helpers import mclock, mrt, utc  # noqa: F401  (fixtures)

@@ -1,17 +1,9 @@
-"""Invoice, invoice-line and invoice-number tables, the SQL that reads and writes them, and the SQL
-adapter of the invoicing ports (`SqlInvoiceStorage`, tallybook/billing/invoicing_ports.py).
+"""The SQL of invoicing: reads and writes of invoices, their lines and the number series, and the
+SQL adapter of the invoicing ports (`SqlInvoiceStorage`, tallybook/billing/invoicing_ports.py).
 
-Money is stored as decimal text (exact on both engines, the digits the service rounded); instants
-are epoch microseconds like every other table. An invoice is unique per customer, currency and
-billing period and kind (period, opening or correction; voided ones included), which is what makes
-the scheduler's drafting idempotent.
-`revision` grows on every change of an invoice; updates name the revision they read, so a
-concurrent change (the scheduler refreshing a draft while someone approves it) is detected.
-The number series (tallybook/billing/documents.py) is a row per prefix incremented in the issuing
-transaction, so a rolled-back issue gives its number back and concurrent issues take turns.
-
-Subscriptions' table and the customer reads stay in tallybook/store/billing.py (the catalog and
-subscriptions half of billing); the adapter calls them there.
+The tables are declared in tallybook/store/billing.py (see there why) and re-exported here; the
+subscription and customer reads the adapter offers are store/billing.py's too. Every list of ids
+is read in pages of `PAGE`, so no statement grows with the number of customers.
 """
 
 from __future__ import annotations
@@ -22,14 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    Index,
-    Integer,
-    Table,
-    Text,
-    UniqueConstraint,
     delete,
     func,
     select,
@@ -41,81 +26,10 @@ from tallybook.billing.invoicing_ports import InvoiceRecord, InvoiceSearch, Stor
 from tallybook.store import billing as subscription_sql
 from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
-from tallybook.store.billing import JSON_TYPE, PAGE
-from tallybook.store.schema import events, metadata
+from tallybook.store.billing import LINE_COLUMNS, PAGE, invoice_lines, invoice_number_series, invoices
+from tallybook.store.schema import events
 from tallybook.voids.sql import latest_void_us
 from tallybook.webhooks.service import Destination, OutboxMessage, WebhookService
-
-invoices = Table(
-    "invoices",
-    metadata,
-    Column("id", Text, primary_key=True),  # ULID
-    Column("customer_id", Text, nullable=False),
-    Column("currency", Text, nullable=False),
-    # period: drafted when `period` (the billing period) ended; its usage and in-arrears fees, plus
-    # the next period's in-advance fees. opening: drafted when a subscription started; `period` is
-    # the subscription's start to the end of its first billing period, and it holds only the
-    # in-advance fees for that span.
-    Column("kind", Text, nullable=False, server_default="period"),
-    Column("period_start_us", BigInteger, nullable=False),
-    Column("period_end_us", BigInteger, nullable=False),
-    Column("status", Text, nullable=False),  # draft | issued | paid | void | uncollectible
-    Column("customer", JSON_TYPE, nullable=False),  # snapshot: id, key, name, email, address, timezone
-    Column("subtotal", Text, nullable=False),
-    Column("commitments", Text, nullable=False),
-    Column("total", Text, nullable=False),
-    Column("as_of_us", BigInteger, nullable=False),  # usage counted: events ingested at or before this
-    Column("revision", Integer, nullable=False),
-    Column("created_us", BigInteger, nullable=False),
-    Column("updated_us", BigInteger, nullable=False),
-    Column("issued_us", BigInteger, nullable=True),
-    Column("paid_us", BigInteger, nullable=True),
-    Column("voided_us", BigInteger, nullable=True),
-    Column("uncollectible_us", BigInteger, nullable=True),
-    # Set when issued (tallybook/billing/documents.py): the number from the profile's series (None
-    # for invoices Stripe numbers, and those issued before numbering), and the seller snapshot.
-    Column("number", Text, nullable=True),
-    Column("seller", JSON_TYPE, nullable=True),  # billingProfileId, supplier, timezone, locale, dueAt
-    # The ingest watermark usage was counted at: events stored with seq <= this (with as_of_us for
-    # voids); None for invoices computed before it was recorded (as_of_us alone then).
-    Column("as_of_seq", BigInteger, nullable=True),
-    UniqueConstraint("customer_id", "currency", "kind", "period_start_us", "period_end_us", name="uq_invoices_period"),
-)
-Index("ix_invoices_status", invoices.c.status, invoices.c.period_end_us)
-Index("uq_invoices_number", invoices.c.number, unique=True)
-
-invoice_lines = Table(
-    "invoice_lines",
-    metadata,
-    Column("invoice_id", Text, primary_key=True),
-    Column("position", Integer, primary_key=True),
-    Column("kind", Text, nullable=False),  # flat_fee | usage | commitment | correction | credit
-    Column("name", Text, nullable=False),
-    Column("subscription_id", Text, nullable=True),
-    Column("rate_card_key", Text, nullable=True),
-    Column("meter", Text, nullable=True),
-    Column("period_start_us", BigInteger, nullable=False),
-    Column("period_end_us", BigInteger, nullable=False),
-    Column("quantity", Text, nullable=True),
-    Column("unit_price", Text, nullable=True),
-    Column("amount", Text, nullable=False),
-    Column("tax_code", Text, nullable=True),
-    Column("description", Text, nullable=True),
-    Column("corrects_invoice_id", Text, nullable=True),
-    Column("detail", JSON_TYPE, nullable=True),  # tiers, proration, commitment reason, ...
-)
-Index("ix_invoice_lines_corrects", invoice_lines.c.corrects_invoice_id)
-
-invoice_number_series = Table(
-    "invoice_number_series",
-    metadata,
-    Column("prefix", Text, primary_key=True),
-    Column("last_number", BigInteger, nullable=False),  # the last number given (0: none yet)
-    Column("updated_us", BigInteger, nullable=False),
-)
-
-INVOICE_COLUMNS = tuple(c.name for c in invoices.columns)
-LINE_COLUMNS = tuple(c.name for c in invoice_lines.columns if c.name != "invoice_id")
 
 
 def _line_rows(invoice_id: str, lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -459,8 +373,6 @@ class SqlInvoiceStorage:
 
 
 __all__ = [
-    "INVOICE_COLUMNS",
-    "LINE_COLUMNS",
     "SqlInvoiceStorage",
     "SqlInvoiceTransaction",
     "corrections_of",

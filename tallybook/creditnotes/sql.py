@@ -32,7 +32,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from tallybook.billing.invoicing_sql import invoices
 from tallybook.billing.periods import Period
 from tallybook.clock import from_micros, to_micros
 from tallybook.creditnotes.export import credit_note_json
@@ -53,6 +52,7 @@ from tallybook.creditnotes.model import (
 )
 from tallybook.exact import total
 from tallybook.store.base import SqlStore
+from tallybook.store.billing import invoices
 from tallybook.store.schema import metadata
 from tallybook.webhooks.service import OutboxMessage, WebhookService
 from tallybook.webhooks.settings import INVOICE_CREDIT_NOTE_CREATED

@@ -29,9 +29,9 @@ import orjson
 from sqlalchemy import Select, Text, cast, func, select
 
 from tallybook import jsonutil
-from tallybook.billing.invoicing_sql import invoice_lines, invoices
 from tallybook.errors import DomainError
 from tallybook.store.base import SqlStore
+from tallybook.store.billing import invoice_lines, invoices
 from tallybook.store.meters import meter_usage, meters
 from tallybook.store.schema import events
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from tallybook.billing.invoicing_sql import invoice_lines, invoices
 from tallybook.customers.sql import customers
 from tallybook.exact import CONTEXT as EXACT
 from tallybook.store.base import SqlStore
+from tallybook.store.billing import invoice_lines, invoices
 from tallybook.store.meters import meters
 from tallybook.store.schema import events, metadata
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from tallybook.billing import invoicing_sql as _invoice_tables  # noqa: F401  (invoices, lines, number series)
 from tallybook.customers import sql as _customer_tables  # noqa: F401
 
 # Every table module registers on the shared MetaData when imported; import them all here so the

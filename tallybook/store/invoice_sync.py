@@ -29,7 +29,7 @@ from sqlalchemy import update as update_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 
-from tallybook.billing.invoicing_sql import invoices
+from tallybook.store.billing import invoices
 from tallybook.store.schema import metadata
 
 JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")

@@ -1,4 +1,5 @@
-"""The seed scenario from the pricing issue, as an API plan body.
+"""The seed scenario from the pricing issue, as an API plan body (test data: it was
+tallybook/billing/seed.py, but only the tests and the benchmarks use it, not the demo).
 
 $49/month platform fee (in advance), API calls at $0.001 each, storage at $0.01 per GB of the
 month's peak (a MAX meter), compute at $0.0001 per second. The tests invoice it end to end and
