@@ -31,8 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from tallybook.api.wire.plans import parse_plan  # noqa: E402
 from tallybook.billing import invoicing_sql  # noqa: E402
-from tallybook.billing.catalog import parse_plan  # noqa: E402
 from tallybook.billing.currency import round_money  # noqa: E402
 from tallybook.billing.invoicing_ports import InvoiceSearch  # noqa: E402
 from tallybook.billing.models import RoundingMode  # noqa: E402

@@ -143,7 +143,8 @@ def ensure_demo_billing(runtime: Runtime, until: datetime | None = None) -> int:
     subscriptions = getattr(runtime, "subscriptions", None)
     if catalog is None or subscriptions is None:
         return 0
-    from tallybook.billing.catalog import CatalogError, parse_plan
+    from tallybook.api.wire.plans import parse_plan
+    from tallybook.billing.catalog_model import CatalogError
     from tallybook.billing.periods import Alignment
     from tallybook.billing.subscriptions import SubscriptionInput
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from tallybook.auth.keys import ApiKeyService
 from tallybook.billing.catalog import CatalogService
+from tallybook.billing.catalog_sql import SqlPlanRepository
 from tallybook.billing.invoicing import INVOICE_JOB, InvoicingService
 from tallybook.billing.profiles import ProfileService
 from tallybook.billing.subscriptions import SubscriptionService
@@ -108,7 +109,7 @@ class Runtime:
         runtime.entitlements = EntitlementService(
             SqlEntitlementRepository(store), runtime.customers, runtime.meters, clock
         )
-        runtime.catalog = CatalogService(store, clock, runtime.meters, settings.billing)
+        runtime.catalog = CatalogService(SqlPlanRepository(store), clock, runtime.meters, settings.billing)
         runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
 
         def entitlement_notifications(webhooks: WebhookService, scheduler: JobScheduler) -> None:

@@ -3,83 +3,15 @@ PostgreSQL, with a fixed clock: figures are checked against hand-computed balanc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 
-from tallybook import jsonutil
 from tallybook.clock import FixedClock
 from tallybook.runtime import Runtime
 from tallybook.voids.model import Actor, EventKey, VoidRequest
-from tests.test_webhook_helpers import api, build_runtime
-
-METERS = [
-    {
-        "slug": "api_calls",
-        "eventType": "api.calls",
-        "aggregation": "SUM",
-        "valueProperty": "$.value",
-        "groupBy": {"model": "$.model"},
-    },
-    {"slug": "latest_seats", "eventType": "seats", "aggregation": "LATEST", "valueProperty": "$.value"},
-]
-T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-BATCH = {"Content-Type": "application/cloudevents-batch+json"}
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(T0)
-
-
-@pytest.fixture
-def rt(database_url: str, clock: FixedClock) -> Iterator[Runtime]:
-    runtime = build_runtime(database_url, clock, meters=METERS)
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
-
-
-@pytest.fixture
-def admin(rt: Runtime) -> Iterator[httpx.Client]:
-    client = api(rt)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return jsonutil.loads(response.content) if response.content else None
-
-
-def usage(client: httpx.Client, *items: tuple[str, Any, str], subject: str = "acme", model: str = "gpt") -> None:
-    events = [
-        {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "app",
-            "type": "api.calls",
-            "subject": subject,
-            "time": time,
-            "data": {"value": value, "model": model},
-        }
-        for event_id, value, time in items
-    ]
-    assert client.post("/api/v1/events", json=events, headers=BATCH).status_code == 204
-
-
-def setup_acme(client: httpx.Client, timezone: str | None = None) -> None:
-    body: dict[str, Any] = {"name": "Acme", "key": "acme", "usageAttribution": {"subjectKeys": ["acme", "acme-2"]}}
-    if timezone:
-        body["timezone"] = timezone
-    ok(client.post("/api/v1/customers", json=body), 201)
-    ok(client.post("/api/v1/features", json={"key": "api_calls", "name": "API calls", "meterSlug": "api_calls"}), 201)
+from tests.entitlement_helpers import admin_fixture, clock_fixture, ok, rt_fixture, setup_acme, usage  # noqa: F401  (fixtures)
 
 
 def value(client: httpx.Client, feature: str = "api_calls", **params: str) -> dict[str, Any]:

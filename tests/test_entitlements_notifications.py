@@ -4,43 +4,16 @@ nothing and the next crossing is sent again; rules/{id}/test sends a sample. SQL
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 
 from tallybook import jsonutil
 from tallybook.clock import FixedClock
 from tallybook.runtime import Runtime
-from tests.test_entitlements_api import METERS, ok, setup_acme, usage
-from tests.test_webhook_helpers import Receiver, api, build_runtime, standard_signature_ok
-
-T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(T0)
-
-
-@pytest.fixture
-def rt(database_url: str, clock: FixedClock) -> Iterator[Runtime]:
-    runtime = build_runtime(database_url, clock, meters=METERS)
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
-
-
-@pytest.fixture
-def admin(rt: Runtime) -> Iterator[httpx.Client]:
-    client = api(rt)
-    try:
-        yield client
-    finally:
-        client.close()
+from tests.entitlement_helpers import admin_fixture, clock_fixture, ok, rt_fixture, setup_acme, usage  # noqa: F401  (fixtures)
+from tests.test_webhook_helpers import Receiver, standard_signature_ok
 
 
 def payloads(receiver: Receiver) -> list[dict[str, Any]]:

@@ -1,14 +1,28 @@
 """The official Python `openmeter` SDK's feature, entitlement and grant calls against a live
 Tallybook server (SQLite and PostgreSQL): what its generated models parse is what we answer.
 
-(The SDK's `client.subjects` is the subject CRUD group: its generated client assigns the name twice,
-so the v1 subject-entitlement calls are not reachable through it; the customer v1/v2 ones are.)
+Every entitlement and grant call the SDK (1.0.0b236) has is made: features; v1 `/api/v1/entitlements`
+list/get and `/api/v1/grants` list/void; v1 customer access and value; the v2 entitlement, customer
+entitlement and grant groups; and the v1 *subject* entitlement group (create, list, get, delete,
+override, grants list/create, value, history, reset).
+
+The v1 subject group needs help to be reached. The SDK generates two classes named
+`SubjectsOperations` and two sets of `build_subjects_{list,get,delete}_request` in one module
+(`openmeter/_generated/operations/_operations.py`): the second ones (subject CRUD) shadow the first
+(subject entitlements), and the client assigns `client.subjects` twice, so `client.subjects` is the
+CRUD group and the entitlement methods' list/get/delete would build CRUD URLs. `subject_entitlements`
+below compiles the SDK's own first class and first builders from that module's source into a copy of
+its namespace and instantiates the class with the client's pipeline, config and (de)serializers, as
+the client does for every group: the requests, serialization and response parsing are the SDK's.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -16,22 +30,35 @@ import pytest
 from tallybook.clock import FixedClock
 from tallybook.runtime import Runtime
 from tests.conftest import LiveServer
-from tests.test_entitlements_api import METERS
-from tests.test_webhook_helpers import build_runtime
+from tests.entitlement_helpers import T0, rt_fixture, usage  # noqa: F401  (fixture rt)
 
 openmeter = pytest.importorskip("openmeter")
 from openmeter import models  # noqa: E402
+from openmeter._generated.operations import _operations as generated  # noqa: E402
 
-T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+SHADOWED_BUILDERS = ("build_subjects_list_request", "build_subjects_get_request", "build_subjects_delete_request")
+RECOVERED = (*SHADOWED_BUILDERS, "SubjectsOperations")
+
+
+def subject_entitlements(client: Any) -> Any:
+    """The SDK's generated v1 subject-entitlement operations (the first `SubjectsOperations` of its
+    operations module, with the request builders it was generated with), bound to `client`."""
+    tree = ast.parse(inspect.getsource(generated))
+    first: dict[str, ast.stmt] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in RECOVERED and node.name not in first:
+            first[node.name] = node
+    assert set(first) == set(RECOVERED), "the SDK's generated module changed"
+    namespace = dict(vars(generated))
+    code = compile(ast.Module(body=list(first.values()), type_ignores=[]), generated.__file__, "exec")
+    exec(code, namespace)  # the installed SDK's own source, nothing else
+    operations = namespace["SubjectsOperations"]
+    return operations(client._client, client._config, client._serialize, client._deserialize)
 
 
 @pytest.fixture
-def rt(database_url: str) -> Iterator[Runtime]:
-    runtime = build_runtime(database_url, FixedClock(datetime(2026, 3, 10, 13, 0, tzinfo=UTC)), meters=METERS)
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
+def clock() -> FixedClock:
+    return FixedClock(T0 + timedelta(hours=1))
 
 
 @pytest.fixture
@@ -45,20 +72,7 @@ def test_sdk_entitlement_and_grant_calls(server: tuple[str, str], rt: Runtime) -
     url, key = server
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"})
     assert http.post("/api/v1/customers", json={"name": "Acme", "key": "acme"}).status_code == 201
-    events = [
-        {
-            "specversion": "1.0",
-            "id": f"e{i}",
-            "source": "app",
-            "type": "api.calls",
-            "subject": "acme",
-            "time": "2026-03-10T12:05:00Z",
-            "data": {"value": 10, "model": "gpt"},
-        }
-        for i in range(3)
-    ]
-    ingested = http.post("/api/v1/events", json=events, headers={"Content-Type": "application/cloudevents-batch+json"})
-    assert ingested.status_code == 204
+    usage(http, *[(f"e{i}", 10, "2026-03-10T12:05:00Z") for i in range(3)], subject="acme")
     client = openmeter.Client(endpoint=url, token=key)
 
     feature = client.features.create(
@@ -114,8 +128,10 @@ def test_sdk_entitlement_and_grant_calls(server: tuple[str, str], rt: Runtime) -
     assert [e["id"] for e in listed] == [created["id"]]
     assert client.entitlements.get(created["id"])["featureKey"] == "api_calls"
     assert [e["id"] for e in client.entitlements_v2.list()["items"]] == [created["id"]]
+    assert client.entitlements_v2.get(created["id"])["customerKey"] == "acme"
     assert client.customer_entitlements_v2.get("acme", "api_calls")["id"] == created["id"]
     assert len(client.grants.list()) == 2 and client.grants_v2.list()["totalCount"] == 2
+    assert {g["amount"] for g in client.grants.list(feature=["api_calls"], order_by="amount")} == {100, 500}
 
     client.customer_entitlement_v2.reset_customer_entitlement(
         "acme", "api_calls", models.ResetEntitlementUsageInput(effective_at=datetime(2026, 3, 10, 12, 30, tzinfo=UTC))
@@ -135,4 +151,73 @@ def test_sdk_entitlement_and_grant_calls(server: tuple[str, str], rt: Runtime) -
     client.customer_entitlements_v2.delete("acme", "api_calls")
     assert client.customer_entitlements_v2.list("acme")["totalCount"] == 0
     client.features.delete(feature.id)
+    http.close()
+
+
+def test_sdk_v1_subject_entitlement_calls(server: tuple[str, str], rt: Runtime) -> None:
+    url, key = server
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"})
+    customer = {"name": "Acme", "key": "acme", "usageAttribution": {"subjectKeys": ["acme-app"]}}
+    assert http.post("/api/v1/customers", json=customer).status_code == 201
+    usage(http, *[(f"e{i}", 10, "2026-03-10T12:05:00Z") for i in range(2)], subject="acme-app")
+    client = openmeter.Client(endpoint=url, token=key)
+    subjects = subject_entitlements(client)
+    client.features.create(models.FeatureCreateInputs(key="api_calls", name="API calls", meter_slug="api_calls"))
+    client.features.create(models.FeatureCreateInputs(key="sso", name="SSO"))
+
+    created = subjects.post(
+        "acme-app",
+        models.EntitlementMeteredCreateInputs(
+            type="metered",
+            feature_key="api_calls",
+            usage_period=models.RecurringPeriodCreateInput(interval="MONTH"),
+            issue_after_reset=100,
+            measure_usage_from=T0,
+        ),
+    )
+    assert created["type"] == "metered" and created["featureKey"] == "api_calls" and created["issueAfterReset"] == 100
+    sso = subjects.post("acme-app", models.EntitlementBooleanCreateInputs(type="boolean", feature_key="sso"))
+    assert sso["type"] == "boolean"
+    # A v1 subject path and the v2 customer path name the same entitlement.
+    assert client.customer_entitlements_v2.get("acme", "api_calls")["id"] == created["id"]
+    assert sorted(e["featureKey"] for e in subjects.list("acme-app")) == ["api_calls", "sso"]
+    assert subjects.get("acme-app", created["id"])["usagePeriod"]["interval"] == "MONTH"
+
+    grant = subjects.create_grant(
+        "acme-app",
+        "api_calls",
+        models.EntitlementGrantCreateInput(
+            amount=50, priority=1, effective_at=T0, expiration=models.ExpirationPeriod(duration="DAY", count=2)
+        ),
+    )
+    assert grant.amount == 50 and grant.expires_at == datetime(2026, 3, 12, 12, tzinfo=UTC)
+    assert sorted(g.amount for g in subjects.get_grants("acme-app", "api_calls")) == [50, 100]
+    value = subjects.get_entitlement_value("acme-app", "api_calls")
+    # 20 used, from the priority-1 grant first.
+    assert (value.has_access, value.balance, value.usage, value.overage) == (True, 130, 20, 0)
+    assert subjects.get_entitlement_value("acme-app", "api_calls", time=T0).balance == 150
+    assert subjects.get_entitlement_value("acme-app", "sso").has_access is True
+    history = subjects.get_entitlement_history(
+        "acme-app", created["id"], window_size="HOUR", from_parameter=T0, to=datetime(2026, 3, 10, 13, tzinfo=UTC)
+    )
+    assert [(w.usage, w.balance_at_start) for w in history.windowed_history] == [(20, 150)]
+    assert history.burndown_history[0].balance_at_start == 150
+
+    subjects.reset(
+        "acme-app",
+        created["id"],
+        models.ResetEntitlementUsageInput(effective_at=datetime(2026, 3, 10, 12, 30, tzinfo=UTC)),
+    )
+    after = subjects.get_entitlement_value("acme-app", "api_calls")
+    # The default grant goes back to 100; the 50 grant (30 left) has no rollover.
+    assert (after.balance, after.usage) == (100, 0)
+
+    replaced = subjects.override(
+        "acme-app", "sso", models.EntitlementStaticCreateInputs(type="static", feature_key="sso", config='{"seats": 5}')
+    )
+    assert replaced["type"] == "static" and replaced["id"] != sso["id"]
+    assert subjects.get_entitlement_value("acme-app", "sso").config == '{"seats": 5}'
+    subjects.delete("acme-app", replaced["id"])
+    assert [e["featureKey"] for e in subjects.list("acme-app")] == ["api_calls"]
+    assert len(subjects.list("acme-app", include_deleted=True)) == 3
     http.close()

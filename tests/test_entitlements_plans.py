@@ -3,8 +3,9 @@ change replaces them where the new subscription begins, a cancel ends them. SQLi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -13,8 +14,7 @@ import pytest
 from tallybook.clock import FixedClock
 from tallybook.runtime import Runtime
 from tests.billing_helpers import build, client_for, create_customer, create_plan, ok, send, subscribe
-
-T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+from tests.entitlement_helpers import T0, clock_fixture  # noqa: F401  (fixture clock)
 
 
 def plan(key: str, calls: int, soft: bool = False) -> dict[str, Any]:
@@ -46,11 +46,6 @@ def plan(key: str, calls: int, soft: bool = False) -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(T0)
-
-
-@pytest.fixture
 def rt(database_url: str, clock: FixedClock) -> Iterator[Runtime]:
     runtime = build(database_url, clock)
     try:
@@ -72,10 +67,14 @@ def access(client: httpx.Client) -> dict[str, Any]:
     return ok(client.get("/api/v1/customers/acme/access"))["entitlements"]  # type: ignore[no-any-return]
 
 
-def test_subscription_creates_changes_and_ends_entitlements(client: httpx.Client, clock: FixedClock) -> None:
+def features(client: httpx.Client) -> None:
     for key, name in (("sso", "SSO"), ("api_calls", "API calls")):
         body = {"key": key, "name": name, **({"meterSlug": "api_calls"} if key == "api_calls" else {})}
         ok(client.post("/api/v1/features", json=body), 201)
+
+
+def test_subscription_creates_changes_and_ends_entitlements(client: httpx.Client, clock: FixedClock) -> None:
+    features(client)
     basic = create_plan(client, plan("basic", 1000))
     card = basic["phases"][0]["rateCards"][1] if "phases" in basic else basic["rateCards"][1]
     assert card["entitlementTemplate"]["issueAfterReset"] == "1000" and card["featureKey"] == "api_calls"
@@ -118,3 +117,57 @@ def test_template_refusals(client: httpx.Client) -> None:
     body["rateCards"][0]["entitlementTemplate"] = {"type": "static", "config": "{nope"}
     refused = client.post("/api/v1/plans", json=body)
     assert refused.status_code == 400 and "config" in refused.text
+
+
+def test_cancelling_a_deleted_customers_subscription_ends_its_entitlements(
+    client: httpx.Client, rt: Runtime, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The subscription listener reads a deleted customer's subscriptions by id (it used to resolve
+    a live customer, fail, and leave the entitlements running)."""
+    features(client)
+    create_plan(client, plan("basic", 1000))
+    customer_id = create_customer(client)["id"]
+    sub = subscribe(client, "acme", plan="basic")
+    assert set(access(client)) == {"sso", "api_calls"}
+    ok(client.delete("/api/v1/customers/acme"), 204)
+    clock.advance(timedelta(hours=1))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        ok(client.post(f"/api/v1/subscriptions/{sub['id']}/cancel", json={}))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    entitlements = rt.entitlements.entitlements([customer_id], include_deleted=True)
+    assert sorted(e.feature_key for e in entitlements) == ["api_calls", "sso"]
+    now = clock.now()
+    for entitlement in entitlements:
+        assert entitlement.annotations == {"subscription.id": sub["id"]}
+        assert entitlement.active_to is not None and entitlement.active_to <= now
+        assert not entitlement.active_at(now)
+    # Nothing new is made for a deleted customer, even if a sync runs again.
+    rt.subscriptions._changed(customer_id)
+    assert len(rt.entitlements.entitlements([customer_id], include_deleted=True)) == 2
+
+
+def test_a_deleted_plan_version_still_ends_its_entitlements(client: httpx.Client, rt: Runtime) -> None:
+    """Archiving and deleting the plan a subscription uses does not stop the sync (the exact version
+    stays readable); a cancel still ends the entitlements."""
+    features(client)
+    basic = create_plan(client, plan("basic", 1000))
+    create_customer(client)
+    sub = subscribe(client, "acme", plan="basic")
+    ok(client.post(f"/api/v1/plans/{basic['id']}/archive"))
+    ok(client.delete(f"/api/v1/plans/{basic['id']}"), 204)
+    assert set(access(client)) == {"sso", "api_calls"}
+    ok(client.post(f"/api/v1/subscriptions/{sub['id']}/cancel", json={}))
+    assert access(client) == {}
+
+
+def test_an_archived_feature_skips_only_its_template(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    features(client)
+    create_plan(client, plan("basic", 1000))
+    ok(client.delete("/api/v1/features/sso"), 204)
+    create_customer(client)
+    with caplog.at_level(logging.WARNING):
+        subscribe(client, "acme", plan="basic")
+    assert set(access(client)) == {"api_calls"}
+    skipped = [r for r in caplog.records if r.getMessage() == "entitlement from a plan's rate card not created"]
+    assert [getattr(r, "feature", None) for r in skipped] == ["sso"]

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from tallybook.billing.catalog import (
+from tallybook.api.wire.plan_prices import parse_usage_price
+from tallybook.api.wire.plans import parse_plan
+from tallybook.billing.catalog_model import (
     InvalidPlan,
     PlanConflict,
     PlanListQuery,
     PlanNotFound,
     parse_cadence,
-    parse_plan,
-    parse_usage_price,
 )
 from tallybook.billing.models import (
     BillingCadence,

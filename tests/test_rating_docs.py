@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tallybook.billing.catalog import parse_plan, parse_usage_price
+from tallybook.api.wire.plan_prices import parse_usage_price
+from tallybook.api.wire.plans import parse_plan
 from tallybook.billing.currency import round_money
 from tallybook.billing.models import Commitments, FlatPrice, RoundingMode
 from tallybook.billing.rating import apply_commitments, prorate, rate_usage

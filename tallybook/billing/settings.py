@@ -46,6 +46,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tallybook.billing.models import RoundingMode
+from tallybook.billing.profiles_model import check_locale, check_number_prefix, check_timezone
 from tallybook.webhooks.settings import Duration
 
 TAX_CODE_PATTERN = re.compile(r"^txcd_\d{8}$")
@@ -102,8 +103,6 @@ class ProfileSettings(_Section):
     @field_validator("number_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        from tallybook.billing.profiles import check_number_prefix
-
         problem = check_number_prefix(value)
         if problem is not None:
             raise ValueError(problem)
@@ -112,8 +111,6 @@ class ProfileSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str | None) -> str | None:
-        from tallybook.billing.profiles import check_timezone
-
         problem = None if value is None else check_timezone(value)
         if problem is not None:
             raise ValueError(problem)
@@ -122,8 +119,6 @@ class ProfileSettings(_Section):
     @field_validator("locale")
     @classmethod
     def _locale(cls, value: str) -> str:
-        from tallybook.billing.profiles import check_locale
-
         problem = check_locale(value)
         if problem is not None:
             raise ValueError(problem)

@@ -23,12 +23,11 @@ from typing import Any, Literal
 
 from tallybook.billing.models import BillingCadence, Cadence, PlanVersion
 from tallybook.billing.periods import Alignment, InvalidPeriod, Period, Schedule, zone
+from tallybook.billing.subscriptions_ports import SubscriptionStorage
 from tallybook.clock import Clock, from_micros, to_micros
 from tallybook.customers import CustomerNotFound, CustomerService
 from tallybook.errors import DomainError
 from tallybook.ids import new_ulid
-from tallybook.store import billing as billing_store
-from tallybook.store.base import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +180,10 @@ def _overlaps(a_from: datetime, a_to: datetime | None, b_from: datetime, b_to: d
 
 
 class SubscriptionService:
-    def __init__(self, store: SqlStore, clock: Clock, customers: CustomerService, plans: PlanLookup) -> None:
-        self.store = store
+    def __init__(
+        self, storage: SubscriptionStorage, clock: Clock, customers: CustomerService, plans: PlanLookup
+    ) -> None:
+        self.storage = storage
         self.clock = clock
         self.customers = customers
         self.plans = plans
@@ -200,22 +201,29 @@ class SubscriptionService:
 
     # -- reading ------------------------------------------------------------------------------------
     def get(self, subscription_id: str) -> Subscription:
-        with self.store.read() as conn:
-            row = billing_store.get_subscription(conn, subscription_id)
+        with self.storage.reading() as tx:
+            row = tx.get(subscription_id)
         if row is None:
             raise SubscriptionNotFound(f"no subscription has the id {subscription_id!r}")
         return subscription_from_row(row)
 
     def list_subscriptions(self, customer: str | None = None, limit: int = 100, offset: int = 0) -> list[Subscription]:
         ids = None if customer is None else [self.customer_id(customer)]
-        with self.store.read() as conn:
-            rows = billing_store.list_subscriptions(conn, ids, limit=limit, offset=offset)
+        with self.storage.reading() as tx:
+            rows = tx.list(ids, limit=limit, offset=offset)
+        return [subscription_from_row(r) for r in rows]
+
+    def of_customer_id(self, customer_id: str) -> list[Subscription]:
+        """Every subscription of the customer with this id, oldest first; a deleted customer's too
+        (no live-customer lookup: listeners run after a deleted customer's subscription is cancelled)."""
+        with self.storage.reading() as tx:
+            rows = tx.list([customer_id])
         return [subscription_from_row(r) for r in rows]
 
     def of_customers(self, customer_ids: list[str], start: datetime, end: datetime) -> list[Subscription]:
         """Subscriptions of these customers active at some point in [start, end)."""
-        with self.store.read() as conn:
-            rows = billing_store.list_subscriptions(conn, customer_ids, overlapping=(to_micros(start), to_micros(end)))
+        with self.storage.reading() as tx:
+            rows = tx.list(customer_ids, overlapping=(to_micros(start), to_micros(end)))
         return [subscription_from_row(r) for r in rows]
 
     def plan_of(self, sub: Subscription) -> PlanVersion:
@@ -272,8 +280,8 @@ class SubscriptionService:
             sub.schedule.period_containing(active_from)  # checks the cadence and anchor
         except (InvalidPeriod, ValueError) as exc:
             raise InvalidSubscription(str(exc)) from None
-        with self.store.write() as conn:
-            existing = billing_store.list_subscriptions(conn, [customer.id])
+        with self.storage.writing() as tx:
+            existing = tx.list([customer.id])
             for row in existing:
                 other = subscription_from_row(row)
                 if other.id != previous_id and _overlaps(
@@ -284,9 +292,9 @@ class SubscriptionService:
                         f"(from {other.active_from.isoformat()}); cancel it or change its plan instead",
                         subscriptionId=other.id,
                     )
-            billing_store.insert_subscription(conn, _row(sub))
+            tx.insert(_row(sub))
             if previous_id is not None:
-                billing_store.update_subscription(conn, previous_id, {"next_id": sub.id})
+                tx.update(previous_id, {"next_id": sub.id})
         self._changed(sub.customer_id)
         return sub
 
@@ -342,9 +350,8 @@ class SubscriptionService:
                 previous_id=sub.id,
             )
         except SubscriptionError:
-            with self.store.write() as conn:  # put the old end back: the change did not happen
-                billing_store.update_subscription(
-                    conn,
+            with self.storage.writing() as tx:  # put the old end back: the change did not happen
+                tx.update(
                     sub.id,
                     {
                         "active_to_us": None if old_end is None else to_micros(old_end),
@@ -363,9 +370,8 @@ class SubscriptionService:
         if sub.active_to is not None and sub.active_to <= now:
             raise SubscriptionConflict(f"subscription {sub.id} already ended at {sub.active_to.isoformat()}")
         end = max(end, sub.active_from)
-        with self.store.write() as conn:
-            billing_store.update_subscription(
-                conn,
+        with self.storage.writing() as tx:
+            tx.update(
                 sub.id,
                 {"active_to_us": to_micros(end), "canceled_us": to_micros(now), "updated_us": to_micros(now)},
             )

@@ -20,8 +20,10 @@ from tallybook.billing.invoicing import INVOICE_JOB, InvoicingService
 from tallybook.billing.invoicing_sql import SqlInvoiceStorage
 from tallybook.billing.models import PlanVersion
 from tallybook.billing.profiles import STRIPE, ProfileService
+from tallybook.billing.profiles_sql import SqlProfileStorage
 from tallybook.billing.settings import BillingSettings
 from tallybook.billing.subscriptions import PlanNotFound, SubscriptionService
+from tallybook.billing.subscriptions_sql import SqlSubscriptionStorage
 from tallybook.clock import Clock
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.creditnotes.sql import SqlCreditNotes, void_of_invoice
@@ -61,14 +63,14 @@ def build_billing(
         except CatalogPlanNotFound as exc:
             raise PlanNotFound(exc.detail, planKey=key) from None
 
-    profiles = ProfileService(store, clock, customers, settings, stripe_enabled)
+    profiles = ProfileService(SqlProfileStorage(store), clock, customers, settings, stripe_enabled)
     profiles.sync_config()
     if settings.profile.collector == STRIPE and not stripe_enabled:
         log.warning(
             "billing.profile.collector is stripe but stripe.enabled is false: invoices of the default "
             "profile are not sent to Stripe until it is enabled"
         )
-    subscriptions = SubscriptionService(store, clock, customers, plan_lookup)
+    subscriptions = SubscriptionService(SqlSubscriptionStorage(store), clock, customers, plan_lookup)
     credit_note_store = SqlCreditNotes(store, webhooks)
     credit_notes = CreditNoteService(credit_note_store, credit_note_store, clock, customer_id=subscriptions.customer_id)
     # An invoice's credit notes are voided in the transaction that voids it.

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
+from tallybook.customers.model import Customer
 from tallybook.entitlements.recurrence import Interval, Recurrence
 from tallybook.errors import DomainError
 
@@ -291,3 +293,36 @@ def check_amount(value: Decimal, name: str, error: type[EntitlementError] = Inva
     if value > MAX_AMOUNT:
         raise error(f"{name} must be at most {MAX_AMOUNT:f}")
     return value
+
+
+# -- how the API addresses entitlements ------------------------------------------------------------
+GRANT_ORDERS = ("id", "created_at", "updated_at")
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """How a path names the customer whose entitlements it reaches: by the customer's id or key
+    (v1 and v2 customer paths), or by one of its subjects (v1 subject paths)."""
+
+    ref: str
+    by_subject: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementView:
+    """An entitlement with what its answer shows beside it: its customer, and for a metered one
+    the usage period current when it was read."""
+
+    entitlement: Entitlement
+    customer: Customer
+    current_period: tuple[datetime, datetime] | None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantView:
+    """A grant as read at `at`; `zone` (its customer's time zone, when known) places its next
+    recurrence."""
+
+    grant: Grant
+    at: datetime
+    zone: ZoneInfo | None

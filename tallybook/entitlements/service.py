@@ -1,172 +1,60 @@
-"""Features, entitlements and grants; access and balance answers.
+"""Features, entitlements and grants; access and balance answers: EntitlementService.
 
-`value` and `access` are computed when asked, from the meter projection (one bucketed query per
-metered entitlement) and the grant ledger, never from a stored balance that could go stale: a late
-event or a void changes the next answer. Times are at OpenMeter's one-minute resolution: grant
-effective times are ceiled to the minute, resets and anchors truncated, and a value at instant `t`
-counts usage up to the end of `t`'s minute.
+It is assembled from one part per job: core.py (collaborators, owner and entitlement look-ups),
+features.py, grants.py, balances.py (resets, value, access, history); entitlements themselves
+(create, override, list, delete) are here. Grant effective times are ceiled to the minute, resets
+and anchors truncated (OpenMeter's one-minute resolution).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
-from decimal import Decimal
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
-from tallybook.clock import Clock, SystemClock
-from tallybook.customers.model import Customer, CustomerNotFound
-from tallybook.entitlements import engine
+from tallybook.customers.model import Customer
+from tallybook.entitlements.balances import BalanceOperations
+from tallybook.entitlements.core import MIN_PERIOD, current_of, parse_interval
+from tallybook.entitlements.features import FeatureOperations
+from tallybook.entitlements.grants import GrantOperations
 from tallybook.entitlements.model import (
     ADDITIVE_AGGREGATIONS,
     BOOLEAN,
     DEFAULT_ISSUE_PRIORITY,
     ENTITLEMENT_TYPES,
-    EXPIRATION_DURATIONS,
+    GRANT_ORDERS,
     ISSUE_AFTER_RESET_ANNOTATION,
     MAX_CONFIG_LENGTH,
     METERED,
     STATIC,
-    BurnSegment,
     Entitlement,
     EntitlementError,
-    EntitlementNotFound,
     EntitlementSpec,
     EntitlementValue,
-    Feature,
-    FeatureConflict,
+    EntitlementView,
     FeatureNotFound,
-    FeatureSpec,
     Grant,
-    GrantNotFound,
     GrantSpec,
+    GrantView,
     History,
-    HistoryWindow,
-    InvalidFeature,
-    InvalidGrant,
-    InvalidReset,
-    NotMetered,
-    OwnerNotFound,
-    Reset,
+    Owner,
     ResetSpec,
     check_amount,
-    check_key,
 )
-from tallybook.entitlements.ports import Customers, EntitlementRepository, Meters
-from tallybook.entitlements.recurrence import Interval, Recurrence, ceil_minute, expiry, floor_minute
-from tallybook.errors import DomainError
+from tallybook.entitlements.recurrence import Recurrence, floor_minute
 from tallybook.ids import new_ulid
-from tallybook.meters.models import Meter
-from tallybook.meters.windows import UnknownTimeZone, WindowSize, next_window_start, window_start, zone
+from tallybook.meters.windows import WindowSize
+
+__all__ = ["EntitlementService", "current_of", "parse_interval"]
 
 log = logging.getLogger(__name__)
 
-MIN_PERIOD = timedelta(hours=1)
-MAX_HISTORY_WINDOWS = 10_000
-HISTORY_SIZES = (WindowSize.MINUTE, WindowSize.HOUR, WindowSize.DAY)
 
-
-class EntitlementService:
-    def __init__(
-        self,
-        repository: EntitlementRepository,
-        customers: Customers,
-        meters: Meters,
-        clock: Clock | None = None,
-    ) -> None:
-        self.repository = repository
-        self.customers = customers
-        self.meters = meters
-        self.clock = clock or SystemClock()
-        # Called after a change that can move a balance (grant, reset, override): the notifier
-        # re-evaluates thresholds without waiting for its next pass.
-        self.on_change: list[Callable[[Entitlement], None]] = []
-        self._features: dict[str, Feature] = {}
-
-    # -- owners ---------------------------------------------------------------------------------------
-    def customer(self, id_or_key: str) -> Customer:
-        try:
-            return self.customers.resolve(id_or_key)
-        except CustomerNotFound as exc:
-            raise OwnerNotFound(str(exc)) from None
-
-    def customers_by_id(self, customer_id: str) -> Customer:
-        """The customer owning an entitlement (deleted customers too)."""
-        try:
-            return self.customers.get(customer_id)
-        except CustomerNotFound as exc:
-            raise OwnerNotFound(str(exc)) from None
-
-    def customer_of_subject(self, subject: str) -> Customer:
-        """The live customer a subject's usage is attributed to (its key, or one of its subjectKeys)."""
-        owner = self.customers.customer_of_subjects([subject]).get(subject)
-        if owner is None:
-            raise OwnerNotFound(
-                f"no customer has the subject {subject!r}; create a customer with key {subject!r} or with "
-                f'"usageAttribution": {{"subjectKeys": ["{subject}"]}} first (entitlements belong to customers)'
-            )
-        return self.customer(owner)
-
-    # -- features -------------------------------------------------------------------------------------
-    def create_feature(self, spec: FeatureSpec) -> Feature:
-        try:
-            check_key(spec.key, "key")
-        except EntitlementError as exc:
-            raise InvalidFeature(exc.detail) from None
-        if not spec.name.strip():
-            raise InvalidFeature("name must not be empty")
-        if spec.meter_group_by_filters and spec.meter_slug is None:
-            raise InvalidFeature("meterGroupByFilters needs a meterSlug")
-        if spec.meter_slug is not None:
-            meter = self._meter(spec.meter_slug, InvalidFeature)
-            unknown = sorted(set(spec.meter_group_by_filters) - set(meter.group_by))
-            if unknown:
-                known = ", ".join(sorted(meter.group_by)) or "none"
-                raise InvalidFeature(
-                    f"meterGroupByFilters: {', '.join(unknown)} not a groupBy key of meter {meter.slug!r} "
-                    f"(its keys: {known})"
-                )
-        now = self.clock.now()
-        feature = Feature(
-            id=new_ulid(now),
-            key=spec.key,
-            name=spec.name,
-            meter_slug=spec.meter_slug,
-            meter_group_by_filters=dict(spec.meter_group_by_filters),
-            metadata=spec.metadata,
-            created_at=now,
-            updated_at=now,
-            archived_at=None,
-        )
-        self.repository.insert_feature(feature)
-        return feature
-
-    def feature(self, id_or_key: str) -> Feature:
-        found = self.repository.feature(id_or_key)
-        if found is None:
-            raise FeatureNotFound(f"no feature has the id or key {id_or_key!r}")
-        return found
-
-    def features(self, meter_slug: str | None = None, include_archived: bool = False) -> list[Feature]:
-        return self.repository.features(meter_slug, include_archived)
-
-    def archive_feature(self, id_or_key: str) -> Feature:
-        feature = self.feature(id_or_key)
-        if feature.archived_at is not None:
-            return feature
-        users = [e for e in self.repository.entitlements(feature_keys=[feature.key]) if e.feature_id == feature.id]
-        if users:
-            raise FeatureConflict(
-                f"feature {feature.key!r} has {len(users)} live entitlement(s); delete them before archiving it",
-                entitlements=[e.id for e in users[:20]],
-            )
-        now = self.clock.now()
-        self.repository.archive_feature(feature.id, now)
-        return replace(feature, archived_at=now, updated_at=now)
+class EntitlementService(FeatureOperations, GrantOperations, BalanceOperations):
+    """Features, entitlements and grants; access and balance answers. Entitlements are here, the
+    other jobs in the parts it is made of."""
 
     # -- entitlements ---------------------------------------------------------------------------------
     def create_entitlement(
@@ -198,24 +86,6 @@ class EntitlementService:
             found = [e for e in found if e.active_at(now)]
         return found
 
-    def entitlement(self, entitlement_id: str) -> Entitlement:
-        found = self.repository.entitlement(entitlement_id)
-        if found is None:
-            raise EntitlementNotFound(f"no entitlement has the id {entitlement_id!r}")
-        return found
-
-    def entitlement_of(self, customer: Customer, id_or_feature: str, include_deleted: bool = False) -> Entitlement:
-        """The customer's entitlement with this id, or its live entitlement to the feature with this key."""
-        found = self.repository.entitlement(id_or_feature)
-        if found is not None and found.customer_id == customer.id and (include_deleted or found.deleted_at is None):
-            return found
-        live = self.repository.entitlements([customer.id], [id_or_feature])
-        if live:
-            return current_of(live, self.clock.now())
-        raise EntitlementNotFound(
-            f"customer {customer.key or customer.id!r} has no entitlement with id or feature key {id_or_feature!r}"
-        )
-
     def delete_entitlement(self, customer: Customer, id_or_feature: str) -> None:
         entitlement = self.entitlement_of(customer, id_or_feature)
         self.repository.end_entitlement(entitlement.id, self.clock.now())
@@ -230,7 +100,7 @@ class EntitlementService:
         if feature is None or feature.archived_at is not None:
             raise FeatureNotFound(f"no live feature has the id or key {ref!r}; create it with POST /api/v1/features")
         now = self.clock.now()
-        tz = self._zone(customer)
+        tz = self.zone_of(customer)
         active_from = spec.active_from or now
         if spec.active_to is not None and spec.active_to <= active_from:
             raise EntitlementError("activeTo must be after activeFrom")
@@ -332,409 +202,134 @@ class EntitlementService:
             )
         return entitlement, grants
 
-    # -- grants ---------------------------------------------------------------------------------------
-    def create_grant(self, customer: Customer, id_or_feature: str, spec: GrantSpec) -> Grant:
-        entitlement = self.entitlement_of(customer, id_or_feature)
-        if entitlement.type != METERED:
-            raise NotMetered(
-                f"entitlement {entitlement.id} is {entitlement.type}; only metered entitlements take grants"
-            )
-        check_amount(spec.amount, "amount")
-        check_amount(spec.min_rollover, "minRolloverAmount")
-        check_amount(spec.max_rollover, "maxRolloverAmount")
-        if spec.min_rollover > spec.max_rollover and spec.max_rollover != 0:
-            raise InvalidGrant("minRolloverAmount must not be more than maxRolloverAmount")
-        if not 1 <= spec.priority <= 255:
-            raise InvalidGrant("priority must be between 1 and 255 (1 burns first)")
-        tz = self._zone(customer)
-        effective = ceil_minute(spec.effective_at)
-        expires = None
-        if spec.expiration is not None:
-            if spec.expiration.duration not in EXPIRATION_DURATIONS:
-                raise InvalidGrant(f"expiration.duration must be one of {', '.join(EXPIRATION_DURATIONS)}")
-            if not 1 <= spec.expiration.count <= 1000:
-                raise InvalidGrant("expiration.count must be between 1 and 1000")
-            expires = expiry(effective, spec.expiration.duration, spec.expiration.count, tz)
-        recurrence = None
-        if spec.recurrence is not None:
-            recurrence = Recurrence(spec.recurrence.interval, floor_minute(spec.recurrence.anchor or effective))
-            begin, end = recurrence.period_at(effective, tz)
-            if end - begin < MIN_PERIOD:
-                raise InvalidGrant("recurrence must be at least one hour long")
-        now = self.clock.now()
-        grant = Grant(
-            id=new_ulid(now),
-            entitlement_id=entitlement.id,
-            amount=spec.amount,
-            priority=spec.priority,
-            effective_at=effective,
-            expiration=spec.expiration,
-            expires_at=expires,
-            min_rollover=spec.min_rollover,
-            max_rollover=spec.max_rollover,
-            recurrence=recurrence,
-            metadata=spec.metadata,
-            annotations=spec.annotations,
-            created_at=now,
-            updated_at=now,
-            voided_at=None,
-            deleted_at=None,
-        )
-        self.repository.insert_grant(grant)
-        self._changed(entitlement)
-        return grant
+    # -- as the API addresses them: by an Owner, answered with what the answer shows ------------------
+    def customer_for(self, owner: Owner) -> Customer:
+        """The live customer a path names (by subject: the customer the subject is attributed to)."""
+        return self.customer_of_subject(owner.ref) if owner.by_subject else self.customer(owner.ref)
 
-    def grants_of(self, customer: Customer, id_or_feature: str, include_deleted: bool = False) -> list[Grant]:
-        entitlement = self.entitlement_of(customer, id_or_feature, include_deleted=True)
-        grants = self.repository.grants([entitlement.id], include_deleted=True)
-        return [g for g in grants if include_deleted or g.voided_at is None]
+    def view(self, customer: Customer, entitlement: Entitlement) -> EntitlementView:
+        period = None
+        if entitlement.type == METERED:
+            period = self.current_period(customer, entitlement, self.clock.now())
+        return EntitlementView(entitlement, customer, period)
 
-    def grants(
+    def create_for(self, owner: Owner, spec: EntitlementSpec, grants: Sequence[GrantSpec] = ()) -> EntitlementView:
+        """Create the owner's entitlement, then its grants (v2 bodies may carry some)."""
+        customer = self.customer_for(owner)
+        entitlement = self.create_entitlement(customer, spec)
+        for grant in grants:
+            self.create_grant(customer, entitlement.id, grant)
+        return self.view(customer, entitlement)
+
+    def override_for(
+        self, owner: Owner, id_or_feature: str, spec: EntitlementSpec, grants: Sequence[GrantSpec] = ()
+    ) -> EntitlementView:
+        """Replace the owner's entitlement with a new one (the old one ends now; its grants stay with it)."""
+        customer = self.customer_for(owner)
+        entitlement = self.override(customer, id_or_feature, spec)
+        for grant in grants:
+            self.create_grant(customer, entitlement.id, grant)
+        return self.view(customer, entitlement)
+
+    def views_of(self, owner: Owner, include_deleted: bool = False) -> list[EntitlementView]:
+        customer = self.customer_for(owner)
+        return [self.view(customer, e) for e in self.entitlements([customer.id], include_deleted=include_deleted)]
+
+    def view_of(self, owner: Owner, id_or_feature: str) -> EntitlementView:
+        """The owner's entitlement with this id (ended ones too), or its live one to this feature."""
+        customer = self.customer_for(owner)
+        return self.view(customer, self.entitlement_of(customer, id_or_feature, include_deleted=True))
+
+    def delete_for(self, owner: Owner, id_or_feature: str) -> None:
+        self.delete_entitlement(self.customer_for(owner), id_or_feature)
+
+    def value_for(self, owner: Owner, id_or_feature: str, at: datetime | None = None) -> EntitlementValue:
+        return self.value(self.customer_for(owner), id_or_feature, at)
+
+    def access_for(self, owner: Owner) -> dict[str, EntitlementValue]:
+        return self.access(self.customer_for(owner))
+
+    def history_for(
         self,
-        customer_ids: Sequence[str] | None = None,
-        feature_keys: Sequence[str] | None = None,
-        include_deleted: bool = False,
-    ) -> list[Grant]:
-        if customer_ids is None and feature_keys is None:
-            grants = self.repository.all_grants(include_deleted=True)
-        else:
-            owned = self.repository.entitlements(customer_ids, feature_keys, include_deleted=True)
-            grants = self.repository.grants([e.id for e in owned], include_deleted=True)
-        return [g for g in grants if include_deleted or g.voided_at is None]
-
-    def void_grant(self, grant_id: str, at: datetime | None = None) -> Grant:
-        grant = self.repository.grant(grant_id)
-        if grant is None:
-            raise GrantNotFound(f"no grant has the id {grant_id!r}")
-        if grant.voided_at is not None:
-            raise GrantNotFound(f"grant {grant.id} was voided already")
-        when = at or self.clock.now()
-        self.repository.void_grant(grant.id, when)
-        entitlement = self.repository.entitlement(grant.entitlement_id)
-        if entitlement is not None:
-            self._changed(entitlement)
-        return replace(grant, voided_at=when, updated_at=when)
-
-    # -- resets ---------------------------------------------------------------------------------------
-    def reset(self, customer: Customer, id_or_feature: str, spec: ResetSpec) -> EntitlementValue:
-        entitlement = self.entitlement_of(customer, id_or_feature)
-        if entitlement.type != METERED:
-            raise NotMetered(f"entitlement {entitlement.id} is {entitlement.type}; only metered entitlements reset")
-        now = self.clock.now()
-        at = floor_minute(spec.effective_at or now)
-        if at > now:
-            raise InvalidReset("effectiveAt must not be in the future")
-        assert entitlement.measure_usage_from is not None
-        if at <= entitlement.measure_usage_from:
-            raise InvalidReset("effectiveAt must be after the entitlement's measureUsageFrom")
-        begin, _end = self._period(entitlement, customer, now)
-        if at <= begin:
-            raise InvalidReset(
-                f"effectiveAt must be after the current usage period's start ({begin.isoformat()}): "
-                "a reset cannot rewrite a period that has already been reset"
-            )
-        preserve = entitlement.preserve_overage_at_reset if spec.preserve_overage is None else spec.preserve_overage
-        self.repository.insert_reset(Reset(new_ulid(now), entitlement.id, at, spec.retain_anchor, preserve, now))
-        self._changed(entitlement)
-        return self.value_of(customer, entitlement, now)
-
-    def resets(self, entitlement: Entitlement) -> list[Reset]:
-        return self.repository.resets([entitlement.id])
-
-    # -- value and access -----------------------------------------------------------------------------
-    def value(self, customer: Customer, id_or_feature: str, at: datetime | None = None) -> EntitlementValue:
-        when = at or self.clock.now()
-        found, grants, resets = self.repository.ledger(customer.id, id_or_feature)
-        if not found:  # not a feature key: an entitlement id
-            entitlement = self.entitlement_of(customer, id_or_feature)
-            return self.value_of(customer, entitlement, when)
-        entitlement = current_of(found, when)
-        return self._value(customer, entitlement, when, grants, resets, self._feature_of(entitlement))
-
-    def access(self, customer: Customer, at: datetime | None = None) -> dict[str, EntitlementValue]:
-        """Every live entitlement's value, by feature key (one query per metered entitlement)."""
-        when = at or self.clock.now()
-        found, grants, resets = self.repository.ledger(customer.id, None)
-        out: dict[str, EntitlementValue] = {}
-        for entitlement in found:
-            if not entitlement.active_at(when):
-                continue  # ended, or scheduled by a plan change
-            mine = [g for g in grants if g.entitlement_id == entitlement.id]
-            theirs = [r for r in resets if r.entitlement_id == entitlement.id]
-            try:
-                out[entitlement.feature_key] = self._value(
-                    customer, entitlement, when, mine, theirs, self._feature_of(entitlement)
-                )
-            except DomainError as exc:
-                # One broken entitlement (e.g. its feature's meter was deleted) does not take the
-                # customer's other features down: it answers no access, and why.
-                log.warning(
-                    "entitlement value not computed",
-                    extra={"entitlement_id": entitlement.id, "error": exc.detail},
-                )
-                out[entitlement.feature_key] = EntitlementValue(entitlement, when, has_access=False, error=exc.detail)
-        return out
-
-    def value_of(self, customer: Customer, entitlement: Entitlement, at: datetime) -> EntitlementValue:
-        grants = self.repository.grants([entitlement.id]) if entitlement.type == METERED else []
-        resets = self.repository.resets([entitlement.id]) if entitlement.type == METERED else []
-        return self._value(customer, entitlement, at, grants, resets)
-
-    def _value(
-        self,
-        customer: Customer,
-        entitlement: Entitlement,
-        at: datetime,
-        grants: Sequence[Grant],
-        resets: Sequence[Reset],
-        feature: Feature | None = None,
-    ) -> EntitlementValue:
-        active = entitlement.active_at(at)
-        if entitlement.type == BOOLEAN:
-            return EntitlementValue(entitlement, at, has_access=active)
-        if entitlement.type == STATIC:
-            return EntitlementValue(entitlement, at, has_access=active, config=entitlement.config)
-        result, begin, end = self._balance(customer, entitlement, ceil_minute(at), grants, resets, feature=feature)
-        return EntitlementValue(
-            entitlement,
-            at,
-            has_access=active and (result.balance > 0 or entitlement.is_soft_limit),
-            balance=result.balance,
-            usage=result.usage,
-            overage=result.overage,
-            total_available=result.total_available,
-            period_start=begin,
-            period_end=end,
-        )
-
-    def _balance(
-        self,
-        customer: Customer,
-        entitlement: Entitlement,
-        until: datetime,
-        grants: Sequence[Grant],
-        resets: Sequence[Reset],
-        checkpoints: Sequence[datetime] = (),
-        keep_segments: bool = False,
-        feature: Feature | None = None,
-    ) -> tuple[engine.Result, datetime, datetime]:
-        assert entitlement.measure_usage_from is not None and entitlement.usage_period is not None
-        feature = feature or self._feature_of(entitlement)
-        tz = self._zone(customer)
-        manual = [engine.ManualReset(r.at, r.retain_anchor, r.preserve_overage) for r in resets]
-        start = entitlement.measure_usage_from
-        timeline = engine.reset_timeline(
-            start, until, entitlement.usage_period, manual, entitlement.preserve_overage_at_reset, tz
-        )
-        begin, end = engine.current_period(start, until, entitlement.usage_period, manual, tz)
-        subjects = customer.subjects
-        meter = feature.meter_slug
-        filters = dict(feature.meter_group_by_filters)
-
-        def usage(bounds: Sequence[datetime]) -> Sequence[Decimal]:
-            if meter is None:
-                return [Decimal(0)] * (len(bounds) - 1)
-            return self.meters.usage_in_ranges(meter, bounds, subjects, filters)
-
-        result = engine.run(
-            [_terms(g) for g in grants],
-            start,
-            until,
-            timeline,
-            usage,
-            tz,
-            checkpoints=checkpoints,
-            keep_segments=keep_segments,
-        )
-        return result, begin, end
-
-    def _period(self, entitlement: Entitlement, customer: Customer, at: datetime) -> tuple[datetime, datetime]:
-        assert entitlement.measure_usage_from is not None and entitlement.usage_period is not None
-        manual = [engine.ManualReset(r.at, r.retain_anchor, r.preserve_overage) for r in self.resets(entitlement)]
-        return engine.current_period(
-            entitlement.measure_usage_from, at, entitlement.usage_period, manual, self._zone(customer)
-        )
-
-    def current_period(self, customer: Customer, entitlement: Entitlement, at: datetime) -> tuple[datetime, datetime]:
-        return self._period(entitlement, customer, at)
-
-    def period_with(
-        self, customer: Customer, entitlement: Entitlement, at: datetime, resets: Sequence[Reset]
-    ) -> tuple[datetime, datetime]:
-        """The usage period containing `at`, given the entitlement's resets (read by the caller)."""
-        assert entitlement.measure_usage_from is not None and entitlement.usage_period is not None
-        manual = [engine.ManualReset(r.at, r.retain_anchor, r.preserve_overage) for r in resets]
-        return engine.current_period(
-            entitlement.measure_usage_from, at, entitlement.usage_period, manual, self._zone(customer)
-        )
-
-    # -- history --------------------------------------------------------------------------------------
-    def history(
-        self,
-        customer: Customer,
+        owner: Owner,
         id_or_feature: str,
         from_: datetime | None,
         to: datetime | None,
         window_size: WindowSize,
         window_tz: str = "UTC",
     ) -> History:
-        entitlement = self.entitlement_of(customer, id_or_feature, include_deleted=True)
-        if entitlement.type != METERED:
-            raise NotMetered(
-                f"entitlement {entitlement.id} is {entitlement.type}; only metered entitlements have history"
-            )
-        if window_size not in HISTORY_SIZES:
-            raise EntitlementError("windowSize must be MINUTE, HOUR or DAY")
-        try:
-            tz = zone(window_tz)
-        except UnknownTimeZone as exc:
-            raise EntitlementError(f"windowTimeZone: {exc}") from None
-        assert entitlement.measure_usage_from is not None
+        return self.history(self.customer_for(owner), id_or_feature, from_, to, window_size, window_tz)
+
+    def reset_for(self, owner: Owner, id_or_feature: str, spec: ResetSpec) -> EntitlementValue:
+        return self.reset(self.customer_for(owner), id_or_feature, spec)
+
+    def grants_for(
+        self,
+        owner: Owner,
+        id_or_feature: str,
+        include_deleted: bool = False,
+        order_by: str = "created_at",
+        descending: bool = False,
+    ) -> list[GrantView]:
+        """The grants of the owner's entitlement, ordered by `order_by` (one of GRANT_ORDERS), then id."""
+        if order_by not in GRANT_ORDERS:
+            raise EntitlementError(f"orderBy must be one of {', '.join(GRANT_ORDERS)}")
+        customer = self.customer_for(owner)
+        grants = self.grants_of(customer, id_or_feature, include_deleted)
+        grants.sort(key=lambda g: (g.id,) if order_by == "id" else (getattr(g, order_by), g.id), reverse=descending)
+        now, tz = self.clock.now(), self.zone_of(customer)
+        return [GrantView(g, now, tz) for g in grants]
+
+    def grant_for(self, owner: Owner, id_or_feature: str, spec: GrantSpec) -> GrantView:
+        customer = self.customer_for(owner)
+        grant = self.create_grant(customer, id_or_feature, spec)
+        return GrantView(grant, self.clock.now(), self.zone_of(customer))
+
+    # -- listings across customers --------------------------------------------------------------------
+    def entitlement_view(self, entitlement_id: str) -> EntitlementView:
+        entitlement = self.entitlement(entitlement_id)
+        return self.view(self.customers_by_id(entitlement.customer_id), entitlement)
+
+    def entitlement_views(
+        self,
+        feature_keys: Sequence[str] | None = None,
+        owners: Sequence[Owner] | None = None,
+        types: Sequence[str] | None = None,
+        exclude_inactive: bool = False,
+    ) -> list[EntitlementView]:
+        """Entitlements (of these owners: unknown ones match nothing, as a filter does)."""
+        customers: dict[str, Customer] = {}
+        customer_ids = None
+        if owners:
+            customers = {c.id: c for c in self._known(owners)}
+            customer_ids = list(customers)
+        out = []
+        for e in self.entitlements(customer_ids, feature_keys, types, exclude_inactive=exclude_inactive):
+            customer = customers.get(e.customer_id)
+            if customer is None:
+                try:
+                    customer = customers[e.customer_id] = self.customers_by_id(e.customer_id)
+                except EntitlementError:
+                    continue
+            out.append(self.view(customer, e))
+        return out
+
+    def grant_views(
+        self,
+        feature_keys: Sequence[str] | None = None,
+        owners: Sequence[Owner] | None = None,
+        include_deleted: bool = False,
+    ) -> list[GrantView]:
+        """Grants (of these owners' entitlements: unknown owners match nothing)."""
+        customer_ids = [c.id for c in self._known(owners)] if owners else None
         now = self.clock.now()
-        end = ceil_minute(to or now)
-        begin = from_ if from_ is not None else self._period(entitlement, customer, min(end, now))[0]
-        begin = floor_minute(begin)
-        if begin < entitlement.measure_usage_from:
-            raise EntitlementError(
-                "from must not be before the entitlement's measureUsageFrom "
-                f"({entitlement.measure_usage_from.isoformat()})"
-            )
-        if begin >= end:
-            raise EntitlementError("from must be before to")
-        bounds = [begin]
-        current = window_start(window_size, begin, tz)
-        while True:
-            current = next_window_start(window_size, current, tz)
-            if current >= end:
-                break
-            if current > begin:
-                bounds.append(current)
-            if len(bounds) > MAX_HISTORY_WINDOWS:
-                raise EntitlementError(
-                    f"the history spans more than {MAX_HISTORY_WINDOWS} {window_size.value} windows; "
-                    "narrow from/to or use a larger windowSize"
-                )
-        bounds.append(end)
-        grants = self.repository.grants([entitlement.id])
-        resets = self.repository.resets([entitlement.id])
-        result, _, _ = self._balance(customer, entitlement, end, grants, resets, bounds, keep_segments=True)
-        windows: list[HistoryWindow] = []
-        for left, right in itertools.pairwise(bounds):
-            used = sum((s.usage for s in result.segments if left <= s.start < right), Decimal(0))
-            point = result.checkpoints[left]
-            windows.append(HistoryWindow(left, right, used, point.balance, point.overage))
-        segments = [
-            BurnSegment(
-                start=s.start,
-                end=s.end,
-                usage=s.usage,
-                overage=s.overage,
-                balance_at_start=sum(s.balances_at_start.values(), Decimal(0)),
-                balances_at_start=s.balances_at_start,
-                balance_at_end=sum(s.balances_at_end.values(), Decimal(0)),
-                balances_at_end=s.balances_at_end,
-                grant_usages=s.grant_usages,
-                after_reset=s.after_reset,
-            )
-            for s in _merge_segments(result.segments)
-            if s.end > begin and s.start < end
-        ]
-        return History(windows, segments)
+        return [GrantView(g, now, None) for g in self.grants(customer_ids, feature_keys, include_deleted)]
 
-    # -- internals ------------------------------------------------------------------------------------
-    def _meter(self, slug: str, error: type[EntitlementError]) -> Meter:
-        try:
-            return self.meters.get(slug)
-        except DomainError:
-            raise error(f"no meter has the slug {slug!r}") from None
-
-    def _zone(self, customer: Customer) -> ZoneInfo:
-        try:
-            return zone(customer.timezone or "UTC")
-        except UnknownTimeZone:
-            return zone("UTC")
-
-    def _feature_of(self, entitlement: Entitlement) -> Feature:
-        """An entitlement's feature. What a balance reads of it (meter, group-by filters) never
-        changes after creation (features are archived, not edited), so it is kept once read."""
-        cached = self._features.get(entitlement.feature_id)
-        if cached is None:
-            cached = self._features[entitlement.feature_id] = self.feature(entitlement.feature_id)
-        return cached
-
-    def _changed(self, entitlement: Entitlement) -> None:
-        for listener in self.on_change:
+    def _known(self, owners: Sequence[Owner]) -> list[Customer]:
+        found = []
+        for owner in owners:
             try:
-                listener(entitlement)
-            except Exception:
-                log.exception("entitlement change listener failed", extra={"entitlement_id": entitlement.id})
-
-
-def current_of(entitlements: Sequence[Entitlement], at: datetime) -> Entitlement:
-    """Of one customer's live entitlements to a feature (a plan change can schedule the next one),
-    the one active at `at`, else the one that starts next, else the latest."""
-    active = [e for e in entitlements if e.active_at(at)]
-    if active:
-        return active[0]
-    upcoming = sorted((e for e in entitlements if e.active_from > at), key=lambda e: e.active_from)
-    if upcoming:
-        return upcoming[0]
-    return max(entitlements, key=lambda e: e.active_from)
-
-
-def _terms(grant: Grant) -> engine.GrantTerms:
-    return engine.GrantTerms(
-        id=grant.id,
-        amount=grant.amount,
-        priority=grant.priority,
-        effective_at=grant.effective_at,
-        created_at=grant.created_at,
-        expires_at=grant.expires_at,
-        voided_at=grant.voided_at,
-        min_rollover=grant.min_rollover,
-        max_rollover=grant.max_rollover,
-        recurrence=grant.recurrence,
-    )
-
-
-def _merge_segments(segments: Sequence[engine.Segment]) -> list[engine.Segment]:
-    """History checkpoints split segments at window edges; join the pieces nothing else separates."""
-    merged: list[engine.Segment] = []
-    for s in segments:
-        last = merged[-1] if merged else None
-        if (
-            last is not None
-            and not s.after_reset
-            and last.end == s.start
-            and set(last.balances_at_end) == set(s.balances_at_start)
-            and _same_order(last, s)
-        ):
-            usages = dict(last.grant_usages)
-            for grant_id, burnt in s.grant_usages.items():
-                usages[grant_id] = usages.get(grant_id, Decimal(0)) + burnt
-            merged[-1] = engine.Segment(
-                last.start,
-                s.end,
-                last.usage + s.usage,
-                last.overage_at_start,
-                s.overage,
-                last.balances_at_start,
-                s.balances_at_end,
-                usages,
-                last.after_reset,
-            )
-        else:
-            merged.append(s)
-    return merged
-
-
-def _same_order(a: engine.Segment, b: engine.Segment) -> bool:
-    # A recurrence refills a grant: its balance at b's start exceeds a's end.
-    return all(b.balances_at_start.get(k, Decimal(0)) <= v for k, v in a.balances_at_end.items())
-
-
-def parse_interval(text: str) -> Interval:
-    try:
-        return Interval.parse(text)
-    except ValueError as exc:
-        raise EntitlementError(str(exc)) from None
+                found.append(self.customer_for(owner))
+            except EntitlementError:
+                continue
+        return found

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from tallybook.entitlements.model import METERED, STATIC, EntitlementError, EntitlementSpec, UsagePeriodSpec
 from tallybook.entitlements.recurrence import Interval
 from tallybook.entitlements.service import EntitlementService
+from tallybook.errors import DomainError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ SUBSCRIPTION_ANNOTATION = "subscription.id"
 class Subscriptions(Protocol):
     """What sync needs of tallybook.billing.subscriptions.SubscriptionService."""
 
-    def list_subscriptions(self, customer: str | None = None, limit: int = 100, offset: int = 0) -> Sequence[Any]: ...
+    def of_customer_id(self, customer_id: str) -> Sequence[Any]:
+        """Every subscription of the customer with this id, a deleted customer's too."""
+        ...
 
     def plan_of(self, sub: Any) -> Any: ...
 
@@ -66,13 +69,27 @@ class SubscriptionEntitlements:
         self.subscriptions = subscriptions
 
     def sync(self, customer_id: str) -> None:
+        """Make the customer's subscription-managed entitlements match their subscriptions.
+
+        Works on deleted customers too (cancelling a deleted customer's subscription ends its
+        entitlements), but never creates an entitlement for one. A subscription whose plan cannot
+        be read is logged and its entitlements left as they are; the others are still synced.
+        """
         service = self.entitlements
         now = service.clock.now()
         customer = service.customers_by_id(customer_id)
-        subs = list(self.subscriptions.list_subscriptions(customer=customer_id, limit=10_000))
         wanted: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
-        for sub in subs:
-            plan = self.subscriptions.plan_of(sub)
+        unreadable: set[str] = set()
+        for sub in self.subscriptions.of_customer_id(customer_id):
+            try:
+                plan = self.subscriptions.plan_of(sub)
+            except DomainError as exc:
+                unreadable.add(sub.id)
+                log.warning(
+                    "subscription's plan not read; its entitlements are left as they are",
+                    extra={"customer_id": customer_id, "subscription_id": sub.id, "error": exc.detail},
+                )
+                continue
             for card in plan.rate_cards:
                 template = getattr(card, "entitlement_template", None)
                 if template is not None and card.feature_key:
@@ -86,12 +103,16 @@ class SubscriptionEntitlements:
         for entitlement in existing:
             key = ((entitlement.annotations or {})[SUBSCRIPTION_ANNOTATION], entitlement.feature_key)
             have.add(key)
+            if key[0] in unreadable:
+                continue
             if key not in wanted:
                 service.repository.end_entitlement(entitlement.id, now)
                 continue
             sub = wanted[key][0]
             if entitlement.active_to != sub.active_to:
                 service.repository.set_active_to(entitlement.id, sub.active_to, now)
+        if customer.deleted:
+            return  # a deleted customer keeps what it had, ended as its subscriptions end; nothing new
         for key in sorted(wanted.keys() - have, key=lambda k: (wanted[k][0].active_from, k)):
             sub, template = wanted[key]
             if sub.active_to is not None and sub.active_to <= now:

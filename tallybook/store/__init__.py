@@ -6,19 +6,19 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from tallybook.billing import catalog_sql as _catalog_tables  # noqa: F401
+from tallybook.billing import profiles_sql as _profile_tables  # noqa: F401
 from tallybook.customers import sql as _customer_tables  # noqa: F401
 
 # Every table module registers on the shared MetaData when imported; import them all here so the
 # metadata (and anything that walks it) is complete whichever module is used first.
 from tallybook.entitlements import sql as _entitlement_tables  # noqa: F401
 from tallybook.store import billing as _billing_tables  # noqa: F401
-from tallybook.store import catalog as _catalog_tables  # noqa: F401
 from tallybook.store import credit_note_sync as _credit_note_tables  # noqa: F401  (and tallybook.creditnotes.sql)
 from tallybook.store import invoice_sync as _invoice_sync_tables  # noqa: F401
 from tallybook.store import jobs as _job_tables  # noqa: F401
 from tallybook.store import meters as _meter_tables  # noqa: F401
 from tallybook.store import portal as _portal_tables  # noqa: F401
-from tallybook.store import profiles as _profile_tables  # noqa: F401
 from tallybook.store import stripe as _stripe_tables  # noqa: F401
 from tallybook.store import webhooks as _webhook_tables  # noqa: F401
 from tallybook.store.base import ApiKeyRecord, EventFilter, SqlStore

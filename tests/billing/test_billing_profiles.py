@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from tallybook.billing.profiles import (
+from tallybook.billing.profiles_model import (
     CONFIG_PROFILE_ID,
     CUSTOM_INVOICING,
     SEND_INVOICE,

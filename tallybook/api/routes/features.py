@@ -10,10 +10,10 @@ from starlette.concurrency import run_in_threadpool
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.render import json_response
-from tallybook.api.routes.entitlements import Limit, Offset, Page, PageSize, _paged
+from tallybook.api.routes.entitlements import Limit, Offset, Page, PageSize
 from tallybook.api.security import require
-from tallybook.api.wire.entitlements import Feature, FeatureBody, FeaturePage, render_feature
-from tallybook.entitlements.model import FeatureSpec
+from tallybook.api.wire.entitlement_specs import feature_spec
+from tallybook.api.wire.entitlements import Feature, FeatureBody, FeaturePage, listing, render_feature
 from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/features", tags=["entitlements"])
@@ -25,8 +25,7 @@ Reader = Annotated[ApiKeyRecord, Depends(require("read"))]
 @router.post("", status_code=201, responses=responses(Feature, 409, status=201))
 async def create_feature(request: Request, body: FeatureBody, _k: Admin) -> Response:
     """Create a feature; with `meterSlug` (and `meterGroupByFilters`) it can carry metered entitlements."""
-    spec = FeatureSpec(body.key, body.name, body.meterSlug, dict(body.meterGroupByFilters or {}), body.metadata)
-    feature = await run_in_threadpool(runtime_of(request).entitlements.create_feature, spec)
+    feature = await run_in_threadpool(runtime_of(request).entitlements.create_feature, feature_spec(body))
     return json_response(render_feature(feature), 201)
 
 
@@ -41,10 +40,8 @@ async def list_features(
     offset: Offset = None,
     limit: Limit = None,
 ) -> Response:
-    found = await run_in_threadpool(runtime_of(request).entitlements.features, None, includeArchived)
-    if meterSlug:
-        found = [f for f in found if f.meter_slug in meterSlug]
-    return json_response(_paged([render_feature(f) for f in found], page, pageSize, offset, limit))
+    found = await run_in_threadpool(runtime_of(request).entitlements.features, meterSlug, includeArchived)
+    return json_response(listing([render_feature(f) for f in found], page, pageSize, offset, limit))
 
 
 @router.get("/{featureId}", responses=responses(Feature, 404))

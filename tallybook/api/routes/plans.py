@@ -14,14 +14,8 @@ from tallybook.api.problems import Problem
 from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.billing import Plan, PlanPage
-from tallybook.billing.catalog import (
-    CatalogError,
-    InvalidPlan,
-    PlanListQuery,
-    PlanStatus,
-    parse_plan,
-    plan_json,
-)
+from tallybook.api.wire.plans import parse_plan, plan_json
+from tallybook.billing.catalog_model import PlanListQuery, PlanStatus
 from tallybook.billing.currency import validate_currency
 from tallybook.store.base import ApiKeyRecord
 
@@ -91,13 +85,6 @@ _BODY_DOC: dict[str, Any] = {
 }
 
 
-def catalog_problem(exc: CatalogError) -> Problem:
-    if isinstance(exc, InvalidPlan):
-        errors = [{"field": name, "message": message} for name, message in exc.errors]
-        return Problem(exc.status, exc.code, exc.detail, errors=errors)
-    return Problem(exc.status, exc.code, exc.detail)
-
-
 async def _plan_body(request: Request) -> Any:
     kind = media_type(request)
     if kind and kind != JSON_MEDIA_TYPE and not kind.endswith("+json"):
@@ -163,10 +150,7 @@ async def create_plan(request: Request, _key: Annotated[ApiKeyRecord, Depends(re
     """Create a new plan key as a draft, version 1. Rate cards come in a single phase."""
     payload = await _plan_body(request)
     catalog = runtime_of(request).catalog
-    try:
-        plan = await run_in_threadpool(catalog.create, parse_plan(payload))
-    except CatalogError as exc:
-        raise catalog_problem(exc) from None
+    plan = await run_in_threadpool(catalog.create, parse_plan(payload))
     return json_response(plan_json(plan), 201, headers={"Location": f"/api/v1/plans/{plan.id}"})
 
 
@@ -181,10 +165,7 @@ async def get_plan(
     """A version by id, or by key: the published version (includeLatest: the newest, drafts too;
     version=N: that version). A key with no published version answers its newest version."""
     catalog = runtime_of(request).catalog
-    try:
-        plan = await run_in_threadpool(catalog.get, planId, version, includeLatest)
-    except CatalogError as exc:
-        raise catalog_problem(exc) from None
+    plan = await run_in_threadpool(catalog.get, planId, version, includeLatest)
     return json_response(plan_json(plan))
 
 
@@ -202,10 +183,7 @@ async def update_plan(
         current = catalog.get_live(planId)
         return catalog.update(planId, parse_plan(payload, update_of=current.spec))
 
-    try:
-        plan = await run_in_threadpool(work)
-    except CatalogError as exc:
-        raise catalog_problem(exc) from None
+    plan = await run_in_threadpool(work)
     return json_response(plan_json(plan))
 
 
@@ -214,10 +192,7 @@ async def delete_plan(
     request: Request, planId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
     """Delete a draft or archived version (a published one must be archived first)."""
-    try:
-        await run_in_threadpool(runtime_of(request).catalog.delete, planId)
-    except CatalogError as exc:
-        raise catalog_problem(exc) from None
+    await run_in_threadpool(runtime_of(request).catalog.delete, planId)
     return Response(status_code=204)
 
 
@@ -226,10 +201,7 @@ async def publish_plan(
     request: Request, planId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
     """Publish a draft: it becomes the active version, immutable; the previous active one is archived."""
-    try:
-        plan = await run_in_threadpool(runtime_of(request).catalog.publish, planId)
-    except CatalogError as exc:
-        raise catalog_problem(exc) from None
+    plan = await run_in_threadpool(runtime_of(request).catalog.publish, planId)
     return json_response(plan_json(plan))
 
 
@@ -238,10 +210,7 @@ async def archive_plan(
     request: Request, planId: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
     """Archive the active version: new subscriptions can no longer start on it."""
-    try:
-        plan = await run_in_threadpool(runtime_of(request).catalog.archive, planId)
-    except CatalogError as exc:
-        raise catalog_problem(exc) from None
+    plan = await run_in_threadpool(runtime_of(request).catalog.archive, planId)
     return json_response(plan_json(plan))
 
 
@@ -255,8 +224,5 @@ async def next_plan_version(
     request: Request, planIdOrKey: str, _key: Annotated[ApiKeyRecord, Depends(require("admin"))]
 ) -> Response:
     """A new draft version copied from the newest version (409 when a draft already exists)."""
-    try:
-        plan = await run_in_threadpool(runtime_of(request).catalog.next_version, planIdOrKey)
-    except CatalogError as exc:
-        raise catalog_problem(exc) from None
+    plan = await run_in_threadpool(runtime_of(request).catalog.next_version, planIdOrKey)
     return json_response(plan_json(plan), 201, headers={"Location": f"/api/v1/plans/{plan.id}"})

@@ -16,7 +16,7 @@ from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.billing import Subscription as SubscriptionShape
 from tallybook.api.wire.billing import SubscriptionChange, SubscriptionList
-from tallybook.billing.catalog import format_cadence
+from tallybook.billing.catalog_model import format_cadence
 from tallybook.billing.periods import Alignment
 from tallybook.billing.subscriptions import Subscription, SubscriptionError, SubscriptionInput, Timing
 from tallybook.clock import format_rfc3339

@@ -3,7 +3,8 @@
 Bodies are one object per resource with the fields of every entitlement type (`type` tells which
 apply) rather than OpenMeter's `oneOf`: the same JSON is accepted, and a field that does not fit
 the type is refused with a problem saying so. Answers are rendered by `render_*` from the domain
-objects; the `Wire` models below describe them in the OpenAPI document.
+objects; the `Wire` models below describe them in the OpenAPI document. Also here: OpenMeter's
+listing shapes (array or page). How a body becomes the domain's spec: entitlement_specs.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tallybook.api.wire.base import DATE_TIME, Period, StringMap, Wire
 from tallybook.clock import format_rfc3339
 from tallybook.entitlements import model
 from tallybook.entitlements.recurrence import Recurrence
+from tallybook.ingest.limits import MAX_PAGE_SIZE
 
 KEY = r"^[a-z0-9]+(?:_[a-z0-9]+)*$"
 Amount = Decimal
@@ -385,3 +387,55 @@ def render_history(h: model.History) -> dict[str, Any]:
             for s in h.segments
         ],
     }
+
+
+def render_view(view: model.EntitlementView, v2: bool) -> dict[str, Any]:
+    """An entitlement's answer: v1 names its subject, v2 its customer; a metered one its current period."""
+    return render_entitlement(view.entitlement, view.current_period, view.customer.key, v2=v2)
+
+
+def render_grant_view(view: model.GrantView) -> dict[str, Any]:
+    return render_grant(view.grant, view.at, view.zone)
+
+
+def render_access(values: dict[str, model.EntitlementValue]) -> dict[str, Any]:
+    return {
+        "entitlements": {
+            key: {**render_value(v), "entitlementId": v.entitlement.id, "type": v.entitlement.type}
+            for key, v in values.items()
+        }
+    }
+
+
+# -- listings ----------------------------------------------------------------------------------------
+def listing(items: list[Any], page: int | None, page_size: int | None, offset: int | None, limit: int | None) -> Any:
+    """OpenMeter's v1 listings: a plain array without paging parameters (cut by offset/limit if
+    given), a page object with page/pageSize."""
+    if page is None and page_size is None:
+        if offset is not None or limit is not None:
+            start = offset or 0
+            return items[start : start + (limit or MAX_PAGE_SIZE)]
+        return items
+    return page_of(items, page, page_size)
+
+
+def page_of(items: list[Any], page: int | None, page_size: int | None) -> dict[str, Any]:
+    """A page object (v2 listings always answer one): page 1 of 100 by default."""
+    page, page_size = page or 1, page_size or 100
+    start = (page - 1) * page_size
+    return {"totalCount": len(items), "page": page, "pageSize": page_size, "items": items[start : start + page_size]}
+
+
+def grant_page(
+    items: list[Any], page: int | None, page_size: int | None, offset: int | None, limit: int | None
+) -> dict[str, Any]:
+    """v2 grants: a page object, also for OpenMeter's deprecated limit/offset (turned into a page)."""
+    if page is None and page_size is None and (offset is not None or limit is not None):
+        start, size = offset or 0, limit or 100
+        return {
+            "totalCount": len(items),
+            "page": start // size + 1,
+            "pageSize": size,
+            "items": items[start : start + size],
+        }
+    return page_of(items, page, page_size)

@@ -1,10 +1,10 @@
-"""Plan tables, and the SQL that reads and writes them.
+"""Plan tables, and the SQL adapter of the catalog's port (catalog_ports.PlanRepository).
 
 `plans` has one row per plan key: it is what a writer locks (SELECT ... FOR UPDATE on PostgreSQL;
 SQLite serialises writers anyway) before it looks at or changes that key's versions, so two
 concurrent "new version" or "publish" requests cannot both succeed. `plan_versions` has one row
 per version; its rate cards and invoice commitments are one JSON document in the canonical shape
-of `tallybook.billing.models` (see `tallybook.billing.catalog`). Partial unique indexes back the
+of `tallybook.billing.models` (see `tallybook.billing.catalog_documents`). Partial unique indexes back the
 rules up in the database: at most one live draft and at most one published version per key.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 
+from tallybook.billing.catalog_ports import PlanSearch, PlanVersionRow
 from tallybook.store.schema import metadata
 
 if TYPE_CHECKING:
@@ -83,39 +84,7 @@ Index(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class PlanVersionRow:
-    id: str
-    plan_key: str
-    version: int
-    name: str
-    description: str | None
-    metadata: dict[str, Any] | None
-    currency: str
-    billing_cadence: str
-    status: str
-    document: dict[str, Any]
-    created_us: int
-    updated_us: int
-    published_us: int | None
-    archived_us: int | None
-    deleted_us: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class PlanSearch:
-    keys: tuple[str, ...] = ()
-    ids: tuple[str, ...] = ()
-    statuses: tuple[str, ...] = ()
-    currencies: tuple[str, ...] = ()
-    include_deleted: bool = False
-    order_by: str = "id"  # id | key | version | created_at | updated_at
-    descending: bool = False
-    offset: int = 0
-    limit: int = 100
-
-
-class PlanLock:
+class SqlPlanLock:
     """A write transaction holding the lock on one plan key: read and change its versions."""
 
     def __init__(self, conn: Connection, key: str) -> None:
@@ -142,12 +111,14 @@ class PlanLock:
         )
 
 
-class CatalogRepository:
+class SqlPlanRepository:
+    """The catalog's storage on a SQL store (SQLite or PostgreSQL)."""
+
     def __init__(self, store: SqlStore) -> None:
         self.store = store
 
     @contextmanager
-    def lock(self, key: str, created_us: int, create: bool = False) -> Iterator[PlanLock | None]:
+    def lock(self, key: str, created_us: int, create: bool = False) -> Iterator[SqlPlanLock | None]:
         """A write transaction that holds `key`'s row locked; None when the key is unknown.
 
         With `create`, a missing key row is inserted first (concurrent creators then wait for
@@ -157,7 +128,7 @@ class CatalogRepository:
             if create:
                 conn.execute(_insert_key_ignoring_duplicate(conn, key, created_us))
             found = conn.execute(select(plans.c.key).where(plans.c.key == key).with_for_update()).first()
-            yield PlanLock(conn, key) if found is not None else None
+            yield SqlPlanLock(conn, key) if found is not None else None
 
     def by_id(self, version_id: str) -> PlanVersionRow | None:
         with self.store.read() as conn:
@@ -167,7 +138,7 @@ class CatalogRepository:
     def versions_of(self, key: str) -> list[PlanVersionRow]:
         """Every version of `key`, deleted ones too, oldest first."""
         with self.store.read() as conn:
-            return PlanLock(conn, key).versions()
+            return SqlPlanLock(conn, key).versions()
 
     def search(self, query: PlanSearch) -> tuple[list[PlanVersionRow], int]:
         conditions: list[Any] = []
@@ -202,3 +173,6 @@ def _insert_key_ignoring_duplicate(conn: Connection, key: str, created_us: int) 
     if conn.dialect.name == "postgresql":
         return postgresql.insert(plans).values(key=key, created_us=created_us).on_conflict_do_nothing()
     return sqlite.insert(plans).values(key=key, created_us=created_us).on_conflict_do_nothing()
+
+
+__all__ = ["SqlPlanLock", "SqlPlanRepository", "plan_versions", "plans"]
