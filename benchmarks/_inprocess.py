@@ -1,6 +1,6 @@
 """Helpers for benchmarks that drive a `Runtime` in this process (the Stripe ones): an API client
-on the app, batch ingest, the billing job, and the seed meters. Kept here rather than imported from
-`tests/`, so a benchmark never depends on the test package."""
+on the app, batch ingest, the billing job. Kept here rather than imported from `tests/`, so a
+benchmark never depends on the test package; the seed meters and plan are `scenarios/seed.py`."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ from typing import Any
 
 import httpx
 
+from scenarios.seed import SEED_METERS
 from tallybook.clock import to_micros
 from tallybook.runtime import Runtime
 
-SEED_METERS = [
-    {"slug": "api_calls", "eventType": "api.calls", "aggregation": "SUM", "valueProperty": "$.value"},
-    {"slug": "storage_gb", "eventType": "storage.gb", "aggregation": "MAX", "valueProperty": "$.value"},
-    {"slug": "compute_seconds", "eventType": "compute", "aggregation": "SUM", "valueProperty": "$.seconds"},
-]
 INGEST_BATCH = 5000  # events per request
 
 

@@ -31,10 +31,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from scenarios.seed import SEED_PLAN  # noqa: E402
 from tallybook.api.wire.plans import parse_plan  # noqa: E402
+from tallybook.billing import invoicing_sql  # noqa: E402
 from tallybook.billing.currency import round_money  # noqa: E402
+from tallybook.billing.invoicing_ports import InvoiceSearch  # noqa: E402
 from tallybook.billing.models import RoundingMode  # noqa: E402
-from tallybook.billing.seed import SEED_PLAN  # noqa: E402
 from tallybook.clock import FixedClock, to_micros  # noqa: E402
 from tallybook.config import Settings  # noqa: E402
 from tallybook.customers.sql import customer_subjects, customers  # noqa: E402
@@ -42,7 +44,6 @@ from tallybook.ids import new_ulid  # noqa: E402
 from tallybook.ingest.events import Event  # noqa: E402
 from tallybook.runtime import Runtime  # noqa: E402
 from tallybook.store import billing as billing_store  # noqa: E402
-from tallybook.store.billing import InvoiceSearch  # noqa: E402
 
 METERS = [
     {"slug": "api_calls", "eventType": "api.calls", "aggregation": "SUM", "valueProperty": "$.value"},
@@ -218,7 +219,7 @@ def main() -> int:
             rss_after = peak_rss_mib()
 
             with runtime.store.read() as conn:
-                total, records = billing_store.search_invoices(conn, InvoiceSearch())
+                total, records = invoicing_sql.search_invoices(conn, InvoiceSearch())
             lines = sum(len(r.lines) for r in records)
             billed = sum((Decimal(r.row["total"]) for r in records), Decimal(0))
             print(

@@ -37,7 +37,7 @@ import stripe  # noqa: E402
 from benchmarks._inprocess import SEED_METERS, client_for, ok, run_billing, send, utc  # noqa: E402
 from benchmarks.stripe_push import TimedClient  # noqa: E402
 from fakestripe import FakeStripeServer  # noqa: E402
-from tallybook.billing.seed import SEED_PLAN  # noqa: E402
+from scenarios.seed import SEED_PLAN  # noqa: E402
 from tallybook.clock import FixedClock  # noqa: E402
 from tallybook.config import Settings  # noqa: E402
 from tallybook.runtime import Runtime  # noqa: E402

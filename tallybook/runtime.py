@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from tallybook.auth.keys import ApiKeyService
 from tallybook.billing.catalog import CatalogService
 from tallybook.billing.catalog_sql import SqlPlanRepository
-from tallybook.billing.invoicing import InvoicingService
+from tallybook.billing.invoicing import INVOICE_JOB, InvoicingService
 from tallybook.billing.profiles import ProfileService
 from tallybook.billing.subscriptions import SubscriptionService
 from tallybook.billing.verification import InvoiceVerifier
@@ -152,9 +152,21 @@ class Runtime:
                 Job(REPORT_JOB, lambda now: runtime.stripe.run_job(now), settings.stripe.report_interval)
             )
         runtime.checkout = CheckoutService(runtime.stripe, runtime.customers, clock)
-        # profiles and credit notes: built by build_billing (runtime.profiles, runtime.credit_notes).
-        runtime.subscriptions, runtime.invoicing = build_billing(runtime)
-        runtime.invoice_checks = InvoiceVerifier(store, clock, runtime.invoicing)
+        billing = build_billing(
+            store,
+            clock,
+            settings.billing,
+            settings.stripe.enabled,
+            runtime.catalog,
+            runtime.customers,
+            runtime.meters,
+            runtime.webhooks,
+            runtime.jobs.failures,
+        )
+        runtime.profiles, runtime.subscriptions = billing.profiles, billing.subscriptions
+        runtime.credit_notes, runtime.invoicing = billing.credit_notes, billing.invoicing
+        runtime.jobs.register(Job(INVOICE_JOB, runtime.invoicing.run, settings.billing.invoice_interval))
+        runtime.invoice_checks = InvoiceVerifier(runtime.invoicing.storage, clock, runtime.invoicing)
         unbilled_sources = SqlUnbilledSources(store, runtime.meters, runtime.subscriptions)
         runtime.unbilled = UnbilledService(unbilled_sources, unbilled_sources, clock)
         unbilled_job = UnbilledNotifications(

@@ -8,20 +8,14 @@ from typing import Any
 
 import httpx
 
+from scenarios.seed import SEED_METERS, SEED_PLAN
 from tallybook.billing.invoicing import INVOICE_EVENT_TYPES
-from tallybook.billing.seed import SEED_PLAN
 from tallybook.clock import FixedClock, to_micros
 from tallybook.config import Settings
 from tallybook.runtime import Runtime
 from tallybook.webhooks.model import EventFilter
 from tallybook.webhooks.service import ChannelInput, RuleInput
 from tests.test_webhook_helpers import api, reset_database
-
-SEED_METERS = [
-    {"slug": "api_calls", "eventType": "api.calls", "aggregation": "SUM", "valueProperty": "$.value"},
-    {"slug": "storage_gb", "eventType": "storage.gb", "aggregation": "MAX", "valueProperty": "$.value"},
-    {"slug": "compute_seconds", "eventType": "compute", "aggregation": "SUM", "valueProperty": "$.seconds"},
-]
 
 
 def utc(*args: int) -> datetime:

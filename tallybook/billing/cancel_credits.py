@@ -25,7 +25,8 @@ from collections import defaultdict
 from decimal import Decimal
 
 from tallybook.billing.currency import round_money
-from tallybook.billing.invoicing import DRAFT, FEE, InvoicingService, _period_label, flat_share
+from tallybook.billing.invoicing import InvoicingService
+from tallybook.billing.invoicing_model import DRAFT, FEE, flat_share, period_label
 from tallybook.billing.models import FlatPrice, PaymentTerm
 from tallybook.billing.periods import Period
 from tallybook.billing.subscriptions import Subscription
@@ -97,7 +98,7 @@ class CancelCredits:
                         subscription_id=sub.id,
                         rate_card_key=rc.key,
                         tax_code=rc.tax_code or settings.default_tax_code,
-                        description=f"{rc.name} paid in advance, not used: {_period_label(unused, sub.timezone)}",
+                        description=f"{rc.name} paid in advance, not used: {period_label(unused, sub.timezone)}",
                         detail={"charged": str(total(c.amount for c in fees)), "used": str(used)},
                     )
                 )

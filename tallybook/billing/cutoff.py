@@ -20,12 +20,12 @@ any later time gives the same figures, whatever arrived or was voided since.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from tallybook.clock import Clock
-from tallybook.store import meters as meter_store
-from tallybook.store.base import SqlStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +34,24 @@ class IngestCutoff:
     at: datetime  # voids stamped at or before this had committed; events ingested after it don't count
 
 
-def take_cutoff(store: SqlStore, clock: Clock) -> IngestCutoff:
-    with store.write() as conn:
-        meter_store.lock_materializer(conn)
-        seq = meter_store.settled_horizon(conn)
+class CutoffTransaction(Protocol):
+    def lock_materializer(self) -> None: ...
+
+    def settled_horizon(self) -> int: ...
+
+
+class CutoffStorage(Protocol):
+    """A store whose write transactions can take the cutoff (invoicing_ports.InvoiceStorage is one)."""
+
+    def writing(self) -> AbstractContextManager[CutoffTransaction]: ...
+
+
+def take_cutoff(storage: CutoffStorage, clock: Clock) -> IngestCutoff:
+    with storage.writing() as tx:
+        tx.lock_materializer()
+        seq = tx.settled_horizon()
         at = clock.now()
     return IngestCutoff(seq, at)
 
 
-__all__ = ["IngestCutoff", "take_cutoff"]
+__all__ = ["CutoffStorage", "CutoffTransaction", "IngestCutoff", "take_cutoff"]

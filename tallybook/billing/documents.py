@@ -21,49 +21,25 @@ the issued invoice: editing the profile later does not change an issued document
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
-
-from sqlalchemy import BigInteger, Column, Connection, Table, Text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from typing import Any, Protocol
 
 from tallybook.billing.profiles import CUSTOM_INVOICING, SEND_INVOICE, BillingProfile
 from tallybook.clock import format_rfc3339, to_micros
-from tallybook.store.billing import invoices
-from tallybook.store.schema import metadata
-
-invoice_number_series = Table(
-    "invoice_number_series",
-    metadata,
-    Column("prefix", Text, primary_key=True),
-    Column("last_number", BigInteger, nullable=False),  # the last number given (0: none yet)
-    Column("updated_us", BigInteger, nullable=False),
-)
 
 NUMBER_DIGITS = 4  # INV-0001; the number grows past 9999 (INV-10000), never wraps
 
 
+class NumberSeries(Protocol):
+    """The issuing transaction's number series (the series table is in invoicing_sql.py)."""
+
+    def next_number(self, prefix: str, now_us: int) -> int:
+        """The next number of the prefix's series, taken in the issuing transaction (which holds the
+        series row until it ends: a concurrent issue waits, and sees the incremented value)."""
+        ...
+
+
 def format_number(prefix: str, number: int) -> str:
     return f"{prefix}{number:0{NUMBER_DIGITS}d}"
-
-
-def next_number(conn: Connection, prefix: str, now_us: int) -> int:
-    """The next number of `prefix`'s series, taken in the caller's transaction (which holds the row
-    until it ends: a concurrent issue waits, and sees the incremented value)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(
-        dialect.insert(invoice_number_series)
-        .values(prefix=prefix, last_number=0, updated_us=now_us)
-        .on_conflict_do_nothing(index_elements=["prefix"])
-    )
-    series = invoice_number_series.c
-    return int(
-        conn.execute(
-            update(invoice_number_series)
-            .where(series.prefix == prefix)
-            .values(last_number=series.last_number + 1, updated_us=now_us)
-            .returning(series.last_number)
-        ).scalar_one()
-    )
 
 
 def seller_snapshot(profile: BillingProfile, issued_at: datetime) -> dict[str, Any]:
@@ -81,25 +57,15 @@ def seller_snapshot(profile: BillingProfile, issued_at: datetime) -> dict[str, A
     return seller
 
 
-def store_document(conn: Connection, invoice_id: str, number: str | None, seller: dict[str, Any] | None) -> None:
-    """Write an issued invoice's number and seller (when they are taken after its row was updated)."""
-    conn.execute(update(invoices).where(invoices.c.id == invoice_id).values(number=number, seller=seller))
-
-
-def issue_document(conn: Connection, profile: BillingProfile, issued_at: datetime) -> tuple[str | None, dict[str, Any]]:
+def issue_document(
+    series: NumberSeries, profile: BillingProfile, issued_at: datetime
+) -> tuple[str | None, dict[str, Any]]:
     """The number (None when Stripe numbers the invoice) and seller snapshot of an invoice being
     issued now, inside the issuing transaction."""
     number = None
     if profile.collector == CUSTOM_INVOICING:
-        number = format_number(profile.number_prefix, next_number(conn, profile.number_prefix, to_micros(issued_at)))
+        number = format_number(profile.number_prefix, series.next_number(profile.number_prefix, to_micros(issued_at)))
     return number, seller_snapshot(profile, issued_at)
 
 
-__all__ = [
-    "format_number",
-    "invoice_number_series",
-    "issue_document",
-    "next_number",
-    "seller_snapshot",
-    "store_document",
-]
+__all__ = ["NumberSeries", "format_number", "issue_document", "seller_snapshot"]

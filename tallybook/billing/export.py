@@ -21,7 +21,7 @@ from babel.dates import format_date, format_datetime, format_interval
 from babel.numbers import format_currency, format_decimal
 from jinja2 import Environment, select_autoescape
 
-from tallybook.billing.invoicing import Invoice, Line
+from tallybook.billing.invoicing_model import Invoice, Line
 from tallybook.billing.periods import Period, zone
 from tallybook.clock import format_rfc3339
 

@@ -30,46 +30,53 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from tallybook.billing.invoicing_model import (
+    BILLED,
+    CORRECTION,
+    PERIOD,
+    Invoice,
+    InvoiceKey,
+    Line,
+    invoice_from_record,
+    key_of,
+)
+from tallybook.billing.invoicing_ports import InvoiceSearch
+from tallybook.billing.invoicing_segments import InvoiceJob
 from tallybook.billing.periods import Period
 from tallybook.billing.subscriptions import subscription_from_row
 from tallybook.clock import to_micros
 from tallybook.creditnotes.model import CORRECTION as CORRECTION_LINE
 from tallybook.creditnotes.model import USAGE_CORRECTION, CreditNoteLine, CreditNoteRequest
 from tallybook.exact import total
-from tallybook.store import billing as billing_store
-from tallybook.store.billing import InvoiceSearch
 
 if TYPE_CHECKING:
-    from tallybook.billing.invoicing import Invoice, InvoiceKey, InvoicingService, Line, _Job
+    from tallybook.billing.invoicing_compute import InvoiceComputation
     from tallybook.jobs.failures import JobRun
 
 log = logging.getLogger(__name__)
 
-CORRECTION = "correction"  # the invoice kind
 ZERO = Decimal(0)
 
 
 def correction_jobs(
-    svc: InvoicingService,
+    svc: InvoiceComputation,
     now: datetime,
     drafts: Sequence[Invoice],
     graces: Callable[[Sequence[str]], dict[str, timedelta]] | None,
     customer_ids: Sequence[str] | None = None,
-) -> list[_Job]:
+) -> list[InvoiceJob]:
     """One job per customer and currency whose late usage needs a final correction: an open
     correction draft to refresh, or (all its subscriptions ended, no period draft, its last period
     invoice issued at least its billing profile's grace ago: `graces(customer ids)`; no wait without
     it) a new one.
     `drafts`: the drafts of the customers concerned (all drafts, for the scheduled run)."""
-    from tallybook.billing.invoicing import BILLED, PERIOD, _Job, _key_of, invoice_from_record
-
     earliest = now - svc.settings.correction_lookback
     ids = None if customer_ids is None else tuple(customer_ids)
-    with svc.store.read() as conn:
+    with svc.storage.reading() as tx:
         search = InvoiceSearch(
             customer_ids=ids, statuses=BILLED, period_end_from_us=to_micros(earliest), newest_first=False
         )
-        _, records = billing_store.search_invoices(conn, search)
+        _, records = tx.search_invoices(search)
         billed: dict[tuple[str, str], list[Invoice]] = defaultdict(list)
         for record in records:
             invoice = invoice_from_record(record)
@@ -78,7 +85,7 @@ def correction_jobs(
         open_drafts = {(d.customer_id, d.currency): d for d in drafts if d.kind == CORRECTION}
         with_period_draft = {(d.customer_id, d.currency) for d in drafts if d.kind == PERIOD}
         pairs = [p for p in billed if p in open_drafts or p not in with_period_draft]
-        subscription_rows = billing_store.list_subscriptions(conn, sorted({p[0] for p in pairs})) if pairs else []
+        subscription_rows = tx.list_subscriptions(sorted({p[0] for p in pairs})) if pairs else []
     running: set[tuple[str, str]] = set()
     for row in subscription_rows:
         try:
@@ -95,12 +102,12 @@ def correction_jobs(
             running.add((sub.customer_id, sub.currency))
     waiting = [p for p in pairs if p not in open_drafts and p not in running]
     grace = {} if graces is None or not waiting else graces(sorted({p[0] for p in waiting}))
-    jobs: list[_Job] = []
+    jobs: list[InvoiceJob] = []
     for pair in pairs:
         previous = sorted(billed[pair], key=lambda i: i.period.start)
         draft = open_drafts.get(pair)
         if draft is not None:
-            jobs.append(_Job(_key_of(draft), [], existing=draft, corrections_allowed=False, previous=previous))
+            jobs.append(InvoiceJob(key_of(draft), [], existing=draft, corrections_allowed=False, previous=previous))
             continue
         if pair in running:
             continue
@@ -108,12 +115,12 @@ def correction_jobs(
         if graces is not None and (last_issue is None or last_issue + grace[pair[0]] > now):
             continue
         key = (pair[0], pair[1], Period(previous[0].period.start, now), CORRECTION)
-        jobs.append(_Job(key, [], corrections_allowed=False, previous=previous))
+        jobs.append(InvoiceJob(key, [], corrections_allowed=False, previous=previous))
     return jobs
 
 
 def settle(
-    svc: InvoicingService, computed: dict[InvoiceKey, list[Line]], finals: dict[InvoiceKey, _Job], run: JobRun
+    svc: InvoiceComputation, computed: dict[InvoiceKey, list[Line]], finals: dict[InvoiceKey, InvoiceJob], run: JobRun
 ) -> tuple[list[CreditNoteRequest], list[Invoice]]:
     """Split each computed final correction (in place): `computed` keeps what the invoice bills, and
     loses the keys left with nothing to bill (or that failed here: recorded, tried again next run);
@@ -137,7 +144,7 @@ def settle(
     return requests, emptied
 
 
-def issue_credit_notes(svc: InvoicingService, requests: Sequence[CreditNoteRequest], run: JobRun) -> int:
+def issue_credit_notes(svc: InvoiceComputation, requests: Sequence[CreditNoteRequest], run: JobRun) -> int:
     """Issue each credit note on its own: one that fails is recorded in the run and tried again next
     run (its usage is still not credited then); the others are issued."""
     issued = 0
@@ -151,17 +158,15 @@ def issue_credit_notes(svc: InvoicingService, requests: Sequence[CreditNoteReque
 
 
 def credit_targets(
-    svc: InvoicingService, invoices: Sequence[Invoice]
+    svc: InvoiceComputation, invoices: Sequence[Invoice]
 ) -> tuple[dict[str, list[str]], dict[str, Decimal]]:
     """For each of these invoices, the billed invoices that billed its usage: those that billed its
     late usage as corrections, newest first, then itself; and what is left of each of those for
     credit notes (its total minus the credit notes issued against it)."""
-    from tallybook.billing.invoicing import BILLED
-
     ids = [i.id for i in invoices]
     targets: dict[str, list[str]] = {iid: [] for iid in ids}
-    with svc.store.read() as conn:
-        for row in billing_store.corrections_of(conn, ids) if ids else []:
+    with svc.storage.reading() as tx:
+        for row in tx.corrections_of(ids) if ids else []:
             raised = row["quantity"] is not None and Decimal(row["quantity"]) > 0
             later = targets.get(row["corrects_invoice_id"])
             if row["invoice_status"] in BILLED and raised and later is not None and row["invoice_id"] not in later:
@@ -169,7 +174,7 @@ def credit_targets(
         for iid in ids:
             targets[iid] = [*sorted(targets[iid], reverse=True), iid]  # ULIDs: newest first
         every = sorted({t for found in targets.values() for t in found})
-        totals = billing_store.invoice_totals(conn, every)
+        totals = tx.invoice_totals(every)
     credited = svc.credit_notes.credited_totals(every) if svc.credit_notes else {}
     left = {t: total([Decimal(totals[t])], -credited.get(t, ZERO)) for t in every if t in totals}
     return targets, left

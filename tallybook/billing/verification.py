@@ -18,17 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
-
-from sqlalchemy import func, select
 
 from tallybook.billing.cutoff import IngestCutoff, take_cutoff
-from tallybook.billing.invoicing import BILLED, Invoice, InvoicingService, Line, totals_of
-from tallybook.billing.periods import Period
+from tallybook.billing.invoicing import InvoicingService
+from tallybook.billing.invoicing_model import BILLED, Invoice, Line, totals_of
+from tallybook.billing.invoicing_ports import InvoiceStorage, InvoiceTransaction
 from tallybook.clock import Clock, to_micros
-from tallybook.store import billing as billing_store
-from tallybook.store import meters as meter_store
-from tallybook.store.base import SqlStore
 
 REPRODUCED = "reproduced exactly"
 DIFFERS = "differs"
@@ -123,8 +118,8 @@ def _difference_reason(invoice: Invoice, stored: Line | None, recomputed: Line |
 
 
 class InvoiceVerifier:
-    def __init__(self, store: SqlStore, clock: Clock, invoicing: InvoicingService) -> None:
-        self.store = store
+    def __init__(self, storage: InvoiceStorage, clock: Clock, invoicing: InvoicingService) -> None:
+        self.storage = storage
         self.clock = clock
         self.invoicing = invoicing
 
@@ -134,7 +129,7 @@ class InvoiceVerifier:
         differences = self._compare(invoice, recomputed)
         settings = self.invoicing.settings
         recomputed_total = totals_of(recomputed, invoice.currency, settings).total
-        now = take_cutoff(self.store, self.clock)
+        now = take_cutoff(self.storage, self.clock)
         current = self.invoicing.recompute(invoice_id, at=now)
         return Verification(
             invoice=invoice,
@@ -169,12 +164,12 @@ class InvoiceVerifier:
             changed.append((line, counted.quantity))
         if not changed:
             return []
-        with self.store.read() as conn:
-            subjects = list(meter_store.customer_subject_map(conn, [invoice.customer_id])[0])
-            corrections = billing_store.corrections_of(conn, [invoice.id])
+        with self.storage.reading() as tx:
+            subjects = tx.customer_subjects(invoice.customer_id)
+            corrections = tx.corrections_of([invoice.id])
             out = []
             for line, quantity in changed:
-                late, voided = _event_changes(conn, invoice, line, subjects)
+                late, voided = _event_changes(tx, invoice, line, subjects)
                 carried = [
                     Correction(row["invoice_id"], row["invoice_status"], Decimal(row["quantity"]))
                     for row in corrections
@@ -189,28 +184,14 @@ class InvoiceVerifier:
         return out
 
 
-def _event_changes(conn: Any, invoice: Invoice, line: Line, subjects: list[str]) -> tuple[int, int]:
+def _event_changes(tx: InvoiceTransaction, invoice: Invoice, line: Line, subjects: list[str]) -> tuple[int, int]:
     """(events counted now but not at the cutoff, events counted at the cutoff but voided since) for
     this line's meter, period and the customer's subjects."""
     assert line.meter is not None
-    meter = meter_store.meter_row(conn, line.meter)
-    if meter is None or meter["usage_key"] is None or not subjects or invoice.as_of is None:
+    if not subjects or invoice.as_of is None:
         return 0, 0
-    u = meter_store.meter_usage.c
-    period: Period = line.period
-    base = [
-        u.meter_key == meter["usage_key"],
-        u.subject.in_(subjects),
-        u.time_us >= to_micros(period.start),
-        u.time_us < to_micros(period.end),
-        u.error.is_(None),
-    ]
-    as_of_us = to_micros(invoice.as_of)
-    after = u.ingested_us > as_of_us if invoice.as_of_seq is None else u.event_seq > invoice.as_of_seq
-    before = u.ingested_us <= as_of_us if invoice.as_of_seq is None else u.event_seq <= invoice.as_of_seq
-    late = conn.execute(select(func.count()).where(*base, after, u.voided_us.is_(None))).scalar_one()
-    voided = conn.execute(select(func.count()).where(*base, before, u.voided_us > as_of_us)).scalar_one()
-    return int(late), int(voided)
+    start_us, end_us = to_micros(line.period.start), to_micros(line.period.end)
+    return tx.usage_changes(line.meter, subjects, start_us, end_us, to_micros(invoice.as_of), invoice.as_of_seq)
 
 
 __all__ = [

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from tallybook.billing import invoicing_sql as billing_store
 from tallybook.billing.wiring import INVOICE_JOB
 from tallybook.clock import FixedClock, to_micros
 from tallybook.runtime import Runtime
-from tallybook.store import billing as billing_store
 from tests.billing_helpers import create_customer, create_plan, ok, send, subscribe, utc
 
 

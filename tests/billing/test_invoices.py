@@ -423,11 +423,11 @@ def test_the_opening_invoice_is_drafted_once_across_processes(
     assert [ln["amount"] for ln in opening["lines"]] == ["34.77"]  # 49 * 22/31
     assert len(outbox(rt, "invoice.created")) == 1
     # The unique key is the backstop if two runs ever raced: a second opening row is refused.
-    from tallybook.store import billing as billing_store
+    from tallybook.billing import invoicing_sql as billing_store
 
     stored = rt.invoicing.get(opening["id"])
     with pytest.raises(sqlalchemy.exc.IntegrityError), rt.store.write() as conn:
-        from tallybook.billing.invoicing import _record
+        from tallybook.billing.invoicing_model import record_of as _record
 
         billing_store.insert_invoices(conn, [_record(replace(stored, id="01KDVDNA00DUPL1CATE0PEN1NG"))])
     # February's period invoice carries February's fee; the opening one is not repeated.

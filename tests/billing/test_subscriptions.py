@@ -490,7 +490,9 @@ def test_upgrade_from_the_old_timing_bills_the_skipped_fee_once(
     """A subscription whose January invoice was drafted before in-advance timing (January's fee
     on January's invoice, nothing ahead): February's invoice bills February's fee late and
     March's in advance; later invoices are as usual."""
-    from tallybook.billing.invoicing import Invoice, Line, Totals, _record
+    from tallybook.billing import invoicing_sql
+    from tallybook.billing.invoicing import Invoice, Line, Totals
+    from tallybook.billing.invoicing_model import record_of as _record
     from tallybook.billing.periods import Period
     from tallybook.store import billing as billing_store
 
@@ -526,7 +528,7 @@ def test_upgrade_from_the_old_timing_bills_the_skipped_fee_once(
         issued_at=issued_at,
     )
     with rt.store.write() as conn:
-        billing_store.insert_invoices(conn, [_record(legacy)])
+        invoicing_sql.insert_invoices(conn, [_record(legacy)])
         billing_store.set_billed_through(conn, [(sub["id"], 1769904000000000)])  # 1 February
     clock.set(utc(2026, 3, 1, 1))
     assert run_billing(rt)["created"] == 1  # February's; no opening invoice for a billed subscription
