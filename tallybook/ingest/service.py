@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from tallybook.clock import Clock, SystemClock, to_micros
 from tallybook.ingest.events import Event, FieldError, InvalidEvents
@@ -194,6 +195,13 @@ class IngestService:
                     if errors:
                         refused[id(request)] = InvalidEvents(errors)
             accepted = [request for request in group if id(request) not in refused]
+            events = [event for request in accepted for event in request.events]
+            keys = [(event.source, event.id) for event in events]
+            if len(set(keys)) == len(keys):
+                # No key twice in the group (the common case): no first occurrence to pick.
+                results = self._insert_distinct(conn, accepted, events, keys, ingested_us)
+                by_request = iter(results)
+                return [None if id(request) in refused else next(by_request) for request in group], refused
             # First occurrence of each key in this group, and who submitted it.
             first: dict[tuple[str, str], Event] = {}
             owner: dict[tuple[str, str], int] = {}
@@ -234,6 +242,35 @@ class IngestService:
                 )
         by_request = iter(results)
         return [None if id(request) in refused else next(by_request) for request in group], refused
+
+    def _insert_distinct(
+        self,
+        conn: Any,  # the store's write transaction (store.write())
+        requests: list[_Request],
+        events: list[Event],
+        keys: list[tuple[str, str]],
+        ingested_us: int,
+    ) -> list[IngestResult]:
+        """`_write` for a group whose events all have distinct keys: `events` (the requests'
+        events in order) and their `keys`; one result per request."""
+        inserted = self.store.insert_events(conn, events, ingested_us)
+        if len(inserted) == len(events):
+            return [IngestResult(accepted=len(request.events)) for request in requests]
+        # Some keys were stored before (a retry), or by a concurrent transaction.
+        doubtful = [event for event, key in zip(events, keys, strict=True) if key not in inserted]
+        verdicts = iter(self.store.compare_stored(conn, doubtful))
+        results = []
+        position = 0
+        for request in requests:
+            result = IngestResult()
+            for event in request.events:
+                if keys[position] in inserted:
+                    result.accepted += 1
+                else:
+                    _count_duplicate(result, event, next(verdicts))
+                position += 1
+            results.append(result)
+        return results
 
 
 def _count_duplicate(result: IngestResult, event: Event, same: bool | None) -> None:
