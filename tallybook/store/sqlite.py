@@ -89,8 +89,12 @@ class SqliteStore(SqlStore):
         def _on_begin(conn: Connection) -> None:
             # Writers take the lock when they start: a deferred transaction that later upgrades
             # to a writer can fail with SQLITE_BUSY without waiting.
+            # Straight to the sqlite3 connection: this runs for every transaction (every group
+            # commit), and SQLAlchemy's statement machinery costs more than the BEGIN itself.
             write = conn.get_execution_options().get("tallybook_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
         super().__init__(engine)
 
