@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.dialects.postgresql import insert
@@ -112,5 +111,5 @@ class PostgresStore(SqlStore):
 
 def _rows_json(page: Sequence[Event]) -> str:
     """The page as one JSON array of [source, id, type, subject, time_us, data, datacontenttype]."""
-    rows: list[list[Any]] = [[e.source, e.id, e.type, e.subject, e.time_us, e.data, e.datacontenttype] for e in page]
+    rows = [(e.source, e.id, e.type, e.subject, e.time_us, e.data, e.datacontenttype) for e in page]
     return jsonutil.dumpb(rows).decode()

@@ -205,11 +205,9 @@ def _rows_json(batch: Sequence[Event], data_as_text: bool = False) -> str | None
     try:
         if data_as_text:
             dumps = jsonutil.dumps
-            texts = [[e.source, e.id, e.type, e.subject, e.time_us, dumps(e.data), e.datacontenttype] for e in batch]
+            texts = [(e.source, e.id, e.type, e.subject, e.time_us, dumps(e.data), e.datacontenttype) for e in batch]
             return orjson.dumps(texts).decode()
-        rows: list[list[Any]] = [
-            [e.source, e.id, e.type, e.subject, e.time_us, e.data, e.datacontenttype] for e in batch
-        ]
+        rows = [(e.source, e.id, e.type, e.subject, e.time_us, e.data, e.datacontenttype) for e in batch]
         return jsonutil.dumpb(rows).decode()
     except (TypeError, orjson.JSONEncodeError):
         return None
