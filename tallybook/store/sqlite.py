@@ -38,13 +38,13 @@ _SAVEPOINT = "tallybook_insert_events"
 # The rows the last insert added, newest first (see insert_events).
 _LATEST_KEYS = "SELECT source, event_id FROM events ORDER BY seq DESC LIMIT ?"
 # Each element of the JSON array is [source, id, type, subject, time_us, data, datacontenttype], data
-# embedded as JSON (as _INSERT_EVENTS_JSON reads it); `key` is its position. Stored keys answer
-# whether the content is the same, the data compared as the text insert_events stores.
+# embedded as JSON (as _INSERT_EVENTS_JSON reads it); `key` is its position. A stored event has the
+# same content when the same element rebuilt from its columns is the same JSON text: one rendering
+# per row instead of reading each field out of the element. Equal text means equal content; text
+# that differs (a string SQLite escapes otherwise than orjson) is settled by `_recheck`.
 _COMPARE_STORED = """
 SELECT k.key,
-       e.type = k.value ->> 2 AND e.subject = k.value ->> 3
-       AND e.time_us = k.value ->> 4 AND e.data = k.value -> 5
-       AND e.datacontenttype IS k.value ->> 6
+       json_array(e.source, e.event_id, e.type, e.subject, e.time_us, json(e.data), e.datacontenttype) = k.value
 FROM json_each(?) AS k
 JOIN events AS e ON e.source = k.value ->> 0 AND e.event_id = k.value ->> 1
 """
