@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from tallybook.clock import Clock, SystemClock, to_micros
 from tallybook.ingest.events import Event, FieldError, InvalidEvents
@@ -73,6 +74,7 @@ class IngestService:
         self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._connection: Any = None  # the writer thread's own store connection (store.writer_connection)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,6 +125,20 @@ class IngestService:
 
     # -- writer thread ------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._serve_queue()
+        finally:
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:
+                log.warning("closing the ingest writer's connection failed", exc_info=True)
+
+    def _serve_queue(self) -> None:
         stopping = False
         while not stopping:
             item = self._queue.get()
@@ -186,34 +202,56 @@ class IngestService:
         (its result is None and its InvalidEvents is in the dict, by id of the request)."""
         ingested_us = to_micros(self.clock.now())
         refused: dict[int, InvalidEvents] = {}
-        with self.store.write() as conn:
-            fields = metered_fields(meter_store.live_meter_reads(conn))
-            if fields:
-                for request in group:
-                    errors = check_metered(request.events, fields, request.indexed)
-                    if errors:
-                        refused[id(request)] = InvalidEvents(errors)
-            accepted = [request for request in group if id(request) not in refused]
-            # First occurrence of each key in this group, and who submitted it.
-            first: dict[tuple[str, str], Event] = {}
-            owner: dict[tuple[str, str], int] = {}
-            results = [IngestResult() for _ in accepted]
-            repeats: list[tuple[int, Event]] = []
-            for position, request in enumerate(accepted):
-                for event in request.events:
-                    key = (event.source, event.id)
-                    if key in first:
-                        repeats.append((position, event))
-                    else:
-                        first[key] = event
-                        owner[key] = position
-            unique = list(first.values())
-            inserted = self.store.insert_events(conn, unique, ingested_us)
-            # Events whose key this group did not insert (it was stored before, or by a
-            # concurrent transaction): one statement says whether each is a retry or a conflict.
-            doubtful = [e for e in unique if (e.source, e.id) not in inserted]
-            doubtful += [e for _, e in repeats if (e.source, e.id) not in inserted]
-            same = self.store.compare_stored(conn, doubtful) if doubtful else []
+        if self._connection is None:
+            self._connection = self.store.writer_connection()
+        conn = self._connection
+        try:
+            with conn.begin():
+                return self._write_in(conn, group, ingested_us, refused)
+        except BaseException:
+            # A failed transaction may leave the connection unusable (a lost PostgreSQL
+            # connection): the next group starts on a fresh one.
+            self._close_connection()
+            raise
+
+    def _write_in(
+        self, conn: Any, group: list[_Request], ingested_us: int, refused: dict[int, InvalidEvents]
+    ) -> tuple[list[IngestResult | None], dict[int, InvalidEvents]]:
+        """`_write` inside the transaction on `conn` (the counting too: it is short)."""
+        fields = metered_fields(meter_store.live_meter_reads(conn))
+        if fields:
+            for request in group:
+                errors = check_metered(request.events, fields, request.indexed)
+                if errors:
+                    refused[id(request)] = InvalidEvents(errors)
+        accepted = [request for request in group if id(request) not in refused]
+        events = [event for request in accepted for event in request.events]
+        keys = [(event.source, event.id) for event in events]
+        if len(set(keys)) == len(keys):
+            # No key twice in the group (the common case): no first occurrence to pick.
+            results = self._insert_distinct(conn, accepted, events, keys, ingested_us)
+            by_request = iter(results)
+            return [None if id(request) in refused else next(by_request) for request in group], refused
+        # First occurrence of each key in this group, and who submitted it.
+        first: dict[tuple[str, str], Event] = {}
+        owner: dict[tuple[str, str], int] = {}
+        results = [IngestResult() for _ in accepted]
+        repeats: list[tuple[int, Event]] = []
+        for position, request in enumerate(accepted):
+            for event in request.events:
+                key = (event.source, event.id)
+                if key in first:
+                    repeats.append((position, event))
+                else:
+                    first[key] = event
+                    owner[key] = position
+        unique = list(first.values())
+        inserted = self.store.insert_events(conn, unique, ingested_us)
+        # Events whose key this group did not insert (it was stored before, or by a
+        # concurrent transaction): one statement says whether each is a retry or a conflict.
+        doubtful = [e for e in unique if (e.source, e.id) not in inserted]
+        doubtful += [e for _, e in repeats if (e.source, e.id) not in inserted]
+        same = self.store.compare_stored(conn, doubtful) if doubtful else []
         verdicts = iter(same)
         for key, event in first.items():
             result = results[owner[key]]
@@ -234,6 +272,35 @@ class IngestService:
                 )
         by_request = iter(results)
         return [None if id(request) in refused else next(by_request) for request in group], refused
+
+    def _insert_distinct(
+        self,
+        conn: Any,  # the store's write transaction (store.write())
+        requests: list[_Request],
+        events: list[Event],
+        keys: list[tuple[str, str]],
+        ingested_us: int,
+    ) -> list[IngestResult]:
+        """`_write` for a group whose events all have distinct keys: `events` (the requests'
+        events in order) and their `keys`; one result per request."""
+        inserted = self.store.insert_events(conn, events, ingested_us)
+        if len(inserted) == len(events):
+            return [IngestResult(accepted=len(request.events)) for request in requests]
+        # Some keys were stored before (a retry), or by a concurrent transaction.
+        doubtful = [event for event, key in zip(events, keys, strict=True) if key not in inserted]
+        verdicts = iter(self.store.compare_stored(conn, doubtful))
+        results = []
+        position = 0
+        for request in requests:
+            result = IngestResult()
+            for event in request.events:
+                if keys[position] in inserted:
+                    result.accepted += 1
+                else:
+                    _count_duplicate(result, event, next(verdicts))
+                position += 1
+            results.append(result)
+        return results
 
 
 def _count_duplicate(result: IngestResult, event: Event, same: bool | None) -> None:

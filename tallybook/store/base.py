@@ -71,6 +71,13 @@ class SqlStore(ABC):
         with self.engine.connect().execution_options(tallybook_write=True) as conn, conn.begin():
             yield conn
 
+    def writer_connection(self) -> Connection:
+        """A connection for one long-lived writer (the ingest writer thread) to run its write
+        transactions on, `with conn.begin():` each, as `write` would. Keeping it saves a pool
+        checkout and checkin per transaction; the writer closes it when it stops or a
+        transaction on it fails."""
+        return self.engine.connect().execution_options(tallybook_write=True)
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,12 +21,35 @@ _INSERT_EVENTS = (
     f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(_EVENT_COLUMNS))}) "
     "ON CONFLICT (source, event_id) DO NOTHING"
 )
+# The same insert for a whole batch in one statement: the rows travel as one JSON array of
+# [source, id, type, subject, time_us, data, datacontenttype] (data embedded as JSON). One call into
+# SQLite, which runs it without holding Python's GIL, instead of one bound row per step (see
+# insert_events). `value -> 5` is the data's JSON text as SQLite renders it, which is the text
+# jsonutil.dumps writes: both write compact JSON and SQLite copies numbers and strings verbatim.
+# "WHERE true" tells SQLite's parser that ON CONFLICT belongs to the INSERT, not to a join.
+_INSERT_EVENTS_JSON = (
+    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?, value -> 5, value ->> 6 "
+    "FROM json_each(?) WHERE true ON CONFLICT (source, event_id) DO NOTHING"
+)
+# The -> and ->> operators came with SQLite 3.38; older libraries take the executemany path.
+_HAS_JSON_ARROWS = sqlite3.sqlite_version_info >= (3, 38, 0)
 _SAVEPOINT = "tallybook_insert_events"
 # The rows the last insert added, newest first (see insert_events).
 _LATEST_KEYS = "SELECT source, event_id FROM events ORDER BY seq DESC LIMIT ?"
-# Each element of the JSON array is [source, id, type, subject, time_us, data text, datacontenttype];
-# `key` is its position. Stored keys answer whether the content is the same, as text.
+# Each element of the JSON array is [source, id, type, subject, time_us, data, datacontenttype], data
+# embedded as JSON (as _INSERT_EVENTS_JSON reads it); `key` is its position. A stored event has the
+# same content when the same element rebuilt from its columns is the same JSON text: one rendering
+# per row instead of reading each field out of the element. Equal text means equal content; text
+# that differs (a string SQLite escapes otherwise than orjson) is settled by `_recheck`.
 _COMPARE_STORED = """
+SELECT k.key,
+       json_array(e.source, e.event_id, e.type, e.subject, e.time_us, json(e.data), e.datacontenttype) = k.value
+FROM json_each(?) AS k
+JOIN events AS e ON e.source = k.value ->> 0 AND e.event_id = k.value ->> 1
+"""
+# The same before SQLite 3.38 (no arrow operators): data travels as its JSON text.
+_COMPARE_STORED_TEXT = """
 SELECT k.key,
        e.type = json_extract(k.value, '$[2]') AND e.subject = json_extract(k.value, '$[3]')
        AND e.time_us = json_extract(k.value, '$[4]') AND e.data = json_extract(k.value, '$[5]')
@@ -65,8 +89,12 @@ class SqliteStore(SqlStore):
         def _on_begin(conn: Connection) -> None:
             # Writers take the lock when they start: a deferred transaction that later upgrades
             # to a writer can fail with SQLITE_BUSY without waiting.
+            # Straight to the sqlite3 connection: this runs for every transaction (every group
+            # commit), and SQLAlchemy's statement machinery costs more than the BEGIN itself.
             write = conn.get_execution_options().get("tallybook_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
         super().__init__(engine)
 
@@ -74,22 +102,24 @@ class SqliteStore(SqlStore):
         return insert(events).on_conflict_do_nothing(index_elements=["source", "event_id"])
 
     def insert_events(self, conn: Connection, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
-        """One executemany on the sqlite3 connection, new keys and known keys alike.
+        """One statement on the sqlite3 connection, new keys and known keys alike.
 
-        ON CONFLICT DO NOTHING skips known keys; sqlite3 sums the rows each execution changed into
-        `rowcount`. When that equals the batch size every event was inserted. Otherwise (a retry)
-        the rows this statement inserted are the `rowcount` highest seqs: the writer holds the
-        write lock (BEGIN IMMEDIATE) and SQLite gives each new row max(seq) + 1, so one indexed
-        read names them; no second insert. A savepoint undoes a failing executemany so the
+        ON CONFLICT DO NOTHING skips known keys and `rowcount` counts the rows inserted. When that
+        equals the batch size every event was inserted. Otherwise (a retry) the rows this
+        statement inserted are the `rowcount` highest seqs: the writer holds the write lock
+        (BEGIN IMMEDIATE) and SQLite gives each new row max(seq) + 1 (in batch order), so one
+        indexed read names them; no second insert. A savepoint undoes a failing statement so the
         caller's transaction stays usable. Column values are the ones the generic path writes,
         `data` included: the JSON text from jsonutil.dumps, 'null' for an event without data.
+
+        The statement is _INSERT_EVENTS_JSON: the batch encoded by orjson in one call, then one
+        sqlite3 call that holds no GIL while it inserts, so the event loop's thread parses the next
+        requests meanwhile. A batch orjson cannot encode, or SQLite's JSON reader cannot read (data
+        nested past its depth limit), goes through executemany, one bound row at a time.
         """
         if not batch:
             return set()
-        dumps = jsonutil.dumps
-        rows = [
-            (e.source, e.id, e.type, e.subject, e.time_us, ingested_us, dumps(e.data), e.datacontenttype) for e in batch
-        ]
+        payload = _rows_json(batch) if _HAS_JSON_ARROWS else None
         driver = conn.connection.driver_connection  # the sqlite3.Connection, in the caller's transaction
         assert driver is not None
         cursor = driver.cursor()
@@ -97,9 +127,8 @@ class SqliteStore(SqlStore):
         try:
             cursor.execute(f"SAVEPOINT {_SAVEPOINT}")
             try:
-                cursor.executemany(_INSERT_EVENTS, rows)
-                count = cursor.rowcount
-                if count == len(rows):
+                count = self._insert_rows(cursor, batch, ingested_us, payload)
+                if count == len(batch):
                     inserted = {(e.source, e.id) for e in batch}
                 elif count == 0:
                     inserted = set()
@@ -122,27 +151,63 @@ class SqliteStore(SqlStore):
             return super().insert_events(conn, batch, ingested_us)
         return inserted
 
+    @staticmethod
+    def _insert_rows(cursor: sqlite3.Cursor, batch: Sequence[Event], ingested_us: int, payload: str | None) -> int:
+        """Insert the batch (inside the caller's savepoint); the number of rows inserted."""
+        if payload is not None:
+            try:
+                cursor.execute(_INSERT_EVENTS_JSON, (ingested_us, payload))
+                return cursor.rowcount
+            except sqlite3.OperationalError as exc:
+                if "JSON" not in str(exc):
+                    raise
+                # Nothing was inserted (a statement is atomic); the rows go one by one below.
+        dumps = jsonutil.dumps
+        rows = [
+            (e.source, e.id, e.type, e.subject, e.time_us, ingested_us, dumps(e.data), e.datacontenttype) for e in batch
+        ]
+        cursor.executemany(_INSERT_EVENTS, rows)
+        return cursor.rowcount
+
     def compare_stored(self, conn: Connection, batch: Sequence[Event]) -> list[bool | None]:
         """One statement for the whole batch: the keys travel as one JSON array, joined to the
         (source, event_id) index, and the content is compared in SQL as stored text (what
         jsonutil.dumps wrote). Only rows whose text differs are decoded (`_recheck`)."""
         if not batch:
             return []
-        dumps = jsonutil.dumps
-        try:
-            keys = orjson.dumps(
-                [[e.source, e.id, e.type, e.subject, e.time_us, dumps(e.data), e.datacontenttype] for e in batch]
-            ).decode()
-        except (TypeError, orjson.JSONEncodeError):
+        if _HAS_JSON_ARROWS:
+            keys, statement = _rows_json(batch), _COMPARE_STORED
+        else:
+            keys, statement = _rows_json(batch, data_as_text=True), _COMPARE_STORED_TEXT
+        if keys is None:
             return super().compare_stored(conn, batch)
         driver = conn.connection.driver_connection
         assert driver is not None
         cursor = driver.cursor()
         try:
-            cursor.execute(_COMPARE_STORED, (keys,))
+            try:
+                cursor.execute(statement, (keys,))
+            except sqlite3.OperationalError as exc:
+                if "JSON" not in str(exc):
+                    raise
+                return super().compare_stored(conn, batch)
             answers: list[bool | None] = [None] * len(batch)
             for position, same in cursor.fetchall():
                 answers[int(position)] = bool(same)
         finally:
             cursor.close()
         return self._recheck(conn, batch, answers)
+
+
+def _rows_json(batch: Sequence[Event], data_as_text: bool = False) -> str | None:
+    """The batch as one JSON array of [source, id, type, subject, time_us, data, datacontenttype],
+    or None when it cannot be written as JSON (text no UTF-8 can hold)."""
+    try:
+        if data_as_text:
+            dumps = jsonutil.dumps
+            texts = [(e.source, e.id, e.type, e.subject, e.time_us, dumps(e.data), e.datacontenttype) for e in batch]
+            return orjson.dumps(texts).decode()
+        rows = [(e.source, e.id, e.type, e.subject, e.time_us, e.data, e.datacontenttype) for e in batch]
+        return jsonutil.dumpb(rows).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return None
