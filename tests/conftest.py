@@ -37,7 +37,9 @@ from tallybook.clock import FixedClock
 from tallybook.config import DatabaseSettings, Settings
 from tallybook.runtime import Runtime
 from tallybook.store import open_store
-from tallybook.store.schema import metadata
+from tallybook.store.tables import all_tables
+
+metadata = all_tables()  # every room's tables (tallybook/store/tables.py)
 
 POSTGRES_ADMIN_URL = os.environ.get("TALLYBOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 _pg_state: dict[str, Any] = {}

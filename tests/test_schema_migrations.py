@@ -15,7 +15,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 from tallybook.store.migrate import alembic_config, upgrade
-from tallybook.store.schema import metadata
+from tallybook.store.tables import all_tables
+
+metadata = all_tables()  # every room's tables (tallybook/store/tables.py)
 
 
 def test_migrations_build_exactly_the_declared_tables(database_url: str) -> None:

@@ -23,7 +23,9 @@ from tallybook.clock import FixedClock
 from tallybook.config import Settings
 from tallybook.runtime import Runtime
 from tallybook.store import open_store
-from tallybook.store.schema import metadata
+from tallybook.store.tables import all_tables
+
+metadata = all_tables()  # every room's tables (tallybook/store/tables.py)
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of 24 bytes, like a generated one
 TEMPLATE_SECRET = "whsec_your_webhook_secret"  # the codehooks README's style: not base64

@@ -23,7 +23,8 @@ from tallybook.exact import CONTEXT as EXACT
 from tallybook.store.base import SqlStore
 from tallybook.store.billing import invoice_lines, invoices
 from tallybook.store.meters import meters
-from tallybook.store.schema import events, metadata
+from tallybook.store.schema import events
+from tallybook.store.tables import all_tables
 
 _INVOICE_PAGE = 500
 _SHOWN = 5  # ids named per failed check
@@ -79,7 +80,7 @@ def verify(store: SqlStore) -> VerifyReport:
             else f"at {report.revision or 'none'}, head is {report.head}: run `tallybook db upgrade`",
         )
     )
-    for table in metadata.sorted_tables:
+    for table in all_tables().sorted_tables:
         report.counts[table.name] = _row_count(store, table)
     missing = sorted(t for t, n in report.counts.items() if n is None)
     report.checks.append(

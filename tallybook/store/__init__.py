@@ -6,22 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from tallybook.billing import catalog_sql as _catalog_tables  # noqa: F401
-from tallybook.billing import profiles_sql as _profile_tables  # noqa: F401
-from tallybook.customers import sql as _customer_tables  # noqa: F401
-
-# Every table module registers on the shared MetaData when imported; import them all here so the
-# metadata (and anything that walks it) is complete whichever module is used first.
-from tallybook.entitlements import sql as _entitlement_tables  # noqa: F401
-from tallybook.jobs import aggregation_sql as _aggregation_tables  # noqa: F401
-from tallybook.jobs import sql as _job_tables  # noqa: F401
-from tallybook.portal import sql as _portal_tables  # noqa: F401
-from tallybook.store import billing as _billing_tables  # noqa: F401
-from tallybook.store import meters as _meter_tables  # noqa: F401
 from tallybook.store.base import ApiKeyRecord, EventFilter, SqlStore
-from tallybook.stripe import sql as _stripe_tables  # noqa: F401
-from tallybook.stripe import sql_sync as _stripe_sync_tables  # noqa: F401  (and tallybook.creditnotes.sql)
-from tallybook.webhooks import sql as _webhook_tables  # noqa: F401
 
 
 class UnsupportedDatabase(ValueError):
@@ -30,6 +15,9 @@ class UnsupportedDatabase(ValueError):
 
 def open_store(url: str) -> SqlStore:
     """Open the store for a SQLAlchemy URL: sqlite:///path.db or postgresql+psycopg://..."""
+    from tallybook.store.tables import all_tables
+
+    all_tables()  # every room's tables, for whatever walks the metadata (tallybook/store/tables.py)
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":

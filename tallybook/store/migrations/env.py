@@ -2,12 +2,12 @@
 
 from alembic import context
 
-from tallybook.store.schema import metadata
+from tallybook.store.tables import all_tables
 
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations with `tallybook db upgrade`, which supplies the connection")
 
-context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+context.configure(connection=connection, target_metadata=all_tables(), render_as_batch=True)
 with context.begin_transaction():
     context.run_migrations()
