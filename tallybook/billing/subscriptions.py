@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 Timing = Literal["immediate", "next_billing_cycle"] | datetime
 PlanLookup = Callable[[str, int | None], PlanVersion]
 EndListener = Callable[["Subscription"], object]
-log = logging.getLogger(__name__)
 
 
 class SubscriptionError(DomainError):
