@@ -84,6 +84,42 @@ def test_bad_parameters_are_400_problems(seeded, query, fragment):
     assert fragment in response.json()["detail"]
 
 
+def test_customer_id_lists_the_events_of_that_customers_subjects(seeded):
+    """OpenMeter's v1 `customerId` (repeatable): ids or keys; each listed event names its customer."""
+    client, key = seeded
+    created = client.post(
+        "/api/v1/customers",
+        json={"name": "Bob Ltd", "key": "bob-ltd", "usageAttribution": {"subjectKeys": ["bob"]}},
+        headers=headers(key),
+    )
+    assert created.status_code == 201, created.text
+    bob_id = created.json()["id"]
+    by_id = client.get(f"/api/v1/events?customerId={bob_id}", headers=headers(key))
+    assert ids(by_id) == ["b1", "b2"]
+    assert {item["customerId"] for item in by_id.json()} == {bob_id}
+    assert ids(client.get("/api/v1/events?customerId=bob-ltd&type=api.calls&limit=1", headers=headers(key))) == ["b1"]
+    everyone = client.get("/api/v1/events", headers=headers(key)).json()
+    assert [item.get("customerId") for item in everyone] == [bob_id, None, bob_id, None]
+    both = client.get(f"/api/v1/events?customerId={bob_id}&customerId=bob-ltd", headers=headers(key))
+    assert ids(both) == ["b1", "b2"]
+
+
+@pytest.mark.parametrize(
+    ("query", "fragment"),
+    [
+        ("customerId=nobody", "customerId: no customer has the id (or key) 'nobody'"),
+        ("customerId=", "customerId: must be customer ids"),
+        ("clientId=", "clientId"),
+    ],
+)
+def test_customer_id_that_names_no_customer_is_a_400(seeded, query, fragment):
+    client, key = seeded
+    response = client.get(f"/api/v1/events?{query}", headers=headers(key))
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert fragment in response.json()["detail"]
+
+
 def test_codehooks_event_list_filters_on_receive_time(seeded):
     client, key = seeded
     rows = client.get("/events?customerId=bob&eventType=api.calls", headers={"x-apikey": key}).json()

@@ -85,6 +85,7 @@ class EventFilters:
     time: TimeFilter | None = None
     ingested_at: TimeFilter | None = None
     customer_ids: tuple[str, ...] | None = None
+    customers_parameter: str = "filter.customerId.$in"  # what an error about customer_ids names
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +141,55 @@ def _customer_ids(raw: Any) -> tuple[str, ...]:
     example = '{"$in": ["01G65Z755AFWAKHE12NY0CQ9FH"]}'
     if not isinstance(raw, Mapping) or set(raw) != {"$in"}:
         raise InvalidFilter(f"filter.customerId: must be {example} (customer ids; keys work too)")
-    values = raw["$in"]
+    return customer_refs(raw["$in"], "filter.customerId.$in", f"a non-empty array of customer ids, e.g. {example}")
+
+
+def customer_refs(values: Any, name: str, shape: str) -> tuple[str, ...]:
+    """Customer ids (or keys) to list the events of, once each; `name` and `shape` say in an error
+    which parameter is wrong and what it should hold."""
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
-        raise InvalidFilter(f"filter.customerId.$in: must be a non-empty array of customer ids, e.g. {example}")
+        raise InvalidFilter(f"{name}: must be {shape}")
     if len(values) > MAX_CUSTOMER_IDS:
-        raise InvalidFilter(f"filter.customerId.$in: at most {MAX_CUSTOMER_IDS} customers")
+        raise InvalidFilter(f"{name}: at most {MAX_CUSTOMER_IDS} customers")
     if any("\x00" in v for v in values):
-        raise InvalidFilter("filter.customerId.$in: a customer id holds U+0000")
+        raise InvalidFilter(f"{name}: a customer id holds U+0000")
     return tuple(dict.fromkeys(values))
+
+
+def exact_filters(
+    *,
+    id: str | None = None,
+    source: str | None = None,
+    subject: str | None = None,
+    type: str | None = None,
+    time_from_us: int | None = None,
+    time_to_us: int | None = None,
+    ingested_from_us: int | None = None,
+    ingested_to_us: int | None = None,
+    customer_ids: tuple[str, ...] | None = None,
+) -> EventFilters:
+    """The v1 list's parameters as filters: each string field equal to the value given, and the
+    time bounds inclusive at both ends (OpenMeter's listEvents)."""
+
+    def equal(value: str | None) -> StringFilter | None:
+        return None if value is None else StringFilter("$eq", value)
+
+    def within(low_us: int | None, high_us: int | None) -> TimeFilter | None:
+        bounds = [TimeFilter(op, at) for op, at in (("$gte", low_us), ("$lte", high_us)) if at is not None]
+        if len(bounds) < 2:
+            return bounds[0] if bounds else None
+        return TimeFilter("$and", children=tuple(bounds))
+
+    return EventFilters(
+        id=equal(id),
+        source=equal(source),
+        subject=equal(subject),
+        type=equal(type),
+        time=within(time_from_us, time_to_us),
+        ingested_at=within(ingested_from_us, ingested_to_us),
+        customer_ids=customer_ids,
+        customers_parameter="customerId",
+    )
 
 
 __all__ = [
@@ -160,5 +202,7 @@ __all__ = [
     "InvalidCursor",
     "ListedEvent",
     "UnknownCustomers",
+    "customer_refs",
+    "exact_filters",
     "parse_event_filter",
 ]

@@ -30,9 +30,8 @@ class EventListService:
         if refs is not None:
             customer_ids, unknown = self.store.resolve_customers(refs)
             if unknown:
-                raise UnknownCustomers(
-                    f"filter.customerId.$in: no customer has the id (or key) {', '.join(repr(r) for r in unknown)}"
-                )
+                named = ", ".join(repr(r) for r in unknown)
+                raise UnknownCustomers(f"{query.filters.customers_parameter}: no customer has the id (or key) {named}")
         self.catch_up()
         items = tuple(self.store.page(query, customer_ids))
         full = len(items) == query.limit

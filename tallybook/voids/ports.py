@@ -32,8 +32,6 @@ class VoidTransaction(Protocol):
 
     def voided_keys(self, void_id: str, limit: int) -> list[EventKey]: ...
 
-    def void_stamps(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]: ...
-
     # -- writes (only in a `writing()` transaction) -----------------------------------------------------
     def lock_materializer(self) -> None:
         """Make the materializer wait until this transaction ends (on every engine)."""

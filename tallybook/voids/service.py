@@ -213,14 +213,6 @@ class VoidService:
             total, rows = tx.record_rows((page - 1) * page_size, page_size)
         return total, [_record_from_row(r, ()) for r in rows]
 
-    def stamps(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[datetime, str]]:
-        """{(source, id): (voided at, void id)} for those of these events that are voided."""
-        if not keys:
-            return {}
-        with self.storage.reading() as tx:
-            found = tx.void_stamps(keys)
-        return {key: (from_micros(us), void_id) for key, (us, void_id) in found.items()}
-
 
 def _record_from_row(row: dict[str, Any], keys: tuple[EventKey, ...]) -> VoidRecord:
     replacement = None

@@ -156,21 +156,6 @@ def voided_keys(conn: Connection, void_id: str, limit: int) -> list[EventKey]:
     return [EventKey(r[0], r[1]) for r in rows]
 
 
-def void_stamps(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
-    """{(source, id): (voided_us, void id)} for those of the given events that are voided."""
-    found: dict[tuple[str, str], tuple[int, str]] = {}
-    for start in range(0, len(keys), PAGE):
-        page = list(keys[start : start + PAGE])
-        rows = conn.execute(
-            select(events.c.source, events.c.event_id, events.c.voided_us, events.c.void_id).where(
-                tuple_(events.c.source, events.c.event_id).in_(page), events.c.voided_us.isnot(None)
-            )
-        )
-        for source, event_id, voided_us, void_id in rows:
-            found[(source, event_id)] = (int(voided_us), void_id)
-    return found
-
-
 def voided_subjects(conn: Connection, after_us: int, through_us: int) -> list[tuple[str, int, int]]:
     """(subject, earliest, latest event time) of events voided in (after, through]."""
     query = (
@@ -234,9 +219,6 @@ class SqlVoidTransaction:
 
     def voided_keys(self, void_id: str, limit: int) -> list[EventKey]:
         return voided_keys(self.conn, void_id, limit)
-
-    def void_stamps(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
-        return void_stamps(self.conn, keys)
 
 
 class SqlVoidStorage:

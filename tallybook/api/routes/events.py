@@ -16,6 +16,7 @@ from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.api.wire.events import CloudEvent, IngestedEvent
 from tallybook.clock import format_rfc3339, from_micros, to_micros
+from tallybook.eventlist.model import EventListQuery, ListedEvent, customer_refs, exact_filters
 from tallybook.ingest.events import (
     BatchTooLarge,
     Event,
@@ -24,7 +25,7 @@ from tallybook.ingest.events import (
     check_batch,
     cloudevent_from_json,
 )
-from tallybook.store.base import ApiKeyRecord, EventFilter
+from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
@@ -119,14 +120,18 @@ async def list_events(
     to: Instant | None = None,
     ingestedAtFrom: Instant | None = None,
     ingestedAtTo: Instant | None = None,
+    customerId: Annotated[
+        list[str] | None,
+        Query(description="only the events of these customers' subjects (ids or keys; repeat the parameter)"),
+    ] = None,
+    clientId: Annotated[str | None, Query(min_length=1, max_length=36, description="accepted, not used")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     includeVoided: bool = False,
 ) -> Response:
     """Stored events, newest event time first. `from`/`to` and the ingested-at bounds are inclusive.
 
     Voided events are left out unless `includeVoided=true`; then they carry `voidedAt` and `voidId`."""
-    runtime = runtime_of(request)
-    flt = EventFilter(
+    filters = exact_filters(
         subject=subject,
         type=type,
         id=id,
@@ -135,25 +140,23 @@ async def list_events(
         time_to_us=instant_micros(to, "to"),
         ingested_from_us=instant_micros(ingestedAtFrom, "ingestedAtFrom"),
         ingested_to_us=instant_micros(ingestedAtTo, "ingestedAtTo"),
-        limit=limit,
-        include_voided=includeVoided,
+        customer_ids=None if customerId is None else customer_refs(customerId, "customerId", "customer ids"),
     )
-    found = await run_in_threadpool(runtime.store.list_events, flt)
-    invalid = await run_in_threadpool(runtime.meters.validation_errors, [e.key for e in found])
-    items = [ingested_event_json(e) for e in found]
-    for item, event in zip(items, found, strict=True):
-        if event.key in invalid:
-            item["validationError"] = invalid[event.key]
-    if includeVoided:
-        add_void_stamps(runtime, items, found)
+    query = EventListQuery(filters=filters, limit=limit, include_voided=includeVoided)
+    page = await run_in_threadpool(runtime_of(request).event_list.list, query)
+    items = [listed_event_json(listed, includeVoided) for listed in page.items]
     return Response(jsonutil.dumpb(items), media_type="application/json")
 
 
-def add_void_stamps(runtime: Any, items: list[dict[str, Any]], found: list[Event]) -> None:
-    """`voidedAt` and `voidId` on the listed events that are voided (tallybook/voids)."""
-    stamps = runtime.voids.stamps([e.key for e in found])
-    for item, event in zip(items, found, strict=True):
-        if event.key in stamps:
-            voided_at, void_id = stamps[event.key]
-            item["voidedAt"] = format_rfc3339(voided_at)
-            item["voidId"] = void_id
+def listed_event_json(listed: ListedEvent, include_voided: bool) -> dict[str, Any]:
+    """One listed event as OpenMeter's IngestedEvent, with its customer and why a meter cannot
+    count it; `voidedAt` and `voidId` when voided events were asked for."""
+    item = ingested_event_json(listed.event)
+    if listed.customer_id is not None:
+        item["customerId"] = listed.customer_id
+    if listed.validation_error is not None:
+        item["validationError"] = listed.validation_error
+    if include_voided and listed.voided_us is not None:
+        item["voidedAt"] = format_rfc3339(from_micros(listed.voided_us))
+        item["voidId"] = listed.void_id
+    return item

@@ -11,11 +11,10 @@ from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses, schema_of
 from tallybook.api.params import decode_json_parameter
-from tallybook.api.routes.events import ingested_event_json
+from tallybook.api.routes.events import listed_event_json
 from tallybook.api.security import require
 from tallybook.api.wire.events import IngestedEventCursorPaginatedResponse
 from tallybook.api.wire.filters import EventsFilter, json_query_parameter
-from tallybook.clock import format_rfc3339, from_micros
 from tallybook.eventlist.model import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -38,18 +37,7 @@ _FILTER_PARAMETER = json_query_parameter(
 
 
 def listed_json(page: EventPage, include_voided: bool) -> dict[str, Any]:
-    items = []
-    for listed in page.items:
-        item = ingested_event_json(listed.event)
-        if listed.customer_id is not None:
-            item["customerId"] = listed.customer_id
-        if listed.validation_error is not None:
-            item["validationError"] = listed.validation_error
-        if include_voided and listed.voided_us is not None:
-            item["voidedAt"] = format_rfc3339(from_micros(listed.voided_us))
-            item["voidId"] = listed.void_id
-        items.append(item)
-    body: dict[str, Any] = {"items": items}
+    body: dict[str, Any] = {"items": [listed_event_json(listed, include_voided) for listed in page.items]}
     if page.next_cursor is not None:
         body["nextCursor"] = page.next_cursor.encode()
     return body
