@@ -101,3 +101,19 @@ def test_listing_filters_by_customer_and_overlap_oldest_first(storage: Subscript
         assert ids(tx.list(overlapping=(0, None))) == ["S1", "S2", "S3"]
         assert ids(tx.list(overlapping=(None, 150))) == ["S1"]
         assert ids(tx.list(["c2"], overlapping=(0, 1000))) == ["S2"]
+
+
+def test_one_change_of_a_subscription_at_a_time(storage: SubscriptionStorage) -> None:
+    """`changing` never waits: a second holder of the same subscription is told no, another
+    subscription is not held up, and the lock is free again once the block ends (even by an error)."""
+    with storage.changing("sub-1") as first:
+        assert first is True
+        with storage.changing("sub-1") as second:
+            assert second is False
+        with storage.changing("sub-2") as other:
+            assert other is True
+    with pytest.raises(RuntimeError), storage.changing("sub-1") as again:
+        assert again is True
+        raise RuntimeError("the change failed")
+    with storage.changing("sub-1") as after_failure:
+        assert after_failure is True

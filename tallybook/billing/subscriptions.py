@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -307,12 +308,13 @@ class SubscriptionService:
         self._end_listeners.append(listener)
 
     def cancel(self, subscription_id: str, timing: Timing = "immediate") -> Subscription:
-        sub = self.get(subscription_id)
-        now = self.clock.now()
-        ended = self._end(sub, self._resolve_timing(sub, timing, now), now)
-        self._ended(ended)
-        self._changed(sub.customer_id)
-        return ended
+        with self._changing(subscription_id):
+            sub = self.get(subscription_id)
+            now = self.clock.now()
+            ended = self._end(sub, self._resolve_timing(sub, timing, now), now)
+            self._ended(ended)
+            self._changed(sub.customer_id)
+            return ended
 
     def change(
         self, subscription_id: str, plan_key: str, plan_version: int | None, timing: Timing = "immediate"
@@ -322,6 +324,12 @@ class SubscriptionService:
         The change instant is resolved once, from one reading of the clock: "immediate" is that
         instant, and ending the old subscription does not check it against a later reading.
         """
+        with self._changing(subscription_id):
+            return self._change(subscription_id, plan_key, plan_version, timing)
+
+    def _change(
+        self, subscription_id: str, plan_key: str, plan_version: int | None, timing: Timing
+    ) -> tuple[Subscription, Subscription]:
         sub = self.get(subscription_id)
         now = self.clock.now()
         at = max(self._resolve_timing(sub, timing, now), sub.active_from)
@@ -364,6 +372,19 @@ class SubscriptionService:
         return ended, new
 
     # -- internals -------------------------------------------------------------------------------------
+    @contextmanager
+    def _changing(self, subscription_id: str) -> Iterator[None]:
+        """One change of a subscription at a time, from reading it to the credits its end gives:
+        two cancels at once would otherwise both see the in-advance fee not yet credited and both
+        credit it. The second is refused (409) rather than queued: its caller reads the result of
+        the first and decides again."""
+        with self.storage.changing(subscription_id) as held:
+            if not held:
+                raise SubscriptionConflict(
+                    f"subscription {subscription_id} is being changed by another request; read it again and retry"
+                )
+            yield
+
     def _end(self, sub: Subscription, end: datetime, now: datetime) -> Subscription:
         """Set the subscription's end (not before its start: canceled before it starts, it never runs)."""
         if sub.active_to is not None and sub.active_to <= now:

@@ -61,6 +61,20 @@ class MemorySubscriptionStorage:
     def __init__(self) -> None:
         self.rows: dict[str, SubscriptionRow] = {}
         self._writer = threading.Lock()
+        self._changing: set[str] = set()
+
+    @contextmanager
+    def changing(self, subscription_id: str) -> Iterator[bool]:
+        with self._writer:
+            taken = subscription_id not in self._changing
+            if taken:
+                self._changing.add(subscription_id)
+        try:
+            yield taken
+        finally:
+            if taken:
+                with self._writer:
+                    self._changing.discard(subscription_id)
 
     @contextmanager
     def reading(self) -> Iterator[MemorySubscriptionTransaction]:

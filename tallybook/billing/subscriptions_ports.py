@@ -2,7 +2,9 @@
 
 A subscription row is a dict of its columns (`subscriptions.subscription_from_row` reads one, the
 service's `_row` writes one). "A customer has at most one subscription at any instant" is checked
-against the customer's rows and the new row inserted in one `writing()` transaction.
+against the customer's rows and the new row inserted in one `writing()` transaction. A cancel or a
+plan change holds `changing()` from reading the subscription to the credits its end gives, so two
+at once cannot both credit the same unused time.
 `subscriptions_sql.SqlSubscriptionStorage` is the adapter on SQLite and PostgreSQL.
 """
 
@@ -39,6 +41,12 @@ class SubscriptionStorage(Protocol):
     def reading(self) -> AbstractContextManager[SubscriptionTransaction]: ...
 
     def writing(self) -> AbstractContextManager[SubscriptionTransaction]: ...
+
+    def changing(self, subscription_id: str) -> AbstractContextManager[bool]:
+        """Hold the subscription's change lock for the block (True), or False when another change
+        of it (its end, and the credits that end gives) is in progress; never waits. Held across
+        several transactions, and across processes where several serve one database."""
+        ...
 
 
 __all__ = ["SubscriptionRow", "SubscriptionStorage", "SubscriptionTransaction"]

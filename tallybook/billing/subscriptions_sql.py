@@ -8,13 +8,14 @@ being moved with invoicing's SQL. This adapter only gives the subscription servi
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
 from tallybook.billing.subscriptions_ports import SubscriptionRow
 from tallybook.store import billing as billing_store
+from tallybook.store import locks
 
 if TYPE_CHECKING:
     from tallybook.store.base import SqlStore
@@ -58,6 +59,9 @@ class SqlSubscriptionStorage:
     def writing(self) -> Iterator[SqlSubscriptionTransaction]:
         with self.store.write() as conn:
             yield SqlSubscriptionTransaction(conn)
+
+    def changing(self, subscription_id: str) -> AbstractContextManager[bool]:
+        return locks.try_lock(self.store.engine, f"tallybook.subscription:{subscription_id}")
 
 
 __all__ = ["SqlSubscriptionStorage", "SqlSubscriptionTransaction"]

@@ -10,17 +10,17 @@ a conditional UPDATE under SQLite's write lock and released when the job finishe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, delete, func, or_, select, text, tuple_, update
+from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tallybook.jobs.model import ItemFailure, JobFailureRow, JobRunRow
+from tallybook.store import locks
 from tallybook.store.base import SqlStore
 from tallybook.store.schema import metadata
 
@@ -75,7 +75,7 @@ def _failure_filter(job: str | None, item_kind: str | None) -> list[Any]:
 
 def advisory_key(name: str) -> int:
     """A signed 64-bit key for pg_advisory_lock, from the job name."""
-    return int.from_bytes(hashlib.sha256(f"tallybook.job:{name}".encode()).digest()[:8], "big", signed=True)
+    return locks.advisory_key(f"tallybook.job:{name}")
 
 
 def _insert_ignore(dialect: str, table: Table) -> Any:
@@ -101,7 +101,7 @@ class JobStore:
     def exclusive(self, name: str, now_us: int, lease_us: int) -> Iterator[bool]:
         """Yield True if this process now holds the job's lock (and hold it until the block ends)."""
         if self._dialect == "postgresql":
-            with self._advisory(name) as held:
+            with locks.try_advisory_lock(self.store.engine, f"tallybook.job:{name}") as held:
                 yield held
             return
         token = secrets.token_hex(8)
@@ -127,27 +127,6 @@ class JobStore:
                     .where(job_runs.c.name == name, job_runs.c.locked_by == token)
                     .values(locked_by=None, locked_until_us=None)
                 )
-
-    @contextmanager
-    def _advisory(self, name: str) -> Iterator[bool]:
-        key = advisory_key(name)
-        conn = self.store.engine.connect()
-        try:
-            held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
-            conn.commit()
-            try:
-                yield held
-            finally:
-                if held:
-                    try:
-                        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                        conn.commit()
-                    except Exception:
-                        # Closing the session releases it anyway; never reuse a connection in doubt.
-                        log.warning("could not release job lock; dropping the connection", extra={"job": name})
-                        conn.invalidate()
-        finally:
-            conn.close()
 
     def is_due(self, name: str, now_us: int) -> bool:
         with self.store.read() as conn:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from tallybook.billing.currency import round_money
 from tallybook.billing.models import RoundingMode
+from tallybook.billing.subscriptions import SubscriptionConflict
 from tallybook.clock import FixedClock, to_micros
 from tallybook.exact import CONTEXT
 from tallybook.runtime import Runtime
@@ -191,6 +192,45 @@ def test_a_change_after_a_dated_cancel_credits_only_the_difference(rt: Runtime, 
     assert (second["lines"][0]["charged"], second["lines"][0]["used"]) == ("49.00", "15.81")
     used = Decimal(usd(Decimal(49) * 10 / 31))
     assert Decimal("49.00") - Decimal(first["totals"]["total"]) - Decimal(second["totals"]["total"]) == used
+
+
+def test_a_second_change_during_the_first_is_refused_and_the_unused_time_is_credited_once(
+    rt: Runtime, api: httpx.Client, clock, monkeypatch
+) -> None:
+    """Two changes of one subscription at once. The second arrives when the first has read what
+    was charged and not yet issued its credit: had it gone through, both would credit the same
+    unused time (33.19 + 17.39 against a 49.00 fee). It is refused with 409 and changes nothing; the
+    unused time comes back once, and the next change, after the first, credits only what is owed."""
+    create_plan(api)
+    create_customer(api)
+    sub = subscribe(api, "acme", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    run_billing(rt)
+    (opening,) = invoices(api, "opening")
+    approve(api, opening)
+    clock.set(utc(2026, 1, 11))
+    refused: list[SubscriptionConflict] = []
+    tried: list[bool] = []
+    issue = rt.credit_notes.issue
+
+    def second_change_before_the_credit_is_issued(request: Any) -> Any:
+        if not tried:
+            tried.append(True)
+            try:
+                rt.subscriptions.cancel(sub["id"], "immediate")
+            except SubscriptionConflict as exc:
+                refused.append(exc)
+        return issue(request)
+
+    monkeypatch.setattr(rt.credit_notes, "issue", second_change_before_the_credit_is_issued)
+    ok(api.post(f"/api/v1/subscriptions/{sub['id']}/cancel", json={"timing": "2026-01-21T00:00:00Z"}))
+    (conflict,) = refused
+    assert conflict.status == 409 and "being changed by another request" in conflict.detail
+    assert ok(api.get(f"/api/v1/subscriptions/{sub['id']}"))["activeTo"] == "2026-01-21T00:00:00Z"
+    (note,) = credit_notes(api)
+    assert note["totals"]["total"] == usd(49 - Decimal(49) * 20 / 31) == "17.39"
+    monkeypatch.undo()
+    ok(api.post(f"/api/v1/subscriptions/{sub['id']}/cancel"))
+    assert sorted(n["totals"]["total"] for n in credit_notes(api)) == ["15.80", "17.39"]
 
 
 def test_voiding_an_invoice_voids_its_credit_notes(rt: Runtime, api: httpx.Client, clock) -> None:
