@@ -44,11 +44,12 @@ from tallybook.clock import FixedClock, to_micros
 from tallybook.ingest.events import Event
 from tallybook.meters.materializer import Projector
 from tallybook.meters.models import Aggregation, MeterSpec, UsageQuery
+from tallybook.meters.ports import StoredEvent
 from tallybook.meters.service import MeterService
+from tallybook.meters.tables import to_store_value
 from tallybook.meters.windows import WindowSize
 from tallybook.store import open_store
 from tallybook.store.base import SqlStore
-from tallybook.store.meters import StoredEvent, to_store_value
 
 PG_ADMIN_URL = os.environ.get("TALLYBOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"

@@ -576,7 +576,8 @@ def test_sums_beyond_64_bits_stay_exact(mrt):
     is below 10^12 (tallybook/ingest/limits.py), so only ~10^7 events add up that far: the
     projection rows are written directly here instead of through ingest."""
     from tallybook.clock import to_micros
-    from tallybook.store.meters import UsageRecord, insert_usage
+    from tallybook.meters.materializer_sql import insert_usage
+    from tallybook.meters.ports import UsageRecord
 
     created = meter(mrt, "big", "SUM")
     big = 2**62 - 1  # each fits SQLite's integers; their sum does not

@@ -14,7 +14,7 @@ deleted in the background. See docs/meters.md, "Rebuilds".
 Work is done in chunks, each in its own transaction together with the cursor move, so a crash
 loses nothing and never double counts. On PostgreSQL an advisory lock makes materializers in
 several server processes take turns, and the cursor only advances to a "settled" seq (see
-`tallybook.store.meters.settled_horizon`), so an event whose transaction commits late is not
+`tallybook.meters.materializer_sql.settled_horizon`), so an event whose transaction commits late is not
 skipped.
 """
 
@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+from tallybook.meters import materializer_sql
+from tallybook.meters import sql as meter_sql
 from tallybook.meters.extract import (
     as_decimal,
     as_text,
@@ -36,9 +38,8 @@ from tallybook.meters.extract import (
     show_number,
 )
 from tallybook.meters.models import Aggregation, Meter
-from tallybook.store import meters as meter_store
+from tallybook.meters.ports import EVENT_PAGE, StoredEvent, UnreadableData, UsageRecord
 from tallybook.store.base import SqlStore
-from tallybook.store.meters import EVENT_PAGE, StoredEvent, UnreadableData, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,8 @@ class Materializer:
     # -- work -------------------------------------------------------------------------------------------
     def pending(self) -> bool:
         with self.store.read() as conn:
-            visible = meter_store.visible_max_seq(conn)
-            cursors = meter_store.cursors(conn)
+            visible = meter_sql.visible_max_seq(conn)
+            cursors = meter_sql.cursors(conn)
         return bool(cursors) and min(cursors.values()) < visible
 
     def catch_up(self) -> int:
@@ -259,7 +260,7 @@ class Materializer:
         if not self.pending():
             return 0
         with self.store.read() as conn:
-            target = meter_store.visible_max_seq(conn)  # every event committed before this call
+            target = meter_sql.visible_max_seq(conn)  # every event committed before this call
         while True:
             if self._lock.acquire(blocking=False):
                 try:
@@ -273,12 +274,12 @@ class Materializer:
 
     def _reached(self, target: int) -> bool:
         with self.store.read() as conn:
-            cursors = meter_store.cursors(conn)
+            cursors = meter_sql.cursors(conn)
         return not cursors or min(cursors.values()) >= target
 
     def _catch_up_locked(self) -> int:
         with self.store.read() as conn:
-            horizon = meter_store.settled_horizon(conn)
+            horizon = materializer_sql.settled_horizon(conn)
         total = 0
         while True:
             done, read = self._chunk(horizon)
@@ -299,11 +300,11 @@ class Materializer:
         """(events read, whether a build was swapped in) by one build chunk."""
         with self.store.read() as conn:
             # Most passes find no build: they must not take PostgreSQL's SHARE lock on events for it.
-            if not meter_store.cursors(conn, "building"):
+            if not meter_sql.cursors(conn, "building"):
                 return 0, False
         with self._lock:
             with self.store.read() as conn:
-                horizon = meter_store.settled_horizon(conn)
+                horizon = materializer_sql.settled_horizon(conn)
             done, read = self._advance(horizon, "building", only)
         with self._progress:
             self._progress.notify_all()
@@ -317,25 +318,25 @@ class Materializer:
     def purge_step(self, rows: int | None = None) -> int:
         """Delete one batch of a retired projection's rows; the rows deleted (0: none left)."""
         with self.store.read() as conn:
-            if not meter_store.has_retired(conn):  # the common case, without a write transaction
+            if not meter_sql.has_retired(conn):  # the common case, without a write transaction
                 return 0
         with self.store.write() as conn:
-            meter_store.lock_materializer(conn)
-            return meter_store.purge_retired(conn, rows or self.chunk_events)
+            materializer_sql.lock_materializer(conn)
+            return meter_sql.purge_retired(conn, rows or self.chunk_events)
 
     def _chunk(self, horizon: int) -> tuple[bool, int]:
         return self._advance(horizon, "ready", None)
 
     def _advance(self, horizon: int, state: str, only: Sequence[int] | None) -> tuple[bool, int]:
         with self.store.write() as conn:
-            meter_store.lock_materializer(conn)
+            materializer_sql.lock_materializer(conn)
             meters = {m.key: m for m in self.load_projections(conn, state)}
-            cursors = meter_store.cursors(conn, state)
+            cursors = meter_sql.cursors(conn, state)
             lagging = {key: seq for key, seq in cursors.items() if key in meters and (only is None or key in only)}
             if state == "building":
                 caught_up = [key for key, seq in lagging.items() if seq >= horizon]
                 if caught_up:
-                    meter_store.swap_in(conn, caught_up, self.now_us())
+                    meter_sql.swap_in(conn, caught_up, self.now_us())
                     return False, 0
             lagging = {key: seq for key, seq in lagging.items() if seq < horizon}
             if not lagging:
@@ -349,7 +350,7 @@ class Materializer:
                 projectors.setdefault(meter.event_type, []).append(Projector(meter))
             read = 0
             records: list[UsageRecord] = []
-            pages = meter_store.events_after(conn, low, stop, projectors, page=min(EVENT_PAGE, self.chunk_events))
+            pages = materializer_sql.events_after(conn, low, stop, projectors, page=min(EVENT_PAGE, self.chunk_events))
             for page in pages:
                 for event in page:
                     for projector in projectors[event.type]:
@@ -360,8 +361,8 @@ class Materializer:
                 if read >= self.chunk_events and page[-1].seq < stop:
                     stop = page[-1].seq
                     break
-            meter_store.insert_usage(conn, records)
-            meter_store.set_cursor(conn, [m.key for m in group], stop)
+            materializer_sql.insert_usage(conn, records)
+            materializer_sql.set_cursor(conn, [m.key for m in group], stop)
         return False, read
 
 

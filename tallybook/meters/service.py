@@ -29,6 +29,9 @@ from sqlalchemy import Connection, func, select
 from tallybook.clock import Clock, SystemClock, from_micros, to_micros
 from tallybook.exact import total as exact_total
 from tallybook.ids import new_ulid
+from tallybook.meters import materializer_sql, usage_sql
+from tallybook.meters import sql as meter_sql
+from tallybook.meters import tables as meter_tables
 from tallybook.meters.config import MeterSettings
 from tallybook.meters.extract import InvalidPath, compile_path
 from tallybook.meters.materializer import Materializer
@@ -51,6 +54,8 @@ from tallybook.meters.models import (
     UsageResult,
     UsageRow,
 )
+from tallybook.meters.ports import AggregateRow, AggregateSpec
+from tallybook.meters.tables import meter_usage
 from tallybook.meters.windows import (
     PERIODS,
     TYPICAL_LENGTH,
@@ -65,9 +70,7 @@ from tallybook.meters.windows import (
     windows_between,
     zone,
 )
-from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
-from tallybook.store.meters import AggregateRow, AggregateSpec, meter_usage
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,7 @@ class MeterService:
         deadline = time.monotonic() + budget_seconds
         read = self.materializer.run_builds(lambda: time.monotonic() >= deadline)
         with self.store.read() as conn:
-            building = len(meter_store.projection_rows(conn, ("building",)))
+            building = len(meter_sql.projection_rows(conn, ("building",)))
         return {"eventsRead": read, "building": building}
 
     # -- definitions ------------------------------------------------------------------------------------
@@ -133,14 +136,14 @@ class MeterService:
     def _with_status(self, conn: Connection, meters: Sequence[Meter]) -> builtins.list[Meter]:
         """The meters with their invalid-event counts (from the projection queries read) and
         projection status."""
-        rows = meter_store.projection_rows(conn, ("building", "ready"))
-        visible = meter_store.visible_max_seq(conn)
+        rows = meter_sql.projection_rows(conn, ("building", "ready"))
+        visible = meter_sql.visible_max_seq(conn)
         now_us = to_micros(self.clock.now())
         by_meter: dict[int, builtins.list[dict[str, Any]]] = {}
         for row in rows:
             by_meter.setdefault(int(row["meter_key"]), []).append(row)
         served = {m.key: _ready_key(by_meter.get(m.key, [])) for m in meters if m.deleted_at is None}
-        counts = meter_store.invalid_counts(conn, [k for k in served.values() if k is not None])
+        counts = meter_sql.invalid_counts(conn, [k for k in served.values() if k is not None])
         out = []
         for m in meters:
             if m.deleted_at is not None:
@@ -164,7 +167,7 @@ class MeterService:
         if order_by not in METER_ORDERS:
             raise InvalidQuery(f"orderBy must be one of {', '.join(METER_ORDERS)}, got {order_by!r}")
         with self.store.read() as conn:
-            rows = meter_store.all_meter_rows(conn) if include_deleted else meter_store.live_meter_rows(conn)
+            rows = meter_sql.all_meter_rows(conn) if include_deleted else meter_sql.live_meter_rows(conn)
             found = self._with_status(conn, [_meter_from_row(row) for row in rows])
         field = {
             "key": lambda m: m.slug,
@@ -195,10 +198,10 @@ class MeterService:
         """The meter as queries read it: its ready projection's key and definition. A meter whose
         first build is still running has none: `MeterRebuilding`."""
         meter = self._find(conn, id_or_slug)
-        rows = meter_store.projection_rows(conn, ("building", "ready"), meter.key)
+        rows = meter_sql.projection_rows(conn, ("building", "ready"), meter.key)
         ready = [r for r in rows if r["state"] == "ready"]
         if not ready:
-            status = _status(rows, meter_store.visible_max_seq(conn), to_micros(self.clock.now()))
+            status = _status(rows, meter_sql.visible_max_seq(conn), to_micros(self.clock.now()))
             raise _rebuilding(
                 f"meter {meter.slug!r} is being built from the stored events ({status.percent}% done); "
                 "its usage can be queried once the build is done",
@@ -211,8 +214,8 @@ class MeterService:
         current = self._find(conn, served.id)
         for key in keys:
             if key in current.group_by and key not in served.group_by:
-                rows = meter_store.projection_rows(conn, ("building",), current.key)
-                status = _status(rows, meter_store.visible_max_seq(conn), to_micros(self.clock.now()))
+                rows = meter_sql.projection_rows(conn, ("building",), current.key)
+                status = _status(rows, meter_sql.visible_max_seq(conn), to_micros(self.clock.now()))
                 raise _rebuilding(
                     f"groupBy key {key!r} is new in meter {served.slug!r}'s changed definition, which is being "
                     f"rebuilt ({status.percent}% done); until it is done queries answer from the previous "
@@ -221,7 +224,7 @@ class MeterService:
                 )
 
     def _find(self, conn: Connection, id_or_slug: str) -> Meter:
-        row = meter_store.meter_row(conn, id_or_slug)
+        row = meter_sql.meter_row(conn, id_or_slug)
         if row is None:
             raise MeterNotFound(f"no meter has the id or slug {id_or_slug!r}")
         return _meter_from_row(row)
@@ -230,10 +233,10 @@ class MeterService:
         _validate_spec(spec)
         now_us = to_micros(self.clock.now())
         with self.store.write() as conn:
-            meter_store.lock_materializer(conn)
-            if meter_store.meter_row(conn, spec.slug) is not None:
+            materializer_sql.lock_materializer(conn)
+            if meter_sql.meter_row(conn, spec.slug) is not None:
                 raise MeterConflict(f"a meter with slug {spec.slug!r} already exists; pick another slug")
-            meter_store.insert_meter(
+            meter_sql.insert_meter(
                 conn,
                 {
                     "id": new_ulid(self.clock.now()),
@@ -244,8 +247,8 @@ class MeterService:
                     **_spec_columns(spec),
                 },
             )
-            key = int(meter_store.meter_row(conn, spec.slug)["key"])  # type: ignore[index]
-            build = meter_store.add_projection(conn, key, _spec_columns(spec), now_us)
+            key = int(meter_sql.meter_row(conn, spec.slug)["key"])  # type: ignore[index]
+            build = meter_sql.add_projection(conn, key, _spec_columns(spec), now_us)
         self._build_if_small(build)
         return self.get(spec.slug)
 
@@ -254,7 +257,7 @@ class MeterService:
         if usage_key is None:
             return
         with self.store.read() as conn:
-            left = meter_store.visible_max_seq(conn) - meter_store.cursors(conn, "building").get(usage_key, 0)
+            left = meter_sql.visible_max_seq(conn) - meter_sql.cursors(conn, "building").get(usage_key, 0)
         if left <= self.settings.rebuild_inline_events:
             self.materializer.finish_builds([usage_key])
 
@@ -262,8 +265,8 @@ class MeterService:
         """Replace a meter's definition (the slug stays). Rebuilds the projection when needed."""
         _validate_spec(spec)
         with self.store.write() as conn:
-            meter_store.lock_materializer(conn)
-            row = meter_store.meter_row(conn, id_or_slug)
+            materializer_sql.lock_materializer(conn)
+            row = meter_sql.meter_row(conn, id_or_slug)
             if row is None:
                 raise MeterNotFound(f"no meter has the id or slug {id_or_slug!r}")
             current = _meter_from_row(row)
@@ -284,7 +287,7 @@ class MeterService:
             build = None
             if changed:
                 now_us = to_micros(self.clock.now())
-                meter_store.update_meter(conn, current.key, {**wanted, "updated_us": now_us})
+                meter_sql.update_meter(conn, current.key, {**wanted, "updated_us": now_us})
                 if any(name in PROJECTION_FIELDS for name in changed):
                     build = self._rebuild(conn, current.key, wanted, now_us)
         self._build_if_small(build)
@@ -293,16 +296,16 @@ class MeterService:
     def _rebuild(self, conn: Connection, meter_key: int, wanted: dict[str, Any], now_us: int) -> int | None:
         """Start a build for the changed definition, unless the ready projection already has it (a
         change reverted while its build ran): then only the build stops."""
-        ready = [r for r in meter_store.projection_rows(conn, ("ready",), meter_key)]
-        if ready and all(_same_definition(ready[0], wanted, name) for name in meter_store.DEFINITION_COLUMNS):
-            meter_store.retire_building(conn, meter_key)
+        ready = [r for r in meter_sql.projection_rows(conn, ("ready",), meter_key)]
+        if ready and all(_same_definition(ready[0], wanted, name) for name in meter_tables.DEFINITION_COLUMNS):
+            meter_sql.retire_building(conn, meter_key)
             return None
-        return meter_store.add_projection(conn, meter_key, wanted, now_us)
+        return meter_sql.add_projection(conn, meter_key, wanted, now_us)
 
     def delete(self, id_or_slug: str, managed_by: str = "api") -> None:
         with self.store.write() as conn:
-            meter_store.lock_materializer(conn)
-            row = meter_store.meter_row(conn, id_or_slug)
+            materializer_sql.lock_materializer(conn)
+            row = meter_sql.meter_row(conn, id_or_slug)
             if row is None:
                 raise MeterNotFound(f"no meter has the id or slug {id_or_slug!r}")
             meter = _meter_from_row(row)
@@ -312,18 +315,18 @@ class MeterService:
                 raise MeterConflict(
                     f"meter {meter.slug!r} has been billed; it cannot be deleted while invoices refer to it"
                 )
-            meter_store.retire_projections(conn, meter.key)  # rows deleted in the background
-            meter_store.update_meter(conn, meter.key, {"deleted_us": to_micros(self.clock.now())})
+            meter_sql.retire_projections(conn, meter.key)  # rows deleted in the background
+            meter_sql.update_meter(conn, meter.key, {"deleted_us": to_micros(self.clock.now())})
 
     def lock(self, id_or_slug: str, at: datetime | None = None) -> Meter:
         """Mark a meter as billed (invoicing calls this). Its counting rules are frozen from now on."""
         when = to_micros(at or self.clock.now())
         with self.store.write() as conn:
-            row = meter_store.meter_row(conn, id_or_slug)
+            row = meter_sql.meter_row(conn, id_or_slug)
             if row is None:
                 raise MeterNotFound(f"no meter has the id or slug {id_or_slug!r}")
             if row["locked_us"] is None:
-                meter_store.update_meter(conn, row["key"], {"locked_us": when})
+                meter_sql.update_meter(conn, row["key"], {"locked_us": when})
         return self.get(id_or_slug)
 
     def sync_config(self, settings: MeterSettings | None = None) -> None:
@@ -354,7 +357,7 @@ class MeterService:
             return {}
         self.catch_up()
         with self.store.read() as conn:
-            found = meter_store.validation_errors(conn, keys)
+            found = usage_sql.validation_errors(conn, keys)
         return {key: "; ".join(f"meter {slug}: {error}" for slug, error in items) for key, items in found.items()}
 
     # -- queries -----------------------------------------------------------------------------------------
@@ -383,7 +386,7 @@ class MeterService:
             meter = self._served(conn, id_or_slug)
         self.catch_up()
         with self.store.read() as conn:
-            return meter_store.subjects_in(conn, [meter.key], _opt_micros(start), _opt_micros(end))
+            return usage_sql.subjects_in(conn, [meter.key], _opt_micros(start), _opt_micros(end))
 
     def group_by_values(
         self, id_or_slug: str, group_key: str, start: datetime | None = None, end: datetime | None = None
@@ -409,14 +412,14 @@ class MeterService:
             )
         self.catch_up()
         with self.store.read() as conn:
-            return meter_store.group_values_in(conn, meter.key, group_key, _opt_micros(start), _opt_micros(end))
+            return usage_sql.group_values_in(conn, meter.key, group_key, _opt_micros(start), _opt_micros(end))
 
     def subjects_with_events(self, start: datetime, end: datetime) -> builtins.list[str]:
         """Subjects with events of any metered type in [start, end)."""
         self.catch_up()
         with self.store.read() as conn:
             keys = [m.key for m in self._served_meters(conn)]
-            return meter_store.subjects_in(conn, keys, to_micros(start), to_micros(end))
+            return usage_sql.subjects_in(conn, keys, to_micros(start), to_micros(end))
 
     def period_usage(self, subject: str, start: datetime, end: datetime, as_of: datetime | None = None) -> PeriodUsage:
         """Every meter's value for one subject over [start, end), codehooks style (see PeriodUsage)."""
@@ -529,7 +532,7 @@ class MeterService:
                 by_subject=False,
                 by_customer=False,
             )
-            rows = meter_store.aggregate(conn, spec)
+            rows = usage_sql.aggregate(conn, spec)
         for row in rows:
             if 0 <= row.window < len(values):
                 if found.aggregation is Aggregation.COUNT:
@@ -540,7 +543,7 @@ class MeterService:
 
     # -- internals ---------------------------------------------------------------------------------------
     def _live_meters(self, conn: Connection) -> builtins.list[Meter]:
-        return [_meter_from_row(row) for row in meter_store.live_meter_rows(conn)]
+        return [_meter_from_row(row) for row in meter_sql.live_meter_rows(conn)]
 
     def _served_meters(self, conn: Connection) -> builtins.list[Meter]:
         """Live meters as queries read them (see `_served`); meters in their first build are left
@@ -553,7 +556,7 @@ class MeterService:
         meters = {m.key: m for m in self._live_meters(conn)}
         return [
             _serve(meters[int(row["meter_key"])], row)
-            for row in meter_store.projection_rows(conn, (state,))
+            for row in meter_sql.projection_rows(conn, (state,))
             if int(row["meter_key"]) in meters
         ]
 
@@ -605,7 +608,7 @@ class MeterService:
         customer_of: dict[str, str] = {}
         with self.store.read() as conn:
             if q.customer_ids:
-                customer_of, unknown = meter_store.customer_subject_map(conn, list(q.customer_ids))
+                customer_of, unknown = usage_sql.customer_subject_map(conn, list(q.customer_ids))
                 if unknown:
                     raise InvalidQuery(f"unknown customer(s) in filterCustomerId: {', '.join(unknown)}")
                 allowed_subjects = set(customer_of)
@@ -636,7 +639,7 @@ class MeterService:
                 through_seq=q.through_seq,
                 span=windows is None and (start is None or end is None),
             )
-            rows = meter_store.aggregate(conn, spec)
+            rows = usage_sql.aggregate(conn, spec)
         single_customer = None
         if len(set(customer_of.values())) == 1:
             single_customer = next(iter(customer_of.values()))
@@ -692,7 +695,7 @@ def _windows_with_events(
         and (hi - lo) / TYPICAL_LENGTH[size] > _LIST_FREELY
     )
     if lo is None or hi is None or wide:
-        extent = meter_store.time_extent(conn, meter_key, _opt_micros(start), _opt_micros(end))
+        extent = usage_sql.time_extent(conn, meter_key, _opt_micros(start), _opt_micros(end))
         if extent is None:
             return None
         first = window_start(size, from_micros(extent[0]), tz)
@@ -781,7 +784,7 @@ def _distinct_events(
         u.c.time_us >= to_micros(start),
         u.c.time_us < to_micros(end),
         u.c.error.is_(None),
-        meter_store.counts_as_of(_opt_micros(as_of)),
+        meter_tables.counts_as_of(_opt_micros(as_of)),
     ]
     if as_of is not None:
         conditions.append(u.c.ingested_us <= to_micros(as_of))
