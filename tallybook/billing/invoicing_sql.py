@@ -23,8 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tallybook.billing.invoicing_ports import InvoiceRecord, InvoiceSearch, StoredKey
-from tallybook.meters import materializer_sql
-from tallybook.meters import sql as meter_sql
+from tallybook.meters import definitions_sql, materializer_sql
 from tallybook.meters.tables import meter_usage
 from tallybook.meters.usage_sql import customer_subject_map
 from tallybook.store import billing as subscription_sql
@@ -238,7 +237,7 @@ def usage_changes(
 ) -> tuple[int, int]:
     """(events counted now but not at the cutoff, events counted at the cutoff but voided since) of
     a meter's usage by these subjects in [start, end) (verification: what changed since issuing)."""
-    meter = meter_sql.meter_row(conn, meter_slug)
+    meter = definitions_sql.meter_row(conn, meter_slug)
     if meter is None or meter["usage_key"] is None or not subjects:
         return 0, 0  # a meter in its first build has no rows queries could have counted
     u = meter_usage.c

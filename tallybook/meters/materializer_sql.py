@@ -9,16 +9,11 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import (
-    Connection,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Connection, select, text, update
 
 from tallybook import jsonutil
+from tallybook.meters.definitions_sql import projection_rows, visible_max_seq
 from tallybook.meters.ports import EVENT_PAGE, StoredEvent, UnreadableData, UsageRecord
-from tallybook.meters.sql import projection_rows, visible_max_seq
 from tallybook.meters.tables import meter_projections, meters, to_store_value
 
 # Serialises materializers across PostgreSQL server processes (any fixed 64-bit number).

@@ -19,22 +19,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
-    Index,
-    Integer,
-    Numeric,
-    Table,
-    Text,
-    or_,
-    text,
-)
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Numeric, Table, Text, or_, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import UserDefinedType
 
+from tallybook.meters.ports import DEFINITION_COLUMNS, GENERATION_SHIFT, usage_key_of
 from tallybook.store.schema import metadata
 
 SEQUENCE_TYPE = BigInteger().with_variant(Integer(), "sqlite")
@@ -111,15 +101,7 @@ meter_projections = Table(
 )
 Index("uq_meter_projections_generation", meter_projections.c.meter_key, meter_projections.c.generation, unique=True)
 
-# usage_key = meter key + generation * 2**32: generation 0 keeps the meter's own key (the rows
-# stored before 0019 stay where they are) and no two projections of any meters share a key.
-GENERATION_SHIFT = 32
 PROJECTION_STATES = ("building", "ready", "retired")
-DEFINITION_COLUMNS = ("event_type", "aggregation", "value_property", "group_by", "event_from_us")
-
-
-def usage_key_of(meter_key: int, generation: int) -> int:
-    return meter_key + (generation << GENERATION_SHIFT)
 
 
 meter_usage = Table(
@@ -192,3 +174,17 @@ def from_store_value(value: Any) -> Decimal | None:
     if isinstance(value, float):  # never written; guard against foreign rows
         return Decimal(repr(value))
     return Decimal(value)
+
+
+__all__ = [
+    "DEFINITION_COLUMNS",
+    "GENERATION_SHIFT",
+    "PROJECTION_STATES",
+    "counts_as_of",
+    "from_store_value",
+    "meter_projections",
+    "meter_usage",
+    "meters",
+    "to_store_value",
+    "usage_key_of",
+]

@@ -393,3 +393,24 @@ def validation_errors(
         for source, event_id, slug, error in rows:
             found.setdefault((source, event_id), []).append((slug, error))
     return found
+
+
+def distinct_events(
+    conn: Connection, meter_keys: Sequence[int], subject: str, start_us: int, end_us: int, as_of_us: int | None
+) -> int:
+    """How many distinct events these projections count for one subject in [start, end) as of
+    `as_of_us` (None: now): an event several meters read counts once."""
+    if not meter_keys:
+        return 0
+    u = meter_usage
+    conditions = [
+        u.c.meter_key.in_(list(meter_keys)),
+        u.c.subject == subject,
+        u.c.time_us >= start_us,
+        u.c.time_us < end_us,
+        u.c.error.is_(None),
+        counts_as_of(as_of_us),
+    ]
+    if as_of_us is not None:
+        conditions.append(u.c.ingested_us <= as_of_us)
+    return int(conn.execute(select(func.count(func.distinct(u.c.event_seq))).where(*conditions)).scalar_one())
