@@ -44,11 +44,13 @@ from tallybook.clock import FixedClock, to_micros
 from tallybook.ingest.events import Event
 from tallybook.meters.materializer import Projector
 from tallybook.meters.models import Aggregation, MeterSpec, UsageQuery
+from tallybook.meters.ports import StoredEvent
 from tallybook.meters.service import MeterService
+from tallybook.meters.sql import SqlMeterStorage
+from tallybook.meters.tables import to_store_value
 from tallybook.meters.windows import WindowSize
 from tallybook.store import open_store
 from tallybook.store.base import SqlStore
-from tallybook.store.meters import StoredEvent, to_store_value
 
 PG_ADMIN_URL = os.environ.get("TALLYBOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
@@ -157,7 +159,7 @@ TIME_INDEX = "CREATE INDEX ix_meter_usage_time ON meter_usage (meter_key, time_u
 def _prepare(url: str) -> tuple[SqlStore, MeterService, list[Projector]]:
     store = open_store(url)
     store.migrate()
-    service = MeterService(store, FixedClock(YEAR_END))
+    service = MeterService(SqlMeterStorage(store), FixedClock(YEAR_END))
     meters = [service.create(spec) for spec in meter_specs()]
     return store, service, [Projector(m) for m in meters]
 
@@ -325,7 +327,7 @@ def timed(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
 
 def measure(url: str, runs: int) -> list[tuple[str, float, float, int]]:
     store = open_store(url)
-    service = MeterService(store, FixedClock(YEAR_END))
+    service = MeterService(SqlMeterStorage(store), FixedClock(YEAR_END))
     raw = raw_queries(store.dialect_name)
     out = []
     for name, q in service_queries().items():
@@ -348,7 +350,7 @@ def materializer_rate(url: str, n: int = 60_000) -> float:
     """Events per second the real materializer projects (three meters, one event type each)."""
     store = open_store(url)
     store.migrate()
-    service = MeterService(store, FixedClock(YEAR_END))
+    service = MeterService(SqlMeterStorage(store), FixedClock(YEAR_END))
     for spec in meter_specs():
         service.create(spec)
     gen = Generator(n)

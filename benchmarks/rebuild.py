@@ -35,6 +35,7 @@ from benchmarks.query import EVENT_COLUMNS, YEAR_END, Generator, _chunks, _event
 from tallybook.clock import FixedClock
 from tallybook.meters.models import Aggregation, MeterRebuilding, MeterSpec, UsageQuery
 from tallybook.meters.service import MeterService
+from tallybook.meters.sql import SqlMeterStorage
 from tallybook.store import open_store
 
 TOKENS = MeterSpec("tokens", "prompt", Aggregation.SUM, value_property="$.tokens", group_by={"model": "$.model"})
@@ -56,7 +57,7 @@ def main() -> None:
         path = Path(tmp) / "rebuild.db"
         store = open_store(f"sqlite:///{path}")
         store.migrate()
-        service = MeterService(store, FixedClock(YEAR_END))
+        service = MeterService(SqlMeterStorage(store), FixedClock(YEAR_END))
         service.create(TOKENS)  # on no events: ready at once
         store.close()
         gen = Generator(n)
@@ -69,7 +70,7 @@ def main() -> None:
             db.execute("COMMIT")
         db.close()
         store = open_store(f"sqlite:///{path}")
-        service = MeterService(store, FixedClock(YEAR_END))
+        service = MeterService(SqlMeterStorage(store), FixedClock(YEAR_END))
         _, initial = _timed(service.catch_up)
         print(f"{n:,} events; initial projection of `tokens` in {initial:.1f} s; load {os.getloadavg()[0]:.1f}")
 

@@ -35,6 +35,7 @@ from tallybook.jobs.aggregation_sql import SqlAggregationStorage
 from tallybook.jobs.reports import MeterReportJob, meter_usage_query
 from tallybook.jobs.scheduler import Job, JobScheduler
 from tallybook.meters.service import REBUILD_INTERVAL, REBUILD_JOB, MeterService
+from tallybook.meters.sql import SqlMeterStorage
 from tallybook.meters.windows import period_bounds
 from tallybook.observability.metrics import Metrics
 from tallybook.portal.service import PortalService
@@ -107,7 +108,7 @@ class Runtime:
         for key in settings.auth.bootstrap_keys:
             if runtime.keys.ensure(key.name, key.scope, key.key):
                 log.info("registered API key from config", extra={"key_name": key.name, "scope": key.scope})
-        runtime.meters = MeterService(store, clock, settings.meters)
+        runtime.meters = MeterService(SqlMeterStorage(store), clock, settings.meters)
         if sync_meters:
             runtime.meters.sync_config()
         runtime.voids = VoidService(SqlVoidStorage(store), clock)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterRebuilding, MeterSpec, UsageQuery
-from tallybook.store.meters import meter_usage, usage_key_of
+from tallybook.meters.tables import meter_usage, usage_key_of
 from tallybook.voids.model import Actor, EventKey, VoidRequest
 from tests.conftest import auth
 

@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from tallybook.config import DatabaseSettings, Settings
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterSpec, UsageQuery
+from tallybook.meters.tables import meter_projections, meter_usage
 from tallybook.runtime import Runtime
-from tallybook.store.meters import meter_projections, meter_usage
 from tallybook.store.schema import events
 from tests.conftest import empty_all_tables
 from tests.serverproc import write_config

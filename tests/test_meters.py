@@ -15,8 +15,8 @@ import pytest
 
 from tallybook.config import DatabaseSettings, Settings, load_settings
 from tallybook.meters.config import MeterSettings
+from tallybook.meters.definitions import spec_of
 from tallybook.meters.models import Aggregation, MeterConflict, UsageQuery
-from tallybook.meters.service import _spec_of
 from tallybook.runtime import Runtime
 from tests.conftest import empty_all_tables
 from tests.test_meters_helpers import (  # noqa: F401  (fixtures)
@@ -110,9 +110,9 @@ def test_meters_count_past_events_and_changes_reaggregate_history(mrt):
     meter(mrt, "tokens_total", "SUM")
     assert total(mrt, "tokens_total") == Decimal(12)
     current = mrt.meters.get("tokens_total")
-    mrt.meters.update("tokens_total", replace(_spec_of(current), value_property="$.chars"))
+    mrt.meters.update("tokens_total", replace(spec_of(current), value_property="$.chars"))
     assert total(mrt, "tokens_total") == Decimal(150)
-    mrt.meters.update("tokens_total", replace(_spec_of(current), aggregation=Aggregation.MAX))
+    mrt.meters.update("tokens_total", replace(spec_of(current), aggregation=Aggregation.MAX))
     assert total(mrt, "tokens_total") == Decimal(7)
 
 
@@ -220,7 +220,7 @@ meters:
         assert meters["storage_gb"].aggregation is Aggregation.LATEST
         assert all(m.managed_by == "config" for m in meters.values())
         with pytest.raises(MeterConflict, match=r"tallybook\.yaml"):
-            rt.meters.update("logins", _spec_of(meters["logins"]))
+            rt.meters.update("logins", spec_of(meters["logins"]))
         # Dropping a definition from the file removes the meter at the next start.
         rt.meters.sync_config(MeterSettings(definitions=[]))
         assert [m.slug for m in rt.meters.list()] == []

@@ -16,6 +16,7 @@ import pytest
 
 from tallybook.meters.models import InvalidQuery, UsageQuery
 from tallybook.meters.service import MeterService
+from tallybook.meters.sql import SqlMeterStorage
 from tallybook.meters.windows import WindowSize
 from tallybook.store import open_store
 from tests.test_meters_helpers import (  # noqa: F401  (fixtures)
@@ -477,7 +478,7 @@ def test_concurrent_materializers_do_not_double_count(mrt, database_url):
     meter(mrt, "tokens", "SUM")
     ingest(mrt, *[event(data={"tokens": 1}) for _ in range(3000)])
     stores = [open_store(database_url) for _ in range(3)]
-    services = [MeterService(store, mrt.clock) for store in stores]
+    services = [MeterService(SqlMeterStorage(store), mrt.clock) for store in stores]
     errors: list[BaseException] = []
 
     def run(service: MeterService) -> None:
@@ -576,7 +577,8 @@ def test_sums_beyond_64_bits_stay_exact(mrt):
     is below 10^12 (tallybook/ingest/limits.py), so only ~10^7 events add up that far: the
     projection rows are written directly here instead of through ingest."""
     from tallybook.clock import to_micros
-    from tallybook.store.meters import UsageRecord, insert_usage
+    from tallybook.meters.materializer_sql import insert_usage
+    from tallybook.meters.ports import UsageRecord
 
     created = meter(mrt, "big", "SUM")
     big = 2**62 - 1  # each fits SQLite's integers; their sum does not

@@ -8,9 +8,9 @@ from sqlalchemy import text, update
 from typer.testing import CliRunner
 
 from tallybook.cli.main import app
+from tallybook.meters.tables import meters
 from tallybook.ops.sql_verify import head_revisions, verify
 from tallybook.store.billing import invoice_lines, invoices
-from tallybook.store.meters import meters
 from tests.ops_helpers import insert_invoice, seed
 from tests.test_meters_helpers import mclock, mrt, utc  # noqa: F401  (fixtures)
 

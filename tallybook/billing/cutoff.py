@@ -8,7 +8,7 @@ missed the same way.
 
 So the cutoff is taken in a short write transaction that waits for both:
 
-- `seq`: the settled horizon (tallybook/store/meters.py), the highest seq below which every insert
+- `seq`: the settled horizon (tallybook/meters/materializer_sql.py), the highest seq below which every insert
   has committed; the same watermark the materializer and the period-close corrections follow;
 - `at`: the clock, read while holding the materializer lock that every void takes before it reads
   its own stamp (tallybook/voids/service.py), so a void committed before has a stamp at or before

@@ -23,8 +23,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tallybook.billing.invoicing_ports import InvoiceRecord, InvoiceSearch, StoredKey
+from tallybook.meters import definitions_sql, materializer_sql
+from tallybook.meters.tables import meter_usage
+from tallybook.meters.usage_sql import customer_subject_map
 from tallybook.store import billing as subscription_sql
-from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
 from tallybook.store.billing import LINE_COLUMNS, PAGE, invoice_lines, invoice_number_series, invoices
 from tallybook.store.schema import events
@@ -235,10 +237,10 @@ def usage_changes(
 ) -> tuple[int, int]:
     """(events counted now but not at the cutoff, events counted at the cutoff but voided since) of
     a meter's usage by these subjects in [start, end) (verification: what changed since issuing)."""
-    meter = meter_store.meter_row(conn, meter_slug)
+    meter = definitions_sql.meter_row(conn, meter_slug)
     if meter is None or meter["usage_key"] is None or not subjects:
         return 0, 0  # a meter in its first build has no rows queries could have counted
-    u = meter_store.meter_usage.c
+    u = meter_usage.c
     base = [
         u.meter_key == meter["usage_key"],
         u.subject.in_(list(subjects)),
@@ -303,7 +305,7 @@ class SqlInvoiceTransaction:
         return latest_ingest_us(self.conn)
 
     def customer_subjects(self, customer_id: str) -> list[str]:
-        return list(meter_store.customer_subject_map(self.conn, [customer_id])[0])
+        return list(customer_subject_map(self.conn, [customer_id])[0])
 
     def usage_changes(
         self, meter: str, subjects: Sequence[str], start_us: int, end_us: int, as_of_us: int, as_of_seq: int | None
@@ -344,10 +346,10 @@ class SqlInvoiceTransaction:
             hook(self.conn, invoice_id, now)
 
     def lock_materializer(self) -> None:
-        meter_store.lock_materializer(self.conn)
+        materializer_sql.lock_materializer(self.conn)
 
     def settled_horizon(self) -> int:
-        return meter_store.settled_horizon(self.conn)
+        return materializer_sql.settled_horizon(self.conn)
 
 
 class SqlInvoiceStorage:

@@ -20,8 +20,8 @@ from tallybook.customers.sql import customer_subjects, customers
 from tallybook.eventlist.model import EventListQuery, ListedEvent
 from tallybook.filters.sql import string_condition, time_condition
 from tallybook.ingest.events import Event
+from tallybook.meters.tables import meter_usage, meters
 from tallybook.store.base import SqlStore
-from tallybook.store.meters import meter_usage, meters
 from tallybook.store.schema import events
 
 _LOOKUP_PAGE = 500

@@ -49,7 +49,7 @@ MeteredFields = dict[str, list[MeteredField]]  # by event type
 
 def metered_fields(definitions: Iterable[tuple[str, str, str, str | None, Any]]) -> MeteredFields:
     """What each event type's live meters read, from their definitions: (slug, event type,
-    aggregation, valueProperty, groupBy) rows as `store.meters.live_meter_reads` returns them."""
+    aggregation, valueProperty, groupBy) rows as `meters.materializer_sql.live_meter_reads` returns them."""
     fields: MeteredFields = {}
     for slug, event_type, aggregation, value_property, group_by in definitions:
         found = fields.setdefault(event_type, [])

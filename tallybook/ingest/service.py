@@ -24,8 +24,8 @@ from typing import Any
 from tallybook.clock import Clock, SystemClock, to_micros
 from tallybook.ingest.events import Event, FieldError, InvalidEvents
 from tallybook.ingest.metered import check_metered, metered_fields
+from tallybook.meters import materializer_sql
 from tallybook.observability.metrics import Metrics
-from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class IngestService:
         self, conn: Any, group: list[_Request], ingested_us: int, refused: dict[int, InvalidEvents]
     ) -> tuple[list[IngestResult | None], dict[int, InvalidEvents]]:
         """`_write` inside the transaction on `conn` (the counting too: it is short)."""
-        fields = metered_fields(meter_store.live_meter_reads(conn))
+        fields = metered_fields(materializer_sql.live_meter_reads(conn))
         if fields:
             for request in group:
                 errors = check_metered(request.events, fields, request.indexed)

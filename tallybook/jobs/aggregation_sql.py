@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 # The module, not its names: the store package imports both table modules while one may be half loaded.
 from tallybook.jobs import sql as job_tables
 from tallybook.jobs.model import SentFigures
-from tallybook.store import meters as meter_store
+from tallybook.meters import materializer_sql
 from tallybook.store.base import SqlStore
 from tallybook.store.schema import events, metadata
 from tallybook.voids.sql import voided_subjects
@@ -68,7 +68,7 @@ class SqlAggregationTransaction:
         self.jobs.set_cursor(self.conn, name, value_us)
 
     def settled_horizon(self) -> int:
-        return meter_store.settled_horizon(self.conn)
+        return materializer_sql.settled_horizon(self.conn)
 
     def sent_figures(self, subject: str, period: str, period_start_us: int) -> list[SentFigures]:
         s = aggregation_sent

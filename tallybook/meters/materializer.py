@@ -14,7 +14,7 @@ deleted in the background. See docs/meters.md, "Rebuilds".
 Work is done in chunks, each in its own transaction together with the cursor move, so a crash
 loses nothing and never double counts. On PostgreSQL an advisory lock makes materializers in
 several server processes take turns, and the cursor only advances to a "settled" seq (see
-`tallybook.store.meters.settled_horizon`), so an event whose transaction commits late is not
+`ports.ProjectionWriter.settled_horizon`), so an event whose transaction commits late is not
 skipped.
 """
 
@@ -36,9 +36,7 @@ from tallybook.meters.extract import (
     show_number,
 )
 from tallybook.meters.models import Aggregation, Meter
-from tallybook.store import meters as meter_store
-from tallybook.store.base import SqlStore
-from tallybook.store.meters import EVENT_PAGE, StoredEvent, UnreadableData, UsageRecord
+from tallybook.meters.ports import EVENT_PAGE, MeterStorage, MeterTransaction, StoredEvent, UnreadableData, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +164,7 @@ def _show(value: Any) -> str:
 class Materializer:
     """Projects events into every meter's projections.
 
-    `load_projections(conn, state)` gives the live meters' projections in `state` ("ready": those
+    `load_projections(tx, state)` gives the live meters' projections in `state` ("ready": those
     queries read; "building": new or changed definitions), each as a `Meter` whose `key` is the
     projection's usage key and whose definition is the one it is built with.
 
@@ -177,13 +175,13 @@ class Materializer:
 
     def __init__(
         self,
-        store: SqlStore,
-        load_projections: Callable[[Any, str], Sequence[Meter]],
+        storage: MeterStorage,
+        load_projections: Callable[[MeterTransaction, str], Sequence[Meter]],
         interval: float = 1.0,
         chunk_events: int = CHUNK_EVENTS,
         now_us: Callable[[], int] | None = None,
     ) -> None:
-        self.store = store
+        self.storage = storage
         self.load_projections = load_projections
         self.interval = interval
         self.chunk_events = chunk_events
@@ -242,9 +240,9 @@ class Materializer:
 
     # -- work -------------------------------------------------------------------------------------------
     def pending(self) -> bool:
-        with self.store.read() as conn:
-            visible = meter_store.visible_max_seq(conn)
-            cursors = meter_store.cursors(conn)
+        with self.storage.reading() as tx:
+            visible = tx.visible_max_seq()
+            cursors = tx.cursors()
         return bool(cursors) and min(cursors.values()) < visible
 
     def catch_up(self) -> int:
@@ -258,8 +256,8 @@ class Materializer:
         """
         if not self.pending():
             return 0
-        with self.store.read() as conn:
-            target = meter_store.visible_max_seq(conn)  # every event committed before this call
+        with self.storage.reading() as tx:
+            target = tx.visible_max_seq()  # every event committed before this call
         while True:
             if self._lock.acquire(blocking=False):
                 try:
@@ -272,13 +270,13 @@ class Materializer:
                 return 0
 
     def _reached(self, target: int) -> bool:
-        with self.store.read() as conn:
-            cursors = meter_store.cursors(conn)
+        with self.storage.reading() as tx:
+            cursors = tx.cursors()
         return not cursors or min(cursors.values()) >= target
 
     def _catch_up_locked(self) -> int:
-        with self.store.read() as conn:
-            horizon = meter_store.settled_horizon(conn)
+        with self.storage.reading() as tx:
+            horizon = tx.settled_horizon()
         total = 0
         while True:
             done, read = self._chunk(horizon)
@@ -297,13 +295,13 @@ class Materializer:
 
     def _build_step(self, only: Sequence[int] | None) -> tuple[int, bool]:
         """(events read, whether a build was swapped in) by one build chunk."""
-        with self.store.read() as conn:
+        with self.storage.reading() as tx:
             # Most passes find no build: they must not take PostgreSQL's SHARE lock on events for it.
-            if not meter_store.cursors(conn, "building"):
+            if not tx.cursors("building"):
                 return 0, False
         with self._lock:
-            with self.store.read() as conn:
-                horizon = meter_store.settled_horizon(conn)
+            with self.storage.reading() as tx:
+                horizon = tx.settled_horizon()
             done, read = self._advance(horizon, "building", only)
         with self._progress:
             self._progress.notify_all()
@@ -316,26 +314,26 @@ class Materializer:
 
     def purge_step(self, rows: int | None = None) -> int:
         """Delete one batch of a retired projection's rows; the rows deleted (0: none left)."""
-        with self.store.read() as conn:
-            if not meter_store.has_retired(conn):  # the common case, without a write transaction
+        with self.storage.reading() as tx:
+            if not tx.has_retired():  # the common case, without a write transaction
                 return 0
-        with self.store.write() as conn:
-            meter_store.lock_materializer(conn)
-            return meter_store.purge_retired(conn, rows or self.chunk_events)
+        with self.storage.writing() as tx:
+            tx.lock_materializer()
+            return tx.purge_retired(rows or self.chunk_events)
 
     def _chunk(self, horizon: int) -> tuple[bool, int]:
         return self._advance(horizon, "ready", None)
 
     def _advance(self, horizon: int, state: str, only: Sequence[int] | None) -> tuple[bool, int]:
-        with self.store.write() as conn:
-            meter_store.lock_materializer(conn)
-            meters = {m.key: m for m in self.load_projections(conn, state)}
-            cursors = meter_store.cursors(conn, state)
+        with self.storage.writing() as tx:
+            tx.lock_materializer()
+            meters = {m.key: m for m in self.load_projections(tx, state)}
+            cursors = tx.cursors(state)
             lagging = {key: seq for key, seq in cursors.items() if key in meters and (only is None or key in only)}
             if state == "building":
                 caught_up = [key for key, seq in lagging.items() if seq >= horizon]
                 if caught_up:
-                    meter_store.swap_in(conn, caught_up, self.now_us())
+                    tx.swap_in(caught_up, self.now_us())
                     return False, 0
             lagging = {key: seq for key, seq in lagging.items() if seq < horizon}
             if not lagging:
@@ -349,7 +347,7 @@ class Materializer:
                 projectors.setdefault(meter.event_type, []).append(Projector(meter))
             read = 0
             records: list[UsageRecord] = []
-            pages = meter_store.events_after(conn, low, stop, projectors, page=min(EVENT_PAGE, self.chunk_events))
+            pages = tx.events_after(low, stop, projectors, page=min(EVENT_PAGE, self.chunk_events))
             for page in pages:
                 for event in page:
                     for projector in projectors[event.type]:
@@ -360,8 +358,8 @@ class Materializer:
                 if read >= self.chunk_events and page[-1].seq < stop:
                     stop = page[-1].seq
                     break
-            meter_store.insert_usage(conn, records)
-            meter_store.set_cursor(conn, [m.key for m in group], stop)
+            tx.insert_usage(records)
+            tx.set_cursor([m.key for m in group], stop)
         return False, read
 
 

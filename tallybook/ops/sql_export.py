@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Select, Text, cast, func, select
 
 from tallybook import jsonutil
+from tallybook.meters.tables import meter_usage, meters
 from tallybook.ops.export import (
     BATCH_ROWS,
     COLUMNS,
@@ -28,7 +29,6 @@ from tallybook.ops.export import (
 )
 from tallybook.store.base import SqlStore
 from tallybook.store.billing import invoice_lines, invoices
-from tallybook.store.meters import meter_usage, meters
 from tallybook.store.schema import events
 
 # Invoice lines are read per page of invoices: one IN (...) query per page.

@@ -20,9 +20,9 @@ from sqlalchemy import Connection, func, select
 
 from tallybook.customers.sql import customers
 from tallybook.exact import CONTEXT as EXACT
+from tallybook.meters.tables import meters
 from tallybook.store.base import SqlStore
 from tallybook.store.billing import invoice_lines, invoices
-from tallybook.store.meters import meters
 from tallybook.store.schema import events
 from tallybook.store.tables import all_tables
 

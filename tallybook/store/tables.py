@@ -18,7 +18,7 @@ from tallybook.store.schema import metadata
 TABLE_MODULES = (
     "tallybook.store.schema",  # events, api keys
     "tallybook.customers.sql",
-    "tallybook.store.meters",
+    "tallybook.meters.tables",
     "tallybook.store.billing",
     "tallybook.billing.catalog_sql",
     "tallybook.billing.profiles_sql",

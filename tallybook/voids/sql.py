@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from tallybook.clock import to_micros
 from tallybook.ingest.events import Event
-from tallybook.store import meters as meter_store
+from tallybook.meters import materializer_sql
 from tallybook.store.schema import events, metadata
 from tallybook.voids.model import EventKey, Target, VoidFilter
 
@@ -184,10 +184,10 @@ class SqlVoidTransaction:
         self.conn = conn
 
     def lock_materializer(self) -> None:
-        meter_store.lock_materializer(self.conn)
+        materializer_sql.lock_materializer(self.conn)
 
     def live_meter_reads(self) -> list[tuple[str, str, str, str | None, Any]]:
-        return meter_store.live_meter_reads(self.conn)
+        return materializer_sql.live_meter_reads(self.conn)
 
     def targets_by_keys(self, keys: Sequence[EventKey]) -> dict[EventKey, Target]:
         return targets_by_keys(self.conn, keys)
@@ -202,7 +202,7 @@ class SqlVoidTransaction:
         return stamp_events(self.conn, seqs, void_id, voided_us)
 
     def mark_usage_voided(self, voided: Sequence[tuple[int, str, str, int]], voided_us: int) -> None:
-        meter_store.mark_usage_voided(self.conn, voided, voided_us)
+        materializer_sql.mark_usage_voided(self.conn, voided, voided_us)
 
     def insert_record(self, row: dict[str, Any]) -> None:
         insert_record(self.conn, row)

@@ -18,8 +18,9 @@ from tallybook.billing.models import RoundingMode
 from tallybook.billing.subscriptions import SubscriptionConflict
 from tallybook.clock import FixedClock, to_micros
 from tallybook.exact import CONTEXT
+from tallybook.meters.materializer_sql import insert_usage
+from tallybook.meters.ports import UsageRecord
 from tallybook.runtime import Runtime
-from tallybook.store.meters import UsageRecord, insert_usage
 from tallybook.store.schema import events
 from tallybook.webhooks.service import ChannelInput, RuleInput
 from tallybook.webhooks.settings import INVOICE_CREDIT_NOTE_CREATED
