@@ -49,7 +49,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> ServerProcess:
+    def start(self, timeout: float = 120) -> ServerProcess:
         env = {**os.environ, "TB_TEST_ADMIN_KEY": ADMIN_KEY, **self.extra_env}
         self.proc = subprocess.Popen(
             [

@@ -8,9 +8,12 @@ at or before it. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -45,38 +48,62 @@ steps = st.lists(
 )
 
 
-@settings(
-    max_examples=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    plan=steps,
-    project_first=st.lists(st.booleans(), min_size=6, max_size=6),
-    size=st.sampled_from([None, WindowSize.DAY]),
-    by_subject=st.booleans(),
-    as_of_step=st.one_of(st.none(), st.integers(min_value=0, max_value=6)),
-)
-# Both void paths, always: events voided before the materializer reached them, and after.
-@example(
-    plan=[("ingest", [("s1", 0, 7, "gpt"), ("s2", 5, 3, None)]), ("keys", [0])],
-    project_first=[False] * 6,
-    size=None,
-    by_subject=True,
-    as_of_step=None,
-)
-@example(
-    plan=[
-        ("ingest", [("s1", 0, 7, "gpt"), ("s1", 5, 3, None)]),
-        ("filter", ("s1", 0, 60)),
-        ("ingest", [("s1", 9, 1, None)]),
-    ],
-    project_first=[True] * 6,
-    size=WindowSize.DAY,
-    by_subject=False,
-    as_of_step=1,
-)
+# PostgreSQL runs the same property with fewer generated examples (both explicit examples always run
+# on both engines); raise either for a longer search, e.g. VOIDS_EXAMPLES=200 VOIDS_POSTGRES_EXAMPLES=200.
+EXAMPLES = int(os.environ.get("VOIDS_EXAMPLES", "20"))
+POSTGRES_EXAMPLES = int(os.environ.get("VOIDS_POSTGRES_EXAMPLES", "5"))
+
+
+def voids_property(max_examples: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def decorate(test: Callable[..., None]) -> Callable[..., None]:
+        # Both void paths, always: events voided before the materializer reached them, and after.
+        test = example(
+            plan=[("ingest", [("s1", 0, 7, "gpt"), ("s2", 5, 3, None)]), ("keys", [0])],
+            project_first=[False] * 6,
+            size=None,
+            by_subject=True,
+            as_of_step=None,
+        )(test)
+        test = example(
+            plan=[
+                ("ingest", [("s1", 0, 7, "gpt"), ("s1", 5, 3, None)]),
+                ("filter", ("s1", 0, 60)),
+                ("ingest", [("s1", 9, 1, None)]),
+            ],
+            project_first=[True] * 6,
+            size=WindowSize.DAY,
+            by_subject=False,
+            as_of_step=1,
+        )(test)
+        test = given(
+            plan=steps,
+            project_first=st.lists(st.booleans(), min_size=6, max_size=6),
+            size=st.sampled_from([None, WindowSize.DAY]),
+            by_subject=st.booleans(),
+            as_of_step=st.one_of(st.none(), st.integers(min_value=0, max_value=6)),
+        )(test)
+        return settings(
+            max_examples=max_examples,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )(test)
+
+    return decorate
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@voids_property(EXAMPLES)
 def test_voids_match_the_reference(mrt, mclock, plan, project_first, size, by_subject, as_of_step):
+    check_voids(mrt, mclock, plan, project_first, size, by_subject, as_of_step)
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@voids_property(POSTGRES_EXAMPLES)
+def test_voids_match_the_reference_on_postgres(mrt, mclock, plan, project_first, size, by_subject, as_of_step):
+    check_voids(mrt, mclock, plan, project_first, size, by_subject, as_of_step)
+
+
+def check_voids(mrt, mclock, plan, project_first, size, by_subject, as_of_step):
     empty_all_tables(mrt)
     for aggregation in Aggregation:
         meter(mrt, aggregation.value.lower(), aggregation, value_property="$.v", group_by={"model": "$.model"})

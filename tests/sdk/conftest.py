@@ -8,6 +8,7 @@ so each works on its own meters, customers and subjects.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,7 +31,11 @@ class SdkServer:
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def sdk_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SdkServer]:
     directory = tmp_path_factory.mktemp("sdk")
-    database_url = f"sqlite:///{directory / 'tallybook.db'}" if request.param == "sqlite" else _postgres_database()
+    if request.param == "sqlite":  # a copy of the session's migrated file: no migrations run again here
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), directory / "tallybook.db")
+        database_url = f"sqlite:///{directory / 'tallybook.db'}"
+    else:
+        database_url = _postgres_database()
     runtime = Runtime.build(Settings(database=DatabaseSettings(url=database_url)))
     empty_all_tables(runtime)
     runtime.store.close()
