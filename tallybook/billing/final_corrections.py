@@ -51,7 +51,7 @@ from tallybook.exact import total
 
 if TYPE_CHECKING:
     from tallybook.billing.invoicing_compute import InvoiceComputation
-    from tallybook.jobs.failures import JobRun
+    from tallybook.jobs.runs import JobRun
 
 log = logging.getLogger(__name__)
 

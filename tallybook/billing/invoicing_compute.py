@@ -46,7 +46,7 @@ from tallybook.billing.subscriptions import Subscription, SubscriptionService, s
 from tallybook.clock import Clock, from_micros, to_micros
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.exact import exact
-from tallybook.jobs.failures import FailureLog
+from tallybook.jobs.runs import ItemFailureLog
 from tallybook.meters.models import MeterError, UsageQuery
 from tallybook.meters.service import MeterService
 
@@ -63,7 +63,7 @@ class InvoiceComputation:
         clock: Clock,
         subscriptions: SubscriptionService,
         meters: MeterService,
-        failures: FailureLog,
+        failures: ItemFailureLog,
         settings: BillingSettings | None = None,
         profiles: ProfileService | None = None,
         credit_notes: CreditNoteService | None = None,

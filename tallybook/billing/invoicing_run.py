@@ -39,7 +39,7 @@ from tallybook.billing.invoicing_segments import InvoiceJob, opening_key
 from tallybook.billing.profiles import BillingProfile, config_profile
 from tallybook.billing.subscriptions import subscription_from_row
 from tallybook.clock import format_rfc3339, to_micros
-from tallybook.jobs.failures import JobRun
+from tallybook.jobs.runs import JobRun
 from tallybook.webhooks.settings import INVOICE_CREATED, INVOICE_ISSUED, INVOICE_UPDATED
 
 log = logging.getLogger(__name__)
