@@ -39,6 +39,7 @@ from tallybook.meters.sql import SqlMeterStorage
 from tallybook.meters.windows import period_bounds
 from tallybook.observability.metrics import Metrics
 from tallybook.portal.service import PortalService
+from tallybook.portal.sql import PortalTokenRepository
 from tallybook.store import SqlStore, open_store
 from tallybook.stripe.checkout import CHECKOUT_EVENTS, CheckoutService
 from tallybook.stripe.credit_notes import SYNC_JOB as CREDIT_NOTE_SYNC_JOB
@@ -117,7 +118,7 @@ class Runtime:
             SqlEntitlementRepository(store), runtime.customers, runtime.meters, clock
         )
         runtime.catalog = CatalogService(SqlPlanRepository(store), clock, runtime.meters, settings.billing)
-        runtime.portal = PortalService(store, clock, runtime.customers, runtime.meters)
+        runtime.portal = PortalService(PortalTokenRepository(store), clock, runtime.customers, runtime.meters)
 
         # The webhook service (config endpoints synced) and every job, registered here in the order
         # `run_once` runs them: period close, reports and entitlement notifications put events into

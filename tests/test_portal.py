@@ -14,6 +14,7 @@ from tallybook.customers import CustomerInput
 from tallybook.ingest.events import Event
 from tallybook.meters.models import Aggregation, MeterSpec
 from tallybook.portal.service import PortalService
+from tallybook.portal.sql import PortalTokenRepository
 from tests.conftest import auth
 
 PROBLEM = "application/problem+json"
@@ -213,7 +214,7 @@ def test_deleting_the_customer_ends_its_tokens(client, keys, usage):
 
 def test_tokens_expire(runtime, usage):
     clock = FixedClock(datetime.now(UTC))
-    portal = PortalService(runtime.store, clock, runtime.customers, runtime.meters)
+    portal = PortalService(PortalTokenRepository(runtime.store), clock, runtime.customers, runtime.meters)
     created = portal.create(customer="acme", expires_at=clock.now() + timedelta(minutes=5))
     assert portal.verify(created.plaintext) is not None
     clock.advance(timedelta(minutes=5))

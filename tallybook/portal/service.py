@@ -20,24 +20,14 @@ from tallybook.customers.model import Customer, CustomerNotFound
 from tallybook.ids import new_ulid
 from tallybook.meters.models import Meter, MeterError, UsageQuery
 from tallybook.meters.service import MeterService
-from tallybook.portal.sql import PortalTokenRepository, PortalTokenRow
-from tallybook.store.base import SqlStore
+from tallybook.portal.model import PortalError, PortalTokenRow
+from tallybook.portal.ports import PortalTokenStorage
 
 TOKEN_PREFIX = "tbp_"
 DEFAULT_LIFETIME = timedelta(days=1)
 MAX_LIFETIME = timedelta(days=366)
 MAX_SUBJECT_LENGTH = 256
 MAX_ALLOWED_METERS = 100
-
-
-class PortalError(Exception):
-    """A refused portal request; `status` and `code` are what the API answers with."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
 
 
 def hash_token(plaintext: str) -> str:
@@ -88,8 +78,10 @@ def _token(row: PortalTokenRow) -> PortalToken:
 
 
 class PortalService:
-    def __init__(self, store: SqlStore, clock: Clock, customers: CustomerService, meters: MeterService) -> None:
-        self.repository = PortalTokenRepository(store)
+    def __init__(
+        self, tokens: PortalTokenStorage, clock: Clock, customers: CustomerService, meters: MeterService
+    ) -> None:
+        self.repository = tokens
         self.clock = clock
         self.customers = customers
         self.meters = meters

@@ -7,12 +7,12 @@ usage is every subject attributed to that customer, now and later) or to one bar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
+from tallybook.portal.model import PortalTokenRow
 from tallybook.store.schema import metadata
 
 if TYPE_CHECKING:
@@ -35,19 +35,6 @@ portal_tokens = Table(
 )
 Index("ix_portal_tokens_subject", portal_tokens.c.subject)
 Index("ix_portal_tokens_created", portal_tokens.c.created_us)
-
-
-@dataclass(frozen=True, slots=True)
-class PortalTokenRow:
-    id: str
-    token_hash: str
-    prefix: str
-    subject: str | None
-    customer_id: str | None
-    allowed_meters: list[str] | None
-    expires_us: int
-    created_us: int
-    invalidated_us: int | None
 
 
 def _row(mapping: Any) -> PortalTokenRow:

@@ -29,7 +29,7 @@ from tallybook.api.wire.portal import InvoiceEstimate, PortalHolderInfo
 from tallybook.api.wire.portal import PortalToken as PortalTokenShape
 from tallybook.clock import format_rfc3339
 from tallybook.entitlements.model import EntitlementError
-from tallybook.portal.service import PortalError, PortalHolder, PortalToken
+from tallybook.portal.service import PortalHolder, PortalToken
 from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/portal", tags=["portal"])
@@ -54,10 +54,6 @@ class InvalidateBody(BaseModel):
     id: str | None = Field(None, min_length=1)
     subject: str | None = Field(None, min_length=1)
     customerId: str | None = Field(None, min_length=1)
-
-
-def _problem(exc: PortalError) -> Problem:
-    return Problem(exc.status, exc.code, exc.detail)
 
 
 def token_json(token: PortalToken, now: datetime, plaintext: str | None = None) -> dict[str, Any]:
@@ -101,17 +97,14 @@ async def create_token(request: Request, _key: Admin) -> Response:
     """Issue a token for one customer (`customerId`, id or key) or one `subject`. The token is shown once."""
     body: TokenBody = await _json_body(request, TokenBody)
     runtime = runtime_of(request)
-    try:
-        created = await run_in_threadpool(
-            lambda: runtime.portal.create(
-                subject=body.subject,
-                customer=body.customerId,
-                expires_at=body.expiresAt,
-                allowed_meters=body.allowedMeterSlugs,
-            )
+    created = await run_in_threadpool(
+        lambda: runtime.portal.create(
+            subject=body.subject,
+            customer=body.customerId,
+            expires_at=body.expiresAt,
+            allowed_meters=body.allowedMeterSlugs,
         )
-    except PortalError as exc:
-        raise _problem(exc) from None
+    )
     return json_response(token_json(created.token, runtime.clock.now(), created.plaintext))
 
 
@@ -135,10 +128,7 @@ async def invalidate_tokens(request: Request, _key: Admin) -> Response:
     """Invalidate a token by `id`, every token of a `subject`, or every token of a `customerId`."""
     body: InvalidateBody = await _json_body(request, InvalidateBody)
     portal = runtime_of(request).portal
-    try:
-        await run_in_threadpool(lambda: portal.invalidate(body.id, body.subject, body.customerId))
-    except PortalError as exc:
-        raise _problem(exc) from None
+    await run_in_threadpool(lambda: portal.invalidate(body.id, body.subject, body.customerId))
     return Response(status_code=204)
 
 
@@ -152,10 +142,7 @@ async def query_portal_meter(meterSlug: str, request: Request, holder: Holder) -
     """The holder's usage of one meter; same parameters and answer as `GET /api/v1/meters/{slug}/query`."""
     portal = runtime_of(request).portal
     asked = _query_from_params(meterSlug, request)
-    try:
-        scoped = await run_in_threadpool(portal.scope_query, holder, asked)
-    except PortalError as exc:
-        raise _problem(exc) from None
+    scoped = await run_in_threadpool(portal.scope_query, holder, asked)
     return await _run_query(request, scoped)
 
 
