@@ -43,6 +43,7 @@ from tallybook.config import Settings  # noqa: E402
 from tallybook.runtime import Runtime  # noqa: E402
 from tallybook.stripe.items import to_minor  # noqa: E402
 from tallybook.stripe.service import StripeService  # noqa: E402
+from tallybook.stripe.sql import SqlStripeStorage  # noqa: E402
 
 
 def run(customers: int, fake: FakeStripeServer, directory: Path) -> dict[str, Any]:
@@ -69,7 +70,15 @@ def run(customers: int, fake: FakeStripeServer, directory: Path) -> dict[str, An
         )
 
     runtime.use_stripe(
-        StripeService(runtime.store, runtime.customers, runtime.meters, settings.stripe, clock, client_factory=factory)
+        StripeService(
+            SqlStripeStorage(runtime.store),
+            runtime.jobs.failures,
+            runtime.customers,
+            runtime.meters,
+            settings.stripe,
+            clock,
+            client_factory=factory,
+        )
     )
     setup_started = time.perf_counter()
     try:

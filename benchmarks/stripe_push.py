@@ -49,6 +49,7 @@ from tallybook.stripe.client import BudgetedRequestsClient  # noqa: E402
 from tallybook.stripe.model import CustomerLink, ReportFilter  # noqa: E402
 from tallybook.stripe.service import StripeService  # noqa: E402
 from tallybook.stripe.settings import StripeMeterMapping, StripeSettings  # noqa: E402
+from tallybook.stripe.sql import SqlStripeStorage  # noqa: E402
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 METERS = ("api_calls", "tokens", "storage")
@@ -114,7 +115,13 @@ def run(transport: str, customers: int, fake: FakeStripeServer, directory: Path)
             )
 
         service = StripeService(
-            runtime.store, runtime.customers, runtime.meters, settings, clock, client_factory=factory
+            SqlStripeStorage(runtime.store),
+            runtime.jobs.failures,
+            runtime.customers,
+            runtime.meters,
+            settings,
+            clock,
+            client_factory=factory,
         )
         events = []
         for i in range(customers):

@@ -46,6 +46,7 @@ from tallybook.stripe.credit_notes import SYNC_JOB as CREDIT_NOTE_SYNC_JOB
 from tallybook.stripe.credit_notes import CreditNoteSyncService
 from tallybook.stripe.invoices import INVOICE_EVENTS, SYNC_JOB, InvoiceSyncService
 from tallybook.stripe.service import REPORT_JOB, StripeService
+from tallybook.stripe.sql import SqlStripeStorage
 from tallybook.stripe.sql_sync import SqlSyncStorage
 from tallybook.unbilled.service import EVENT_TYPE as UNBILLED_EVENT
 from tallybook.unbilled.service import JOB_NAME as UNBILLED_JOB
@@ -147,7 +148,7 @@ class Runtime:
         )
         runtime.jobs.on_stop(delivery.close)
         runtime.stripe = StripeService(
-            store, runtime.customers, runtime.meters, settings.stripe, clock, failures=runtime.jobs.failures
+            SqlStripeStorage(store), runtime.jobs.failures, runtime.customers, runtime.meters, settings.stripe, clock
         )
         if settings.stripe.enabled:
             runtime.jobs.register(

@@ -25,6 +25,7 @@ from tallybook.stripe.client import TokenBucket, build_client
 from tallybook.stripe.model import ReportFilter, ReportRow
 from tallybook.stripe.service import StripeService
 from tallybook.stripe.settings import StripeMeterMapping, StripeSettings
+from tallybook.stripe.sql import SqlStripeStorage
 from tests.conftest import empty_all_tables
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -123,7 +124,14 @@ def make_service(runtime: Runtime, settings: StripeSettings, budget: TokenBucket
         return build_client(settings, key, budget, retry_sleep=0.005)
 
     return StripeService(
-        runtime.store, runtime.customers, runtime.meters, settings, runtime.clock, client_factory=factory, budget=budget
+        SqlStripeStorage(runtime.store),
+        runtime.jobs.failures,
+        runtime.customers,
+        runtime.meters,
+        settings,
+        runtime.clock,
+        client_factory=factory,
+        budget=budget,
     )
 
 

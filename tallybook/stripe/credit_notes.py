@@ -37,7 +37,7 @@ from tallybook.billing.invoicing import Invoice, InvoicingService
 from tallybook.clock import Clock, to_micros
 from tallybook.creditnotes.model import CORRECTION, VOID, CreditNote, CreditNoteLine
 from tallybook.creditnotes.service import CreditNoteService
-from tallybook.jobs.failures import FailureLog
+from tallybook.jobs.runs import ItemFailureLog
 from tallybook.stripe.client import error_json
 from tallybook.stripe.items import line_keys, to_minor
 from tallybook.stripe.model import SYNC_DONE, SYNC_FAILED, SYNC_PENDING
@@ -61,7 +61,7 @@ class CreditNoteSyncService:
         credit_notes: CreditNoteService,
         invoicing: InvoicingService,
         clock: Clock,
-        failures: FailureLog,
+        failures: ItemFailureLog,
     ) -> None:
         self.storage = storage
         self.stripe = stripe_service

@@ -62,7 +62,7 @@ from tallybook.billing.profiles import STRIPE, BillingProfile, ProfileService
 from tallybook.billing.settings import BillingSettings
 from tallybook.clock import Clock, format_rfc3339, to_micros
 from tallybook.customers import CustomerService
-from tallybook.jobs.failures import FailureLog
+from tallybook.jobs.runs import ItemFailureLog
 from tallybook.stripe.client import error_json
 from tallybook.stripe.invoice_executor import AmountMismatch, InvoiceExecutor, ItemCounts
 from tallybook.stripe.items import collection, desired_items, from_minor, to_minor
@@ -138,7 +138,7 @@ class InvoiceSyncService:
         customers: CustomerService,
         billing: BillingSettings,
         clock: Clock,
-        failures: FailureLog,
+        failures: ItemFailureLog,
     ) -> None:
         self.storage = storage
         self.failures = failures

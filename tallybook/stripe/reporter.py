@@ -41,7 +41,7 @@ from typing import Any
 import stripe
 
 from tallybook.clock import Clock, from_micros, to_micros
-from tallybook.jobs.failures import FailureLog, JobRun
+from tallybook.jobs.runs import ItemFailureLog, JobRun
 from tallybook.meters.models import UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import WindowSize, next_window_start, window_start
@@ -82,7 +82,7 @@ class Reporter(UsageRecordReporting):
         clock: Clock,
         client: stripe.StripeClient,
         session_client: Callable[[str], stripe.StripeClient],
-        failures: FailureLog,
+        failures: ItemFailureLog,
         budget: TokenBucket | None = None,
         mappings: Sequence[StripeMeterMapping] | None = None,
     ) -> None:

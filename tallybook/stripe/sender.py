@@ -19,7 +19,7 @@ from typing import Any
 import stripe
 
 from tallybook.clock import Clock, format_rfc3339, to_micros
-from tallybook.jobs.failures import FailureLog, JobRun
+from tallybook.jobs.runs import ItemFailureLog, JobRun
 from tallybook.meters.service import MeterService
 from tallybook.meters.windows import window_start
 from tallybook.stripe.client import TokenBucket
@@ -65,7 +65,7 @@ class LedgerSender:
     meters: MeterService
     settings: StripeSettings
     clock: Clock
-    failures: FailureLog
+    failures: ItemFailureLog
     client: stripe.StripeClient
     session_client: Callable[[str], stripe.StripeClient]
     budget: TokenBucket | None

@@ -14,9 +14,8 @@ import stripe
 from tallybook.clock import Clock, to_micros
 from tallybook.customers import CustomerService
 from tallybook.customers.model import Customer
-from tallybook.jobs.failures import FailureLog
+from tallybook.jobs.runs import ItemFailureLog
 from tallybook.meters.service import MeterService
-from tallybook.store.base import SqlStore
 from tallybook.stripe.client import TokenBucket, budget_for, build_client
 from tallybook.stripe.explain import Drift, Explainer, UsageLine
 from tallybook.stripe.model import (
@@ -30,11 +29,11 @@ from tallybook.stripe.model import (
     StripeProblem,
     WebhookRejected,
 )
+from tallybook.stripe.ports import StripeStorage
 from tallybook.stripe.reconcile import active_subscription_items, reconcile_drifts
 from tallybook.stripe.reporter import REPORT_JOB, Reporter, RunSummary
 from tallybook.stripe.settings import StripeSettings
 from tallybook.stripe.setup import SetupResult, StripeSetup, finished_period
-from tallybook.stripe.sql import SqlStripeStorage
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +55,18 @@ def _check_id(value: Any, field: str, prefixes: tuple[str, ...]) -> str:
 class StripeService:
     def __init__(
         self,
-        store: SqlStore,
+        storage: StripeStorage,
+        failures: ItemFailureLog,
         customers: CustomerService,
         meters: MeterService,
         settings: StripeSettings,
         clock: Clock,
         client_factory: Callable[[str | None], stripe.StripeClient] | None = None,
         budget: TokenBucket | None = None,
-        failures: FailureLog | None = None,
     ) -> None:
-        self.store = store
         # Where the reporting run records the meters it skipped (GET /api/v1/jobs/failures).
-        self.failures = failures or FailureLog(store, clock)
-        self.db = SqlStripeStorage(store)
+        self.failures = failures
+        self.db = storage
         self.customers = customers
         self.meters = meters
         self.settings = settings
