@@ -75,6 +75,10 @@ class IngestService:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._connection: Any = None  # the writer thread's own store connection (store.writer_connection)
+        # Projects each group's new events in its transaction (SQLite; see
+        # tallybook.meters.materializer.InlineProjection): `prepare(conn, types)` before the insert,
+        # `apply(conn, plan, events, ingested_us)` after it. None: the materializer does it all.
+        self.projection: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -226,12 +230,22 @@ class IngestService:
                     refused[id(request)] = InvalidEvents(errors)
         accepted = [request for request in group if id(request) not in refused]
         events = [event for request in accepted for event in request.events]
+        projection = self.projection
+        plan = projection.prepare(conn, {event.type for event in events}) if projection and events else None
+        results = self._insert_group(conn, accepted, events, ingested_us)
+        if plan is not None:
+            projection.apply(conn, plan, events, ingested_us)
+        by_request = iter(results)
+        return [None if id(request) in refused else next(by_request) for request in group], refused
+
+    def _insert_group(
+        self, conn: Any, accepted: list[_Request], events: list[Event], ingested_us: int
+    ) -> list[IngestResult]:
+        """Insert the accepted requests' `events` (in order); one result per request."""
         keys = [(event.source, event.id) for event in events]
         if len(set(keys)) == len(keys):
             # No key twice in the group (the common case): no first occurrence to pick.
-            results = self._insert_distinct(conn, accepted, events, keys, ingested_us)
-            by_request = iter(results)
-            return [None if id(request) in refused else next(by_request) for request in group], refused
+            return self._insert_distinct(conn, accepted, events, keys, ingested_us)
         # First occurrence of each key in this group, and who submitted it.
         first: dict[tuple[str, str], Event] = {}
         owner: dict[tuple[str, str], int] = {}
@@ -270,8 +284,7 @@ class IngestService:
                 _count_duplicate(
                     results[position], event, event.same_content(first[key]) if verdict is None else verdict
                 )
-        by_request = iter(results)
-        return [None if id(request) in refused else next(by_request) for request in group], refused
+        return results
 
     def _insert_distinct(
         self,

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
+from tallybook.ingest.events import Event
 from tallybook.meters.extract import (
     as_decimal,
     as_text,
@@ -363,6 +364,111 @@ class Materializer:
             meter_store.insert_usage(conn, records)
             meter_store.set_cursor(conn, [m.key for m in group], stop)
         return False, read
+
+
+# -- projection in the ingest transaction (SQLite) ----------------------------------------------------
+
+# The ready projections of live meters, with their own event type and cursor (what `cursors` reads,
+# straight on the driver: this runs once per group commit).
+_READY_PROJECTIONS = (
+    "SELECT p.usage_key, p.projected_seq, p.event_type FROM meter_projections AS p "
+    "JOIN meters AS m ON m.key = p.meter_key WHERE p.state = 'ready' AND m.deleted_us IS NULL"
+)
+_MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM events"
+_SAVEPOINT = "tallybook_project_inline"
+
+
+class InlinePlan(NamedTuple):
+    """What `InlineProjection.prepare` found: the seq before the insert and the projectors of the
+    caught-up ready projections, by event type."""
+
+    before_seq: int
+    projectors: dict[str, list[Projector]]
+
+
+class InlineProjection:
+    """Projects a group commit's new events into the ready projections in the ingest writer's own
+    transaction (SQLite, where the writer holds the only write lock), so a meter query sees an
+    event as soon as its request is acknowledged and the materializer does not read it again.
+
+    Only projections whose cursor is at the last stored event take part (the others, and every
+    build, are the materializer's, which starts from their cursors as before). Their rows and
+    cursors commit with the events or not at all, as a materializer chunk would. A failure here
+    never fails ingest: the savepoint is undone, and the materializer projects those events later.
+    """
+
+    def __init__(self, load_projections: Callable[[Any, str], Sequence[Meter]]) -> None:
+        self.load_projections = load_projections
+        self._projectors: dict[int, Projector] = {}  # by usage key: a projection's definition never changes
+
+    def prepare(self, conn: Any, types: Iterable[str]) -> InlinePlan | None:
+        """Before the insert: the plan, or None when no caught-up ready projection reads `types`."""
+        try:
+            driver = conn.connection.driver_connection
+            ready = driver.execute(_READY_PROJECTIONS).fetchall()
+            if not ready:
+                return None
+            present = set(types)
+            wanted = [(int(key), int(seq), event_type) for key, seq, event_type in ready if event_type in present]
+            if not wanted:
+                return None
+            before = int(driver.execute(_MAX_SEQ).fetchone()[0])
+            keys = [key for key, seq, _ in wanted if seq == before]
+            if not keys:
+                return None
+            if any(key not in self._projectors for key in keys):
+                for meter in self.load_projections(conn, "ready"):
+                    self._projectors.setdefault(meter.key, Projector(meter))
+            projectors: dict[str, list[Projector]] = {}
+            for key in keys:
+                projector = self._projectors.get(key)
+                if projector is not None:
+                    projectors.setdefault(projector.meter.event_type, []).append(projector)
+            return InlinePlan(before, projectors) if projectors else None
+        except Exception:
+            log.warning("could not prepare the ingest-time projection; the materializer does it", exc_info=True)
+            return None
+
+    def apply(self, conn: Any, plan: InlinePlan, events: Iterable[Event], ingested_us: int) -> int:
+        """After the insert, in the same transaction: project the new events of `plan`'s types
+        (`events`: the group's events, in any order, repeats and known keys included) and move those
+        projections' cursors to the last stored event. Returns the rows written."""
+        driver = conn.connection.driver_connection
+        types = sorted(plan.projectors)
+        by_key: dict[tuple[str, str], Event] = {}
+        for event in events:
+            if event.type in plan.projectors:
+                by_key.setdefault((event.source, event.id), event)  # the first occurrence is stored
+        cursor = driver.cursor()
+        try:
+            cursor.execute(f"SAVEPOINT {_SAVEPOINT}")
+            try:
+                marks = ", ".join("?" * len(types))
+                cursor.execute(
+                    f"SELECT seq, source, event_id FROM events WHERE seq > ? AND type IN ({marks}) ORDER BY seq",
+                    (plan.before_seq, *types),
+                )
+                records: list[UsageRecord] = []
+                for seq, source, event_id in cursor.fetchall():
+                    event = by_key[(source, event_id)]
+                    stored = StoredEvent(seq, event.type, event.subject, event.time_us, ingested_us, event.data, None)
+                    for projector in plan.projectors[event.type]:
+                        record = projector.project_safely(stored)
+                        if record is not None:
+                            records.append(record)
+                top = int(cursor.execute(_MAX_SEQ).fetchone()[0])
+                meter_store.insert_usage(conn, records)
+                keys = [p.meter.key for projectors in plan.projectors.values() for p in projectors]
+                meter_store.set_cursor(conn, keys, top)
+            except Exception:
+                cursor.execute(f"ROLLBACK TO {_SAVEPOINT}")
+                cursor.execute(f"RELEASE {_SAVEPOINT}")
+                log.warning("the ingest-time projection failed; the materializer does it", exc_info=True)
+                return 0
+            cursor.execute(f"RELEASE {_SAVEPOINT}")
+        finally:
+            cursor.close()
+        return len(records)
 
 
 def _system_now_us() -> int:
