@@ -23,7 +23,7 @@ from typing import Any
 
 from tallybook.clock import Clock, SystemClock, to_micros
 from tallybook.ingest.events import Event, FieldError, InvalidEvents
-from tallybook.ingest.metered import check_metered, metered_fields
+from tallybook.ingest.metered import MeteredFields, check_metered, metered_fields
 from tallybook.observability.metrics import Metrics
 from tallybook.store import meters as meter_store
 from tallybook.store.base import SqlStore
@@ -79,6 +79,9 @@ class IngestService:
         # tallybook.meters.materializer.InlineProjection): `prepare(conn, types)` before the insert,
         # `apply(conn, plan, events, ingested_us)` after it. None: the materializer does it all.
         self.projection: Any = None
+        # The live meters' fingerprint (store.live_meters_fingerprint) and the value checks built
+        # from it: rebuilt only when a group's transaction sees other definitions.
+        self._metered: tuple[list[tuple[Any, ...]], MeteredFields] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -222,7 +225,7 @@ class IngestService:
         self, conn: Any, group: list[_Request], ingested_us: int, refused: dict[int, InvalidEvents]
     ) -> tuple[list[IngestResult | None], dict[int, InvalidEvents]]:
         """`_write` inside the transaction on `conn` (the counting too: it is short)."""
-        fields = metered_fields(meter_store.live_meter_reads(conn))
+        fields = self._metered_fields(conn)
         if fields:
             for request in group:
                 errors = check_metered(request.events, fields, request.indexed)
@@ -237,6 +240,15 @@ class IngestService:
             projection.apply(conn, plan, events, ingested_us)
         by_request = iter(results)
         return [None if id(request) in refused else next(by_request) for request in group], refused
+
+    def _metered_fields(self, conn: Any) -> MeteredFields:
+        """What live meters read, as this transaction sees them (a meter created a moment ago
+        applies at once): one plain read per group, the SQLAlchemy read only after a change."""
+        fingerprint = self.store.live_meters_fingerprint(conn)
+        cached = self._metered
+        if cached is None or cached[0] != fingerprint:
+            cached = self._metered = (fingerprint, metered_fields(meter_store.live_meter_reads(conn)))
+        return cached[1]
 
     def _insert_group(
         self, conn: Any, accepted: list[_Request], events: list[Event], ingested_us: int
