@@ -84,6 +84,9 @@ def test_a_group_commit_projects_its_new_events_in_its_own_transaction(sqlite_ru
     assert cursors == {visible}  # projected before any materializer pass
     assert rows == 300
     assert runtime.meters.catch_up() == 0  # nothing left for the materializer
+    with runtime.store.read() as conn:
+        kinds = conn.exec_driver_sql("SELECT DISTINCT typeof(num), typeof(groups) FROM meter_usage").all()
+    assert sorted(kinds) == [("integer", "text"), ("text", "text")]  # 3 as INTEGER, 0.125 as its text
     assert totals(runtime) == expected(calls)
 
     # A retry of stored events, new events in several requests of one group: each counted once.
@@ -107,7 +110,7 @@ def test_a_failed_inline_projection_loses_nothing_and_a_lagging_one_is_left_to_t
     def broken(*_args, **_kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(meter_store, "insert_usage", broken)
+    monkeypatch.setattr(meter_store, "set_cursor", broken)  # after the rows are written
     second = make_events("b", 100)
     assert runtime.ingest.ingest(second).accepted == 100  # ingest is not failed by the projection
     monkeypatch.undo()

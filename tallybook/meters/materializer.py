@@ -21,11 +21,13 @@ skipped.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+from tallybook import jsonutil
 from tallybook.ingest.events import Event
 from tallybook.meters.extract import (
     as_decimal,
@@ -376,6 +378,17 @@ _READY_PROJECTIONS = (
 )
 _MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM events"
 _SAVEPOINT = "tallybook_project_inline"
+# The projected rows in one statement: one JSON array of rows (ingest's events travel the same way,
+# tallybook/store/sqlite.py), so SQLite inserts them without the GIL and without binding each row.
+# `->>` gives what `store.meters.insert_usage` binds: `num` as an INTEGER or its decimal text
+# (`to_store_value`; integers stay below 2**62, so JSON reads them back exactly), `groups` as text.
+_USAGE_COLUMNS = "meter_key, subject, time_us, event_seq, ingested_us, num, ukey, groups, error, voided_us"
+_INSERT_USAGE_JSON = (
+    f"INSERT INTO meter_usage ({_USAGE_COLUMNS}) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, "
+    "value ->> 7, value ->> 8, value ->> 9 FROM json_each(?)"
+)
+_HAS_JSON_ARROWS = sqlite3.sqlite_version_info >= (3, 38, 0)
 
 
 class InlinePlan(NamedTuple):
@@ -457,7 +470,7 @@ class InlineProjection:
                         if record is not None:
                             records.append(record)
                 top = int(cursor.execute(_MAX_SEQ).fetchone()[0])
-                meter_store.insert_usage(conn, records)
+                _insert_usage(conn, records)
                 keys = [p.meter.key for projectors in plan.projectors.values() for p in projectors]
                 meter_store.set_cursor(conn, keys, top)
             except Exception:
@@ -469,6 +482,43 @@ class InlineProjection:
         finally:
             cursor.close()
         return len(records)
+
+
+def _insert_usage(conn: Any, records: Sequence[UsageRecord]) -> None:
+    """`store.meters.insert_usage` on SQLite, the same rows in primary-key order, in one statement."""
+    if not records:
+        return
+    if not _HAS_JSON_ARROWS:
+        meter_store.insert_usage(conn, records)
+        return
+    value = meter_store.to_store_value
+    dumps = jsonutil.dumps
+    rows = [
+        (
+            r.meter_key,
+            r.subject,
+            r.time_us,
+            r.event_seq,
+            r.ingested_us,
+            value("sqlite", r.num),
+            r.ukey,
+            None if r.groups is None else dumps(r.groups),
+            r.error,
+            r.voided_us,
+        )
+        for r in records
+    ]
+    rows.sort(key=_primary_key)
+    try:
+        payload = jsonutil.dumpb(rows).decode()
+    except TypeError:
+        meter_store.insert_usage(conn, records)
+        return
+    conn.connection.driver_connection.execute(_INSERT_USAGE_JSON, (payload,))
+
+
+def _primary_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return row[:4]
 
 
 def _system_now_us() -> int:
