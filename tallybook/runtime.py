@@ -34,6 +34,7 @@ from tallybook.jobs.aggregation import PeriodCloseJob
 from tallybook.jobs.aggregation_sql import SqlAggregationStorage
 from tallybook.jobs.reports import MeterReportJob, meter_usage_query
 from tallybook.jobs.scheduler import Job, JobScheduler
+from tallybook.meters.inline_sql import InlineProjection
 from tallybook.meters.service import REBUILD_INTERVAL, REBUILD_JOB, MeterService
 from tallybook.meters.sql import SqlMeterStorage
 from tallybook.meters.windows import period_bounds
@@ -111,6 +112,10 @@ class Runtime:
             if runtime.keys.ensure(key.name, key.scope, key.key):
                 log.info("registered API key from config", extra={"key_name": key.name, "scope": key.scope})
         runtime.meters = MeterService(SqlMeterStorage(store), clock, settings.meters)
+        if store.dialect_name == "sqlite":
+            # One writer holds SQLite's only write lock: it projects its own new events into the
+            # caught-up meters in the same transaction (fresh at once, no second read of them).
+            ingest.projection = InlineProjection(runtime.meters.materializer.load_projections)
         if sync_meters:
             runtime.meters.sync_config()
         runtime.voids = VoidService(SqlVoidStorage(store), clock)

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.ingest.limits import EVENT_TIME_MAX_EXCLUSIVE, EVENT_TIME_MIN, MAX_KEY_BYTES
 from tallybook.jsonutil import NUL_CHARACTER, text_problem
@@ -24,9 +26,13 @@ KNOWN_FIELDS = frozenset((*REQUIRED_FIELDS, "time", "data", "datacontenttype", "
 CODEHOOKS_SOURCE = "codehooks"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One usage event as stored. `time_us`/`ingested_us` are microseconds since the epoch (UTC)."""
+class Event(msgspec.Struct, frozen=True):
+    """One usage event as stored. `time_us`/`ingested_us` are microseconds since the epoch (UTC).
+
+    A frozen msgspec Struct rather than a frozen dataclass: ingest builds one per event, and a
+    frozen dataclass's __init__ sets each field through object.__setattr__ (~3.7 µs an event
+    against ~0.4 µs). Equality compares every field, in order, as the dataclass did.
+    """
 
     source: str
     id: str

@@ -23,7 +23,7 @@ from typing import Any
 
 from tallybook.clock import Clock, SystemClock, to_micros
 from tallybook.ingest.events import Event, FieldError, InvalidEvents
-from tallybook.ingest.metered import check_metered, metered_fields
+from tallybook.ingest.metered import MeteredFields, check_metered, metered_fields
 from tallybook.meters import materializer_sql
 from tallybook.observability.metrics import Metrics
 from tallybook.store.base import SqlStore
@@ -75,6 +75,13 @@ class IngestService:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._connection: Any = None  # the writer thread's own store connection (store.writer_connection)
+        # Projects each group's new events in its transaction (SQLite; see
+        # tallybook.meters.materializer.InlineProjection): `prepare(conn, types)` before the insert,
+        # `apply(conn, plan, events, ingested_us)` after it. None: the materializer does it all.
+        self.projection: Any = None
+        # The live meters' fingerprint (store.live_meters_fingerprint) and the value checks built
+        # from it: rebuilt only when a group's transaction sees other definitions.
+        self._metered: tuple[list[tuple[Any, ...]], MeteredFields] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -218,7 +225,7 @@ class IngestService:
         self, conn: Any, group: list[_Request], ingested_us: int, refused: dict[int, InvalidEvents]
     ) -> tuple[list[IngestResult | None], dict[int, InvalidEvents]]:
         """`_write` inside the transaction on `conn` (the counting too: it is short)."""
-        fields = metered_fields(materializer_sql.live_meter_reads(conn))
+        fields = self._metered_fields(conn)
         if fields:
             for request in group:
                 errors = check_metered(request.events, fields, request.indexed)
@@ -226,12 +233,31 @@ class IngestService:
                     refused[id(request)] = InvalidEvents(errors)
         accepted = [request for request in group if id(request) not in refused]
         events = [event for request in accepted for event in request.events]
+        projection = self.projection
+        plan = projection.prepare(conn, {event.type for event in events}) if projection and events else None
+        results = self._insert_group(conn, accepted, events, ingested_us)
+        if plan is not None:
+            projection.apply(conn, plan, events, ingested_us)
+        by_request = iter(results)
+        return [None if id(request) in refused else next(by_request) for request in group], refused
+
+    def _metered_fields(self, conn: Any) -> MeteredFields:
+        """What live meters read, as this transaction sees them (a meter created a moment ago
+        applies at once): one plain read per group, the SQLAlchemy read only after a change."""
+        fingerprint = self.store.live_meters_fingerprint(conn)
+        cached = self._metered
+        if cached is None or cached[0] != fingerprint:
+            cached = self._metered = (fingerprint, metered_fields(materializer_sql.live_meter_reads(conn)))
+        return cached[1]
+
+    def _insert_group(
+        self, conn: Any, accepted: list[_Request], events: list[Event], ingested_us: int
+    ) -> list[IngestResult]:
+        """Insert the accepted requests' `events` (in order); one result per request."""
         keys = [(event.source, event.id) for event in events]
         if len(set(keys)) == len(keys):
             # No key twice in the group (the common case): no first occurrence to pick.
-            results = self._insert_distinct(conn, accepted, events, keys, ingested_us)
-            by_request = iter(results)
-            return [None if id(request) in refused else next(by_request) for request in group], refused
+            return self._insert_distinct(conn, accepted, events, keys, ingested_us)
         # First occurrence of each key in this group, and who submitted it.
         first: dict[tuple[str, str], Event] = {}
         owner: dict[tuple[str, str], int] = {}
@@ -270,8 +296,7 @@ class IngestService:
                 _count_duplicate(
                     results[position], event, event.same_content(first[key]) if verdict is None else verdict
                 )
-        by_request = iter(results)
-        return [None if id(request) in refused else next(by_request) for request in group], refused
+        return results
 
     def _insert_distinct(
         self,

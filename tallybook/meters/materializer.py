@@ -363,6 +363,9 @@ class Materializer:
         return False, read
 
 
+# -- projection in the ingest transaction (SQLite) ----------------------------------------------------
+
+
 def _system_now_us() -> int:
     from tallybook.clock import SystemClock, to_micros
 
