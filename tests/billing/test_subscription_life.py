@@ -120,6 +120,18 @@ def test_plan_change_now_with_a_clock_that_moves(database_url: str) -> None:
         rt.stop()
 
 
+def subscribed_with_an_issued_opening_invoice(rt: Runtime, api: httpx.Client) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Acme on the seed plan from 1 January (calendar periods), its opening invoice (January's
+    in-advance fee, 49.00) issued, so a credit for unused time is a credit note against it."""
+    create_plan(api)
+    create_customer(api)
+    sub = subscribe(api, "acme", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
+    run_billing(rt)
+    (opening,) = invoices(api, "opening")
+    approve(api, opening)
+    return sub, opening
+
+
 # -- 5. credits at the cancel ------------------------------------------------------------------------
 
 
@@ -202,12 +214,7 @@ def test_a_second_change_during_the_first_is_refused_and_the_unused_time_is_cred
     was charged and not yet issued its credit: had it gone through, both would credit the same
     unused time (33.19 + 17.39 against a 49.00 fee). It is refused with 409 and changes nothing; the
     unused time comes back once, and the next change, after the first, credits only what is owed."""
-    create_plan(api)
-    create_customer(api)
-    sub = subscribe(api, "acme", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
-    run_billing(rt)
-    (opening,) = invoices(api, "opening")
-    approve(api, opening)
+    sub, opening = subscribed_with_an_issued_opening_invoice(rt, api)
     clock.set(utc(2026, 1, 11))
     refused: list[SubscriptionConflict] = []
     tried: list[bool] = []
@@ -228,6 +235,7 @@ def test_a_second_change_during_the_first_is_refused_and_the_unused_time_is_cred
     assert conflict.status == 409 and "being changed by another request" in conflict.detail
     assert ok(api.get(f"/api/v1/subscriptions/{sub['id']}"))["activeTo"] == "2026-01-21T00:00:00Z"
     (note,) = credit_notes(api)
+    assert note["invoiceId"] == opening["id"]
     assert note["totals"]["total"] == usd(49 - Decimal(49) * 20 / 31) == "17.39"
     monkeypatch.undo()
     ok(api.post(f"/api/v1/subscriptions/{sub['id']}/cancel"))
@@ -235,12 +243,7 @@ def test_a_second_change_during_the_first_is_refused_and_the_unused_time_is_cred
 
 
 def test_voiding_an_invoice_voids_its_credit_notes(rt: Runtime, api: httpx.Client, clock) -> None:
-    create_plan(api)
-    create_customer(api)
-    sub = subscribe(api, "acme", activeFrom="2026-01-01T00:00:00Z", alignment="calendar")
-    run_billing(rt)
-    (opening,) = invoices(api, "opening")
-    approve(api, opening)
+    sub, opening = subscribed_with_an_issued_opening_invoice(rt, api)
     clock.set(utc(2026, 1, 11))
     ok(api.post(f"/api/v1/subscriptions/{sub['id']}/cancel"))
     clock.set(utc(2026, 1, 12))
