@@ -25,7 +25,7 @@ from typing import Any
 
 from tallybook.clock import Clock, format_rfc3339, to_micros
 from tallybook.customers.model import Customer
-from tallybook.entitlements import notification_store
+from tallybook.entitlements import notifications_sql
 from tallybook.entitlements.model import METERED, Entitlement, EntitlementValue, Reset
 from tallybook.entitlements.service import EntitlementService
 from tallybook.jobs.failures import FailureLog
@@ -126,11 +126,11 @@ class EntitlementNotifier:
     # -- rule settings --------------------------------------------------------------------------------
     def save_settings(self, rule_id: str, features: list[str] | None, thresholds: list[dict[str, Any]] | None) -> None:
         with self.store.write() as conn:
-            notification_store.save_rule_settings(conn, rule_id, features, thresholds)
+            notifications_sql.save_rule_settings(conn, rule_id, features, thresholds)
 
     def settings(self, rule_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         with self.store.read() as conn:
-            return notification_store.rule_settings(conn, rule_ids)
+            return notifications_sql.rule_settings(conn, rule_ids)
 
     # -- the job --------------------------------------------------------------------------------------
     def run(self, now: datetime) -> dict[str, Any]:
@@ -143,16 +143,16 @@ class EntitlementNotifier:
         with self.store.read() as conn:
             threshold_rules = self.webhooks.destinations(conn, BALANCE_THRESHOLD)
             reset_rules = self.webhooks.destinations(conn, RESET)
-            seq_mark = notification_store.notifier_value(conn, SEQ_MARK)
-            void_mark = notification_store.notifier_value(conn, VOID_MARK)
-            seq_now = notification_store.max_event_seq(conn)
-            touched_subjects = set(notification_store.subjects_ingested(conn, seq_mark or 0, seq_now))
+            seq_mark = notifications_sql.notifier_value(conn, SEQ_MARK)
+            void_mark = notifications_sql.notifier_value(conn, VOID_MARK)
+            seq_now = notifications_sql.max_event_seq(conn)
+            touched_subjects = set(notifications_sql.subjects_ingested(conn, seq_mark or 0, seq_now))
             # Voids by their instant: the mark is the latest void seen, not the clock.
             void_now = latest_void_us(conn) or 0
             touched_subjects |= {s for s, _, _ in voided_subjects(conn, void_mark or 0, void_now)}
-            change_mark = notification_store.notifier_value(conn, CHANGE_MARK)
+            change_mark = notifications_sql.notifier_value(conn, CHANGE_MARK)
             now_us = to_micros(now)
-            changed = notification_store.changed_entitlements(conn, change_mark or 0, now_us)
+            changed = notifications_sql.changed_entitlements(conn, change_mark or 0, now_us)
         with self._lock:
             dirty, self._dirty = self._dirty | changed, set()
         metered = [e for e in self.entitlements.entitlements(types=[METERED]) if e.active_at(now)]
@@ -166,7 +166,7 @@ class EntitlementNotifier:
         for reset in self.entitlements.repository.resets([e.id for e in metered]):
             resets.setdefault(reset.entitlement_id, []).append(reset)
         with self.store.read() as conn:
-            last_sent = notification_store.all_reset_sent(conn)
+            last_sent = notifications_sql.all_reset_sent(conn)
         for entitlement in metered:
             moved = entitlement.id in dirty or entitlement.customer_id in touched_customers
             last = last_sent.get(entitlement.id)
@@ -191,9 +191,9 @@ class EntitlementNotifier:
 
     def _advance(self, seq: int, void_us: int, now_us: int) -> None:
         with self.store.write() as conn:
-            notification_store.set_notifier_value(conn, SEQ_MARK, seq)
-            notification_store.set_notifier_value(conn, VOID_MARK, void_us)
-            notification_store.set_notifier_value(conn, CHANGE_MARK, now_us)
+            notifications_sql.set_notifier_value(conn, SEQ_MARK, seq)
+            notifications_sql.set_notifier_value(conn, VOID_MARK, void_us)
+            notifications_sql.set_notifier_value(conn, CHANGE_MARK, now_us)
 
     def _evaluate(
         self, entitlement: Entitlement, customer: Customer, now: datetime, moved: bool, thresholds: bool, resets: bool
@@ -202,11 +202,11 @@ class EntitlementNotifier:
         begin_us = to_micros(begin)
         sent = 0
         with self.store.read() as conn:
-            last_reset = notification_store.reset_sent(conn, entitlement.id)
+            last_reset = notifications_sql.reset_sent(conn, entitlement.id)
         new_period = last_reset is None or last_reset < begin_us
         if not moved and not new_period:
             with self.store.write() as conn:
-                notification_store.save_reset_sent(conn, entitlement.id, begin_us, to_micros(end), exists=True)
+                notifications_sql.save_reset_sent(conn, entitlement.id, begin_us, to_micros(end), exists=True)
             return 0
         value = self.entitlements.value_of(customer, entitlement, now)
         feature = self.entitlements.feature(entitlement.feature_id)
@@ -222,7 +222,7 @@ class EntitlementNotifier:
                 )
                 if self.webhooks.enqueue(conn, message, self.webhooks.destinations(conn, RESET), now):
                     sent += 1
-            notification_store.save_reset_sent(
+            notifications_sql.save_reset_sent(
                 conn, entitlement.id, begin_us, to_micros(end), exists=last_reset is not None
             )
             if thresholds:
@@ -242,8 +242,8 @@ class EntitlementNotifier:
     ) -> int:
         destinations = self.webhooks.destinations(conn, BALANCE_THRESHOLD)
         rule_ids = sorted({d.rule_id for d in destinations if d.rule_id})
-        settings = notification_store.rule_settings(conn, rule_ids)
-        states = notification_store.threshold_states(conn, entitlement.id, begin_us)
+        settings = notifications_sql.rule_settings(conn, rule_ids)
+        states = notifications_sql.threshold_states(conn, entitlement.id, begin_us)
         now_us = to_micros(now)
         sent = 0
         for rule_id in rule_ids:
@@ -269,7 +269,7 @@ class EntitlementNotifier:
                     rule_destinations = [d for d in destinations if d.rule_id == rule_id]
                     if self.webhooks.enqueue(conn, message, rule_destinations, now):
                         sent += 1
-                notification_store.save_threshold_state(
+                notifications_sql.save_threshold_state(
                     conn,
                     rule_id,
                     entitlement.id,

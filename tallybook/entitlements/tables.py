@@ -3,7 +3,7 @@
 Amounts are exact decimal text (`str(Decimal)`), so SQLite and PostgreSQL store the same figures.
 Instants are microseconds, as everywhere in Tallybook. Nothing here is ever deleted: features are
 archived, entitlements ended, grants voided; resets are appended. The adapter is in `sql.py`, the
-notifier's state in `notification_store.py`.
+notifier's state in `notifications_sql.py`.
 """
 
 from __future__ import annotations

@@ -197,6 +197,20 @@ def doubt_base(history: list[ReportRow]) -> Decimal:
     return base
 
 
+def received_us(row: ReportRow, response: dict[str, Any], earlier: bool, now_us: int) -> int:
+    """When Stripe received what `row` sent, never later than it did: the start of its 24 h cancel
+    window must not be overestimated, or a correction plans a cancel Stripe refuses. Stripe's own
+    `created` on the meter event says it, also when the answer is a replay of an attempt whose
+    outcome was lost (a crash after the send: the resend with the same idempotency key gets the
+    first answer back). Without it: an earlier attempt's receipt is no earlier than the intent was
+    written; otherwise now."""
+    received = row.created_us if earlier else now_us
+    created = response.get("created")
+    if isinstance(created, int) and not isinstance(created, bool) and created > 0:
+        received = min(received, created * 1_000_000)
+    return received
+
+
 def error_info(exc: stripe.StripeError) -> dict[str, Any]:
     """Stripe's error as stored on the ledger; `replayed` when Stripe replayed a saved answer for
     the idempotency key (a saved 5xx means the key is spent)."""

@@ -40,6 +40,7 @@ from tallybook.stripe.ledger import (
     jsonable,
     outcome_name,
     range_problem,
+    received_us,
 )
 from tallybook.stripe.model import (
     CANCEL,
@@ -426,7 +427,7 @@ class LedgerSender:
                         "response": jsonable(response),
                         "error": None,
                         "updated_us": now_us,
-                        "sent_us": _received_us(row, response, earlier, now_us),
+                        "sent_us": received_us(row, response, earlier, now_us),
                     },
                 )
                 if row.kind == CANCEL and row.cancels:
@@ -494,17 +495,3 @@ class LedgerSender:
             raise Halt(f"Stripe rate limit (429); resuming at the next run: {info['message']}")
         if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
             raise Halt(f"Stripe refused the credentials: {info['message']}")
-
-
-def _received_us(row: ReportRow, response: dict[str, Any], earlier: bool, now_us: int) -> int:
-    """When Stripe received what `row` sent, never later than it did: the start of its 24 h cancel
-    window must not be overestimated, or a correction plans a cancel Stripe refuses. Stripe's own
-    `created` on the meter event says it, also when the answer is a replay of an attempt whose
-    outcome was lost (a crash after the send: the resend with the same idempotency key gets the
-    first answer back). Without it: an earlier attempt's receipt is no earlier than the intent was
-    written; otherwise now."""
-    received = row.created_us if earlier else now_us
-    created = response.get("created")
-    if isinstance(created, int) and not isinstance(created, bool) and created > 0:
-        received = min(received, created * 1_000_000)
-    return received
