@@ -79,7 +79,7 @@ class IngestService:
         # tallybook.meters.materializer.InlineProjection): `prepare(conn, types)` before the insert,
         # `apply(conn, plan, events, ingested_us)` after it. None: the materializer does it all.
         self.projection: Any = None
-        # The live meters' fingerprint (store.live_meters_fingerprint) and the value checks built
+        # The live meters' fingerprint (meters/materializer_sql.live_meters_fingerprint) and the value checks built
         # from it: rebuilt only when a group's transaction sees other definitions.
         self._metered: tuple[list[tuple[Any, ...]], MeteredFields] | None = None
 
@@ -244,7 +244,7 @@ class IngestService:
     def _metered_fields(self, conn: Any) -> MeteredFields:
         """What live meters read, as this transaction sees them (a meter created a moment ago
         applies at once): one plain read per group, the SQLAlchemy read only after a change."""
-        fingerprint = self.store.live_meters_fingerprint(conn)
+        fingerprint = materializer_sql.live_meters_fingerprint(conn)
         cached = self._metered
         if cached is None or cached[0] != fingerprint:
             cached = self._metered = (fingerprint, metered_fields(materializer_sql.live_meter_reads(conn)))

@@ -38,6 +38,27 @@ def live_meter_reads(conn: Connection) -> list[tuple[str, str, str, str | None, 
     return [tuple(row) for row in conn.execute(query)]
 
 
+# What the ingest writer reads once per group commit (straight on the driver, no statement building)
+# to know whether its value checks are still those of the live meters (tallybook/ingest/service.py).
+_LIVE_METERS_FINGERPRINT = (
+    "SELECT key, slug, event_type, aggregation, value_property, CAST(group_by AS TEXT) "
+    "FROM meters WHERE deleted_us IS NULL ORDER BY key"
+)
+
+
+def live_meters_fingerprint(conn: Connection) -> list[tuple[Any, ...]]:
+    """The live meters' definitions as `conn`'s transaction sees them: the writer builds its value
+    checks (`live_meter_reads`, through SQLAlchemy) again only when this changes."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        cursor.execute(_LIVE_METERS_FINGERPRINT)
+        return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
 def settled_horizon(conn: Connection) -> int:
     """The highest seq such that every event with a lower or equal seq is committed or never will be.
 

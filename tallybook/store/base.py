@@ -18,14 +18,10 @@ from tallybook.store.schema import api_keys, events
 # Rows per INSERT statement. Bounded by SQLite's 32,766 bound-parameter limit (9 columns a row).
 INSERT_PAGE_SIZE = 2000
 LOOKUP_PAGE_SIZE = 500
+
+
 # What ingest's value check depends on (tallybook.ingest.metered): the live meters' definitions, in
 # one plain statement on the driver, as comparable tuples (group_by as its JSON text on both engines).
-_LIVE_METERS_FINGERPRINT = (
-    "SELECT key, slug, event_type, aggregation, value_property, CAST(group_by AS TEXT) "
-    "FROM meters WHERE deleted_us IS NULL ORDER BY key"
-)
-
-
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     subject: str | None = None
@@ -83,19 +79,6 @@ class SqlStore(ABC):
         checkout and checkin per transaction; the writer closes it when it stops or a
         transaction on it fails."""
         return self.engine.connect().execution_options(tallybook_write=True)
-
-    def live_meters_fingerprint(self, conn: Connection) -> list[tuple[Any, ...]]:
-        """The live meters' definitions as `conn`'s transaction sees them, read without SQLAlchemy's
-        statement machinery: the ingest writer reads this once per group commit and builds its
-        value checks again only when it changes (tallybook.ingest.service)."""
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        cursor = driver.cursor()
-        try:
-            cursor.execute(_LIVE_METERS_FINGERPRINT)
-            return [tuple(row) for row in cursor.fetchall()]
-        finally:
-            cursor.close()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
