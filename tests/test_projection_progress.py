@@ -60,7 +60,7 @@ def test_a_query_while_another_thread_projects_sees_every_committed_event(runtim
 
 def test_catch_up_after_the_other_thread_finished_projects_the_rest_itself(runtime):
     # The materializer's own catch-up: on SQLite ingest would project these events itself
-    # (tallybook/meters/materializer.py, InlineProjection; tests/test_inline_projection.py).
+    # (tallybook/meters/inline_sql.py, InlineProjection; tests/test_inline_projection.py).
     runtime.ingest.projection = None
     runtime.meters.create(
         MeterSpec(slug="calls", event_type="calls", aggregation=Aggregation.SUM, value_property="$.n")

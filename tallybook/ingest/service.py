@@ -76,7 +76,7 @@ class IngestService:
         self._lock = threading.Lock()
         self._connection: Any = None  # the writer thread's own store connection (store.writer_connection)
         # Projects each group's new events in its transaction (SQLite; see
-        # tallybook.meters.materializer.InlineProjection): `prepare(conn, types)` before the insert,
+        # tallybook.meters.inline_sql.InlineProjection): `prepare(conn, types)` before the insert,
         # `apply(conn, plan, events, ingested_us)` after it. None: the materializer does it all.
         self.projection: Any = None
         # The live meters' fingerprint (meters/materializer_sql.live_meters_fingerprint) and the value checks built
