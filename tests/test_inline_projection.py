@@ -140,3 +140,21 @@ def test_ingest_without_meters_prepares_no_projection(sqlite_runtime):
     assert isinstance(projection, InlineProjection)
     with runtime.store.read() as conn:
         assert projection.prepare(conn, ["nobody-reads-this"]) is None
+
+
+def test_an_event_a_meter_cannot_count_spoils_nothing_else_in_its_group(sqlite_runtime):
+    """One event of a group whose value the meter cannot count (a string where `$.n` should be a
+    number, accepted as OpenMeter does): it is recorded as not counted, with why, and every other
+    event of the same group, of every customer, is counted at acknowledgement."""
+    runtime = sqlite_runtime
+    good = make_events("g", 60)
+    hostile = Event("svc", "bad", "calls", "c3", TIME_US + 7, {"n": "lots", "model": "m1"})
+    result = runtime.ingest.ingest([*good[:30], hostile, *good[30:]])
+    assert result.accepted == 61
+    cursors, visible, rows = stored(runtime)
+    assert cursors == {visible}  # projected in the ingest transaction, the hostile event too
+    assert rows == 61
+    assert totals(runtime) == expected(good)
+    with runtime.store.read() as conn:
+        errors = conn.exec_driver_sql("SELECT error FROM meter_usage WHERE error IS NOT NULL").scalars().all()
+    assert len(errors) == 1 and "lots" in errors[0]
