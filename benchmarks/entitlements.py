@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -178,6 +180,83 @@ def summary(name: str, measured: tuple[list[float], list[float]]) -> str:
     return f"| {name} | {statistics.median(ms):.2f} | {p(0.95):.2f} | {p(0.99):.2f} | {ms[-1]:.2f} | {cpu:.2f} |"
 
 
+METER_CONFIG = """meters:
+  definitions:
+    - {slug: api_calls, eventType: api.calls, aggregation: SUM, valueProperty: $.n}
+"""
+
+
+def over_server(path: Path, keys: list[str], samples: int, rng: random.Random) -> tuple[list[float], list[float]]:
+    """The value route through a real `tallybook serve` (uvicorn, one process) on the same database,
+    from a keep-alive HTTP client in this process, at `time=NOW` (the server's clock is the real
+    one). Wall time is what a calling app waits; the CPU column is the server process's CPU per
+    request (its mean, from /proc), since the client's is not the server's cost."""
+    import httpx
+
+    port = _free_port()
+    admin = "tbk_bench_admin_key_0123456789abcdef"
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "tallybook.yaml"
+        config.write_text(
+            f"database:\n  url: sqlite:///{path}\n"
+            f'auth:\n  bootstrap_keys:\n    - {{name: bench, scope: admin, key: "{admin}"}}\n'
+            "webhooks:\n  scheduler:\n    run_in_server: false\n"
+            "logging:\n  level: WARNING\n" + METER_CONFIG
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tallybook", "serve", "--config", str(config), "--port", str(port)],
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=30) as client:
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        if client.get("/readyz").status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise RuntimeError("the benchmark's server did not start")
+                    time.sleep(0.2)
+                at = NOW.isoformat().replace("+00:00", "Z")
+
+                def call() -> None:
+                    response = client.get(
+                        f"/api/v1/customers/{rng.choice(keys)}/entitlements/api_calls/value", params={"time": at}
+                    )
+                    assert response.status_code == 200, response.text
+
+                timed(call, 50)
+                wall = []
+                cpu_started = _process_cpu(server.pid)
+                for _ in range(samples):
+                    started = time.perf_counter()
+                    call()
+                    wall.append((time.perf_counter() - started) * 1000)
+                # /proc counts CPU in 10 ms ticks: only the mean over every sample is meaningful.
+                mean_cpu = (_process_cpu(server.pid) - cpu_started) * 1000 / samples
+                return wall, [mean_cpu]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000_000)
@@ -227,6 +306,8 @@ def main() -> None:
             timed(over_http, 50)
             rows.append(summary("value (HTTP, in-process ASGI)", timed(over_http, args.samples)))
         rt.stop()
+        served = over_server(path, keys, args.samples, rng)
+        rows.append(summary("value (HTTP, uvicorn server; server CPU mean)", served))
     load = os.getloadavg()[0]
     print(f"\n{args.events:,} events, {args.customers:,} customers, {args.samples} samples each (ms)")
     print(f"{os.cpu_count()} cores, load average {load:.1f} while measuring\n")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from tallybook.clock import to_micros
 from tallybook.meters.models import InvalidQuery, UsageQuery
 from tallybook.meters.service import MeterService
 from tallybook.meters.sql import SqlMeterStorage
@@ -269,6 +272,38 @@ def test_windows_without_events_are_omitted_and_no_from_to_means_every_event(mrt
     ]
 
 
+@pytest.mark.parametrize("days", [3, 63, 64, 65, 120])
+def test_calendar_windows_bucket_the_same_below_and_above_the_sql_case_limit(mrt, days):
+    # SQLite buckets up to 64 calendar windows with a CASE in SQL and more with a Python function
+    # (meters/usage_sql.py); PostgreSQL with width_bucket. Budapest's days cross DST on 29 March.
+    meter(mrt, "calls", "SUM", value_property="$.n")
+    budapest = ZoneInfo("Europe/Budapest")
+    first = datetime(2026, 3, 2, tzinfo=budapest)
+    local_days = [first + timedelta(days=d) for d in range(days + 1)]  # wall-clock midnights
+    # Each day gets n = its number at 00:30 and at 23:30 local time: the edges of its window.
+    ingest(
+        mrt,
+        *[
+            event(time=(day + timedelta(minutes=minutes)).astimezone(UTC), data={"n": d + 1})
+            for d, day in enumerate(local_days[:-1])
+            for minutes in (30, 23 * 60 + 30)
+        ],
+    )
+    rows = mrt.meters.query(
+        UsageQuery(
+            meter="calls",
+            from_=first.astimezone(UTC),
+            to=local_days[-1].astimezone(UTC),
+            window_size=WindowSize.DAY,
+            window_time_zone="Europe/Budapest",
+        )
+    )
+    assert [(r.window_start, r.window_end, r.value) for r in rows] == [
+        (start.astimezone(UTC), end.astimezone(UTC), Decimal(2 * (d + 1)))
+        for d, (start, end) in enumerate(itertools.pairwise(local_days))
+    ]
+
+
 def test_wide_calendar_ranges_list_only_the_windows_between_the_first_and_last_event(mrt):
     meter(mrt, "calls", "COUNT")
     ingest(mrt, event(time=utc(2026, 3, 28, 23)), event(time=utc(2026, 3, 30, 1)), event(time=utc(2026, 4, 6, 1)))
@@ -452,6 +487,26 @@ def test_codehooks_aggregations_api(mrt, mclient, mkeys):
     assert [(d["periodKey"], d["events"]) for d in daily] == [("2026-01-05", {"api.calls": 2})]
     bad = mclient.get("/aggregations", params={"period": "fortnightly"}, headers=read)
     assert bad.status_code == 400 and "error" in bad.json()
+
+
+def test_usage_in_ranges_counts_events_stored_before_the_call_even_when_not_yet_projected(mrt, mclock):
+    # Entitlements' `value` reads usage this way. Its catch-up check runs inside the query's read;
+    # events written straight to the store (no ingest-time projection, the materializer not run)
+    # are pending there: the call projects them first and reads again.
+    meter(mrt, "calls", "SUM", value_property="$.n")
+    ingest(mrt, event(time=utc(2026, 1, 2), data={"n": 1}))
+    bounds = [utc(2026, 1, 1), utc(2026, 1, 3), utc(2026, 1, 5)]
+    assert mrt.meters.usage_in_ranges("calls", bounds, ["cust_1"]) == [Decimal(1), Decimal(0)]
+    with mrt.store.write() as conn:
+        mrt.store.insert_events(
+            conn,
+            [
+                event(id="late-1", time=utc(2026, 1, 2), data={"n": 2}),
+                event(id="late-2", time=utc(2026, 1, 4), data={"n": 5}),
+            ],
+            ingested_us=to_micros(mclock.now()),
+        )
+    assert mrt.meters.usage_in_ranges("calls", bounds, ["cust_1"]) == [Decimal(3), Decimal(5)]
 
 
 def test_period_usage_and_subjects_with_events_for_webhooks(mrt):

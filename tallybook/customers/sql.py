@@ -22,6 +22,7 @@ from sqlalchemy import (
     Index,
     Table,
     Text,
+    bindparam,
     delete,
     exists,
     func,
@@ -197,7 +198,7 @@ class SqlCustomerRepository:
 
     def live_by_key(self, key: str) -> CustomerRow | None:
         with self.store.read() as conn:
-            found = self._rows(conn, select(customers).where(customers.c.key == key, customers.c.deleted_us.is_(None)))
+            found = self._rows(conn, _LIVE_BY_KEY, {"key": key})
         return found[0] if found else None
 
     def search(self, query: CustomerSearch) -> tuple[list[CustomerRow], int]:
@@ -279,19 +280,24 @@ class SqlCustomerRepository:
         with self.store.read() as conn:
             return [(subject, owner) for subject, owner in conn.execute(query)]
 
-    def _rows(self, conn: Connection, query: Any) -> list[CustomerRow]:
-        records = [dict(r._mapping) for r in conn.execute(query)]
+    def _rows(self, conn: Connection, query: Any, parameters: dict[str, Any] | None = None) -> list[CustomerRow]:
+        records = [dict(r._mapping) for r in conn.execute(query, parameters)]
         listed: dict[str, list[str]] = {}
         ids = [r["id"] for r in records]
         for page in _chunks(ids):
-            result = conn.execute(
-                select(customer_subjects.c.customer_id, customer_subjects.c.subject)
-                .where(customer_subjects.c.customer_id.in_(page), customer_subjects.c.explicit)
-                .order_by(customer_subjects.c.subject)
-            )
+            result = conn.execute(_EXPLICIT_SUBJECTS, {"ids": page})
             for customer_id, subject in result:
                 listed.setdefault(customer_id, []).append(subject)
         return [CustomerRow(**r, subject_keys=tuple(listed.get(r["id"], ()))) for r in records]
+
+
+# Built once: every API call naming a customer by key runs these (entitlements' `value` among them).
+_LIVE_BY_KEY = select(customers).where(customers.c.key == bindparam("key"), customers.c.deleted_us.is_(None))
+_EXPLICIT_SUBJECTS = (
+    select(customer_subjects.c.customer_id, customer_subjects.c.subject)
+    .where(customer_subjects.c.customer_id.in_(bindparam("ids", expanding=True)), customer_subjects.c.explicit)
+    .order_by(customer_subjects.c.subject)
+)
 
 
 def _search_conditions(query: CustomerSearch) -> list[Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    bindparam,
     insert,
     or_,
     select,
@@ -51,6 +52,23 @@ from tallybook.store.base import SqlStore
 # The names benchmarks/entitlements.py reads from this module.
 _entitlement_row = entitlement_row
 _grant_row = grant_row
+
+
+# The ledger's statements, built once: `value` and `access` run them on every call.
+_LIVE_ENTITLEMENTS = (
+    select(entitlements)
+    .where(entitlements.c.customer_id == bindparam("customer_id"), entitlements.c.deleted_us.is_(None))
+    .order_by(entitlements.c.created_us)
+)
+_LIVE_FEATURE_ENTITLEMENTS = _LIVE_ENTITLEMENTS.where(entitlements.c.feature_key == bindparam("feature_key"))
+_LIVE_GRANTS = select(entitlement_grants).where(
+    entitlement_grants.c.entitlement_id.in_(bindparam("ids", expanding=True)), entitlement_grants.c.deleted_us.is_(None)
+)
+_RESETS = (
+    select(entitlement_resets)
+    .where(entitlement_resets.c.entitlement_id.in_(bindparam("ids", expanding=True)))
+    .order_by(entitlement_resets.c.at_us)
+)
 
 
 class SqlEntitlementRepository:
@@ -151,32 +169,18 @@ class SqlEntitlementRepository:
     def ledger(self, customer_id: str, feature_key: str | None) -> tuple[list[Entitlement], list[Grant], list[Reset]]:
         """In one read: the customer's live entitlements (to one feature, or all), their grants and
         resets (what `value` and `access` need besides usage and the features)."""
-        query = select(entitlements).where(
-            entitlements.c.customer_id == customer_id, entitlements.c.deleted_us.is_(None)
-        )
-        if feature_key is not None:
-            query = query.where(entitlements.c.feature_key == feature_key)
         with self.store.read() as conn:
-            found = [entitlement_from_row(r) for r in conn.execute(query.order_by(entitlements.c.created_us))]
+            if feature_key is None:
+                rows = conn.execute(_LIVE_ENTITLEMENTS, {"customer_id": customer_id})
+            else:
+                wanted = {"customer_id": customer_id, "feature_key": feature_key}
+                rows = conn.execute(_LIVE_FEATURE_ENTITLEMENTS, wanted)
+            found = [entitlement_from_row(r) for r in rows]
             metered = [e.id for e in found if e.type == "metered"]
             if not metered:
                 return found, [], []
-            grants = [
-                grant_from_row(r)
-                for r in conn.execute(
-                    select(entitlement_grants).where(
-                        entitlement_grants.c.entitlement_id.in_(metered), entitlement_grants.c.deleted_us.is_(None)
-                    )
-                )
-            ]
-            resets = [
-                reset_from_row(r)
-                for r in conn.execute(
-                    select(entitlement_resets)
-                    .where(entitlement_resets.c.entitlement_id.in_(metered))
-                    .order_by(entitlement_resets.c.at_us)
-                )
-            ]
+            grants = [grant_from_row(r) for r in conn.execute(_LIVE_GRANTS, {"ids": metered})]
+            resets = [reset_from_row(r) for r in conn.execute(_RESETS, {"ids": metered})]
         return found, grants, resets
 
     def set_active_to(self, entitlement_id: str, active_to: datetime | None, at: datetime) -> None:

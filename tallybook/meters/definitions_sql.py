@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 
 from tallybook.meters.ports import DEFINITION_COLUMNS
 from tallybook.meters.tables import counts_as_of, meter_projections, meter_usage, meters, usage_key_of
@@ -33,10 +33,15 @@ def all_meter_rows(conn: Connection) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(select(meters).order_by(meters.c.key))]
 
 
+# Statements that every usage query and entitlement `value` runs, built once (bound parameters
+# instead of a new expression per call: their construction was a measurable part of an answer).
+_METER_BY_REF = select(meters).where(
+    meters.c.deleted_us.is_(None), or_(meters.c.id == bindparam("ref"), meters.c.slug == bindparam("ref"))
+)
+
+
 def meter_row(conn: Connection, id_or_slug: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        select(meters).where(meters.c.deleted_us.is_(None), or_(meters.c.id == id_or_slug, meters.c.slug == id_or_slug))
-    ).first()
+    row = conn.execute(_METER_BY_REF, {"ref": id_or_slug}).first()
     return dict(row._mapping) if row else None
 
 
@@ -112,20 +117,24 @@ def swap_in(conn: Connection, usage_keys: Sequence[int], now_us: int) -> None:
         conn.execute(update(meters).where(meters.c.key == meter_key).values(usage_key=key, projected_seq=cursor))
 
 
+_PROJECTIONS = (
+    select(meter_projections, meters.c.id.label("meter_id"), meters.c.slug.label("meter_slug"))
+    .select_from(meter_projections.join(meters, meters.c.key == meter_projections.c.meter_key))
+    .where(meter_projections.c.state.in_(bindparam("states", expanding=True)), meters.c.deleted_us.is_(None))
+    .order_by(meter_projections.c.usage_key)
+)
+_METER_PROJECTIONS = _PROJECTIONS.where(meter_projections.c.meter_key == bindparam("meter_key"))
+
+
 def projection_rows(
     conn: Connection, states: Sequence[str] = ("building", "ready"), meter_key: int | None = None
 ) -> list[dict[str, Any]]:
     """Projections in these states of live meters, with the meter's id and slug, by usage key."""
-    p = meter_projections.c
-    query = (
-        select(meter_projections, meters.c.id.label("meter_id"), meters.c.slug.label("meter_slug"))
-        .select_from(meter_projections.join(meters, meters.c.key == p.meter_key))
-        .where(p.state.in_(list(states)), meters.c.deleted_us.is_(None))
-        .order_by(p.usage_key)
-    )
-    if meter_key is not None:
-        query = query.where(p.meter_key == meter_key)
-    return [dict(r._mapping) for r in conn.execute(query)]
+    if meter_key is None:
+        result = conn.execute(_PROJECTIONS, {"states": list(states)})
+    else:
+        result = conn.execute(_METER_PROJECTIONS, {"states": list(states), "meter_key": meter_key})
+    return [dict(r._mapping) for r in result]
 
 
 def has_retired(conn: Connection) -> bool:
@@ -154,16 +163,18 @@ def purge_retired(conn: Connection, limit: int) -> int:
     return max(int(deleted), 1)
 
 
+_VISIBLE_MAX_SEQ = select(func.coalesce(func.max(events.c.seq), 0))
+_CURSORS = (
+    select(meter_projections.c.usage_key, meter_projections.c.projected_seq)
+    .select_from(meter_projections.join(meters, meters.c.key == meter_projections.c.meter_key))
+    .where(meter_projections.c.state == bindparam("state"), meters.c.deleted_us.is_(None))
+)
+
+
 def visible_max_seq(conn: Connection) -> int:
-    return int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())
+    return int(conn.execute(_VISIBLE_MAX_SEQ).scalar_one())
 
 
 def cursors(conn: Connection, state: str = "ready") -> dict[int, int]:
     """{usage key: cursor} of live meters' projections in `state`."""
-    p = meter_projections.c
-    rows = conn.execute(
-        select(p.usage_key, p.projected_seq)
-        .select_from(meter_projections.join(meters, meters.c.key == p.meter_key))
-        .where(p.state == state, meters.c.deleted_us.is_(None))
-    )
-    return {int(k): int(s) for k, s in rows}
+    return {int(k): int(s) for k, s in conn.execute(_CURSORS, {"state": state})}

@@ -241,9 +241,7 @@ class Materializer:
     # -- work -------------------------------------------------------------------------------------------
     def pending(self) -> bool:
         with self.storage.reading() as tx:
-            visible = tx.visible_max_seq()
-            cursors = tx.cursors()
-        return bool(cursors) and min(cursors.values()) < visible
+            return pending_in(tx)
 
     def catch_up(self) -> int:
         """Project every settled event not yet projected into the ready projections; return how
@@ -364,6 +362,13 @@ class Materializer:
 
 
 # -- projection in the ingest transaction (SQLite) ----------------------------------------------------
+
+
+def pending_in(tx: MeterTransaction) -> bool:
+    """Whether a settled event is not yet in every ready projection, as this read sees the store."""
+    visible = tx.visible_max_seq()
+    cursors = tx.cursors()
+    return bool(cursors) and min(cursors.values()) < visible
 
 
 def _system_now_us() -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 from tallybook.clock import Clock, from_micros, to_micros
 from tallybook.meters.definitions import find, meter_from_row, opt_micros, projection_status, rebuilding, serve
+from tallybook.meters.materializer import pending_in
 from tallybook.meters.models import RESERVED_GROUP_KEYS, Aggregation, InvalidQuery, Meter, UsageQuery, UsageRow
 from tallybook.meters.ports import AggregateRow, AggregateSpec, MeterStorage, MeterTransaction
 from tallybook.meters.windows import (
@@ -222,27 +223,43 @@ class MeterQueries:
         if any(later <= earlier for earlier, later in itertools.pairwise(edges)):
             raise InvalidQuery("usage ranges must be in strictly increasing order")
         values = [Decimal(0)] * (len(edges) - 1)
+        # Entitlements call this on every `value`: one read transaction when the projections are
+        # caught up (checked inside it, so the read sees at least what was committed before the
+        # call); otherwise catch up first and read again.
+        with self.storage.reading() as tx:
+            if not pending_in(tx):
+                return self._usage_in_ranges(tx, meter, edges, values, subjects, filter_group_by)
         self.catch_up()
         with self.storage.reading() as tx:
-            found = self.served(tx, meter)
-            if not subjects:
-                return values
-            spec = AggregateSpec(
-                meter_key=found.key,
-                aggregation=found.aggregation.value,
-                start_us=edges[0],
-                end_us=edges[-1],
-                step_us=None,
-                bounds_us=tuple(edges),
-                subjects=tuple(dict.fromkeys(subjects)),
-                as_of_us=None,
-                group_filters=dict(filter_group_by or {}),
-                group_keys=(),
-                by_subject=False,
-                by_customer=False,
-            )
-            rows = tx.aggregate(spec)
-        for row in rows:
+            return self._usage_in_ranges(tx, meter, edges, values, subjects, filter_group_by)
+
+    def _usage_in_ranges(
+        self,
+        tx: MeterTransaction,
+        meter: str,
+        edges: list[int],
+        values: list[Decimal],
+        subjects: Sequence[str],
+        filter_group_by: dict[str, str] | None,
+    ) -> list[Decimal]:
+        found = self.served(tx, meter)
+        if not subjects:
+            return values
+        spec = AggregateSpec(
+            meter_key=found.key,
+            aggregation=found.aggregation.value,
+            start_us=edges[0],
+            end_us=edges[-1],
+            step_us=None,
+            bounds_us=tuple(edges),
+            subjects=tuple(dict.fromkeys(subjects)),
+            as_of_us=None,
+            group_filters=dict(filter_group_by or {}),
+            group_keys=(),
+            by_subject=False,
+            by_customer=False,
+        )
+        for row in tx.aggregate(spec):
             if 0 <= row.window < len(values):
                 if found.aggregation is Aggregation.COUNT:
                     values[row.window] += Decimal(row.count)

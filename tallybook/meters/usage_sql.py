@@ -80,7 +80,7 @@ def _sqlite_register(conn: Connection, bounds: Sequence[int] | None) -> None:
     raw.create_aggregate("tb_dsum", 1, _DecimalSum)
     raw.create_aggregate("tb_dmin", 1, _DecimalMin)
     raw.create_aggregate("tb_dmax", 1, _DecimalMax)
-    if bounds is not None:
+    if bounds is not None and len(bounds) - 2 >= _CASE_BUCKETS:
         edges = list(bounds)
         raw.create_function("tb_bucket", 1, lambda t: bisect_right(edges, t) - 1, deterministic=True)
 
@@ -134,10 +134,20 @@ def _single_window(spec: AggregateSpec) -> bool:
     return spec.step_us is None and not spec.bounds_us
 
 
+# Up to this many ranges, SQLite buckets by arbitrary edges with a CASE in SQL (entitlements' few
+# burn-down segments); beyond it, with a Python function (one call per row, but no huge statement).
+_CASE_BUCKETS = 64
+
+
 def _bucket(spec: AggregateSpec) -> ColumnElement[Any]:
     time_us = meter_usage.c.time_us
     if spec.step_us is not None:
         return literal_column(f"(meter_usage.time_us - {int(spec.start_us or 0)}) / {int(spec.step_us)}")
+    inner = spec.bounds_us[1:-1]
+    if len(inner) < _CASE_BUCKETS:
+        # The rows are already limited to [first edge, last edge): only the inner edges split them.
+        whens = " ".join(f"WHEN meter_usage.time_us < {int(edge)} THEN {i}" for i, edge in enumerate(inner))
+        return literal_column(f"CASE {whens} ELSE {len(inner)} END" if whens else "0")
     return func.tb_bucket(time_us)
 
 
