@@ -344,14 +344,16 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
         directory = Path(scratch)
         server_db = BenchDatabase(engine, directory, "server", args.postgres_url)
         raw_db = BenchDatabase(engine, directory, "raw", args.postgres_url)
-        server = ServerProcess(directory, server_db.url)
+        # --ingest-writers: group-commit writer threads (PostgreSQL; the server's default when unset).
+        writers = {"ingest": {"writers": args.ingest_writers}} if engine == "postgres" and args.ingest_writers else None
+        server = ServerProcess(directory, server_db.url, settings=writers)
         noop = NoopServer(directory)
         driver = Driver(server, report, args, noop)
         # PostgreSQL: a second server on the same database, with --workers, measured in the same runs.
         multi = None
         if engine == "postgres" and args.workers > 1:
             extra = ["--workers", str(args.workers)]
-            multi = ServerProcess(directory, server_db.url, extra_args=extra, name="workers")
+            multi = ServerProcess(directory, server_db.url, settings=writers, extra_args=extra, name="workers")
             multi.admin_key = server.admin_key
         try:
             server_db.create()
@@ -544,6 +546,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers", type=int, default=2, help="PostgreSQL: also measure batches sent to `serve --workers N`"
+    )
+    parser.add_argument(
+        "--ingest-writers", type=int, default=None, help="PostgreSQL: the servers' ingest.writers (default: theirs)"
     )
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request")
     parser.add_argument("--runs", type=int, default=3, help="runs per mode; the table shows the median")

@@ -54,6 +54,15 @@ class IngestSettings(_Section):
     max_batch_bytes: int = Field(10 * 1024 * 1024, gt=0, description="request body size")
     # Upper bound on events in one group-commit transaction; concurrent requests share it.
     group_commit_max_events: int = Field(20_000, gt=0)
+    # Writer threads committing groups at once (each its own connection). Default: 2 on PostgreSQL,
+    # where one group is written while the database works on the previous one; SQLite has one
+    # write lock, so it keeps one.
+    writers: int | None = Field(None, ge=1, le=16, description="concurrent group-commit writers (PostgreSQL)")
+
+    def writers_for(self, database_url: str) -> int:
+        if database_url.startswith("sqlite"):
+            return 1  # also when --database points a PostgreSQL config at a SQLite file
+        return 2 if self.writers is None else self.writers
 
 
 class BootstrapKey(_Section):
@@ -81,6 +90,14 @@ class Settings(_Section):
     meters: MeterSettings = Field(default_factory=MeterSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
+
+    @model_validator(mode="after")
+    def _one_sqlite_writer(self) -> Settings:
+        if self.database.url.startswith("sqlite") and (self.ingest.writers or 1) > 1:
+            raise ValueError(
+                "ingest.writers above 1 needs PostgreSQL: SQLite lets one writer at a time hold a database file"
+            )
+        return self
 
     @model_validator(mode="after")
     def _codehooks_webhooks(self) -> Settings:

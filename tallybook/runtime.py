@@ -104,7 +104,11 @@ class Runtime:
             store.migrate()
         metrics = Metrics()
         ingest = IngestService(
-            store, metrics=metrics, clock=clock, max_group_events=settings.ingest.group_commit_max_events
+            store,
+            metrics=metrics,
+            clock=clock,
+            max_group_events=settings.ingest.group_commit_max_events,
+            writers=settings.ingest.writers_for(settings.database.url),
         )
         runtime = cls(settings, store, clock, metrics, ingest, ApiKeyService(store, clock))
         runtime.customers = CustomerService(SqlCustomerRepository(store), clock)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
+from tallybook.config import Settings
 from tallybook.ingest.events import Event
 from tallybook.store.base import EventFilter
+from tests.conftest import empty_all_tables
 from tests.helpers import BATCH, SINGLE, body, cloudevent, headers
 
 
@@ -127,3 +131,45 @@ def test_two_processes_racing_on_one_database_store_each_event_once(runtime, set
     assert sum(r.duplicates for r in results) == 2000
     assert sum(r.conflicts for r in results) == 0
     assert len(all_events(runtime)) == 2000
+
+
+@pytest.mark.postgres
+def test_several_writer_threads_store_each_event_once_and_count_every_repeat(postgres_url):
+    """ingest.writers on PostgreSQL: groups commit at once on their own connections; repeated keys
+    (in one batch, across batches, across writers) are stored once, a different content is a
+    conflict, and every event is counted exactly once as accepted, retry or conflict."""
+    from tallybook.runtime import Runtime
+
+    rt = Runtime.build(Settings.model_validate({"database": {"url": postgres_url}, "ingest": {"writers": 4}}))
+    empty_all_tables(rt)
+    rt.start()
+    try:
+        assert rt.ingest.writers == 4 and len(rt.ingest._writers) == 4
+        keys = [f"k{i}" for i in range(300)]
+        # Every key four times in all, in shuffled batches of 25; key k0..k9 once with other content.
+        rng = random.Random(5)
+        sent = [Event("w", key, "t", "s", 1_700_000_000_000_000, {"n": 1}) for key in keys * 4]
+        sent += [Event("w", key, "t", "s", 1_700_000_000_000_000, {"n": 2}) for key in keys[:10]]
+        rng.shuffle(sent)
+        batches = [sent[i : i + 25] for i in range(0, len(sent), 25)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(rt.ingest.ingest, batches))
+    finally:
+        rt.stop()
+    assert sum(r.accepted for r in results) == 300
+    assert sum(r.accepted + r.duplicates + r.conflicts for r in results) == len(sent)
+    stored = {e.id: e.data for e in all_events(rt)}
+    assert sorted(stored) == sorted(keys)
+    # A key sent with two contents keeps whichever committed first; the others are its conflicts.
+    assert sum(r.conflicts for r in results) == sum(1 for e in sent if e.id in stored and e.data != stored[e.id])
+
+
+def test_ingest_writers_default_by_engine_and_sqlite_keeps_one():
+    assert Settings.model_validate({"database": {"url": "sqlite:///x.db"}}).ingest.writers_for("sqlite:///x.db") == 1
+    postgres = Settings.model_validate({"database": {"url": "postgresql+psycopg://h/db"}})
+    assert postgres.ingest.writers_for("postgresql+psycopg://h/db") == 2
+    with pytest.raises(ValueError, match=r"ingest\.writers above 1 needs PostgreSQL"):
+        Settings.model_validate({"database": {"url": "sqlite:///x.db"}, "ingest": {"writers": 2}})
+    # A PostgreSQL config pointed at a SQLite file (--database) still writes with one thread.
+    four = Settings.model_validate({"database": {"url": "postgresql+psycopg://h/db"}, "ingest": {"writers": 4}})
+    assert four.ingest.writers_for("sqlite:///x.db") == 1

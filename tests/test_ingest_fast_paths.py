@@ -132,10 +132,19 @@ def test_tricky_data_compares_equal_to_itself_once_stored(runtime):
         assert runtime.store.compare_stored(conn, [event("unknown")]) == [None]
 
 
+def _one_writer(service: Any) -> Any:
+    """Restart the ingest service with one writer thread (PostgreSQL runs two) and return its state."""
+    service.stop()
+    service.writers = 1
+    service.start()
+    return service._writers[0]
+
+
 def test_the_writer_recovers_after_a_failed_transaction_on_a_fresh_connection(runtime, monkeypatch):
     service = runtime.ingest
+    writer = _one_writer(service)
     assert service.ingest([event("first")]).accepted == 1
-    held = service._connection
+    held = writer.connection
     assert held is not None
     original = type(runtime.store).insert_events
     calls = {"n": 0}
@@ -149,16 +158,16 @@ def test_the_writer_recovers_after_a_failed_transaction_on_a_fresh_connection(ru
     monkeypatch.setattr(type(runtime.store), "insert_events", fail_once)
     with pytest.raises(RuntimeError, match="went away"):
         service.ingest([event("second")])
-    assert service._connection is None  # closed: the next group opens a new one
+    assert writer.connection is None  # closed: the next group opens a new one
     assert service.ingest([event("second")]).accepted == 1
-    assert service._connection is not None and service._connection is not held
+    assert writer.connection is not None and writer.connection is not held
     assert [r["event_id"] for r in stored_rows(runtime)] == ["first", "second"]
 
 
-def test_stopping_the_writer_closes_its_connection(runtime):
+def test_stopping_the_writers_closes_their_connections(runtime):
     runtime.ingest.ingest([Event("svc", "x", "api.calls", "cust_1", INGESTED_US, None)])
-    connection = runtime.ingest._connection
-    assert connection is not None
+    connections = [w.connection for w in runtime.ingest._writers if w.connection is not None]
+    assert len(connections) == 1  # the writer that took the group; any other has not connected yet
     runtime.ingest.stop()
-    assert runtime.ingest._connection is None
-    assert connection.closed
+    assert [w.connection for w in runtime.ingest._writers] == [None] * runtime.ingest.writers
+    assert all(connection.closed for connection in connections)

@@ -50,6 +50,16 @@ class IngestUnavailable(RuntimeError):
 
 
 @dataclass
+class _Writer:
+    """One writer thread's own state: its store connection (store.writer_connection) and the
+    value checks it built from the live meters' fingerprint (rebuilt only when a group's
+    transaction sees other definitions)."""
+
+    connection: Any = None
+    metered: tuple[list[tuple[Any, ...]], MeteredFields] | None = None
+
+
+@dataclass
 class _Request:
     events: Sequence[Event]
     future: Future[IngestResult]
@@ -66,41 +76,50 @@ class IngestService:
         metrics: Metrics | None = None,
         clock: Clock | None = None,
         max_group_events: int = 20_000,
+        writers: int = 1,
     ) -> None:
+        """`writers`: threads committing groups at once, each on its own connection. More than one
+        only where the database takes concurrent writers (PostgreSQL): while one transaction waits
+        on the database, the next group is already being written. Keys settle as they do between
+        processes sharing a database (the unique index, keys inserted in one order)."""
         self.store = store
         self.metrics = metrics or Metrics()
         self.clock = clock or SystemClock()
         self.max_group_events = max_group_events
+        self.writers = writers
         self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._connection: Any = None  # the writer thread's own store connection (store.writer_connection)
+        self._writers: list[_Writer] = []  # one per thread, while running and after (tests read them)
         # Projects each group's new events in its transaction (SQLite; see
         # tallybook.meters.inline_sql.InlineProjection): `prepare(conn, types)` before the insert,
         # `apply(conn, plan, events, ingested_us)` after it. None: the materializer does it all.
         self.projection: Any = None
-        # The live meters' fingerprint (meters/materializer_sql.live_meters_fingerprint) and the value checks built
-        # from it: rebuilt only when a group's transaction sees other definitions.
-        self._metered: tuple[list[tuple[Any, ...]], MeteredFields] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="tallybook-ingest-writer", daemon=True)
-                self._thread.start()
+            if not self._threads:
+                self._writers = [_Writer() for _ in range(self.writers)]
+                self._threads = [
+                    threading.Thread(target=self._run, args=(writer,), name=f"tallybook-ingest-writer-{n}", daemon=True)
+                    for n, writer in enumerate(self._writers, start=1)
+                ]
+                for thread in self._threads:
+                    thread.start()
 
     def stop(self) -> None:
-        """Finish everything already submitted, then stop the writer."""
+        """Finish everything already submitted, then stop the writers."""
         with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._queue.put(_STOP)  # after everything submitted: each writer takes one and stops
+        for thread in threads:
             thread.join()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(thread.is_alive() for thread in self._threads)
 
     # -- API ----------------------------------------------------------------------------------------
     def submit(self, events: Sequence[Event], indexed: bool = True) -> Future[IngestResult]:
@@ -131,21 +150,13 @@ class IngestService:
             return result, exc.errors
 
     # -- writer thread ------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, writer: _Writer) -> None:
         try:
-            self._serve_queue()
+            self._serve_queue(writer)
         finally:
-            self._close_connection()
+            _close_connection(writer)
 
-    def _close_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:
-                log.warning("closing the ingest writer's connection failed", exc_info=True)
-
-    def _serve_queue(self) -> None:
+    def _serve_queue(self, writer: _Writer) -> None:
         stopping = False
         while not stopping:
             item = self._queue.get()
@@ -165,19 +176,19 @@ class IngestService:
                 assert isinstance(item, _Request)
                 group.append(item)
                 size += len(item.events)
-            self._commit_group(group, size)
+            self._commit_group(writer, group, size)
 
-    def _commit_group(self, group: list[_Request], size: int) -> None:
+    def _commit_group(self, writer: _Writer, group: list[_Request], size: int) -> None:
         started = time.perf_counter()
         try:
-            results, refused = self._write(group)
+            results, refused = self._write(writer, group)
         except Exception as exc:
             if len(group) > 1:
                 # One request's events must not fail everyone who shared its transaction: retry
                 # each request on its own, so only the one that cannot be stored gets the error.
                 log.warning("group commit failed; committing its requests one by one", extra={"requests": len(group)})
                 for request in group:
-                    self._commit_group([request], len(request.events))
+                    self._commit_group(writer, [request], len(request.events))
                 return
             log.exception("ingest commit failed", extra={"requests": 1, "events": size})
             group[0].future.set_exception(exc)
@@ -204,28 +215,30 @@ class IngestService:
             else:
                 request.future.set_result(outcome)
 
-    def _write(self, group: list[_Request]) -> tuple[list[IngestResult | None], dict[int, InvalidEvents]]:
+    def _write(
+        self, writer: _Writer, group: list[_Request]
+    ) -> tuple[list[IngestResult | None], dict[int, InvalidEvents]]:
         """Commit the group; a request whose events meters must not count is left out of it
         (its result is None and its InvalidEvents is in the dict, by id of the request)."""
         ingested_us = to_micros(self.clock.now())
         refused: dict[int, InvalidEvents] = {}
-        if self._connection is None:
-            self._connection = self.store.writer_connection()
-        conn = self._connection
+        if writer.connection is None:
+            writer.connection = self.store.writer_connection()
+        conn = writer.connection
         try:
             with conn.begin():
-                return self._write_in(conn, group, ingested_us, refused)
+                return self._write_in(writer, conn, group, ingested_us, refused)
         except BaseException:
             # A failed transaction may leave the connection unusable (a lost PostgreSQL
             # connection): the next group starts on a fresh one.
-            self._close_connection()
+            _close_connection(writer)
             raise
 
     def _write_in(
-        self, conn: Any, group: list[_Request], ingested_us: int, refused: dict[int, InvalidEvents]
+        self, writer: _Writer, conn: Any, group: list[_Request], ingested_us: int, refused: dict[int, InvalidEvents]
     ) -> tuple[list[IngestResult | None], dict[int, InvalidEvents]]:
         """`_write` inside the transaction on `conn` (the counting too: it is short)."""
-        fields = self._metered_fields(conn)
+        fields = _metered_fields(writer, conn)
         if fields:
             for request in group:
                 errors = check_metered(request.events, fields, request.indexed)
@@ -240,15 +253,6 @@ class IngestService:
             projection.apply(conn, plan, events, ingested_us)
         by_request = iter(results)
         return [None if id(request) in refused else next(by_request) for request in group], refused
-
-    def _metered_fields(self, conn: Any) -> MeteredFields:
-        """What live meters read, as this transaction sees them (a meter created a moment ago
-        applies at once): one plain read per group, the SQLAlchemy read only after a change."""
-        fingerprint = materializer_sql.live_meters_fingerprint(conn)
-        cached = self._metered
-        if cached is None or cached[0] != fingerprint:
-            cached = self._metered = (fingerprint, metered_fields(materializer_sql.live_meter_reads(conn)))
-        return cached[1]
 
     def _insert_group(
         self, conn: Any, accepted: list[_Request], events: list[Event], ingested_us: int
@@ -336,3 +340,22 @@ def _count_duplicate(result: IngestResult, event: Event, same: bool | None) -> N
     else:
         result.conflicts += 1
         result.conflict_keys.append((event.source, event.id))
+
+
+def _metered_fields(writer: _Writer, conn: Any) -> MeteredFields:
+    """What live meters read, as this transaction sees them (a meter created a moment ago applies
+    at once): one plain read per group, the SQLAlchemy read only after a change."""
+    fingerprint = materializer_sql.live_meters_fingerprint(conn)
+    cached = writer.metered
+    if cached is None or cached[0] != fingerprint:
+        cached = writer.metered = (fingerprint, metered_fields(materializer_sql.live_meter_reads(conn)))
+    return cached[1]
+
+
+def _close_connection(writer: _Writer) -> None:
+    connection, writer.connection = writer.connection, None
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:
+            log.warning("closing the ingest writer's connection failed", exc_info=True)
