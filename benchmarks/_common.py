@@ -121,6 +121,7 @@ class BenchDatabase:
 
 # -- the server under test -------------------------------------------------------------------------
 _KEY_VARIABLE = "TALLYBOOK_BENCH_ADMIN_KEY"
+KEY_VARIABLE = _KEY_VARIABLE  # the server's admin key travels in this environment variable
 
 
 class ServerProcess:

@@ -15,9 +15,11 @@ exactly the events it acknowledged. See benchmarks/README.md for what each colum
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +42,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `tallybo
 
 from benchmarks._common import (
     ENGINES,
+    KEY_VARIABLE,
     PG_ADMIN_URL,
     BenchDatabase,
     LoadResult,
@@ -338,6 +341,23 @@ class Driver:
         return result
 
 
+def start_worker(server: ServerProcess, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """`tallybook worker` on the server's config: its materializer projects in another process
+    (PostgreSQL lets several take turns), beside the server's own thread."""
+    log_path = server.directory / "worker.log"
+    env = {**os.environ, KEY_VARIABLE: server.admin_key, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "tallybook", "worker", "--config", str(server.config)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, cwd=server.directory, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while "worker running" not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"tallybook worker did not start:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.1)
+    return proc
+
+
 def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
     report = EngineReport(engine)
     with tempfile.TemporaryDirectory(prefix=f"tallybook-bench-{engine}-") as scratch:
@@ -393,7 +413,13 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
                 driver.send(single, batched=False, runs=report.single_again, what=again, new=False)
             console.print(f"  {engine}: freshness under batch load", style="dim", highlight=False)
             fresh = make_events(f"{engine}-fresh", args.freshness_events, "fresh_call")
-            report.freshness = driver.freshness(fresh)
+            projector = start_worker(server) if engine == "postgres" and args.projector_worker else None
+            try:
+                report.freshness = driver.freshness(fresh)
+            finally:
+                if projector is not None:
+                    projector.terminate()
+                    projector.wait(timeout=60)
             del fresh
             if multi is not None:
                 multi.stop()
@@ -549,6 +575,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--ingest-writers", type=int, default=None, help="PostgreSQL: the servers' ingest.writers (default: theirs)"
+    )
+    parser.add_argument(
+        "--projector-worker",
+        action="store_true",
+        help="PostgreSQL: run `tallybook worker` beside the server while measuring freshness",
     )
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request")
     parser.add_argument("--runs", type=int, default=3, help="runs per mode; the table shows the median")
