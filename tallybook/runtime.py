@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import make_url
 
 from tallybook.auth.keys import ApiKeyService
+from tallybook.auth.sql import SqlApiKeyStorage
 from tallybook.billing.catalog import CatalogService
 from tallybook.billing.catalog_sql import SqlPlanRepository
 from tallybook.billing.invoicing import INVOICE_JOB, InvoicingService
@@ -110,7 +111,7 @@ class Runtime:
             max_group_events=settings.ingest.group_commit_max_events,
             writers=settings.ingest.writers_for(settings.database.url),
         )
-        runtime = cls(settings, store, clock, metrics, ingest, ApiKeyService(store, clock))
+        runtime = cls(settings, store, clock, metrics, ingest, ApiKeyService(SqlApiKeyStorage(store), clock))
         runtime.customers = CustomerService(SqlCustomerRepository(store), clock)
         for key in settings.auth.bootstrap_keys:
             if runtime.keys.ensure(key.name, key.scope, key.key):

@@ -50,7 +50,7 @@ def test_x_apikey_header_is_accepted(client, keys):
 
 
 def test_revoked_key_stops_working(client, keys, runtime):
-    record = runtime.store.api_key_by_hash(hash_key(keys["read"]))
+    record = runtime.keys.storage.by_hash(hash_key(keys["read"]))
     assert client.get("/api/v1/events", headers=headers(keys["read"])).status_code == 200
     assert runtime.keys.revoke(record.id) is True
     assert client.get("/api/v1/events", headers=headers(keys["read"])).status_code == 401

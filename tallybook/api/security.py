@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tallybook.api.problems import Problem
 from tallybook.auth.keys import Scope, scope_allows
-from tallybook.store.base import ApiKeyRecord
+from tallybook.auth.model import ApiKeyRecord
 
 
 def presented_key(request: Request) -> str | None:

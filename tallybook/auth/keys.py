@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from tallybook.auth.model import ApiKeyRecord
+from tallybook.auth.ports import ApiKeyStorage
 from tallybook.clock import Clock, SystemClock, to_micros
-from tallybook.store.base import ApiKeyRecord, SqlStore
 
 Scope = Literal["ingest", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")
@@ -39,8 +40,8 @@ class CreatedKey:
 
 
 class ApiKeyService:
-    def __init__(self, store: SqlStore, clock: Clock | None = None) -> None:
-        self.store = store
+    def __init__(self, storage: ApiKeyStorage, clock: Clock | None = None) -> None:
+        self.storage = storage
         self.clock = clock or SystemClock()
         self._cache: dict[str, tuple[ApiKeyRecord | None, float]] = {}
         self._cache_lock = threading.Lock()
@@ -58,12 +59,12 @@ class ApiKeyService:
             created_us=to_micros(self.clock.now()),
             revoked_us=None,
         )
-        self.store.add_api_key(record)
+        self.storage.add(record)
         return CreatedKey(record, secret)
 
     def ensure(self, name: str, scope: Scope, plaintext: str) -> bool:
         """Register a key given in config if it isn't known yet. Returns True if it was added."""
-        if self.store.api_key_by_hash(hash_key(plaintext)) is not None:
+        if self.storage.by_hash(hash_key(plaintext)) is not None:
             return False
         self.create(name, scope, plaintext)
         return True
@@ -83,7 +84,7 @@ class ApiKeyService:
             return record
         digest = hash_key(plaintext)
         now = time.monotonic()
-        record = self.store.api_key_by_hash(digest)
+        record = self.storage.by_hash(digest)
         if record is not None and record.revoked_us is not None:
             record = None
         with self._cache_lock:
@@ -93,13 +94,13 @@ class ApiKeyService:
         return record
 
     def list(self) -> list[ApiKeyRecord]:
-        return self.store.list_api_keys()
+        return self.storage.list()
 
     def revoke(self, key_id: str) -> bool:
-        revoked = self.store.revoke_api_key(key_id, to_micros(self.clock.now()))
+        revoked = self.storage.revoke(key_id, to_micros(self.clock.now()))
         with self._cache_lock:
             self._cache.clear()
         return revoked
 
     def has_admin(self) -> bool:
-        return self.store.count_active_admin_keys() > 0
+        return self.storage.count_active_admins() > 0

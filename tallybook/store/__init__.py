@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from tallybook.store.base import ApiKeyRecord, EventFilter, SqlStore
+from tallybook.store.base import EventFilter, SqlStore
 
 
 class UnsupportedDatabase(ValueError):
@@ -38,4 +38,4 @@ def open_store(url: str) -> SqlStore:
     )
 
 
-__all__ = ["ApiKeyRecord", "EventFilter", "SqlStore", "UnsupportedDatabase", "open_store"]
+__all__ = ["EventFilter", "SqlStore", "UnsupportedDatabase", "open_store"]

@@ -8,12 +8,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, tuple_, update
+from sqlalchemy import Connection, Engine, func, select, tuple_
 from sqlalchemy.sql import Insert
 
 from tallybook.ingest.events import Event
 from tallybook.store import schema
-from tallybook.store.schema import api_keys, events
+from tallybook.store.schema import events
 
 # Rows per INSERT statement. Bounded by SQLite's 32,766 bound-parameter limit (9 columns a row).
 INSERT_PAGE_SIZE = 2000
@@ -35,17 +35,6 @@ class EventFilter:
     limit: int = 100
     order_by_ingested: bool = False  # codehooks lists by receive time; OpenMeter by event time
     include_voided: bool = False  # voided events (tallybook/voids) are left out unless asked for
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKeyRecord:
-    id: str
-    name: str
-    scope: str
-    prefix: str
-    key_hash: str
-    created_us: int
-    revoked_us: int | None
 
 
 class SqlStore(ABC):
@@ -189,51 +178,6 @@ class SqlStore(ABC):
         with self.read() as conn:
             return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
 
-    # -- API keys -----------------------------------------------------------------------------------
-    def add_api_key(self, record: ApiKeyRecord) -> None:
-        with self.write() as conn:
-            conn.execute(api_keys.insert().values(**_key_row(record)))
-
-    def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
-        with self.read() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash)).first()
-        return ApiKeyRecord(**row._mapping) if row else None
-
-    def list_api_keys(self) -> list[ApiKeyRecord]:
-        with self.read() as conn:
-            rows = conn.execute(select(api_keys).order_by(api_keys.c.created_us, api_keys.c.id))
-            return [ApiKeyRecord(**row._mapping) for row in rows]
-
-    def revoke_api_key(self, key_id: str, revoked_us: int) -> bool:
-        with self.write() as conn:
-            result = conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_us.is_(None))
-                .values(revoked_us=revoked_us)
-            )
-            return result.rowcount > 0
-
-    def count_active_admin_keys(self) -> int:
-        with self.read() as conn:
-            query = (
-                select(func.count())
-                .select_from(api_keys)
-                .where(api_keys.c.scope == "admin", api_keys.c.revoked_us.is_(None))
-            )
-            return int(conn.execute(query).scalar_one())
-
-
-def _key_row(record: ApiKeyRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "name": record.name,
-        "scope": record.scope,
-        "prefix": record.prefix,
-        "key_hash": record.key_hash,
-        "created_us": record.created_us,
-        "revoked_us": record.revoked_us,
-    }
-
 
 def _event_from_row(row: Any) -> Event:
     return Event(
@@ -248,4 +192,4 @@ def _event_from_row(row: Any) -> Event:
     )
 
 
-__all__ = ["ApiKeyRecord", "EventFilter", "SqlStore", "schema"]
+__all__ = ["EventFilter", "SqlStore", "schema"]

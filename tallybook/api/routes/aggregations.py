@@ -24,10 +24,10 @@ from tallybook.api.openapi import query_parameters
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.api.wire.events import AGGREGATION_PARAMETERS, AggregationDocument
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.ingest.events import parse_time
 from tallybook.meters.models import MeterError
 from tallybook.meters.windows import PERIODS, UnknownTimeZone, period_bounds, zone
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(tags=["codehooks"])
 

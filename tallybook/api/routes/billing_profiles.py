@@ -16,8 +16,8 @@ from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.billing import BillingProfile, BillingProfilePage, CustomerBillingProfile
 from tallybook.api.wire.billing_profiles import customer_profile_json, parse_override, parse_profile, profile_json
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.billing.profiles_model import COLLECTION_METHODS, COLLECTORS, TAX_BEHAVIORS, ProfileListQuery
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/billing", tags=["billing profiles"])
 

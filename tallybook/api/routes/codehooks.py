@@ -19,6 +19,7 @@ from tallybook.api.openapi import json_body, responses
 from tallybook.api.params import Instant, instant_micros
 from tallybook.api.security import require
 from tallybook.api.wire.events import UsageBatchCaptured, UsageBatchRecord, UsageCaptured, UsageEvent, UsageRecord
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.ingest.events import (
     BatchTooLarge,
@@ -27,7 +28,7 @@ from tallybook.ingest.events import (
     check_batch,
     codehooks_event,
 )
-from tallybook.store.base import ApiKeyRecord, EventFilter
+from tallybook.store.base import EventFilter
 
 router = APIRouter(tags=["codehooks"])
 

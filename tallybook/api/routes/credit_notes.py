@@ -14,9 +14,9 @@ from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.credit_notes import CreditNote as CreditNoteShape
 from tallybook.api.wire.credit_notes import CreditNotePage
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.creditnotes.export import credit_note_html, credit_note_json
 from tallybook.creditnotes.model import STATUSES, CreditNote, CreditNoteQuery
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/billing", tags=["credit notes"])
 JSON_MEDIA_TYPE = "application/json"

@@ -15,6 +15,7 @@ from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.customers import Customer as CustomerShape
 from tallybook.api.wire.customers import CustomerPage
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339
 from tallybook.customers import (
     Customer,
@@ -22,7 +23,6 @@ from tallybook.customers import (
     parse_customer,
 )
 from tallybook.customers.validation import address_json
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["customers"])
 

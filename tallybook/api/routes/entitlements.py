@@ -45,11 +45,11 @@ from tallybook.api.wire.entitlements import (
     render_value,
     render_view,
 )
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.entitlements.model import Owner
 from tallybook.entitlements.service import EntitlementService
 from tallybook.ingest.limits import MAX_PAGE, MAX_PAGE_SIZE
 from tallybook.meters.windows import WindowSize
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(tags=["entitlements"])
 

@@ -15,6 +15,7 @@ from tallybook.api.params import Instant, instant_micros
 from tallybook.api.problems import Problem
 from tallybook.api.security import require
 from tallybook.api.wire.events import CloudEvent, IngestedEvent
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.eventlist.model import EventListQuery, ListedEvent, customer_refs, exact_filters
 from tallybook.ingest.events import (
@@ -25,7 +26,6 @@ from tallybook.ingest.events import (
     check_batch,
     cloudevent_from_json,
 )
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 

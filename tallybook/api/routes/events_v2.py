@@ -15,6 +15,7 @@ from tallybook.api.routes.events import listed_event_json
 from tallybook.api.security import require
 from tallybook.api.wire.events import IngestedEventCursorPaginatedResponse
 from tallybook.api.wire.filters import EventsFilter, json_query_parameter
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.eventlist.model import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -24,7 +25,6 @@ from tallybook.eventlist.model import (
     EventPage,
     parse_event_filter,
 )
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v2", tags=["events"])
 

@@ -15,9 +15,9 @@ from starlette.concurrency import run_in_threadpool
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.params import Instant, instant_micros
 from tallybook.api.security import require
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.ops.export import MEDIA_TYPES, ExportFormat, ExportKind, ExportRequest
 from tallybook.ops.sql_export import prepare
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/export", tags=["export"])
 

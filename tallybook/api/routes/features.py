@@ -14,7 +14,7 @@ from tallybook.api.routes.entitlements import Limit, Offset, Page, PageSize
 from tallybook.api.security import require
 from tallybook.api.wire.entitlement_specs import feature_spec
 from tallybook.api.wire.entitlements import Feature, FeatureBody, FeaturePage, listing, render_feature
-from tallybook.store.base import ApiKeyRecord
+from tallybook.auth.model import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/features", tags=["entitlements"])
 

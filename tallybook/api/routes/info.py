@@ -10,8 +10,8 @@ from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.security import require
 from tallybook.api.wire.info import Currency
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.billing.currency import currencies_in_use
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["info"])
 

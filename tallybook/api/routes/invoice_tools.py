@@ -18,6 +18,7 @@ from tallybook.api.security import require
 from tallybook.api.wire.billing import Invoice as InvoiceShape
 from tallybook.api.wire.invoice_checks import InvoiceVerification
 from tallybook.api.wire.unbilled import UnbilledReport
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.billing.documents import seller_snapshot
 from tallybook.billing.export import invoice_html, invoice_json, line_json
 from tallybook.billing.invoicing import Invoice
@@ -25,7 +26,6 @@ from tallybook.billing.pdf import html_to_pdf
 from tallybook.billing.verification import Verification
 from tallybook.clock import format_rfc3339
 from tallybook.runtime import Runtime
-from tallybook.store.base import ApiKeyRecord
 from tallybook.unbilled.model import REASONS, UnbilledQuery
 from tallybook.unbilled.service import report_json
 

@@ -17,11 +17,11 @@ from tallybook.api.routes.invoice_tools import invoice_page
 from tallybook.api.security import require
 from tallybook.api.wire.billing import CustomerUsage, InvoiceList, InvoicePage
 from tallybook.api.wire.billing import Invoice as InvoiceShape
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.billing.export import invoice_json
 from tallybook.billing.invoicing import STATUSES, Invoice, InvoiceError
 from tallybook.billing.subscriptions import SubscriptionError
 from tallybook.clock import format_rfc3339
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/billing", tags=["invoices"])
 JSON_MEDIA_TYPE = "application/json"

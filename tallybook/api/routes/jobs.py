@@ -12,10 +12,10 @@ from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.security import require
 from tallybook.api.wire.jobs import JobFailurePage, JobList, JobRunReport
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339, from_micros
 from tallybook.jobs.model import JobFailureRow
 from tallybook.jobs.scheduler import run_status
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 

@@ -12,7 +12,7 @@ from tallybook.api.ingesting import runtime_of
 from tallybook.api.openapi import responses
 from tallybook.api.params import Instant
 from tallybook.api.security import require
-from tallybook.store.base import ApiKeyRecord
+from tallybook.auth.model import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["meters"])
 

@@ -31,6 +31,7 @@ from tallybook.api.wire.meters import (
 from tallybook.api.wire.meters import (
     Meter as MeterShape,
 )
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339
 from tallybook.filters.model import InvalidFilter, StringFilter, parse_string_filter
 from tallybook.ingest.events import parse_time
@@ -45,7 +46,6 @@ from tallybook.meters.models import (
     UsageResult,
 )
 from tallybook.meters.windows import WindowSize
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["meters"])
 MAX_BODY = 1024 * 1024

@@ -31,12 +31,12 @@ from tallybook.api.wire.notifications import (
     Rule,
     RulePage,
 )
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339, from_micros
 from tallybook.entitlements.notifications import RULE_TYPES as ENTITLEMENT_RULE_TYPES
 from tallybook.entitlements.notifications import check_rule_settings
 from tallybook.errors import DomainError
 from tallybook.ingest.limits import MAX_PAGE, MAX_PAGE_SIZE
-from tallybook.store.base import ApiKeyRecord
 from tallybook.webhooks.model import (
     SOURCE_CONFIG,
     AttemptRow,

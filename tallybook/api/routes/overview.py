@@ -11,10 +11,10 @@ from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.security import require
 from tallybook.api.wire.overview import Overview
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339, from_micros, to_micros
 from tallybook.observability.metrics import Metrics
 from tallybook.runtime import Runtime
-from tallybook.store.base import ApiKeyRecord
 from tallybook.ui import stats_sql as stats
 
 router = APIRouter(prefix="/api/v1", tags=["overview"])

@@ -15,9 +15,9 @@ from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.billing import Plan, PlanPage
 from tallybook.api.wire.plans import parse_plan, plan_json
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.billing.catalog_model import PlanListQuery, PlanStatus
 from tallybook.billing.currency import validate_currency
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["plans"])
 

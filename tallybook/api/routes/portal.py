@@ -27,10 +27,10 @@ from tallybook.api.wire.entitlements import PortalEntitlements, render_grant, re
 from tallybook.api.wire.meters import CSV_CONTENT, MeterQueryResult
 from tallybook.api.wire.portal import InvoiceEstimate, PortalHolderInfo
 from tallybook.api.wire.portal import PortalToken as PortalTokenShape
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339
 from tallybook.entitlements.model import EntitlementError
 from tallybook.portal.service import PortalHolder, PortalToken
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1/portal", tags=["portal"])
 

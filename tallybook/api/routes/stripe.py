@@ -17,8 +17,8 @@ from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.customers import CustomerAppDataPage, StripeCustomerLink
 from tallybook.api.wire.stripe import CheckoutSession, StripeReportPage, WebhookReceipt
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339, from_micros, to_micros
-from tallybook.store.base import ApiKeyRecord
 from tallybook.stripe.model import OUT_OF_RANGE, PENDING, REJECTED, SENT, CustomerLink, ReportFilter, ReportRow
 
 router = APIRouter(prefix="/api/v1", tags=["stripe"])

@@ -11,8 +11,8 @@ from tallybook import jsonutil
 from tallybook.api.ingesting import runtime_of
 from tallybook.api.security import require
 from tallybook.api.wire.customers import Subject
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.customers import SeenSubject
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["subjects"])
 

@@ -16,11 +16,11 @@ from tallybook.api.render import json_response
 from tallybook.api.security import require
 from tallybook.api.wire.billing import Subscription as SubscriptionShape
 from tallybook.api.wire.billing import SubscriptionChange, SubscriptionList
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.billing.catalog_model import format_cadence
 from tallybook.billing.periods import Alignment
 from tallybook.billing.subscriptions import Subscription, SubscriptionError, SubscriptionInput, Timing
 from tallybook.clock import format_rfc3339
-from tallybook.store.base import ApiKeyRecord
 
 router = APIRouter(prefix="/api/v1", tags=["subscriptions"])
 MAX_BODY_BYTES = 64 * 1024

@@ -16,9 +16,9 @@ from tallybook.api.render import json_response
 from tallybook.api.routes.events import SINGLE, parse_cloudevents
 from tallybook.api.security import require
 from tallybook.api.wire.voids import AmendBody, VoidBody, VoidPage, VoidPreview, VoidRecord
+from tallybook.auth.model import ApiKeyRecord
 from tallybook.clock import format_rfc3339, to_micros
 from tallybook.ingest.events import BatchTooLarge, InvalidEvents, parse_time
-from tallybook.store.base import ApiKeyRecord
 from tallybook.voids import model
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
