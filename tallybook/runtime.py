@@ -35,6 +35,7 @@ from tallybook.jobs.aggregation import PeriodCloseJob
 from tallybook.jobs.aggregation_sql import SqlAggregationStorage
 from tallybook.jobs.reports import MeterReportJob, meter_usage_query
 from tallybook.jobs.scheduler import Job, JobScheduler
+from tallybook.jobs.sql import sql_scheduler
 from tallybook.meters.inline_sql import InlineProjection
 from tallybook.meters.service import REBUILD_INTERVAL, REBUILD_JOB, MeterService
 from tallybook.meters.sql import SqlMeterStorage
@@ -138,7 +139,7 @@ class Runtime:
         runtime.webhooks = WebhookService(webhook_storage, settings.webhooks, clock)
         runtime.webhooks.sync_config_endpoints()
         hooks = settings.webhooks
-        runtime.jobs = JobScheduler(store, clock, poll_interval=hooks.scheduler.poll_interval, metrics=metrics)
+        runtime.jobs = sql_scheduler(store, clock, poll_interval=hooks.scheduler.poll_interval, metrics=metrics)
         failures = runtime.jobs.failures
         aggregation = SqlAggregationStorage(store)
         close = PeriodCloseJob(aggregation, runtime.webhooks, runtime.meters, hooks, period_bounds, failures)

@@ -20,8 +20,8 @@ from sqlalchemy import text
 
 from tallybook import jsonutil
 from tallybook.clock import FixedClock, format_rfc3339
-from tallybook.jobs.scheduler import Job, JobScheduler
-from tallybook.jobs.sql import advisory_key
+from tallybook.jobs.scheduler import Job
+from tallybook.jobs.sql import advisory_key, sql_scheduler
 from tallybook.store import open_store
 from tests.test_webhook_helpers import SECRET, Receiver, api, build_runtime, reset_database
 
@@ -54,7 +54,7 @@ def test_an_exclusive_job_runs_in_one_process_at_a_time(database_url):
     clock = FixedClock(datetime(2026, 3, 1, tzinfo=UTC))
     store_a, store_b = open_store(database_url), open_store(database_url)
     body = Blocking()
-    a, b = JobScheduler(store_a, clock), JobScheduler(store_b, clock)
+    a, b = sql_scheduler(store_a, clock), sql_scheduler(store_b, clock)
     for scheduler in (a, b):
         scheduler.register(Job("close", body, interval=timedelta(minutes=1)))
     try:
@@ -82,7 +82,7 @@ def test_a_crashed_holder_does_not_block_the_job_forever_on_sqlite(sqlite_url):
     reset_database(sqlite_url)
     clock = FixedClock(datetime(2026, 3, 1, tzinfo=UTC))
     store = open_store(sqlite_url)
-    scheduler = JobScheduler(store, clock)
+    scheduler = sql_scheduler(store, clock)
     calls: list[datetime] = []
     scheduler.register(Job("close", lambda now: {"n": len(calls.append(now) or calls)}, timedelta(minutes=1)))
     try:
@@ -117,7 +117,7 @@ def test_the_postgres_lock_dies_with_its_holders_connection(postgres_url):
     reset_database(postgres_url)
     clock = FixedClock(datetime(2026, 3, 1, tzinfo=UTC))
     store = open_store(postgres_url)
-    scheduler = JobScheduler(store, clock)
+    scheduler = sql_scheduler(store, clock)
     calls: list[datetime] = []
     scheduler.register(Job("close", lambda now: {"n": len(calls.append(now) or calls)}, timedelta(minutes=1)))
     libpq_url = postgres_url.replace("postgresql+psycopg://", "postgresql://")

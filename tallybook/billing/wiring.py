@@ -28,7 +28,7 @@ from tallybook.clock import Clock
 from tallybook.creditnotes.service import CreditNoteService
 from tallybook.creditnotes.sql import SqlCreditNotes, void_of_invoice
 from tallybook.customers import CustomerService
-from tallybook.jobs.failures import FailureLog
+from tallybook.jobs.runs import ItemFailureLog
 from tallybook.meters.service import MeterService
 from tallybook.store.base import SqlStore
 from tallybook.webhooks.service import WebhookService
@@ -55,7 +55,7 @@ def build_billing(
     customers: CustomerService,
     meters: MeterService,
     webhooks: WebhookService,
-    failures: FailureLog,
+    failures: ItemFailureLog,
 ) -> BillingServices:
     def plan_lookup(key: str, version: int | None) -> PlanVersion:
         try:

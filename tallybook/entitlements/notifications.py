@@ -28,7 +28,7 @@ from tallybook.customers.model import Customer
 from tallybook.entitlements import notifications_sql
 from tallybook.entitlements.model import METERED, Entitlement, EntitlementValue, Reset
 from tallybook.entitlements.service import EntitlementService
-from tallybook.jobs.failures import FailureLog
+from tallybook.jobs.runs import ItemFailureLog
 from tallybook.store.base import SqlStore
 from tallybook.voids.sql import latest_void_us, voided_subjects
 from tallybook.webhooks.service import InvalidInput, OutboxMessage, WebhookService
@@ -108,7 +108,7 @@ class EntitlementNotifier:
         webhooks: WebhookService,
         entitlements: EntitlementService,
         clock: Clock,
-        failures: FailureLog,
+        failures: ItemFailureLog,
     ) -> None:
         self.store = store
         self.webhooks = webhooks

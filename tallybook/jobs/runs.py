@@ -10,7 +10,7 @@ result), not as crashed.
 The item's own database work must be in a transaction or savepoint of its own, opened *inside*
 the `item` block: on PostgreSQL a failed statement aborts the whole transaction, so catching the
 exception without rolling back to a point before the item would make every later item fail too.
-Failures are written when the run ends (`JobRun.flush`, called by `FailureLog.run`), in a
+Failures are written when the run ends (`JobRun.flush`, called by `ItemFailureLog.run`), in a
 transaction of their own, so recording never waits on a transaction the job still holds.
 """
 

@@ -5,7 +5,7 @@ on one database each due run happens in one of them: the process that takes the 
 job's next run time and skips the run if another process already did it. Non-exclusive jobs (the
 delivery worker) are safe to run everywhere at once because they claim their rows individually.
 
-A job that loops over rows isolates its items (tallybook/jobs/failures.py): an item that fails is
+A job that loops over rows isolates its items (tallybook/jobs/runs.py): an item that fails is
 recorded and skipped, and the run finishes with `failedItems` in its result; it is recorded as
 partial (`last_failed_items`), which is not the same as a crashed run (`last_error`).
 
@@ -25,10 +25,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tallybook.clock import Clock, to_micros
-from tallybook.jobs.failures import FailureLog
-from tallybook.jobs.sql import JobStore
-from tallybook.observability.metrics import Metrics
-from tallybook.store.base import SqlStore
+from tallybook.jobs.ports import JobBookkeeping
+from tallybook.jobs.runs import ItemFailureLog
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +81,17 @@ class JobResult:
 class JobScheduler:
     def __init__(
         self,
-        store: SqlStore,
+        bookkeeping: JobBookkeeping,
+        failures: ItemFailureLog,
         clock: Clock,
         poll_interval: timedelta = timedelta(seconds=1),
-        metrics: Metrics | None = None,
     ) -> None:
-        self.jobs_store = JobStore(store)
+        """`bookkeeping`: each job's lock, next run and last outcome (jobs/sql.py's `JobStore`; build
+        both with `jobs.sql.sql_scheduler`). `failures`: where every job's loop records the items
+        it skipped (GET /api/v1/jobs/failures)."""
+        self.bookkeeping = bookkeeping
         self.clock = clock
-        # Where every job's loop records the items it skipped (GET /api/v1/jobs/failures).
-        self.failures = FailureLog(store, clock, metrics)
+        self.failures = failures
         self.poll_interval = poll_interval
         self._jobs: dict[str, Job] = {}
         self._thread: threading.Thread | None = None
@@ -119,11 +119,11 @@ class JobScheduler:
         if not job.exclusive:
             return self._execute(job, now, record=False)
         lease_us = int(job.lease.total_seconds() * 1_000_000)
-        with self.jobs_store.exclusive(job.name, now_us, lease_us) as held:
+        with self.bookkeeping.exclusive(job.name, now_us, lease_us) as held:
             if not held:
                 return JobResult(job.name, ran=False, skipped_reason="running in another process")
             # Under the lock: another process may have just done this run.
-            if not force and not self.jobs_store.is_due(job.name, now_us):
+            if not force and not self.bookkeeping.is_due(job.name, now_us):
                 return JobResult(job.name, ran=False, skipped_reason="not due")
             return self._execute(job, now, record=True)
 
@@ -144,7 +144,7 @@ class JobScheduler:
             )
         if record:
             finished = self.clock.now()
-            self.jobs_store.record_run(
+            self.bookkeeping.record_run(
                 job.name,
                 started_us,
                 to_micros(finished),
@@ -164,7 +164,7 @@ class JobScheduler:
         results = []
         with self._lock:
             for job in self._jobs.values():
-                if job.exclusive and not self.jobs_store.is_due(job.name, to_micros(self.clock.now())):
+                if job.exclusive and not self.bookkeeping.is_due(job.name, to_micros(self.clock.now())):
                     continue
                 results.append(self.run_job(job, force=False))
         return results

@@ -14,12 +14,17 @@ import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from tallybook.clock import Clock
 from tallybook.jobs.model import ItemFailure, JobFailureRow, JobRunRow
+from tallybook.jobs.runs import ItemFailureLog
+from tallybook.jobs.scheduler import JobScheduler
+from tallybook.observability.metrics import Metrics
 from tallybook.store import locks
 from tallybook.store.base import SqlStore
 from tallybook.store.schema import metadata
@@ -257,3 +262,12 @@ class JobStore:
         conn.execute(
             statement.on_conflict_do_update(index_elements=["name"], set_={"value_us": statement.excluded.value_us})
         )
+
+
+def sql_scheduler(
+    store: SqlStore, clock: Clock, poll_interval: timedelta = timedelta(seconds=1), metrics: Metrics | None = None
+) -> JobScheduler:
+    """The scheduler on the store's job tables: its bookkeeping and the failure log every room's
+    jobs share (`job_failures`)."""
+    job_store = JobStore(store)
+    return JobScheduler(job_store, ItemFailureLog(job_store, clock, metrics), clock, poll_interval)

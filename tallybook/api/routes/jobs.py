@@ -41,7 +41,7 @@ async def run_jobs(request: Request, _key: Admin) -> Response:
 @router.get("", response_model=JobList)
 async def list_jobs(request: Request, _key: Admin) -> Response:
     runtime = runtime_of(request)
-    runs = {r.name: r for r in await run_in_threadpool(runtime.jobs.jobs_store.list_runs)}
+    runs = {r.name: r for r in await run_in_threadpool(runtime.jobs.bookkeeping.list_runs)}
     items: list[dict[str, Any]] = []
     for job in runtime.jobs.jobs:
         run = runs.get(job.name)
