@@ -25,6 +25,7 @@ from tallybook.creditnotes.service import CreditNoteService
 from tallybook.customers import CustomerService
 from tallybook.customers.sql import SqlCustomerRepository
 from tallybook.entitlements.notifications import NOTIFY_JOB, EntitlementNotifier
+from tallybook.entitlements.notifications_sql import SqlNotifierStorage
 from tallybook.entitlements.service import EntitlementService
 from tallybook.entitlements.sql import SqlEntitlementRepository
 from tallybook.entitlements.subscriptions import SubscriptionEntitlements
@@ -148,7 +149,9 @@ class Runtime:
             aggregation, runtime.webhooks, runtime.meters, hooks, period_bounds, meter_usage_query, failures
         )
         runtime.jobs.register(Job(report.name, report.run, hooks.scheduler.close_interval))
-        notifier = EntitlementNotifier(store, runtime.webhooks, runtime.entitlements, clock, failures)
+        notifier = EntitlementNotifier(
+            SqlNotifierStorage(store), runtime.webhooks, runtime.entitlements, clock, failures
+        )
         runtime.entitlement_notifier = notifier
         runtime.jobs.register(Job(NOTIFY_JOB, notifier.run, hooks.scheduler.close_interval))
         delivery = DeliveryWorker(webhook_storage, hooks, clock, failures=failures)

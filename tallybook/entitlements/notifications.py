@@ -25,12 +25,10 @@ from typing import Any
 
 from tallybook.clock import Clock, format_rfc3339, to_micros
 from tallybook.customers.model import Customer
-from tallybook.entitlements import notifications_sql
 from tallybook.entitlements.model import METERED, Entitlement, EntitlementValue, Reset
+from tallybook.entitlements.ports import NotifierStorage, NotifierTransaction
 from tallybook.entitlements.service import EntitlementService
 from tallybook.jobs.runs import ItemFailureLog
-from tallybook.store.base import SqlStore
-from tallybook.voids.sql import latest_void_us, voided_subjects
 from tallybook.webhooks.service import InvalidInput, OutboxMessage, WebhookService
 
 log = logging.getLogger(__name__)
@@ -104,13 +102,13 @@ def thresholds_of(settings: dict[str, Any] | None) -> list[Threshold]:
 class EntitlementNotifier:
     def __init__(
         self,
-        store: SqlStore,
+        storage: NotifierStorage,
         webhooks: WebhookService,
         entitlements: EntitlementService,
         clock: Clock,
         failures: ItemFailureLog,
     ) -> None:
-        self.store = store
+        self.storage = storage
         self.webhooks = webhooks
         self.entitlements = entitlements
         self.clock = clock
@@ -125,12 +123,12 @@ class EntitlementNotifier:
 
     # -- rule settings --------------------------------------------------------------------------------
     def save_settings(self, rule_id: str, features: list[str] | None, thresholds: list[dict[str, Any]] | None) -> None:
-        with self.store.write() as conn:
-            notifications_sql.save_rule_settings(conn, rule_id, features, thresholds)
+        with self.storage.writing() as tx:
+            tx.save_rule_settings(rule_id, features, thresholds)
 
     def settings(self, rule_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        with self.store.read() as conn:
-            return notifications_sql.rule_settings(conn, rule_ids)
+        with self.storage.reading() as tx:
+            return tx.rule_settings(rule_ids)
 
     # -- the job --------------------------------------------------------------------------------------
     def run(self, now: datetime) -> dict[str, Any]:
@@ -140,19 +138,19 @@ class EntitlementNotifier:
 
     def _run(self, now: datetime, run: Any) -> dict[str, int]:
         counts = {"entitlements": 0, "events": 0}
-        with self.store.read() as conn:
-            threshold_rules = self.webhooks.destinations(conn, BALANCE_THRESHOLD)
-            reset_rules = self.webhooks.destinations(conn, RESET)
-            seq_mark = notifications_sql.notifier_value(conn, SEQ_MARK)
-            void_mark = notifications_sql.notifier_value(conn, VOID_MARK)
-            seq_now = notifications_sql.max_event_seq(conn)
-            touched_subjects = set(notifications_sql.subjects_ingested(conn, seq_mark or 0, seq_now))
+        with self.storage.reading() as tx:
+            threshold_rules = self.webhooks.destinations(tx.outbox, BALANCE_THRESHOLD)
+            reset_rules = self.webhooks.destinations(tx.outbox, RESET)
+            seq_mark = tx.notifier_value(SEQ_MARK)
+            void_mark = tx.notifier_value(VOID_MARK)
+            seq_now = tx.max_event_seq()
+            touched_subjects = set(tx.subjects_ingested(seq_mark or 0, seq_now))
             # Voids by their instant: the mark is the latest void seen, not the clock.
-            void_now = latest_void_us(conn) or 0
-            touched_subjects |= {s for s, _, _ in voided_subjects(conn, void_mark or 0, void_now)}
-            change_mark = notifications_sql.notifier_value(conn, CHANGE_MARK)
+            void_now = tx.latest_void_us() or 0
+            touched_subjects |= {s for s, _, _ in tx.voided_subjects(void_mark or 0, void_now)}
+            change_mark = tx.notifier_value(CHANGE_MARK)
             now_us = to_micros(now)
-            changed = notifications_sql.changed_entitlements(conn, change_mark or 0, now_us)
+            changed = tx.changed_entitlements(change_mark or 0, now_us)
         with self._lock:
             dirty, self._dirty = self._dirty | changed, set()
         metered = [e for e in self.entitlements.entitlements(types=[METERED]) if e.active_at(now)]
@@ -165,8 +163,8 @@ class EntitlementNotifier:
         resets: dict[str, list[Reset]] = {}
         for reset in self.entitlements.repository.resets([e.id for e in metered]):
             resets.setdefault(reset.entitlement_id, []).append(reset)
-        with self.store.read() as conn:
-            last_sent = notifications_sql.all_reset_sent(conn)
+        with self.storage.reading() as tx:
+            last_sent = tx.all_reset_sent()
         for entitlement in metered:
             moved = entitlement.id in dirty or entitlement.customer_id in touched_customers
             last = last_sent.get(entitlement.id)
@@ -190,10 +188,10 @@ class EntitlementNotifier:
         return counts
 
     def _advance(self, seq: int, void_us: int, now_us: int) -> None:
-        with self.store.write() as conn:
-            notifications_sql.set_notifier_value(conn, SEQ_MARK, seq)
-            notifications_sql.set_notifier_value(conn, VOID_MARK, void_us)
-            notifications_sql.set_notifier_value(conn, CHANGE_MARK, now_us)
+        with self.storage.writing() as tx:
+            tx.set_notifier_value(SEQ_MARK, seq)
+            tx.set_notifier_value(VOID_MARK, void_us)
+            tx.set_notifier_value(CHANGE_MARK, now_us)
 
     def _evaluate(
         self, entitlement: Entitlement, customer: Customer, now: datetime, moved: bool, thresholds: bool, resets: bool
@@ -201,16 +199,16 @@ class EntitlementNotifier:
         begin, end = self.entitlements.current_period(customer, entitlement, now)
         begin_us = to_micros(begin)
         sent = 0
-        with self.store.read() as conn:
-            last_reset = notifications_sql.reset_sent(conn, entitlement.id)
+        with self.storage.reading() as tx:
+            last_reset = tx.reset_sent(entitlement.id)
         new_period = last_reset is None or last_reset < begin_us
         if not moved and not new_period:
-            with self.store.write() as conn:
-                notifications_sql.save_reset_sent(conn, entitlement.id, begin_us, to_micros(end), exists=True)
+            with self.storage.writing() as tx:
+                tx.save_reset_sent(entitlement.id, begin_us, to_micros(end), exists=True)
             return 0
         value = self.entitlements.value_of(customer, entitlement, now)
         feature = self.entitlements.feature(entitlement.feature_id)
-        with self.store.write() as conn:
+        with self.storage.writing() as tx:
             # The first look at an entitlement records its period without sending: its start is the
             # entitlement's creation, not a reset.
             if new_period and resets and last_reset is not None:
@@ -220,18 +218,16 @@ class EntitlementNotifier:
                     _payload(RESET, now, entitlement, feature.key, customer, value),
                     subject=entitlement.subject_key,
                 )
-                if self.webhooks.enqueue(conn, message, self.webhooks.destinations(conn, RESET), now):
+                if self.webhooks.enqueue(tx.outbox, message, self.webhooks.destinations(tx.outbox, RESET), now):
                     sent += 1
-            notifications_sql.save_reset_sent(
-                conn, entitlement.id, begin_us, to_micros(end), exists=last_reset is not None
-            )
+            tx.save_reset_sent(entitlement.id, begin_us, to_micros(end), exists=last_reset is not None)
             if thresholds:
-                sent += self._thresholds(conn, entitlement, customer, feature.id, feature.key, value, begin_us, now)
+                sent += self._thresholds(tx, entitlement, customer, feature.id, feature.key, value, begin_us, now)
         return sent
 
     def _thresholds(
         self,
-        conn: Any,
+        tx: NotifierTransaction,
         entitlement: Entitlement,
         customer: Customer,
         feature_id: str,
@@ -240,10 +236,10 @@ class EntitlementNotifier:
         begin_us: int,
         now: datetime,
     ) -> int:
-        destinations = self.webhooks.destinations(conn, BALANCE_THRESHOLD)
+        destinations = self.webhooks.destinations(tx.outbox, BALANCE_THRESHOLD)
         rule_ids = sorted({d.rule_id for d in destinations if d.rule_id})
-        settings = notifications_sql.rule_settings(conn, rule_ids)
-        states = notifications_sql.threshold_states(conn, entitlement.id, begin_us)
+        settings = tx.rule_settings(rule_ids)
+        states = tx.threshold_states(entitlement.id, begin_us)
         now_us = to_micros(now)
         sent = 0
         for rule_id in rule_ids:
@@ -267,10 +263,9 @@ class EntitlementNotifier:
                         subject=entitlement.subject_key,
                     )
                     rule_destinations = [d for d in destinations if d.rule_id == rule_id]
-                    if self.webhooks.enqueue(conn, message, rule_destinations, now):
+                    if self.webhooks.enqueue(tx.outbox, message, rule_destinations, now):
                         sent += 1
-                notifications_sql.save_threshold_state(
-                    conn,
+                tx.save_threshold_state(
                     rule_id,
                     entitlement.id,
                     begin_us,

@@ -5,7 +5,8 @@ Read and written inside the notifier's transactions (tallybook/entitlements/noti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -25,7 +26,9 @@ from tallybook.entitlements.tables import (
     entitlement_threshold_state,
     entitlements,
 )
+from tallybook.store.base import SqlStore
 from tallybook.store.schema import events
+from tallybook.voids.sql import latest_void_us, voided_subjects
 
 
 def notifier_value(conn: Connection, name: str) -> int | None:
@@ -157,3 +160,87 @@ def all_reset_sent(conn: Connection) -> dict[str, tuple[int, int | None]]:
     t = entitlement_reset_sent
     rows = conn.execute(select(t.c.entitlement_id, t.c.period_start_us, t.c.period_end_us))
     return {r[0]: (int(r[1]), None if r[2] is None else int(r[2])) for r in rows}
+
+
+class SqlNotifierTransaction:
+    """ports.NotifierTransaction on one SQL transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    @property
+    def outbox(self) -> Connection:
+        return self.conn
+
+    def notifier_value(self, name: str) -> int | None:
+        return notifier_value(self.conn, name)
+
+    def set_notifier_value(self, name: str, value: int) -> None:
+        set_notifier_value(self.conn, name, value)
+
+    def max_event_seq(self) -> int:
+        return max_event_seq(self.conn)
+
+    def subjects_ingested(self, after_seq: int, through_seq: int) -> list[str]:
+        return subjects_ingested(self.conn, after_seq, through_seq)
+
+    def latest_void_us(self) -> int | None:
+        return latest_void_us(self.conn)
+
+    def voided_subjects(self, after_us: int, through_us: int) -> list[tuple[str, int, int]]:
+        return voided_subjects(self.conn, after_us, through_us)
+
+    def changed_entitlements(self, after_us: int, through_us: int) -> set[str]:
+        return changed_entitlements(self.conn, after_us, through_us)
+
+    def rule_settings(self, rule_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return rule_settings(self.conn, rule_ids)
+
+    def save_rule_settings(
+        self, rule_id: str, features: list[str] | None, thresholds: list[dict[str, Any]] | None
+    ) -> None:
+        save_rule_settings(self.conn, rule_id, features, thresholds)
+
+    def threshold_states(self, entitlement_id: str, period_start_us: int) -> dict[tuple[str, str], tuple[bool, int]]:
+        return threshold_states(self.conn, entitlement_id, period_start_us)
+
+    def save_threshold_state(
+        self,
+        rule_id: str,
+        entitlement_id: str,
+        period_start_us: int,
+        threshold: str,
+        crossed: bool,
+        crossings: int,
+        now_us: int,
+        exists: bool,
+    ) -> None:
+        save_threshold_state(
+            self.conn, rule_id, entitlement_id, period_start_us, threshold, crossed, crossings, now_us, exists
+        )
+
+    def reset_sent(self, entitlement_id: str) -> int | None:
+        return reset_sent(self.conn, entitlement_id)
+
+    def all_reset_sent(self) -> dict[str, tuple[int, int | None]]:
+        return all_reset_sent(self.conn)
+
+    def save_reset_sent(self, entitlement_id: str, period_start_us: int, period_end_us: int, exists: bool) -> None:
+        save_reset_sent(self.conn, entitlement_id, period_start_us, period_end_us, exists)
+
+
+class SqlNotifierStorage:
+    """ports.NotifierStorage on the SQL store."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlNotifierTransaction]:
+        with self.store.read() as conn:
+            yield SqlNotifierTransaction(conn)
+
+    @contextmanager
+    def writing(self) -> Iterator[SqlNotifierTransaction]:
+        with self.store.write() as conn:
+            yield SqlNotifierTransaction(conn)

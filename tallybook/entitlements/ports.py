@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from tallybook.customers.model import Customer
 from tallybook.entitlements.model import Entitlement, Feature, Grant, Reset
@@ -97,4 +98,63 @@ class Meters(Protocol):
     ) -> list[Decimal]: ...
 
 
-__all__ = ["Customers", "EntitlementRepository", "Meters"]
+class NotifierTransaction(Protocol):
+    """One transaction of the entitlement notifier (notifications_sql.py on SQL). `outbox` is the
+    open transaction itself, for `WebhookService.destinations` and `enqueue`: the webhook events a
+    pass writes commit together with the threshold and reset state that says they were sent."""
+
+    @property
+    def outbox(self) -> object: ...
+
+    def notifier_value(self, name: str) -> int | None: ...
+
+    def set_notifier_value(self, name: str, value: int) -> None: ...
+
+    def max_event_seq(self) -> int: ...
+
+    def subjects_ingested(self, after_seq: int, through_seq: int) -> list[str]: ...
+
+    def latest_void_us(self) -> int | None: ...
+
+    def voided_subjects(self, after_us: int, through_us: int) -> list[tuple[str, int, int]]:
+        """(subject, earliest, latest event time) of events voided in (after, through]."""
+        ...
+
+    def changed_entitlements(self, after_us: int, through_us: int) -> set[str]: ...
+
+    def rule_settings(self, rule_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+
+    def save_rule_settings(
+        self, rule_id: str, features: list[str] | None, thresholds: list[dict[str, Any]] | None
+    ) -> None: ...
+
+    def threshold_states(self, entitlement_id: str, period_start_us: int) -> dict[tuple[str, str], tuple[bool, int]]:
+        """{(rule id, threshold key): (crossed, times crossed)} in the period starting then."""
+        ...
+
+    def save_threshold_state(
+        self,
+        rule_id: str,
+        entitlement_id: str,
+        period_start_us: int,
+        threshold: str,
+        crossed: bool,
+        crossings: int,
+        now_us: int,
+        exists: bool,
+    ) -> None: ...
+
+    def reset_sent(self, entitlement_id: str) -> int | None: ...
+
+    def all_reset_sent(self) -> dict[str, tuple[int, int | None]]: ...
+
+    def save_reset_sent(self, entitlement_id: str, period_start_us: int, period_end_us: int, exists: bool) -> None: ...
+
+
+class NotifierStorage(Protocol):
+    def reading(self) -> AbstractContextManager[NotifierTransaction]: ...
+
+    def writing(self) -> AbstractContextManager[NotifierTransaction]: ...
+
+
+__all__ = ["Customers", "EntitlementRepository", "Meters", "NotifierStorage", "NotifierTransaction"]
