@@ -32,6 +32,7 @@ from tallybook.entitlements.subscriptions import SubscriptionEntitlements
 from tallybook.eventlist.service import EventListService
 from tallybook.eventlist.sql import SqlEventList
 from tallybook.ingest.service import IngestService
+from tallybook.ingest.sql import SqlEventLog
 from tallybook.jobs.aggregation import PeriodCloseJob
 from tallybook.jobs.aggregation_sql import SqlAggregationStorage
 from tallybook.jobs.reports import MeterReportJob, meter_usage_query
@@ -107,7 +108,7 @@ class Runtime:
             store.migrate()
         metrics = Metrics()
         ingest = IngestService(
-            store,
+            SqlEventLog(store),
             metrics=metrics,
             clock=clock,
             max_group_events=settings.ingest.group_commit_max_events,

@@ -24,9 +24,8 @@ from typing import Any
 from tallybook.clock import Clock, SystemClock, to_micros
 from tallybook.ingest.events import Event, FieldError, InvalidEvents
 from tallybook.ingest.metered import MeteredFields, check_metered, metered_fields
-from tallybook.meters import materializer_sql
+from tallybook.ingest.ports import EventLog, EventWriter, EventWriteTransaction
 from tallybook.observability.metrics import Metrics
-from tallybook.store.base import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +50,11 @@ class IngestUnavailable(RuntimeError):
 
 @dataclass
 class _Writer:
-    """One writer thread's own state: its store connection (store.writer_connection) and the
-    value checks it built from the live meters' fingerprint (rebuilt only when a group's
-    transaction sees other definitions)."""
+    """One writer thread's own state: its connection (`EventLog.writer`) and the value checks it
+    built from the live meters' fingerprint (rebuilt only when a group's transaction sees other
+    definitions)."""
 
-    connection: Any = None
+    connection: EventWriter | None = None
     metered: tuple[list[tuple[Any, ...]], MeteredFields] | None = None
 
 
@@ -72,7 +71,7 @@ _STOP = object()
 class IngestService:
     def __init__(
         self,
-        store: SqlStore,
+        log: EventLog,
         metrics: Metrics | None = None,
         clock: Clock | None = None,
         max_group_events: int = 20_000,
@@ -82,7 +81,7 @@ class IngestService:
         only where the database takes concurrent writers (PostgreSQL): while one transaction waits
         on the database, the next group is already being written. Keys settle as they do between
         processes sharing a database (the unique index, keys inserted in one order)."""
-        self.store = store
+        self.log = log
         self.metrics = metrics or Metrics()
         self.clock = clock or SystemClock()
         self.max_group_events = max_group_events
@@ -93,7 +92,8 @@ class IngestService:
         self._writers: list[_Writer] = []  # one per thread, while running and after (tests read them)
         # Projects each group's new events in its transaction (SQLite; see
         # tallybook.meters.inline_sql.InlineProjection): `prepare(conn, types)` before the insert,
-        # `apply(conn, plan, events, ingested_us)` after it. None: the materializer does it all.
+        # `apply(conn, plan, events, ingested_us)` after it, `conn` being the transaction's
+        # `connection`. None: the materializer does it all.
         self.projection: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -223,11 +223,10 @@ class IngestService:
         ingested_us = to_micros(self.clock.now())
         refused: dict[int, InvalidEvents] = {}
         if writer.connection is None:
-            writer.connection = self.store.writer_connection()
-        conn = writer.connection
+            writer.connection = self.log.writer()
         try:
-            with conn.begin():
-                return self._write_in(writer, conn, group, ingested_us, refused)
+            with writer.connection.transaction() as tx:
+                return self._write_in(writer, tx, group, ingested_us, refused)
         except BaseException:
             # A failed transaction may leave the connection unusable (a lost PostgreSQL
             # connection): the next group starts on a fresh one.
@@ -235,10 +234,15 @@ class IngestService:
             raise
 
     def _write_in(
-        self, writer: _Writer, conn: Any, group: list[_Request], ingested_us: int, refused: dict[int, InvalidEvents]
+        self,
+        writer: _Writer,
+        tx: EventWriteTransaction,
+        group: list[_Request],
+        ingested_us: int,
+        refused: dict[int, InvalidEvents],
     ) -> tuple[list[IngestResult | None], dict[int, InvalidEvents]]:
-        """`_write` inside the transaction on `conn` (the counting too: it is short)."""
-        fields = _metered_fields(writer, conn)
+        """`_write` inside the transaction `tx` (the counting too: it is short)."""
+        fields = _metered_fields(writer, tx)
         if fields:
             for request in group:
                 errors = check_metered(request.events, fields, request.indexed)
@@ -247,21 +251,22 @@ class IngestService:
         accepted = [request for request in group if id(request) not in refused]
         events = [event for request in accepted for event in request.events]
         projection = self.projection
+        conn = tx.connection
         plan = projection.prepare(conn, {event.type for event in events}) if projection and events else None
-        results = self._insert_group(conn, accepted, events, ingested_us)
+        results = self._insert_group(tx, accepted, events, ingested_us)
         if plan is not None:
             projection.apply(conn, plan, events, ingested_us)
         by_request = iter(results)
         return [None if id(request) in refused else next(by_request) for request in group], refused
 
     def _insert_group(
-        self, conn: Any, accepted: list[_Request], events: list[Event], ingested_us: int
+        self, tx: EventWriteTransaction, accepted: list[_Request], events: list[Event], ingested_us: int
     ) -> list[IngestResult]:
         """Insert the accepted requests' `events` (in order); one result per request."""
         keys = [(event.source, event.id) for event in events]
         if len(set(keys)) == len(keys):
             # No key twice in the group (the common case): no first occurrence to pick.
-            return self._insert_distinct(conn, accepted, events, keys, ingested_us)
+            return self._insert_distinct(tx, accepted, events, keys, ingested_us)
         # First occurrence of each key in this group, and who submitted it.
         first: dict[tuple[str, str], Event] = {}
         owner: dict[tuple[str, str], int] = {}
@@ -276,12 +281,12 @@ class IngestService:
                     first[key] = event
                     owner[key] = position
         unique = list(first.values())
-        inserted = self.store.insert_events(conn, unique, ingested_us)
+        inserted = tx.insert_events(unique, ingested_us)
         # Events whose key this group did not insert (it was stored before, or by a
         # concurrent transaction): one statement says whether each is a retry or a conflict.
         doubtful = [e for e in unique if (e.source, e.id) not in inserted]
         doubtful += [e for _, e in repeats if (e.source, e.id) not in inserted]
-        same = self.store.compare_stored(conn, doubtful) if doubtful else []
+        same = tx.compare_stored(doubtful) if doubtful else []
         verdicts = iter(same)
         for key, event in first.items():
             result = results[owner[key]]
@@ -304,7 +309,7 @@ class IngestService:
 
     def _insert_distinct(
         self,
-        conn: Any,  # the store's write transaction (store.write())
+        tx: EventWriteTransaction,
         requests: list[_Request],
         events: list[Event],
         keys: list[tuple[str, str]],
@@ -312,12 +317,12 @@ class IngestService:
     ) -> list[IngestResult]:
         """`_write` for a group whose events all have distinct keys: `events` (the requests'
         events in order) and their `keys`; one result per request."""
-        inserted = self.store.insert_events(conn, events, ingested_us)
+        inserted = tx.insert_events(events, ingested_us)
         if len(inserted) == len(events):
             return [IngestResult(accepted=len(request.events)) for request in requests]
         # Some keys were stored before (a retry), or by a concurrent transaction.
         doubtful = [event for event, key in zip(events, keys, strict=True) if key not in inserted]
-        verdicts = iter(self.store.compare_stored(conn, doubtful))
+        verdicts = iter(tx.compare_stored(doubtful))
         results = []
         position = 0
         for request in requests:
@@ -342,13 +347,13 @@ def _count_duplicate(result: IngestResult, event: Event, same: bool | None) -> N
         result.conflict_keys.append((event.source, event.id))
 
 
-def _metered_fields(writer: _Writer, conn: Any) -> MeteredFields:
+def _metered_fields(writer: _Writer, tx: EventWriteTransaction) -> MeteredFields:
     """What live meters read, as this transaction sees them (a meter created a moment ago applies
     at once): one plain read per group, the SQLAlchemy read only after a change."""
-    fingerprint = materializer_sql.live_meters_fingerprint(conn)
+    fingerprint = tx.live_meters_fingerprint()
     cached = writer.metered
     if cached is None or cached[0] != fingerprint:
-        cached = writer.metered = (fingerprint, metered_fields(materializer_sql.live_meter_reads(conn)))
+        cached = writer.metered = (fingerprint, metered_fields(tx.live_meter_reads()))
     return cached[1]
 
 
