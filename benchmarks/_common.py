@@ -196,6 +196,19 @@ class ServerProcess:
             pending.extend(children.get(pid, ()))
         return found
 
+    def peak_rss_mb(self) -> dict[int, float]:
+        """Peak resident memory so far (VmHWM, MB) of the server process and each descendant."""
+        peaks: dict[int, float] = {}
+        for pid in self.cpu_by_process():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[pid] = int(line.split()[1]) / 1024  # kB
+        return peaks
+
     def stop(self, timeout: float = 20.0) -> None:
         _stop(self.proc, timeout)
 

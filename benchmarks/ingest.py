@@ -66,6 +66,7 @@ GOAL_BATCH_OF_RAW = 0.50  # batch ingest against the engine's own bulk insert
 GOAL_RESENT_OF_NEW = 0.80  # re-sent (duplicate) events against new ones, batch and single
 GOAL_SINGLE_OF_NOOP = 0.70  # single-event ingest against a no-op endpoint on the same server stack
 GOAL_FRESHNESS_P99 = 2.0  # seconds from acknowledgement to visibility in a meter query, p99
+GOAL_RSS_MB = 200  # server memory under all of the above (peak resident set, VmHWM)
 FRESHNESS_POLL = 0.1  # seconds between the probe's meter queries
 FRESHNESS_TIMEOUT = 60.0  # seconds to wait, after the load, for the meter to show every event
 
@@ -209,6 +210,8 @@ class EngineReport:
     freshness: Freshness | None = None
     batch_workers: ModeRuns = field(default_factory=ModeRuns)  # batches to `serve --workers N` (PostgreSQL)
     busy_processes: list[int] = field(default_factory=list)  # processes that used CPU, per workers run
+    peak_rss_mb: float | None = None  # the one-process server's peak RSS (VmHWM) over the whole run
+    workers_peak_rss_mb: float | None = None  # the largest peak among the --workers server's processes
     sent: int = 0  # events in requests the server acknowledged
     stored: int | None = None
     problems: list[str] = field(default_factory=list)
@@ -421,7 +424,9 @@ def bench_engine(engine: str, args: argparse.Namespace) -> EngineReport:
                     projector.terminate()
                     projector.wait(timeout=60)
             del fresh
+            report.peak_rss_mb = max(server.peak_rss_mb().values(), default=None)
             if multi is not None:
+                report.workers_peak_rss_mb = max(multi.peak_rss_mb().values(), default=None)
                 multi.stop()
             server.stop()
             if server.proc is not None and server.proc.returncode not in (0, -signal.SIGTERM, None):
@@ -557,6 +562,12 @@ def goal_lines(reports: Sequence[EngineReport], args: argparse.Namespace) -> lis
                 f"all visible {caught} after the last ack; {fresh.polls} queries"
             )
             lines.append((text, p99 <= GOAL_FRESHNESS_P99))
+        if report.peak_rss_mb is not None:
+            peaks = [report.peak_rss_mb] + ([report.workers_peak_rss_mb] if report.workers_peak_rss_mb else [])
+            text = f"{report.engine} server memory: peak RSS {report.peak_rss_mb:.0f} MB over the whole run"
+            if report.workers_peak_rss_mb:
+                text += f", {report.workers_peak_rss_mb:.0f} MB for the largest --workers process"
+            lines.append((text + f" (goal ≤ {GOAL_RSS_MB} MB)", max(peaks) <= GOAL_RSS_MB))
     return lines
 
 
