@@ -171,3 +171,19 @@ def test_stopping_the_writers_closes_their_connections(runtime):
     runtime.ingest.stop()
     assert [w.connection for w in runtime.ingest._writers] == [None] * runtime.ingest.writers
     assert all(connection.closed for connection in connections)
+
+
+def test_a_stop_left_by_a_writer_that_died_does_not_stop_the_next_start(runtime):
+    """stop() queues one stop per writer; one meant for a writer that had already died (a
+    BaseException escaping its thread) stays queued, and must not end a restarted writer."""
+    from tallybook.ingest.service import _STOP
+
+    service = runtime.ingest
+    service.stop()
+    service._queue.put(_STOP)  # what a dead writer leaves behind
+    service.start()
+    assert service.submit([event("after-restart")]).result(timeout=30).accepted == 1
+    service.stop()
+    assert service._queue.empty()  # every writer was alive to take exactly one of stop()'s
+    service.start()
+    assert [r["event_id"] for r in stored_rows(runtime)] == ["after-restart"]

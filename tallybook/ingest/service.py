@@ -100,6 +100,7 @@ class IngestService:
     def start(self) -> None:
         with self._lock:
             if not self._threads:
+                self._drop_stale_stops()
                 self._writers = [_Writer() for _ in range(self.writers)]
                 self._threads = [
                     threading.Thread(target=self._run, args=(writer,), name=f"tallybook-ingest-writer-{n}", daemon=True)
@@ -116,6 +117,20 @@ class IngestService:
             self._queue.put(_STOP)  # after everything submitted: each writer takes one and stops
         for thread in threads:
             thread.join()
+
+    def _drop_stale_stops(self) -> None:
+        """A stop meant for a writer that had already died stays queued; the next start must not
+        hand it to a new writer. Requests queued while stopped keep their order."""
+        kept: list[object] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                kept.append(item)
+        for item in kept:
+            self._queue.put(item)
 
     @property
     def running(self) -> bool:
