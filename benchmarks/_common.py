@@ -121,7 +121,6 @@ class BenchDatabase:
 
 # -- the server under test -------------------------------------------------------------------------
 _KEY_VARIABLE = "TALLYBOOK_BENCH_ADMIN_KEY"
-KEY_VARIABLE = _KEY_VARIABLE  # the server's admin key travels in this environment variable
 
 
 class ServerProcess:
@@ -154,8 +153,12 @@ class ServerProcess:
         self.config.write_text(yaml.safe_dump(document), encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def environment(self) -> dict[str, str]:
+        """What a process reading this server's config needs: the admin key it names."""
+        return {**os.environ, _KEY_VARIABLE: self.admin_key, "PYTHONUNBUFFERED": "1"}
+
     def start(self, timeout: float = 60.0) -> ServerProcess:
-        env = {**os.environ, _KEY_VARIABLE: self.admin_key, "PYTHONUNBUFFERED": "1"}
+        env = self.environment()
         command = [sys.executable, "-m", "tallybook", "serve", "--config", str(self.config)]
         command += ["--host", self.host, "--port", str(self.port), *self.extra_args]
         with self.log.open("wb") as log:

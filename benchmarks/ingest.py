@@ -15,7 +15,6 @@ exactly the events it acknowledged. See benchmarks/README.md for what each colum
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import sqlite3
@@ -42,7 +41,6 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `tallybo
 
 from benchmarks._common import (
     ENGINES,
-    KEY_VARIABLE,
     PG_ADMIN_URL,
     BenchDatabase,
     LoadResult,
@@ -348,7 +346,7 @@ def start_worker(server: ServerProcess, timeout: float = 60.0) -> subprocess.Pop
     """`tallybook worker` on the server's config: its materializer projects in another process
     (PostgreSQL lets several take turns), beside the server's own thread."""
     log_path = server.directory / "worker.log"
-    env = {**os.environ, KEY_VARIABLE: server.admin_key, "PYTHONUNBUFFERED": "1"}
+    env = server.environment()
     command = [sys.executable, "-m", "tallybook", "worker", "--config", str(server.config)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, cwd=server.directory, env=env, stdout=log, stderr=subprocess.STDOUT)

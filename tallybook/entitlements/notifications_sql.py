@@ -31,137 +31,6 @@ from tallybook.store.schema import events
 from tallybook.voids.sql import latest_void_us, voided_subjects
 
 
-def notifier_value(conn: Connection, name: str) -> int | None:
-    value = conn.execute(
-        select(entitlement_notifier_state.c.value).where(entitlement_notifier_state.c.name == name)
-    ).scalar_one_or_none()
-    return None if value is None else int(value)
-
-
-def set_notifier_value(conn: Connection, name: str, value: int) -> None:
-    updated = conn.execute(
-        update(entitlement_notifier_state).where(entitlement_notifier_state.c.name == name).values(value=value)
-    )
-    if not updated.rowcount:
-        conn.execute(insert(entitlement_notifier_state).values(name=name, value=value))
-
-
-def max_event_seq(conn: Connection) -> int:
-    return int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())
-
-
-def subjects_ingested(conn: Connection, after_seq: int, through_seq: int) -> list[str]:
-    rows = conn.execute(
-        select(events.c.subject).where(events.c.seq > after_seq, events.c.seq <= through_seq).distinct()
-    )
-    return [r[0] for r in rows]
-
-
-def rule_settings(conn: Connection, rule_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    if not rule_ids:
-        return {}
-    rows = conn.execute(
-        select(entitlement_rule_settings).where(entitlement_rule_settings.c.rule_id.in_(list(rule_ids)))
-    )
-    return {r.rule_id: {"features": r.features, "thresholds": r.thresholds} for r in rows}
-
-
-def save_rule_settings(
-    conn: Connection, rule_id: str, features: list[str] | None, thresholds: list[dict[str, Any]] | None
-) -> None:
-    conn.execute(entitlement_rule_settings.delete().where(entitlement_rule_settings.c.rule_id == rule_id))
-    conn.execute(insert(entitlement_rule_settings).values(rule_id=rule_id, features=features, thresholds=thresholds))
-
-
-def threshold_states(
-    conn: Connection, entitlement_id: str, period_start_us: int
-) -> dict[tuple[str, str], tuple[bool, int]]:
-    rows = conn.execute(
-        select(entitlement_threshold_state).where(
-            entitlement_threshold_state.c.entitlement_id == entitlement_id,
-            entitlement_threshold_state.c.period_start_us == period_start_us,
-        )
-    )
-    return {(r.rule_id, r.threshold): (bool(r.crossed), int(r.crossings)) for r in rows}
-
-
-def save_threshold_state(
-    conn: Connection,
-    rule_id: str,
-    entitlement_id: str,
-    period_start_us: int,
-    threshold: str,
-    crossed: bool,
-    crossings: int,
-    now_us: int,
-    exists: bool,
-) -> None:
-    t = entitlement_threshold_state
-    if exists:
-        conn.execute(
-            update(t)
-            .where(
-                t.c.rule_id == rule_id,
-                t.c.entitlement_id == entitlement_id,
-                t.c.period_start_us == period_start_us,
-                t.c.threshold == threshold,
-            )
-            .values(crossed=crossed, crossings=crossings, updated_us=now_us)
-        )
-    else:
-        conn.execute(
-            insert(t).values(
-                rule_id=rule_id,
-                entitlement_id=entitlement_id,
-                period_start_us=period_start_us,
-                threshold=threshold,
-                crossed=crossed,
-                crossings=crossings,
-                updated_us=now_us,
-            )
-        )
-
-
-def reset_sent(conn: Connection, entitlement_id: str) -> int | None:
-    value = conn.execute(
-        select(entitlement_reset_sent.c.period_start_us).where(
-            entitlement_reset_sent.c.entitlement_id == entitlement_id
-        )
-    ).scalar_one_or_none()
-    return None if value is None else int(value)
-
-
-def save_reset_sent(
-    conn: Connection, entitlement_id: str, period_start_us: int, period_end_us: int, exists: bool
-) -> None:
-    t = entitlement_reset_sent
-    values = {"period_start_us": period_start_us, "period_end_us": period_end_us}
-    if exists:
-        conn.execute(update(t).where(t.c.entitlement_id == entitlement_id).values(**values))
-    else:
-        conn.execute(insert(t).values(entitlement_id=entitlement_id, **values))
-
-
-def changed_entitlements(conn: Connection, after_us: int, through_us: int) -> set[str]:
-    """Entitlements changed in (after, through]: created, ended or overridden, or given a grant, a
-    grant void or a reset (by any process sharing the database)."""
-    found: set[str] = set()
-    for id_column, time_column in (
-        (entitlements.c.id, entitlements.c.updated_us),
-        (entitlement_grants.c.entitlement_id, entitlement_grants.c.updated_us),
-        (entitlement_resets.c.entitlement_id, entitlement_resets.c.created_us),
-    ):
-        rows = conn.execute(select(id_column).where(time_column > after_us, time_column <= through_us).distinct())
-        found.update(r[0] for r in rows)
-    return found
-
-
-def all_reset_sent(conn: Connection) -> dict[str, tuple[int, int | None]]:
-    t = entitlement_reset_sent
-    rows = conn.execute(select(t.c.entitlement_id, t.c.period_start_us, t.c.period_end_us))
-    return {r[0]: (int(r[1]), None if r[2] is None else int(r[2])) for r in rows}
-
-
 class SqlNotifierTransaction:
     """ports.NotifierTransaction on one SQL transaction."""
 
@@ -172,37 +41,57 @@ class SqlNotifierTransaction:
     def outbox(self) -> Connection:
         return self.conn
 
-    def notifier_value(self, name: str) -> int | None:
-        return notifier_value(self.conn, name)
-
-    def set_notifier_value(self, name: str, value: int) -> None:
-        set_notifier_value(self.conn, name, value)
-
-    def max_event_seq(self) -> int:
-        return max_event_seq(self.conn)
-
-    def subjects_ingested(self, after_seq: int, through_seq: int) -> list[str]:
-        return subjects_ingested(self.conn, after_seq, through_seq)
-
     def latest_void_us(self) -> int | None:
         return latest_void_us(self.conn)
 
     def voided_subjects(self, after_us: int, through_us: int) -> list[tuple[str, int, int]]:
         return voided_subjects(self.conn, after_us, through_us)
 
-    def changed_entitlements(self, after_us: int, through_us: int) -> set[str]:
-        return changed_entitlements(self.conn, after_us, through_us)
+    def notifier_value(self, name: str) -> int | None:
+        value = self.conn.execute(
+            select(entitlement_notifier_state.c.value).where(entitlement_notifier_state.c.name == name)
+        ).scalar_one_or_none()
+        return None if value is None else int(value)
+
+    def set_notifier_value(self, name: str, value: int) -> None:
+        updated = self.conn.execute(
+            update(entitlement_notifier_state).where(entitlement_notifier_state.c.name == name).values(value=value)
+        )
+        if not updated.rowcount:
+            self.conn.execute(insert(entitlement_notifier_state).values(name=name, value=value))
+
+    def max_event_seq(self) -> int:
+        return int(self.conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())
+
+    def subjects_ingested(self, after_seq: int, through_seq: int) -> list[str]:
+        rows = self.conn.execute(
+            select(events.c.subject).where(events.c.seq > after_seq, events.c.seq <= through_seq).distinct()
+        )
+        return [r[0] for r in rows]
 
     def rule_settings(self, rule_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return rule_settings(self.conn, rule_ids)
+        if not rule_ids:
+            return {}
+        rows = self.conn.execute(
+            select(entitlement_rule_settings).where(entitlement_rule_settings.c.rule_id.in_(list(rule_ids)))
+        )
+        return {r.rule_id: {"features": r.features, "thresholds": r.thresholds} for r in rows}
 
     def save_rule_settings(
         self, rule_id: str, features: list[str] | None, thresholds: list[dict[str, Any]] | None
     ) -> None:
-        save_rule_settings(self.conn, rule_id, features, thresholds)
+        self.conn.execute(entitlement_rule_settings.delete().where(entitlement_rule_settings.c.rule_id == rule_id))
+        row = {"rule_id": rule_id, "features": features, "thresholds": thresholds}
+        self.conn.execute(insert(entitlement_rule_settings).values(**row))
 
     def threshold_states(self, entitlement_id: str, period_start_us: int) -> dict[tuple[str, str], tuple[bool, int]]:
-        return threshold_states(self.conn, entitlement_id, period_start_us)
+        rows = self.conn.execute(
+            select(entitlement_threshold_state).where(
+                entitlement_threshold_state.c.entitlement_id == entitlement_id,
+                entitlement_threshold_state.c.period_start_us == period_start_us,
+            )
+        )
+        return {(r.rule_id, r.threshold): (bool(r.crossed), int(r.crossings)) for r in rows}
 
     def save_threshold_state(
         self,
@@ -215,18 +104,65 @@ class SqlNotifierTransaction:
         now_us: int,
         exists: bool,
     ) -> None:
-        save_threshold_state(
-            self.conn, rule_id, entitlement_id, period_start_us, threshold, crossed, crossings, now_us, exists
-        )
+        t = entitlement_threshold_state
+        if exists:
+            self.conn.execute(
+                update(t)
+                .where(
+                    t.c.rule_id == rule_id,
+                    t.c.entitlement_id == entitlement_id,
+                    t.c.period_start_us == period_start_us,
+                    t.c.threshold == threshold,
+                )
+                .values(crossed=crossed, crossings=crossings, updated_us=now_us)
+            )
+        else:
+            self.conn.execute(
+                insert(t).values(
+                    rule_id=rule_id,
+                    entitlement_id=entitlement_id,
+                    period_start_us=period_start_us,
+                    threshold=threshold,
+                    crossed=crossed,
+                    crossings=crossings,
+                    updated_us=now_us,
+                )
+            )
 
     def reset_sent(self, entitlement_id: str) -> int | None:
-        return reset_sent(self.conn, entitlement_id)
-
-    def all_reset_sent(self) -> dict[str, tuple[int, int | None]]:
-        return all_reset_sent(self.conn)
+        value = self.conn.execute(
+            select(entitlement_reset_sent.c.period_start_us).where(
+                entitlement_reset_sent.c.entitlement_id == entitlement_id
+            )
+        ).scalar_one_or_none()
+        return None if value is None else int(value)
 
     def save_reset_sent(self, entitlement_id: str, period_start_us: int, period_end_us: int, exists: bool) -> None:
-        save_reset_sent(self.conn, entitlement_id, period_start_us, period_end_us, exists)
+        t = entitlement_reset_sent
+        values = {"period_start_us": period_start_us, "period_end_us": period_end_us}
+        if exists:
+            self.conn.execute(update(t).where(t.c.entitlement_id == entitlement_id).values(**values))
+        else:
+            self.conn.execute(insert(t).values(entitlement_id=entitlement_id, **values))
+
+    def changed_entitlements(self, after_us: int, through_us: int) -> set[str]:
+        """Entitlements changed in (after, through]: created, ended or overridden, or given a grant, a
+        grant void or a reset (by any process sharing the database)."""
+        found: set[str] = set()
+        for id_column, time_column in (
+            (entitlements.c.id, entitlements.c.updated_us),
+            (entitlement_grants.c.entitlement_id, entitlement_grants.c.updated_us),
+            (entitlement_resets.c.entitlement_id, entitlement_resets.c.created_us),
+        ):
+            changed = select(id_column).where(time_column > after_us, time_column <= through_us).distinct()
+            rows = self.conn.execute(changed)
+            found.update(r[0] for r in rows)
+        return found
+
+    def all_reset_sent(self) -> dict[str, tuple[int, int | None]]:
+        t = entitlement_reset_sent
+        rows = self.conn.execute(select(t.c.entitlement_id, t.c.period_start_us, t.c.period_end_us))
+        return {r[0]: (int(r[1]), None if r[2] is None else int(r[2])) for r in rows}
 
 
 class SqlNotifierStorage:

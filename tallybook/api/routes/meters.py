@@ -1,4 +1,7 @@
-"""OpenMeter-compatible meters API: /api/v1/meters, queries and subjects."""
+"""OpenMeter-compatible meters API: /api/v1/meters, queries and subjects.
+
+One job, kept in one file (~500 lines): the meter routes, each with OpenMeter's own parameters,
+so a difference between two routes' parameter handling is seen on one page."""
 
 from __future__ import annotations
 
