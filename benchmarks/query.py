@@ -348,6 +348,12 @@ def measure(url: str, runs: int) -> list[tuple[str, float, float, int]]:
 
 def materializer_rate(url: str, n: int = 60_000) -> float:
     """Events per second the real materializer projects (three meters, one event type each)."""
+    return materializer_run(url, n)[0]
+
+
+def materializer_run(url: str, n: int = 60_000) -> tuple[float, float]:
+    """(events per second, this process's CPU seconds per event) of the real materializer projecting
+    `n` stored events (three meters, one event type each); benchmarks/projection.py shows both."""
     store = open_store(url)
     store.migrate()
     service = MeterService(SqlMeterStorage(store), FixedClock(YEAR_END))
@@ -361,11 +367,11 @@ def materializer_rate(url: str, n: int = 60_000) -> float:
     with store.write() as conn:
         for start in range(0, n, 10_000):
             store.insert_events(conn, events[start : start + 10_000], to_micros(YEAR_END))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     service.catch_up()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     store.close()
-    return n / elapsed
+    return n / elapsed, cpu / n
 
 
 def main(argv: list[str] | None = None) -> int:

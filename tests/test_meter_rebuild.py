@@ -178,3 +178,19 @@ def test_deleting_a_meter_deletes_its_rows_in_the_background(rt):
     assert usage_rows(rt, key) == 30  # the API call does not wait for the rows
     rt.meters.run_builds()
     assert usage_rows(rt, key) == 0
+
+
+def test_a_new_meter_is_served_while_events_keep_arriving(rt):
+    """Under sustained ingest every pass finds a later horizon than the last one: the chunk that
+    reaches the horizon swaps the build in, so a new meter does not answer 503 for as long as
+    events keep coming (it did, before, on PostgreSQL with many stored events)."""
+    rt.ingest.ingest(events("a", 25))
+    rt.meters.create(SPEC)
+    batches = 0
+    while rt.meters.projection("calls").state != "ready":
+        assert batches < 10, "the build never caught up with ingest"
+        rt.meters.materializer.build_step()
+        batches += 1
+        rt.ingest.ingest(events(f"b{batches}-", 4))  # new events after every step
+    assert batches == 4  # chunks of 10 events, 4 more after each: 1-10, 11-20, 21-30, then 31-37
+    assert total(rt) == sum(range(25)) + batches * sum(range(4))

@@ -67,6 +67,14 @@ def compile_path(path: str) -> Extractor:
     return general
 
 
+def member_names(path: str) -> tuple[str, ...] | None:
+    """The member names of a simple path (`$.usage.input` → ("usage", "input")); None for any other
+    JSONPath. What `compile_path` looks up directly, for a store that extracts the same in SQL."""
+    if isinstance(path, str) and _SIMPLE.match(path):
+        return tuple(path[2:].split("."))
+    return None
+
+
 def missing(value: Any) -> bool:
     return value is _MISSING
 

@@ -16,6 +16,10 @@ loses nothing and never double counts. On PostgreSQL an advisory lock makes mate
 several server processes take turns, and the cursor only advances to a "settled" seq (see
 `ports.ProjectionWriter.settled_horizon`), so an event whose transaction commits late is not
 skipped.
+
+A store may compute a projection's rows itself (`ProjectionWriter.project_in_store`: PostgreSQL,
+meters/projection_sql.py) for the events whose row it writes exactly as `Projector.project`
+would; it hands the rest of the chunk back, and those go through the `Projector` here.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_EVENTS = 20_000  # events per transaction (bounds how long ingest waits on SQLite)
 PROGRESS_WAIT = 0.5  # seconds a caller waits for another thread's chunk before looking again
+PENDING_RECHECK = 0.05  # seconds before the next pass when another thread did this one's work
 
 
 class Projector:
@@ -207,11 +212,15 @@ class Materializer:
 
     def _run(self) -> None:
         # After a pass that found work, the next starts at once: under sustained ingest the
-        # projection follows as fast as it can instead of falling a whole interval behind.
+        # projection follows as fast as it can instead of falling a whole interval behind. A pass
+        # can also find its work done by another thread (a query's catch-up, the rebuild job) while
+        # events are still pending: it looks again soon rather than after a whole interval, or
+        # every query would do the catch-up itself, a second behind.
         wait = self.interval
         while not self._stop.wait(wait):
             try:
-                wait = self.interval if self.background_pass() == 0 else 0.0
+                worked = self.background_pass()
+                wait = 0.0 if worked else PENDING_RECHECK if self.pending() else self.interval
             except Exception:
                 wait = self.interval
                 log.exception("meter materializer pass failed; it will retry")
@@ -340,25 +349,56 @@ class Materializer:
             group = [meters[key] for key, seq in lagging.items() if seq == low]
             # Stop where the next-lowest cursor is, so that projection joins the group from there on.
             stop = min([seq for seq in lagging.values() if seq > low] + [horizon])
+            in_store = [meter for meter in group if tx.projects_in_store(meter)]
+            in_store_keys = {meter.key for meter in in_store}
+            if in_store:  # a chunk of at most chunk_events events of their types, as in Python
+                stop = tx.chunk_end(low, stop, {meter.event_type for meter in in_store}, self.chunk_events)
             projectors: dict[str, list[Projector]] = {}
             for meter in group:
-                projectors.setdefault(meter.event_type, []).append(Projector(meter))
-            read = 0
-            records: list[UsageRecord] = []
-            pages = tx.events_after(low, stop, projectors, page=min(EVENT_PAGE, self.chunk_events))
-            for page in pages:
-                for event in page:
-                    for projector in projectors[event.type]:
-                        record = projector.project_safely(event)
-                        if record is not None:
-                            records.append(record)
-                read += len(page)
-                if read >= self.chunk_events and page[-1].seq < stop:
-                    stop = page[-1].seq
-                    break
+                if meter.key not in in_store_keys:
+                    projectors.setdefault(meter.event_type, []).append(Projector(meter))
+            # The Python path first: it may stop the chunk early (chunk_events), and the store's
+            # statements must cover exactly the range the cursor moves over.
+            stop, read, records = self._project(tx, projectors, low, stop, bounded=True)
+            for meter in in_store:
+                done_in_store = tx.project_in_store(meter, low, stop)
+                if done_in_store is None:  # the store could not: this projection's range in Python
+                    _, again, more = self._project(tx, {meter.event_type: [Projector(meter)]}, low, stop, bounded=False)
+                    read, records = read + again, records + more
+                    continue
+                considered, left = done_in_store
+                read += considered
+                projector = Projector(meter)
+                records.extend(r for r in map(projector.project_safely, left) if r is not None)
             tx.insert_usage(records)
             tx.set_cursor([m.key for m in group], stop)
+            if state == "building" and stop == horizon:
+                # Swapped in by the chunk that reaches the horizon, not by a later pass: under
+                # sustained ingest the next pass's horizon has always moved on, and a build that
+                # waited to find its cursor at the horizon would never be served.
+                tx.swap_in([m.key for m in group], self.now_us())
         return False, read
+
+    def _project(
+        self, tx: MeterTransaction, projectors: dict[str, list[Projector]], low: int, stop: int, bounded: bool
+    ) -> tuple[int, int, list[UsageRecord]]:
+        """Project the events with low < seq <= stop of `projectors`' types in Python; with
+        `bounded`, stop after about `chunk_events`. Returns (where it stopped, events read, rows)."""
+        read = 0
+        records: list[UsageRecord] = []
+        if not projectors:
+            return stop, read, records
+        pages = tx.events_after(low, stop, projectors, page=min(EVENT_PAGE, self.chunk_events))
+        for page in pages:
+            for event in page:
+                for projector in projectors[event.type]:
+                    record = projector.project_safely(event)
+                    if record is not None:
+                        records.append(record)
+            read += len(page)
+            if bounded and read >= self.chunk_events and page[-1].seq < stop:
+                return page[-1].seq, read, records
+        return stop, read, records
 
 
 # -- projection in the ingest transaction (SQLite) ----------------------------------------------------

@@ -86,7 +86,7 @@ _DATA_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_con
 _FAST_DATA_DECODER = msgspec.json.Decoder(float_hook=Decimal)
 
 
-def _decode_data(raw: Any) -> Any:
+def decode_data(raw: Any) -> Any:
     if raw is None or isinstance(raw, dict):
         return raw
     try:
@@ -133,7 +133,7 @@ def events_after(
 
     driver = conn.connection.driver_connection
     assert driver is not None
-    decode = _decode_data
+    decode = decode_data
     cursor = after_seq
     while cursor < up_to_seq:
         raw = driver.cursor()
@@ -148,6 +148,22 @@ def events_after(
         cursor = int(rows[-1][0])
         if len(rows) < page:
             return
+
+
+def chunk_end(conn: Connection, after_seq: int, up_to_seq: int, types: Iterable[str], events: int) -> int:
+    """The seq of the `events`-th event of these types with after_seq < seq <= up_to_seq, else
+    `up_to_seq` (one read of the seq index, no event data)."""
+    wanted = sorted(set(types))
+    if not wanted or events < 1:
+        return up_to_seq
+    marks = ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * len(wanted))
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"SELECT seq FROM events WHERE seq > {marker} AND seq <= {marker} AND type IN ({marks}) "
+        f"ORDER BY seq LIMIT 1 OFFSET {marker}"
+    )
+    found = conn.exec_driver_sql(sql, (after_seq, up_to_seq, *wanted, events - 1)).scalar()
+    return up_to_seq if found is None else int(found)
 
 
 _USAGE_COLUMNS = (

@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
 from tallybook.filters.model import StringFilter
+from tallybook.meters.models import Meter
 
 # usage_key = meter key + generation * 2**32: generation 0 keeps the meter's own key (the rows
 # stored before 0019 stay where they are) and no two projections of any meters share a key.
@@ -222,6 +223,22 @@ class ProjectionWriter(Protocol):
         ...
 
     def insert_usage(self, records: Sequence[UsageRecord]) -> None: ...
+
+    def chunk_end(self, after_seq: int, up_to_seq: int, types: Iterable[str], events: int) -> int:
+        """The seq of the `events`-th event of these types after `after_seq`, or `up_to_seq` when
+        fewer lie in the range: where a chunk of that many events ends."""
+        ...
+
+    def projects_in_store(self, meter: Meter) -> bool:
+        """Whether the store computes this projection's common-case rows itself (`project_in_store`)."""
+        ...
+
+    def project_in_store(self, meter: Meter, after_seq: int, up_to_seq: int) -> tuple[int, list[StoredEvent]] | None:
+        """Write the rows of `meter`'s projection (its `key` is the usage key) for events with
+        after_seq < seq <= up_to_seq that the store computes exactly as `Projector.project` would;
+        return (events of its type considered, the events left for the `Projector`), or None when
+        the store could not (nothing written: the caller projects the range itself)."""
+        ...
 
     def purge_retired(self, limit: int) -> int:
         """Delete up to about `limit` rows of one retired projection; how many went (0: none left)."""

@@ -10,7 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from tallybook.meters import definitions_sql, materializer_sql, usage_sql
+from tallybook.meters import definitions_sql, materializer_sql, projection_sql, usage_sql
+from tallybook.meters.models import Meter
 from tallybook.meters.ports import EVENT_PAGE, AggregateRow, AggregateSpec, StoredEvent, UsageRecord
 from tallybook.store.base import SqlStore
 
@@ -98,6 +99,15 @@ class SqlMeterTransaction:
 
     def insert_usage(self, records: Sequence[UsageRecord]) -> None:
         materializer_sql.insert_usage(self.conn, records)
+
+    def chunk_end(self, after_seq: int, up_to_seq: int, types: Iterable[str], events: int) -> int:
+        return materializer_sql.chunk_end(self.conn, after_seq, up_to_seq, types, events)
+
+    def projects_in_store(self, meter: Meter) -> bool:
+        return projection_sql.can_project(self.conn, meter)
+
+    def project_in_store(self, meter: Meter, after_seq: int, up_to_seq: int) -> tuple[int, list[StoredEvent]] | None:
+        return projection_sql.project(self.conn, meter, after_seq, up_to_seq)
 
     def set_cursor(self, usage_keys: Sequence[int], seq: int) -> None:
         materializer_sql.set_cursor(self.conn, usage_keys, seq)
