@@ -92,7 +92,9 @@ numbers = st.one_of(
 texts = st.one_of(
     # What PostgreSQL's JSONB stores (ingest refuses NUL and lone surrogates for that reason).
     st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
-    st.sampled_from(["1.5", " 7 ", "1_000", "NaN", "-0", "0.0000001", ""]),
+    st.sampled_from(["1.5", " 7 ", "1_000", "NaN", "-0", "0.0000001", "", "007", "1.50", "-12.3456789", "1e3", "+5"]),
+    st.sampled_from(["5.", ".5", "١٢", "1" * 13, "9" * 65, "0." + "0" * 70 + "1", "-0.000000"]),
+    numbers.map(str),  # numeric strings: plain digits are the SQL's, exponent forms Python's
     st.sampled_from(["x" * 1024, "x" * 1025, "é" * 512, "é" * 513]),  # at and past the 1,024-byte limit
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
@@ -205,7 +207,8 @@ def test_only_what_python_would_write_differently_is_left_to_the_projector(pg_st
         {"v": 5, "g": "a"},  # the store's
         {"v": Decimal("1.25"), "g": True},  # the store's: a boolean group value is "true"
         {"v": 7, "g": 12},  # the store's: a number group value is its digits
-        {"v": "5"},  # a numeric string: the Projector's
+        {"v": "12.50"},  # a plain numeric string: the store's (12.50, as Decimal reads it)
+        {"v": "1e3"},  # another numeric string: the Projector's
         {"v": Decimal("0.0000001")},  # out of the domain: an error row, by the Projector
         {"v": 5, "g": "x" * 1025},  # an over-long group value: an error row
         {"v": 5, "g": Decimal("0.0000001")},  # a group value Python writes as 1E-7
@@ -220,6 +223,7 @@ def test_only_what_python_would_write_differently_is_left_to_the_projector(pg_st
     assert len(errors) == 3  # the value out of the domain, the long group value, the missing value
     groups = [row[6] for row in got[:3]]
     assert groups == [{"g": "a"}, {"g": "true"}, {"g": "12"}]
+    assert [row[4] for row in got[3:5]] == ["12.50", "1000"]  # numeric keeps 12.50's scale
 
 
 def test_paths_only_jsonpath_can_read_stay_in_python(pg_store):

@@ -8,12 +8,13 @@ work runs in the database's own process, on the other core.
 
 The common case is the one whose row the SQL writes exactly as `Projector.project` would:
 - the valueProperty and groupBy paths are member paths (`$.a.b`); others go to jsonpath-ng;
-- the value (SUM, AVG, MIN, MAX, FIRST, LATEST) is a JSON number inside the metered value domain
-  (`extract.metered_number_problem`: |v| < 10^12, at most 6 digits after the point);
+- the value (SUM, AVG, MIN, MAX, FIRST, LATEST) is a JSON number, or a string of plain decimal
+  digits (`"12.345"`), inside the metered value domain (`extract.metered_number_problem`:
+  |v| < 10^12, at most 6 digits after the point);
 - a UNIQUE_COUNT key or a group value is a string, a boolean or a number, at most 1,024 bytes in
   UTF-8; a number that Python would write in exponent form (below 10^-6, e.g. `1E-7`) is not;
 - a group value that is missing, null, an object or an array is left out, as Python leaves it out.
-Every other event of the range (a numeric string, a value that is missing or out of the domain,
+Every other event of the range (another numeric string, a value that is missing or out of the domain,
 an over-long key) comes back to the caller, which projects it with the `Projector`: its row, and
 its error text, are the Python path's. tests/test_projection_sql.py holds the two paths to the
 same rows over random data.
@@ -36,6 +37,10 @@ from tallybook.meters.ports import StoredEvent
 log = logging.getLogger(__name__)
 
 _SAVEPOINT = "tallybook_project_in_sql"
+# Numeric strings the SQL reads itself: ASCII digits, an optional minus and fraction; the length
+# bound keeps the cast far from PostgreSQL's numeric limits (longer ones go to Python).
+_PLAIN_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
+_PLAIN_DECIMAL_CHARS = 128
 
 
 def can_project(conn: Connection, meter: Meter) -> bool:
@@ -62,8 +67,12 @@ def _text_ok(column: str, text: str) -> str:
 
 
 def _statement(meter: Meter, usage_key: int) -> tuple[str, dict[str, Any]]:
+    """The statement: `e` extracts the JSON values, `x` computes each row's value, key and group
+    texts once (OFFSET 0 keeps PostgreSQL from inlining them into every use), `src` decides what
+    is clean; the clean rows are inserted and the others' seqs returned."""
     params: dict[str, Any] = {"key": usage_key, "type": meter.event_type}
     extracted = ["seq", "subject", "time_us", "ingested_us", "voided_us"]
+    computed = ["e.*"]
     clean = ["true"]
     num = "1::numeric"
     ukey = "NULL::text"
@@ -72,26 +81,32 @@ def _statement(meter: Meter, usage_key: int) -> tuple[str, dict[str, Any]]:
         params["value_path"] = list(member_names(meter.value_property) or ())
         extracted.append("data #> %(value_path)s AS v")
         if aggregation is Aggregation.UNIQUE_COUNT:
-            ukey = _scalar_text("v")
-            num = "NULL::numeric"
-            clean.append(f"({ukey}) IS NOT NULL AND {_text_ok('v', ukey)}")
+            computed.append(f"{_scalar_text('v')} AS ukey")
+            ukey, num = "ukey", "NULL::numeric"
+            clean.append(f"ukey IS NOT NULL AND {_text_ok('v', 'ukey')}")
         else:
-            num = "CASE WHEN jsonb_typeof(v) = 'number' THEN v::numeric END"
-            bound = f"1e{METERED_INTEGER_DIGITS}"
+            # A JSON number, or a string of plain decimal digits ("12.345": Decimal reads it to the
+            # same value and scale); any other numeric string (" 7 ", "1e3", "1_000") is Python's.
+            computed.append(
+                "CASE WHEN jsonb_typeof(v) = 'number' THEN v::numeric "
+                f"WHEN jsonb_typeof(v) = 'string' AND length(v #>> '{{}}') <= {_PLAIN_DECIMAL_CHARS} "
+                f"AND (v #>> '{{}}') ~ '{_PLAIN_DECIMAL}' THEN (v #>> '{{}}')::numeric END AS num"
+            )
+            num = "num"
             clean.append(
-                f"({num}) IS NOT NULL AND (({num}) = 0 OR (abs({num}) < {bound} "
-                f"AND ({num}) = round({num}, {METERED_FRACTION_DIGITS})))"
+                f"num IS NOT NULL AND (num = 0 OR (abs(num) < 1e{METERED_INTEGER_DIGITS} "
+                f"AND num = round(num, {METERED_FRACTION_DIGITS})))"
             )
     groups = "NULL::jsonb"
     if meter.group_by:
         pairs = []
         for index, (name, path) in enumerate(sorted(meter.group_by.items())):
-            column = f"g{index}"
+            column, text = f"g{index}", f"t{index}"
             params[f"path{index}"] = list(member_names(path) or ())
             params[f"name{index}"] = name
             extracted.append(f"data #> %(path{index})s AS {column}")
-            text = _scalar_text(column)
-            clean.append(f"(({text}) IS NULL OR {_text_ok(column, text)})")
+            computed.append(f"{_scalar_text(column)} AS {text}")
+            clean.append(f"({text} IS NULL OR {_text_ok(column, text)})")
             pairs.append(f"%(name{index})s::text, {text}")
         groups = f"jsonb_strip_nulls(jsonb_build_object({', '.join(pairs)}))"
     where = "seq > %(after)s AND seq <= %(up_to)s AND type = %(type)s"
@@ -101,7 +116,8 @@ def _statement(meter: Meter, usage_key: int) -> tuple[str, dict[str, Any]]:
     sql = (
         f"WITH src AS MATERIALIZED (SELECT seq, subject, time_us, ingested_us, voided_us, "
         f"{num} AS num, {ukey} AS ukey, {groups} AS groups, {' AND '.join(clean)} AS clean "
-        f"FROM (SELECT {', '.join(extracted)} FROM events WHERE {where}) AS e), "
+        f"FROM (SELECT {', '.join(computed)} "
+        f"FROM (SELECT {', '.join(extracted)} FROM events WHERE {where}) AS e OFFSET 0) AS x), "
         "stored AS (INSERT INTO meter_usage "
         "(meter_key, subject, time_us, event_seq, ingested_us, num, ukey, groups, error, voided_us) "
         "SELECT %(key)s, subject, time_us, seq, ingested_us, num, ukey, groups, NULL, voided_us "
