@@ -156,8 +156,8 @@ def chunk_end(conn: Connection, after_seq: int, up_to_seq: int, types: Iterable[
     wanted = sorted(set(types))
     if not wanted or events < 1:
         return up_to_seq
-    marks = ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * len(wanted))
     marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    marks = ", ".join([marker] * len(wanted))
     sql = (
         f"SELECT seq FROM events WHERE seq > {marker} AND seq <= {marker} AND type IN ({marks}) "
         f"ORDER BY seq LIMIT 1 OFFSET {marker}"
