@@ -285,3 +285,11 @@ def test_recurrence_periods_contain_their_instant_and_follow_each_other(
     assert recurrence.next_after(t, tz) == end
     assert recurrence.next_after(begin - timedelta(microseconds=1), tz) == begin
     assert recurrence.between(begin - timedelta(microseconds=1), end, tz) == [begin, end]
+
+
+def test_never_expiring_grants_burn_in_creation_order_whatever_their_effective_time() -> None:
+    """OpenMeter orders grants that never expire by creation, not by when they take effect (a
+    counterexample hypothesis found: the later-created, earlier-effective grant burned first)."""
+    older = engine.GrantTerms("older", Decimal(1), 1, minute(62), T0)
+    newer = engine.GrantTerms("newer", Decimal(1), 1, minute(61), T0 + timedelta(seconds=1))
+    assert [g.id for g in engine.burn_order([newer, older])] == ["older", "newer"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -76,12 +76,18 @@ class GrantTerms:
         return min(self.max_rollover, max(self.min_rollover, balance))
 
 
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
 def burn_order(grants: Iterable[GrantTerms]) -> list[GrantTerms]:
     """Grants in the order usage burns them."""
 
+    # OpenMeter's order: priority, then the earliest expiry (never-expiring grants after those
+    # that expire, in no order of their own), then creation, then id. Never-expiring grants share
+    # one placeholder so that creation decides between them, not when they take effect.
     def key(g: GrantTerms) -> tuple[int, int, datetime, datetime, str]:
         expires = g.expires_at
-        return (g.priority, 0 if expires is not None else 1, expires or g.effective_at, g.created_at, g.id)
+        return (g.priority, 0 if expires is not None else 1, expires or _NEVER, g.created_at, g.id)
 
     return sorted(grants, key=key)
 
