@@ -219,6 +219,9 @@ def test_meter_chart_with_data(page, demo):
     page.fill("#tz", "Asia/Tokyo")
     page.press("#tz", "Enter")
     page.wait_for_url(re.compile(r"tz=Asia%2FTokyo"))
+    # The stacked chart is already drawn (in UTC) before the time zone changes: wait for the
+    # status of the redraw in Tokyo, not for a chart that may still be the previous one.
+    wait_true(page, "(document.getElementById('chart-status')?.innerText || '').includes('Asia/Tokyo')")
     wait_true(
         page,
         "(() => { const c = document.getElementById('meter-chart')?._chart;"
