@@ -86,7 +86,7 @@ _DATA_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_con
 _FAST_DATA_DECODER = msgspec.json.Decoder(float_hook=Decimal)
 
 
-def decode_data(raw: Any) -> Any:
+def _decode_data(raw: Any) -> Any:
     if raw is None or isinstance(raw, dict):
         return raw
     try:
@@ -105,6 +105,16 @@ def decode_data(raw: Any) -> Any:
         return UnreadableData(str(exc)[:200])
 
 
+# An event as the materializer reads it; `{data}` is how the engine gives its data as JSON text.
+EVENT_COLUMNS = "seq, type, subject, time_us, ingested_us, {data}, voided_us FROM events"
+
+
+def stored_events(rows: Iterable[Sequence[Any]]) -> list[StoredEvent]:
+    """Rows of EVENT_COLUMNS as `StoredEvent`s, their data decoded."""
+    decode = _decode_data
+    return [StoredEvent(r[0], r[1], r[2], r[3], r[4], decode(r[5]), r[6]) for r in rows]
+
+
 def events_after(
     conn: Connection, after_seq: int, up_to_seq: int, types: Iterable[str], page: int = EVENT_PAGE
 ) -> Iterator[list[StoredEvent]]:
@@ -115,7 +125,7 @@ def events_after(
     wanted = sorted(set(types))
     if not wanted:
         return
-    columns = "seq, type, subject, time_us, ingested_us, {data}, voided_us FROM events"
+    columns = EVENT_COLUMNS
     if conn.dialect.name == "sqlite":
         # The data as stored: the JSON text jsonutil.dumps wrote.
         where = f"seq > ? AND seq <= ? AND type IN ({', '.join('?' * len(wanted))}) ORDER BY seq LIMIT ?"
@@ -133,7 +143,6 @@ def events_after(
 
     driver = conn.connection.driver_connection
     assert driver is not None
-    decode = decode_data
     cursor = after_seq
     while cursor < up_to_seq:
         raw = driver.cursor()
@@ -144,7 +153,7 @@ def events_after(
             raw.close()
         if not rows:
             return
-        yield [StoredEvent(r[0], r[1], r[2], r[3], r[4], decode(r[5]), r[6]) for r in rows]
+        yield stored_events(rows)
         cursor = int(rows[-1][0])
         if len(rows) < page:
             return

@@ -30,7 +30,7 @@ from sqlalchemy import Connection
 from tallybook.clock import to_micros
 from tallybook.ingest.limits import MAX_METERED_TEXT_BYTES, METERED_FRACTION_DIGITS, METERED_INTEGER_DIGITS
 from tallybook.meters.extract import member_names
-from tallybook.meters.materializer_sql import decode_data
+from tallybook.meters.materializer_sql import EVENT_COLUMNS, stored_events
 from tallybook.meters.models import Aggregation, Meter
 from tallybook.meters.ports import StoredEvent
 
@@ -127,10 +127,7 @@ def _statement(meter: Meter, usage_key: int) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
-_LEFT_EVENTS = (
-    "SELECT seq, type, subject, time_us, ingested_us, data::text, voided_us FROM events "
-    "WHERE seq = ANY(%s) ORDER BY seq"
-)
+_LEFT_EVENTS = f"SELECT {EVENT_COLUMNS.format(data='data::text')} WHERE seq = ANY(%s) ORDER BY seq"
 
 
 def project(conn: Connection, meter: Meter, after_seq: int, up_to_seq: int) -> tuple[int, list[StoredEvent]] | None:
@@ -164,5 +161,4 @@ def project(conn: Connection, meter: Meter, after_seq: int, up_to_seq: int) -> t
             )
             return None
         cursor.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
-    decode = decode_data
-    return considered, [StoredEvent(r[0], r[1], r[2], r[3], r[4], decode(r[5]), r[6]) for r in left]
+    return considered, stored_events(left)
