@@ -3,6 +3,9 @@ everything else to the FastAPI route, which answers exactly as it did without it
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import Future
 from typing import Any
 from unittest.mock import patch
 
@@ -11,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tallybook import jsonutil
+from tallybook.api.fast_ingest import _CommitWaits
 from tallybook.api.routes import events as event_routes
 from tallybook.ingest.service import IngestUnavailable
 from tests.helpers import BATCH, SINGLE, body, cloudevent, headers
@@ -108,6 +112,79 @@ def test_a_commit_that_fails_is_answered_by_the_route(client, keys, runtime, mon
     response = client.post("/api/v1/events", content=body(cloudevent("z")), headers=headers(key, SINGLE))
     assert response.status_code == 503
     assert response.json()["type"].endswith("unavailable")
+
+
+def test_a_nul_in_the_query_is_refused_by_the_guard_not_ingested(client, keys, runtime):
+    """The fast path runs before the middleware stack, so it leaves what the guards refuse to them."""
+    key = keys["ingest"]
+    client.post("/api/v1/events", content=body(cloudevent("warm")), headers=headers(key, SINGLE))
+    response = client.post("/api/v1/events?x=%00", content=body(cloudevent("q")), headers=headers(key, SINGLE))
+    assert response.status_code == 400
+    assert response.json()["type"].endswith("invalid-characters")
+    assert runtime.store.count_events() == 1
+
+
+def test_a_commit_failure_after_the_queue_is_answered_by_the_route(client, keys, runtime, monkeypatch):
+    """A future the writer fails reaches the waiting request through the commit waits, and the
+    route answers it (here, a writer refusing once, then storing the route's retry)."""
+    key = keys["ingest"]
+    client.post("/api/v1/events", content=body(cloudevent("warm")), headers=headers(key, SINGLE))
+    real = runtime.ingest.submit
+    calls: list[int] = []
+
+    def failing_once(events: Any, indexed: bool = True) -> Future[Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            failed: Future[Any] = Future()
+            threading.Thread(target=failed.set_exception, args=(RuntimeError("disk on fire"),)).start()
+            return failed
+        return real(events, indexed)
+
+    monkeypatch.setattr(runtime.ingest, "submit", failing_once)
+    response = client.post("/api/v1/events", content=body(cloudevent("f")), headers=headers(key, SINGLE))
+    assert response.status_code == 204
+    assert len(calls) == 2
+    assert runtime.store.count_events() == 2
+
+
+def test_commit_waits_settle_a_group_with_one_wake_up():
+    """Futures resolved together by another thread wake the event loop once, not once each; every
+    waiter gets its own outcome, and a waiter cancelled meanwhile is left alone."""
+    waits = _CommitWaits()
+
+    async def scenario() -> tuple[list[Any], int]:
+        loop = asyncio.get_running_loop()
+        wake_ups = 0
+        real = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wake_ups
+            wake_ups += 1
+            return real(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        futures: list[Future[Any]] = [Future() for _ in range(40)]
+        waiters = [waits.wait(f) for f in futures]
+        waiters[7].cancel()
+
+        def writer() -> None:
+            for n, future in enumerate(futures):
+                if n == 3:
+                    future.set_exception(ValueError("refused"))
+                else:
+                    future.set_result(n)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join()  # the loop is busy (here: blocked) while the writer answers its whole group
+        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+        return outcomes, wake_ups
+
+    outcomes, wake_ups = asyncio.run(scenario())
+    assert isinstance(outcomes[3], ValueError)
+    assert isinstance(outcomes[7], asyncio.CancelledError)
+    assert [o for n, o in enumerate(outcomes) if n not in (3, 7)] == [n for n in range(40) if n not in (3, 7)]
+    assert wake_ups == 1
 
 
 json_values = st.recursive(

@@ -123,6 +123,48 @@ def test_both_sqlite_insert_statements_store_what_the_generic_path_stores(runtim
         assert runtime.store.compare_stored(conn, changed) == [False] * len(changed)
 
 
+@pytest.mark.parametrize(
+    "shape",
+    ["all stored", "stored ends, new middle", "new first", "changed", "one event"],
+)
+def test_insert_new_events_answers_as_insert_then_compare(runtime, monkeypatch, shape):
+    """A batch whose first and last keys are stored is compared before it is inserted (SQLite);
+    whatever the batch, the keys inserted and the verdicts are those of insert, then compare."""
+    inserts: list[list[str]] = []
+    original = type(runtime.store).insert_events
+
+    def recorded(store, conn, batch, ingested_us):
+        inserts.append([e.id for e in batch])
+        return original(store, conn, batch, ingested_us)
+
+    stored = [event(f"s{i}", data=data) for i, data in enumerate(_TRICKY_DATA)]
+    insert(runtime, stored)
+    new = [event(f"n{i}", data=data) for i, data in enumerate(_TRICKY_DATA)]
+    changed = [event(f"s{i}", data={"other": i}) for i in range(len(_TRICKY_DATA))]
+    batch = {
+        "all stored": stored,
+        "stored ends, new middle": [stored[0], new[0], changed[1], new[1], stored[2], stored[-1]],
+        "new first": [new[2], *stored],
+        "changed": [changed[0], stored[1], changed[-1]],
+        "one event": [stored[3]],
+    }[shape]
+    monkeypatch.setattr(type(runtime.store), "insert_events", recorded)
+    with runtime.store.write() as conn:
+        inserted, verdicts = runtime.store.insert_new_events(conn, batch, INGESTED_US)
+        skipped = [e for e in batch if e.key not in inserted]
+        if verdicts is None:
+            verdicts = runtime.store.compare_stored(conn, skipped)
+        assert inserted == {e.key for e in batch if e.id.startswith("n")}
+        assert verdicts == [e in stored for e in skipped]
+    stored_ends = shape in ("all stored", "stored ends, new middle", "changed")
+    if runtime.store.dialect_name == "sqlite" and stored_ends:  # compared first: only new keys offered
+        new_ones = [e.id for e in batch if e.id.startswith("n")]
+        assert inserts == ([new_ones] if new_ones else [])
+    else:
+        assert inserts == [[e.id for e in batch]]
+    assert {e.key for e in batch} <= {(r["source"], r["event_id"]) for r in stored_rows(runtime)}
+
+
 def test_tricky_data_compares_equal_to_itself_once_stored(runtime):
     """The duplicate check reads what the insert wrote the same way, on both engines."""
     batch = [event(f"t{i}", data=data) for i, data in enumerate(_TRICKY_DATA)]

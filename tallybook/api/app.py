@@ -77,6 +77,25 @@ class RequestMetricsMiddleware:
             )
 
 
+class TallybookAPI(FastAPI):
+    """FastAPI, with the common ingest request answered before the middleware stack
+    (`fast_ingest.FastIngest`, which hands every other request back to the whole app)."""
+
+    fast_ingest: FastIngest | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast_ingest
+        if fast is not None and fast.claims(scope):
+            scope["app"] = self
+            await fast(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def whole(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app with its middleware stack, for what the fast path leaves."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     """Build the app around a runtime. With manage_runtime, app startup/shutdown starts/stops it."""
 
@@ -90,7 +109,7 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
             if manage_runtime:
                 runtime.stop()
 
-    app = FastAPI(
+    app = TallybookAPI(
         title="Tallybook",
         version=tallybook.__version__,
         description="Usage metering and billing. Event and meter APIs follow OpenMeter's where they overlap.",
@@ -127,8 +146,7 @@ def create_app(runtime: Runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(feature_routes.router)
     app.include_router(entitlement_routes.router)
     app.include_router(ui_router)
-    # Inside the metrics middleware, so a request it answers is timed under the route's template.
-    app.add_middleware(FastIngest, runtime=runtime)
+    app.fast_ingest = FastIngest(app.whole, runtime)
     app.add_middleware(RefuseNulCharacters)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
     app.openapi = lambda: complete_openapi(app, portal_dependencies=(portal.portal_holder,))  # type: ignore[method-assign]

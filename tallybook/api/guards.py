@@ -20,14 +20,15 @@ class RefuseNulCharacters:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            where = _nul_in(scope)
+            where = nul_in(scope)
             if where is not None:
                 await _refuse(scope, send, where)
                 return
         await self.app(scope, receive, send)
 
 
-def _nul_in(scope: Scope) -> str | None:
+def nul_in(scope: Scope) -> str | None:
+    """Where the request's path or query holds U+0000, or None."""
     if "\x00" in scope.get("path", ""):
         return "path"
     query: bytes = scope.get("query_string", b"")

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tallybook.ingest.events import Event
 
 # (slug, event type, aggregation, valueProperty, groupBy) of a live meter: what ingest checks values for.
 MeterReadRow = tuple[str, str, str, str | None, Any]
+
+
+class Insertion(NamedTuple):
+    inserted: set[tuple[str, str]]  # the keys inserted
+    # For each event not inserted, in batch order, what `compare_stored` would answer, when the
+    # store compared them on the way (a retried batch, on SQLite); else None: ask compare_stored.
+    verdicts: list[bool | None] | None
 
 
 class EventWriteTransaction(Protocol):
@@ -20,8 +27,8 @@ class EventWriteTransaction(Protocol):
         """The open transaction itself, for the ingest-time projection (meters/inline_sql.py)."""
         ...
 
-    def insert_events(self, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
-        """Insert the events whose (source, id) is new (the batch repeats no key); the keys inserted."""
+    def insert_events(self, batch: Sequence[Event], ingested_us: int) -> Insertion:
+        """Insert the events whose (source, id) is new (the batch repeats no key)."""
         ...
 
     def compare_stored(self, batch: Sequence[Event]) -> list[bool | None]:
@@ -51,4 +58,4 @@ class EventLog(Protocol):
     def writer(self) -> EventWriter: ...
 
 
-__all__ = ["EventLog", "EventWriteTransaction", "EventWriter", "MeterReadRow"]
+__all__ = ["EventLog", "EventWriteTransaction", "EventWriter", "Insertion", "MeterReadRow"]

@@ -296,12 +296,17 @@ class IngestService:
                     first[key] = event
                     owner[key] = position
         unique = list(first.values())
-        inserted = tx.insert_events(unique, ingested_us)
+        insertion = tx.insert_events(unique, ingested_us)
+        inserted = insertion.inserted
         # Events whose key this group did not insert (it was stored before, or by a
-        # concurrent transaction): one statement says whether each is a retry or a conflict.
-        doubtful = [e for e in unique if (e.source, e.id) not in inserted]
-        doubtful += [e for _, e in repeats if (e.source, e.id) not in inserted]
-        same = tx.compare_stored(doubtful) if doubtful else []
+        # concurrent transaction): one statement says whether each is a retry or a conflict
+        # (for the first occurrences, the insert may have said it already).
+        repeated = [e for _, e in repeats if (e.source, e.id) not in inserted]
+        if insertion.verdicts is not None:
+            same = insertion.verdicts + (tx.compare_stored(repeated) if repeated else [])
+        else:
+            doubtful = [e for e in unique if (e.source, e.id) not in inserted] + repeated
+            same = tx.compare_stored(doubtful) if doubtful else []
         verdicts = iter(same)
         for key, event in first.items():
             result = results[owner[key]]
@@ -332,12 +337,16 @@ class IngestService:
     ) -> list[IngestResult]:
         """`_write` for a group whose events all have distinct keys: `events` (the requests'
         events in order) and their `keys`; one result per request."""
-        inserted = tx.insert_events(events, ingested_us)
+        insertion = tx.insert_events(events, ingested_us)
+        inserted = insertion.inserted
         if len(inserted) == len(events):
             return [IngestResult(accepted=len(request.events)) for request in requests]
         # Some keys were stored before (a retry), or by a concurrent transaction.
-        doubtful = [event for event, key in zip(events, keys, strict=True) if key not in inserted]
-        verdicts = iter(tx.compare_stored(doubtful))
+        if insertion.verdicts is not None:
+            verdicts = iter(insertion.verdicts)
+        else:
+            doubtful = [event for event, key in zip(events, keys, strict=True) if key not in inserted]
+            verdicts = iter(tx.compare_stored(doubtful))
         results = []
         position = 0
         for request in requests:

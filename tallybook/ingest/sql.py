@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tallybook.ingest.events import Event
-from tallybook.ingest.ports import MeterReadRow
+from tallybook.ingest.ports import Insertion, MeterReadRow
 from tallybook.meters import materializer_sql
 from tallybook.store.base import SqlStore
 
@@ -25,8 +25,8 @@ class SqlEventWriteTransaction:
     def connection(self) -> Connection:
         return self.conn
 
-    def insert_events(self, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
-        return self.store.insert_events(self.conn, batch, ingested_us)
+    def insert_events(self, batch: Sequence[Event], ingested_us: int) -> Insertion:
+        return Insertion(*self.store.insert_new_events(self.conn, batch, ingested_us))
 
     def compare_stored(self, batch: Sequence[Event]) -> list[bool | None]:
         return self.store.compare_stored(self.conn, batch)

@@ -120,6 +120,14 @@ class SqlStore(ABC):
                 found[event.key] = event
         return found
 
+    def insert_new_events(
+        self, conn: Connection, batch: Sequence[Event], ingested_us: int
+    ) -> tuple[set[tuple[str, str]], list[bool | None] | None]:
+        """`insert_events`, and the engine's `compare_stored` verdicts for the events it did not
+        insert (in batch order) when it compared them on the way; None when it did not (the caller
+        compares them itself). See SqliteStore's for why an engine would."""
+        return self.insert_events(conn, batch, ingested_us), None
+
     def compare_stored(self, conn: Connection, batch: Sequence[Event]) -> list[bool | None]:
         """For each event of `batch`, in order: None when no event with its (source, id) is
         stored, else whether the stored one has the same content (`Event.same_content`: a retry)

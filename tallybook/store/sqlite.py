@@ -35,6 +35,12 @@ _INSERT_EVENTS_JSON = (
 # The -> and ->> operators came with SQLite 3.38; older libraries take the executemany path.
 _HAS_JSON_ARROWS = sqlite3.sqlite_version_info >= (3, 38, 0)
 _SAVEPOINT = "tallybook_insert_events"
+# Whether the first and the last key of a batch are both stored: then it is most likely a retried
+# batch (see insert_new_events).
+_BOTH_STORED = (
+    "SELECT EXISTS (SELECT 1 FROM events WHERE source = ? AND event_id = ?) "
+    "AND EXISTS (SELECT 1 FROM events WHERE source = ? AND event_id = ?)"
+)
 # The rows the last insert added, newest first (see insert_events).
 _LATEST_KEYS = "SELECT source, event_id FROM events ORDER BY seq DESC LIMIT ?"
 # Each element of the JSON array is [source, id, type, subject, time_us, data, datacontenttype], data
@@ -42,20 +48,33 @@ _LATEST_KEYS = "SELECT source, event_id FROM events ORDER BY seq DESC LIMIT ?"
 # same content when the same element rebuilt from its columns is the same JSON text: one rendering
 # per row instead of reading each field out of the element. Equal text means equal content; text
 # that differs (a string SQLite escapes otherwise than orjson) is settled by `_recheck`.
+# Only the exceptions come back: a row per element whose stored event differs (0) or is missing
+# (NULL); every element not named is a retry with the same content. A retried batch is therefore
+# one step of the statement, not one per event: the sqlite3 module lets go of the GIL around every
+# step and must take it back each time, which under load waits behind the event loop's thread.
 _COMPARE_STORED = """
-SELECT k.key,
-       json_array(e.source, e.event_id, e.type, e.subject, e.time_us, json(e.data), e.datacontenttype) = k.value
-FROM json_each(?) AS k
-JOIN events AS e ON e.source = k.value ->> 0 AND e.event_id = k.value ->> 1
+SELECT position, same FROM (
+  SELECT k.key AS position,
+         CASE WHEN e.source IS NULL THEN NULL ELSE
+           json_array(e.source, e.event_id, e.type, e.subject, e.time_us, json(e.data), e.datacontenttype) = k.value
+         END AS same
+  FROM json_each(?) AS k
+  LEFT JOIN events AS e ON e.source = k.value ->> 0 AND e.event_id = k.value ->> 1
+) WHERE same IS NOT 1
 """
 # The same before SQLite 3.38 (no arrow operators): data travels as its JSON text.
 _COMPARE_STORED_TEXT = """
-SELECT k.key,
-       e.type = json_extract(k.value, '$[2]') AND e.subject = json_extract(k.value, '$[3]')
-       AND e.time_us = json_extract(k.value, '$[4]') AND e.data = json_extract(k.value, '$[5]')
-       AND e.datacontenttype IS json_extract(k.value, '$[6]')
-FROM json_each(?) AS k
-JOIN events AS e ON e.source = json_extract(k.value, '$[0]') AND e.event_id = json_extract(k.value, '$[1]')
+SELECT position, same FROM (
+  SELECT k.key AS position,
+         CASE WHEN e.source IS NULL THEN NULL ELSE
+           e.type = json_extract(k.value, '$[2]') AND e.subject = json_extract(k.value, '$[3]')
+           AND e.time_us = json_extract(k.value, '$[4]') AND e.data = json_extract(k.value, '$[5]')
+           AND e.datacontenttype IS json_extract(k.value, '$[6]')
+         END AS same
+  FROM json_each(?) AS k
+  LEFT JOIN events AS e
+    ON e.source = json_extract(k.value, '$[0]') AND e.event_id = json_extract(k.value, '$[1]')
+) WHERE same IS NOT 1
 """
 
 
@@ -181,22 +200,62 @@ class SqliteStore(SqlStore):
             keys, statement = _rows_json(batch, data_as_text=True), _COMPARE_STORED_TEXT
         if keys is None:
             return super().compare_stored(conn, batch)
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        cursor = driver.cursor()
-        try:
-            try:
-                cursor.execute(statement, (keys,))
-            except sqlite3.OperationalError as exc:
-                if "JSON" not in str(exc):
-                    raise
-                return super().compare_stored(conn, batch)
-            answers: list[bool | None] = [None] * len(batch)
-            for position, same in cursor.fetchall():
-                answers[int(position)] = bool(same)
-        finally:
-            cursor.close()
+        answers = _compare(conn, statement, keys, len(batch))
+        if answers is None:
+            return super().compare_stored(conn, batch)
         return self._recheck(conn, batch, answers)
+
+    def insert_new_events(
+        self, conn: Connection, batch: Sequence[Event], ingested_us: int
+    ) -> tuple[set[tuple[str, str]], list[bool | None] | None]:
+        """A batch whose first and last keys are both stored is most likely a retry: compare it
+        first, in one statement, then insert only the events with no stored key. That spares a
+        retried batch the insert statement, which costs about as much for keys it skips as for new
+        ones (each row's JSON element is read for every column, whether it is inserted or not).
+
+        Any other batch is inserted as usual (the probe is two index lookups). The verdicts are
+        valid after the insert: the writer holds SQLite's write lock (BEGIN IMMEDIATE), so no
+        stored row changes under it, and an event whose key this insert skipped anyway keeps
+        None (not visible to this transaction: counted as a retry)."""
+        if not _HAS_JSON_ARROWS or len(batch) < 2 or not _both_stored(conn, batch[0], batch[-1]):
+            return super().insert_new_events(conn, batch, ingested_us)
+        payload = _rows_json(batch)
+        answers = None if payload is None else _compare(conn, _COMPARE_STORED, payload, len(batch))
+        if answers is None:
+            return super().insert_new_events(conn, batch, ingested_us)
+        missing = [event for event, same in zip(batch, answers, strict=True) if same is None]
+        inserted = self.insert_events(conn, missing, ingested_us) if missing else set()
+        answers = self._recheck(conn, batch, answers)
+        verdicts = [same for e, same in zip(batch, answers, strict=True) if (e.source, e.id) not in inserted]
+        return inserted, verdicts
+
+
+def _both_stored(conn: Connection, first: Event, last: Event) -> bool:
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    row = driver.execute(_BOTH_STORED, (first.source, first.id, last.source, last.id)).fetchone()
+    return bool(row and row[0])
+
+
+def _compare(conn: Connection, statement: str, keys: str, size: int) -> list[bool | None] | None:
+    """Run a _COMPARE_STORED statement on `keys` (a JSON array of `size` elements): each element's
+    answer before `_recheck`; None when SQLite's JSON reader cannot read the array."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        try:
+            cursor.execute(statement, (keys,))
+        except sqlite3.OperationalError as exc:
+            if "JSON" not in str(exc):
+                raise
+            return None
+        answers: list[bool | None] = [True] * size
+        for position, same in cursor.fetchall():
+            answers[int(position)] = None if same is None else bool(same)
+    finally:
+        cursor.close()
+    return answers
 
 
 def _rows_json(batch: Sequence[Event], data_as_text: bool = False) -> str | None:
