@@ -15,7 +15,7 @@ from sqlalchemy import text
 from tallybook.ingest.events import Event
 from tallybook.runtime import Runtime
 from tallybook.store import base, postgres
-from tallybook.store.base import SqlStore
+from tallybook.store.base import BatchKeys, SqlStore
 
 INGESTED_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 LARGE_BATCH = 2 * base.INSERT_PAGE_SIZE + 7  # three pages of the generic path (SQLite's fallback)
@@ -248,3 +248,16 @@ def test_concurrent_writers_with_overlapping_keys_store_each_event_once(runtime)
     assert first.isdisjoint(second)
     assert first | second == {("svc", k) for k in keys}
     assert runtime.store.count_events() == len(keys)
+
+
+def test_the_keys_of_a_wholly_inserted_batch_act_as_a_set():
+    """SQLite answers an insert that stored every event with BatchKeys (built only when looked into)."""
+    batch = [event(f"b{i}") for i in range(3)]
+    keys = BatchKeys(batch)
+    assert len(keys) == 3
+    assert ("svc", "b1") in keys and ("svc", "other") not in keys
+    assert keys == {("svc", "b0"), ("svc", "b1"), ("svc", "b2")}
+    assert keys | {("svc", "x")} == {("svc", "b0"), ("svc", "b1"), ("svc", "b2"), ("svc", "x")}
+    assert keys - {("svc", "b0")} == {("svc", "b1"), ("svc", "b2")}
+    assert sorted(keys) == [("svc", "b0"), ("svc", "b1"), ("svc", "b2")]
+    assert not BatchKeys([])

@@ -5,6 +5,7 @@ of its transactions the event log's insert and duplicate check plus what the liv
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol
 
@@ -15,7 +16,7 @@ MeterReadRow = tuple[str, str, str, str | None, Any]
 
 
 class Insertion(NamedTuple):
-    inserted: set[tuple[str, str]]  # the keys inserted
+    inserted: AbstractSet[tuple[str, str]]  # the keys inserted
     # For each event not inserted, in batch order, what `compare_stored` would answer, when the
     # store compared them on the way (a retried batch, on SQLite); else None: ask compare_stored.
     verdicts: list[bool | None] | None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, select, tuple_
 from sqlalchemy.sql import Insert
@@ -35,6 +36,41 @@ class EventFilter:
     limit: int = 100
     order_by_ingested: bool = False  # codehooks lists by receive time; OpenMeter by event time
     include_voided: bool = False  # voided events (tallybook/voids) are left out unless asked for
+
+
+EventKey = tuple[str, str]  # (source, id)
+_Item = TypeVar("_Item")
+
+
+class BatchKeys(AbstractSet[EventKey]):
+    """Every key of a batch whose events were all inserted (so no key repeats), as a set that is
+    only built when looked into. The ingest writer asks only for its size when nothing was a retry,
+    and it runs on the critical path of batch ingest: no tuple per event for nothing."""
+
+    __slots__ = ("_batch", "_keys")
+
+    def __init__(self, batch: Sequence[Event]) -> None:
+        self._batch = batch
+        self._keys: frozenset[EventKey] | None = None
+
+    def _set(self) -> frozenset[EventKey]:
+        if self._keys is None:
+            self._keys = frozenset((e.source, e.id) for e in self._batch)
+        return self._keys
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._set()
+
+    def __iter__(self) -> Iterator[EventKey]:
+        return iter(self._set())
+
+    @classmethod
+    def _from_iterable(cls, items: Iterable[_Item]) -> AbstractSet[_Item]:
+        """What set operations (|, &, -) build: a plain frozenset."""
+        return frozenset(items)
 
 
 class SqlStore(ABC):
@@ -82,7 +118,7 @@ class SqlStore(ABC):
         self.engine.dispose()
 
     # -- events -------------------------------------------------------------------------------------
-    def insert_events(self, conn: Connection, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
+    def insert_events(self, conn: Connection, batch: Sequence[Event], ingested_us: int) -> AbstractSet[EventKey]:
         """Insert events whose (source, id) is new, stamped `ingested_us`; return the inserted keys.
 
         The batch must not repeat a key (the caller dedups in memory first). Runs inside the
@@ -122,7 +158,7 @@ class SqlStore(ABC):
 
     def insert_new_events(
         self, conn: Connection, batch: Sequence[Event], ingested_us: int
-    ) -> tuple[set[tuple[str, str]], list[bool | None] | None]:
+    ) -> tuple[AbstractSet[EventKey], list[bool | None] | None]:
         """`insert_events`, and the engine's `compare_stored` verdicts for the events it did not
         insert (in batch order) when it compared them on the way; None when it did not (the caller
         compares them itself). See SqliteStore's for why an engine would."""

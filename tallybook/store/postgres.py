@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.dialects.postgresql import insert
@@ -10,7 +11,7 @@ from sqlalchemy.sql import Insert
 
 from tallybook import jsonutil
 from tallybook.ingest.events import Event
-from tallybook.store.base import SqlStore
+from tallybook.store.base import EventKey, SqlStore
 from tallybook.store.schema import events
 
 # Rows per statement. Batches up to this size (every group commit with the default limits, and
@@ -72,7 +73,7 @@ class PostgresStore(SqlStore):
     def _insert_ignoring_duplicates(self) -> Insert:
         return insert(events).on_conflict_do_nothing(index_elements=["source", "event_id"])
 
-    def insert_events(self, conn: Connection, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
+    def insert_events(self, conn: Connection, batch: Sequence[Event], ingested_us: int) -> AbstractSet[EventKey]:
         """Same contract and column values as the generic path (`data` as JSONB, so JSON null for an
         event without data), in one statement per page instead of SQLAlchemy's multi-row VALUES
         with a bound parameter per cell."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ from sqlalchemy.sql import Insert
 
 from tallybook import jsonutil
 from tallybook.ingest.events import Event
-from tallybook.store.base import SqlStore
+from tallybook.store.base import BatchKeys, EventKey, SqlStore
 from tallybook.store.schema import events
 
 _EVENT_COLUMNS = ("source", "event_id", "type", "subject", "time_us", "ingested_us", "data", "datacontenttype")
@@ -120,7 +121,7 @@ class SqliteStore(SqlStore):
     def _insert_ignoring_duplicates(self) -> Insert:
         return insert(events).on_conflict_do_nothing(index_elements=["source", "event_id"])
 
-    def insert_events(self, conn: Connection, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
+    def insert_events(self, conn: Connection, batch: Sequence[Event], ingested_us: int) -> AbstractSet[EventKey]:
         """One statement on the sqlite3 connection, new keys and known keys alike.
 
         ON CONFLICT DO NOTHING skips known keys and `rowcount` counts the rows inserted. When that
@@ -142,13 +143,13 @@ class SqliteStore(SqlStore):
         driver = conn.connection.driver_connection  # the sqlite3.Connection, in the caller's transaction
         assert driver is not None
         cursor = driver.cursor()
-        inserted: set[tuple[str, str]] | None
+        inserted: AbstractSet[EventKey] | None
         try:
             cursor.execute(f"SAVEPOINT {_SAVEPOINT}")
             try:
                 count = self._insert_rows(cursor, batch, ingested_us, payload)
                 if count == len(batch):
-                    inserted = {(e.source, e.id) for e in batch}
+                    inserted = BatchKeys(batch)
                 elif count == 0:
                     inserted = set()
                 else:
@@ -207,7 +208,7 @@ class SqliteStore(SqlStore):
 
     def insert_new_events(
         self, conn: Connection, batch: Sequence[Event], ingested_us: int
-    ) -> tuple[set[tuple[str, str]], list[bool | None] | None]:
+    ) -> tuple[AbstractSet[EventKey], list[bool | None] | None]:
         """A batch whose first and last keys are both stored is most likely a retry: compare it
         first, in one statement, then insert only the events with no stored key. That spares a
         retried batch the insert statement, which costs about as much for keys it skips as for new

@@ -9,6 +9,7 @@ ingest path's own insert, so an amend stores it exactly as ingest would.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -51,7 +52,7 @@ class VoidTransaction(Protocol):
 
     def insert_record(self, row: dict[str, Any]) -> None: ...
 
-    def insert_events(self, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
+    def insert_events(self, batch: Sequence[Event], ingested_us: int) -> AbstractSet[tuple[str, str]]:
         """Store events as ingest does; the keys that were new."""
         ...
 

@@ -8,6 +8,7 @@ and instant (`events.void_id`, `events.voided_us`), and so do their meter usage 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -207,7 +208,7 @@ class SqlVoidTransaction:
     def insert_record(self, row: dict[str, Any]) -> None:
         insert_record(self.conn, row)
 
-    def insert_events(self, batch: Sequence[Event], ingested_us: int) -> set[tuple[str, str]]:
+    def insert_events(self, batch: Sequence[Event], ingested_us: int) -> AbstractSet[tuple[str, str]]:
         # The ingest path's own insert, so a corrected event is stored exactly as ingest stores one.
         return self.store.insert_events(self.conn, batch, ingested_us)
 
