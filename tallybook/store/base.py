@@ -102,8 +102,9 @@ class SqlStore(ABC):
         """A connection for one long-lived writer (the ingest writer thread) to run its write
         transactions on, `with conn.begin():` each, as `write` would. Keeping it saves a pool
         checkout and checkin per transaction; the writer closes it when it stops or a
-        transaction on it fails."""
-        return self.engine.connect().execution_options(tallybook_write=True)
+        transaction on it fails. Its transactions come back to back, so on SQLite it lets the
+        process's other writers take the write lock first (`tallybook_yields`; see SqliteStore)."""
+        return self.engine.connect().execution_options(tallybook_write=True, tallybook_yields=True)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

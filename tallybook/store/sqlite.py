@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -79,6 +81,45 @@ SELECT position, same FROM (
 """
 
 
+class WriteTurns:
+    """The writers of this process waiting for SQLite's write lock, so that the ingest writer lets
+    them take it first.
+
+    The ingest writer starts its next transaction as soon as the last one commits. A writer
+    waiting for the lock meanwhile (a meter's build, a query's catch-up, an API call) is asleep in
+    SQLite's busy handler, which retries after 1, 2, 5, 10, ... up to 100 ms, and almost always
+    finds the lock taken again: under full ingest a new meter stayed "rebuilding" for seconds. Now
+    the ingest writer waits before its BEGIN while anyone here is waiting, until they have the lock
+    (at most `LIMIT`, so a writer stuck elsewhere cannot stop ingest). Writers in other processes
+    still rely on the busy handler alone.
+    """
+
+    LIMIT = 0.1  # seconds; the busy handler's longest sleep
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waiting = 0
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Around a BEGIN IMMEDIATE of any writer but the ingest writer."""
+        with self._changed:
+            self._waiting += 1
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._waiting -= 1
+                self._changed.notify_all()
+
+    def let_waiting_go_first(self) -> None:
+        """Before the ingest writer's BEGIN IMMEDIATE."""
+        if self._waiting:  # read without the lock: the common answer, no one, costs nothing
+            with self._changed:
+                self._changed.wait_for(lambda: self._waiting == 0, timeout=self.LIMIT)
+
+
 class SqliteStore(SqlStore):
     dialect_name = "sqlite"
 
@@ -105,16 +146,25 @@ class SqliteStore(SqlStore):
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        self.write_turns = WriteTurns()
+
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             # Writers take the lock when they start: a deferred transaction that later upgrades
             # to a writer can fail with SQLITE_BUSY without waiting.
             # Straight to the sqlite3 connection: this runs for every transaction (every group
             # commit), and SQLAlchemy's statement machinery costs more than the BEGIN itself.
-            write = conn.get_execution_options().get("tallybook_write", False)
+            options = conn.get_execution_options()
             driver = conn.connection.driver_connection
             assert driver is not None
-            driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            if not options.get("tallybook_write", False):
+                driver.execute("BEGIN")
+            elif options.get("tallybook_yields", False):
+                self.write_turns.let_waiting_go_first()
+                driver.execute("BEGIN IMMEDIATE")
+            else:
+                with self.write_turns.waiting():
+                    driver.execute("BEGIN IMMEDIATE")
 
         super().__init__(engine)
 
