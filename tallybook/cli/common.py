@@ -4,7 +4,6 @@ settings and the runtime with errors a person can act on, and reading times from
 from __future__ import annotations
 
 import gc
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -34,28 +33,17 @@ CreateDatabaseOption = Annotated[
 ]
 
 
-# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
-GIL_SWITCH_INTERVAL = 0.001
+def tune_gc_for_throughput() -> None:
+    """Keep the cyclic GC off the ingest path.
 
-
-def tune_for_throughput() -> None:
-    """Keep the cyclic GC off the ingest path, and hand the GIL over sooner.
-
-    The default GC thresholds (700, 10, 10) make Python re-walk the large, long-lived startup heap
+    The default thresholds (700, 10, 10) make Python re-walk the large, long-lived startup heap
     (FastAPI, SQLAlchemy, pydantic) over and over while requests allocate short-lived objects.
     Freezing that heap and collecting less often cut server CPU per ingested event by about a
     third in benchmarks/ingest.py. Reference counting still frees almost everything at once.
-
-    The ingest writer lets go of the GIL for each statement and needs it back after; under load
-    the event loop's thread holds it, and gives it up only when the switch interval runs out. At
-    the default 5 ms a group commit waits that long several times: with a thread running Python
-    beside it, a 3,000-event commit took 47-66 ms of wall time against 27-36 ms at 1 ms (22 ms
-    alone), and the busy thread's own rate did not change beyond the noise (benchmarks/gil_switch.py).
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
 def settings_or_exit(config: Path | None, database: str | None) -> Settings:

@@ -17,7 +17,7 @@ from tallybook.cli.common import (
     err_console,
     open_runtime,
     settings_or_exit,
-    tune_for_throughput,
+    tune_gc_for_throughput,
 )
 from tallybook.clock import to_micros
 from tallybook.ingest.events import Event
@@ -50,7 +50,7 @@ def ingest(
     runtime = open_runtime(settings)
     # Only the writer: an import must not run period-close jobs or deliver webhooks on the side.
     runtime.ingest.start()
-    tune_for_throughput()
+    tune_gc_for_throughput()
     total = IngestResult()
     rejected: list[str] = []
     batch: list[Event] = []

@@ -11,7 +11,7 @@ import os
 import typer
 
 from tallybook.cli import db, events, ingest, jobs, keys, ops, serve, stripe
-from tallybook.cli.common import console, err_console, tune_for_throughput
+from tallybook.cli.common import console, err_console, tune_gc_for_throughput
 
 # tallybook/cli/billing_tools.py reaches the shared helpers through this module by these names.
 from tallybook.cli.common import open_runtime as _runtime
@@ -63,4 +63,4 @@ def main() -> None:  # pragma: no cover - console entry point alias
     app()
 
 
-__all__ = ["_parse_instant", "_runtime", "_settings", "app", "console", "err_console", "main", "tune_for_throughput"]
+__all__ = ["_parse_instant", "_runtime", "_settings", "app", "console", "err_console", "main", "tune_gc_for_throughput"]

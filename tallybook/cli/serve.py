@@ -18,7 +18,7 @@ from tallybook.cli.common import (
     open_runtime,
     parse_instant,
     settings_or_exit,
-    tune_for_throughput,
+    tune_gc_for_throughput,
 )
 
 
@@ -141,7 +141,7 @@ def serve(
             timeout_graceful_shutdown=10,
         )
         return
-    tune_for_throughput()
+    tune_gc_for_throughput()
     uvicorn.run(
         create_app(runtime),
         host=bind_host,

@@ -25,7 +25,7 @@ DATABASE_VARIABLE = "TALLYBOOK_SERVE_DATABASE"
 
 def app_for_worker() -> FastAPI:
     from tallybook.api.app import create_app
-    from tallybook.cli.common import tune_for_throughput
+    from tallybook.cli.common import tune_gc_for_throughput
     from tallybook.config import load_settings
     from tallybook.observability.logs import configure_logging
     from tallybook.runtime import Runtime
@@ -34,6 +34,6 @@ def app_for_worker() -> FastAPI:
     database = os.environ.get(DATABASE_VARIABLE) or None
     settings = load_settings(Path(config) if config else None).with_database(database)
     configure_logging(settings.logging.level, settings.logging.json_format)
-    tune_for_throughput()
+    tune_gc_for_throughput()
     runtime = Runtime.build(settings, migrate=False, sync_meters=False)
     return create_app(runtime)
