@@ -52,10 +52,9 @@ def test_the_ingest_writer_does_not_wait_for_a_writer_that_never_gets_the_lock(t
     ingest = store.writer_connection()
     done: list[str] = []
     try:
-        with turns.waiting():  # someone announced a wait and never got further
-            with ingest.begin():
-                ingest.execute(text("SELECT 1"))
-                done.append("ingest")
+        with turns.waiting(), ingest.begin():  # someone announced a wait and never got further
+            ingest.execute(text("SELECT 1"))
+            done.append("ingest")
     finally:
         ingest.close()
         store.close()
