@@ -187,6 +187,38 @@ def test_commit_waits_settle_a_group_with_one_wake_up():
     assert wake_ups == 1
 
 
+def test_commit_waits_settle_each_waiter_in_its_own_loop():
+    """Two event loops (tests and embedders may run several) waiting at once: the futures the
+    writer resolves while both are busy are settled by each loop for its own waiters."""
+    waits = _CommitWaits()
+    futures = {name: [Future() for _ in range(10)] for name in ("a", "b")}
+    waiting = threading.Barrier(3)
+    resolved = threading.Event()
+    outcomes: dict[str, list[Any]] = {}
+
+    def loop_thread(name: str) -> None:
+        async def scenario() -> list[Any]:
+            gathered = asyncio.gather(*(waits.wait(f) for f in futures[name]))  # callbacks on each waiter
+            waiting.wait()
+            resolved.wait()  # this loop stays busy while the writer answers everyone
+            return await asyncio.wait_for(gathered, timeout=10)
+
+        # debug: a waiter settled from another loop's thread raises instead of passing unnoticed
+        outcomes[name] = asyncio.run(scenario(), debug=True)
+
+    threads = [threading.Thread(target=loop_thread, args=(name,)) for name in futures]
+    for thread in threads:
+        thread.start()
+    waiting.wait()
+    for name, group in futures.items():
+        for n, future in enumerate(group):
+            future.set_result((name, n))
+    resolved.set()
+    for thread in threads:
+        thread.join()
+    assert outcomes == {name: [(name, n) for n in range(10)] for name in futures}
+
+
 json_values = st.recursive(
     st.none()
     | st.booleans()

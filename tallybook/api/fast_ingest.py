@@ -140,13 +140,13 @@ class _CommitWaits:
     `asyncio.wrap_future` makes every resolved future call `loop.call_soon_threadsafe`: a write to
     the loop's wake-up pipe and a pass of its selector, for each of the ~30 requests a group commit
     answers at once. Here the writer thread queues the resolved futures and only the first of a run
-    schedules the loop callback that settles them all.
+    schedules the loop callback that settles them all. Kept per event loop (a server has one; tests
+    may run several), so every waiter is settled in its own loop's thread.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._resolved: list[tuple[Future[Any], asyncio.Future[Any]]] = []
-        self._scheduled = False
+        self._resolved: dict[asyncio.AbstractEventLoop, list[tuple[Future[Any], asyncio.Future[Any]]]] = {}
 
     def wait(self, future: Future[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -157,21 +157,21 @@ class _CommitWaits:
     def _resolve(self, loop: asyncio.AbstractEventLoop, done: Future[Any], waiter: asyncio.Future[Any]) -> None:
         """In the thread that resolved `done` (the writer; or this one, if it was done already)."""
         with self._lock:
-            self._resolved.append((done, waiter))
-            if self._scheduled:
+            queued = self._resolved.get(loop)
+            if queued is not None:  # a settle is scheduled on this loop and has not run yet
+                queued.append((done, waiter))
                 return
-            self._scheduled = True
+            self._resolved[loop] = [(done, waiter)]
         try:
-            loop.call_soon_threadsafe(self._settle)
+            loop.call_soon_threadsafe(self._settle, loop)
         except RuntimeError:  # the loop is closed (shutting down): nobody waits any more
             with self._lock:
-                self._scheduled = False
+                self._resolved.pop(loop, None)
 
-    def _settle(self) -> None:
-        """In the event loop: hand every queued outcome to its waiter."""
+    def _settle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In `loop`: hand every outcome queued for it to its waiter."""
         with self._lock:
-            resolved, self._resolved = self._resolved, []
-            self._scheduled = False
+            resolved = self._resolved.pop(loop, [])
         for done, waiter in resolved:
             if waiter.cancelled():
                 continue
