@@ -9,6 +9,7 @@ as a retry or a conflict exactly as `Event.same_content` says.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from decimal import Decimal
 from itertools import combinations
 from typing import Any
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from tallybook.ingest.events import Event
-from tallybook.ingest.service import IngestResult
+from tallybook.ingest.service import IngestResult, _Request
 from tallybook.runtime import Runtime
 from tallybook.store import sqlite as sqlite_store
 from tallybook.store.base import SqlStore
@@ -177,3 +178,47 @@ def test_counts_and_stored_events_follow_a_reference_model(runtime, case):
     result = runtime.ingest.ingest([event(k, value=v) for k, v in batch])
     assert list(counts(result)) == expected
     assert {i: d["value"] for _, i, d in stored(runtime)} == kept
+
+
+def _one_group(runtime: Runtime, batches: list[list[Event]]) -> list[Any]:
+    """Commit `batches` as the requests of one group (queued while the writer is stopped); each
+    request's IngestResult, or the exception it failed with."""
+    runtime.ingest.stop()
+    requests = [_Request(batch, Future()) for batch in batches]
+    for request in requests:
+        runtime.ingest._queue.put(request)
+    runtime.ingest.start()
+    outcomes: list[Any] = []
+    for request in requests:
+        try:
+            outcomes.append(counts(request.future.result(timeout=30)))
+        except Exception as exc:  # the failing request's own error, whichever it is
+            outcomes.append(type(exc))
+    return outcomes
+
+
+@pytest.mark.parametrize("poison", [False, True], ids=["one-group", "with-a-request-the-store-refuses"])
+def test_a_retried_group_with_a_conflict_leaves_other_clients_intact(runtime, poison):
+    """One group: a client retrying its batch (with one event changed since), another client's new
+    events, and a second retry, so the group's first and last keys are stored (SQLite compares such
+    a group before inserting). With `poison`, a request the store cannot take joins the group and
+    it is committed request by request. Every request gets its own counts; the new events are
+    stored once; the changed one keeps its first version."""
+    runtime.ingest.ingest([event(f"a{i}", value=i) for i in range(4)] + [event("z", value=9)])
+    retry = [event("a0", value=0), event("a1", value=1), event("a2", value=99), event("a3", value=3)]
+    fresh = [event(f"b{i}", source="other") for i in range(3)]
+    batches = [retry, fresh]
+    if poison:
+        batches.append([Event("p", "x", "t", "s\ud800", 1, None)])  # bypasses validation on purpose
+    batches.append([event("z", value=9)])
+    outcomes = _one_group(runtime, batches)
+    expected: list[Any] = [(0, 3, 1), (3, 0, 0)]
+    assert outcomes[:2] == expected
+    assert outcomes[-1] == (0, 1, 0)
+    if poison:
+        assert isinstance(outcomes[2], type) and issubclass(outcomes[2], Exception)
+    rows = stored(runtime)
+    assert [(s, i) for s, i, _ in rows] == [("svc", f"a{i}") for i in range(4)] + [("svc", "z")] + [
+        ("other", f"b{i}") for i in range(3)
+    ]
+    assert rows[2][2] == {"value": 2}  # the first version of the changed event is kept

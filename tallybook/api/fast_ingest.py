@@ -30,7 +30,6 @@ from tallybook import jsonutil
 from tallybook.api.guards import nul_in
 from tallybook.api.ingesting import nesting_errors
 from tallybook.api.routes.events import BATCH, PLAIN, SINGLE, parse_cloudevents
-from tallybook.api.routes.events import router as events_router
 from tallybook.auth.keys import scope_allows
 from tallybook.clock import to_micros
 from tallybook.runtime import Runtime
@@ -42,12 +41,12 @@ _EMPTY = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 class FastIngest:
-    """`app` is the whole application, for every request this one does not answer itself."""
+    """`app` is the whole application, for every request this one does not answer itself. The
+    app calls this only for requests it `claims`."""
 
     def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self.app = app
         self.runtime = runtime
-        self.route = _events_route()  # named in the scope, as routing does
         # The metrics middleware's series for an answered request (labelled once, not per request).
         self.answered = runtime.metrics.request_seconds.labels("POST", PATH, "204")
         self.commits = _CommitWaits()
@@ -59,7 +58,7 @@ class FastIngest:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        kind = self._admitted(scope) if self.claims(scope) and nul_in(scope) is None else None
+        kind = self._admitted(scope) if nul_in(scope) is None else None
         if kind is None:
             await self.app(scope, receive, send)
             return
@@ -68,7 +67,6 @@ class FastIngest:
         if body is None or not await self._ingest(body, kind):
             await self.app(scope, _replay(messages, receive), send)
             return
-        scope["route"] = self.route
         await send(_NO_CONTENT)
         await send(_EMPTY)
         self.answered.observe(time.perf_counter() - started)
@@ -195,11 +193,3 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return await receive()
 
     return replayed
-
-
-def _events_route() -> Any:
-    """The route's APIRoute, for the metrics middleware (it labels requests by `route.path`)."""
-    for route in events_router.routes:
-        if getattr(route, "path", None) == PATH and "POST" in (getattr(route, "methods", None) or ()):
-            return route
-    return None
